@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the test suite: lint, then pytest. The SLURM tests start the single-node cluster of
+# tests/slurm/cluster.sh themselves (as root, where the Debian packages are installed) and stop
+# what they started; where sbatch is absent they are skipped with the reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+"$VENV/bin/ruff" check se3t tests benchmarks
+exec "$VENV/bin/python" -m pytest "$@"
