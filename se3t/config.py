@@ -73,6 +73,7 @@ class BasisConfig:
     max_degree: int = 3
     dtype: str = "float32"  # float32 | float16 | float64
     use: str = "auto"  # auto | store | compute: where training takes the bases from
+    manifest: str | None = None  # basis manifest (results/basis/manifest.json) for use=store|auto
     shards: int = 2
     compressor: str = "zstd"
 
