@@ -65,6 +65,10 @@ class DataConfig:
     figshare_sha256: str | None = None
     uncharacterized_url: str = "https://ndownloader.figshare.com/files/3195404"
     uncharacterized_sha256: str | None = None
+    retries: int = 5  # download attempts after the first, with exponential backoff
+    timeout: float = 60.0  # seconds without data before a download attempt is given up
+    processes: int = 2  # worker processes for bond perception in `se3t data build`
+    strict: bool = False  # a bad molecule stops the build instead of being dropped and reported
 
 
 @dataclass
@@ -74,8 +78,14 @@ class BasisConfig:
     dtype: str = "float32"  # float32 | float16 | float64
     use: str = "auto"  # auto | store | compute: where training takes the bases from
     manifest: str | None = None  # basis manifest (results/basis/manifest.json) for use=store|auto
-    shards: int = 2
-    compressor: str = "zstd"
+    shards: int = 2  # precompute jobs (`se3t basis precompute --shard I/N`) the workflow runs
+    compressor: str = "zstd"  # none | zstd | blosc-lz4 | blosc-zstd | gzip (docs/basis.md)
+    compression_level: int | None = None  # None: the compressor's default (zstd 3, blosc 5/3)
+    chunk_edges: int = 4096  # edge rows per Zarr chunk (whole molecules, zero-padded)
+    chunks_per_shard: int = 8  # chunks per shard file: the unit written atomically and resumed
+    read: str = "auto"  # auto | memory | chunks: how training reads the store (docs/basis.md)
+    cache_chunks: int = 32  # decoded chunks kept in RAM by read=chunks
+    buffer_chunks: int = 16  # chunk-aware shuffling window (chunks) for read=chunks
 
 
 @dataclass
@@ -159,6 +169,9 @@ class WorkflowConfig:
     # name -> overrides ("train.seed": 1, "data.targets": ["lumo"], ...) applied to this config;
     # empty means one run called "default" with the config as it is
     runs: dict[str, Any] = field(default_factory=dict)
+    results: str = "results"  # runs go to {results}/runs/{run}, the report to {results}/report.html
+    logs: str = "logs"  # one log per rule and job: {logs}/{rule}/...
+    profile_memory: bool = True  # run `se3t profile` for every run (memory/throughput plots)
 
 
 @dataclass
@@ -178,6 +191,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "basis.dtype": ("float16", "float32", "float64"),
     "basis.use": ("auto", "store", "compute"),
     "basis.compressor": ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip"),
+    "basis.read": ("auto", "memory", "chunks"),
     "model.pooling": ("max", "mean"),
     "model.fusion": ("auto", "pairwise"),
     "train.optimizer": ("adam", "adamw", "sgd"),
@@ -190,7 +204,13 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 
 _POSITIVE = (
     "data.cutoff",
+    "data.timeout",
+    "data.processes",
     "basis.shards",
+    "basis.chunk_edges",
+    "basis.chunks_per_shard",
+    "basis.cache_chunks",
+    "basis.buffer_chunks",
     "model.num_layers",
     "model.channels",
     "model.heads",
@@ -221,6 +241,7 @@ _NON_NEGATIVE = (
     "launch.gpus_per_node",
     "launch.max_num_timeout",
     "data.num_workers",
+    "data.retries",
     "eval.profile_steps",
 )
 

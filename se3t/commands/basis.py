@@ -1,0 +1,262 @@
+"""``se3t basis key|precompute|finalize|verify|ls|gc``: the shared basis store (docs/basis.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+_OVERRIDES_HELP = (
+    "config overrides key=value (e.g. basis.max_degree=3 basis.dtype=float16 "
+    "basis.compressor=zstd basis.chunk_edges=4096)"
+)
+
+
+def _common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="config YAML (default: built-in defaults); overrides apply on top")
+    p.add_argument("--cache", metavar="CACHE", default=None,
+                   help="cache folder holding basis/KEY.zarr (default: basis.cache)")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+
+def register(subparsers) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    top = subparsers.add_parser(
+        "basis",
+        help="precompute the equivariant bases into a shared, content-addressed Zarr cache",
+        description=(
+            "Precompute the per-edge SE(3) bases of a dataset store once into "
+            "CACHE/basis/KEY.zarr, where KEY hashes everything the values depend on (dataset "
+            "fingerprint, max degree, dtype, basis layout and code version). Runs, users and "
+            "teams pointing at one cache share the store. See docs/basis.md."
+        ),
+    )
+    sub = top.add_subparsers(dest="basis_command", metavar="ACTION")
+    sub.required = True
+
+    p = sub.add_parser("key", help="print the store key for a dataset and settings",
+                       description="Print the content-addressed key of the basis store that "
+                       "precompute would write for this dataset and settings.",
+                       formatter_class=fmt)
+    p.add_argument("--dataset", metavar="PATH", default=None,
+                   help="dataset store (default: data.path)")
+    p.add_argument("--path", action="store_true",
+                   help="print the store path CACHE/basis/KEY.zarr instead of the key")
+    _common(p)
+    p.set_defaults(func=_key)
+
+    p = sub.add_parser(
+        "precompute", help="compute the bases of a dataset into the cache (resumable)",
+        description=(
+            "Compute the bases of every edge of the dataset into CACHE/basis/KEY.zarr. Shards "
+            "already present are reused: a rerun after a crash computes only the missing ones, "
+            "and a complete store costs nothing. --shard I/N computes the I-th of N contiguous "
+            "slices, so N cluster jobs fill one store; concurrent processes on one key split "
+            "the work and all succeed. The cache is checked writable before any work."
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument("--dataset", metavar="PATH", default=None,
+                   help="dataset store (default: data.path)")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="compute only slice I of N (0-based) of the store's shards")
+    p.add_argument("--receipt", metavar="FILE", default=None,
+                   help="write a JSON receipt: key, store, shard, chunks computed and reused, "
+                   "edges/s")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
+    p.set_defaults(func=_precompute)
+
+    p = sub.add_parser(
+        "finalize", help="check completeness, write checksums, seal read-only, write a manifest",
+        description=(
+            "Check that every shard of the store is present, write checksums.json (sha256 per "
+            "shard file; its presence marks the store complete), remove claim and temporary "
+            "files and make the store read-only. Idempotent. With --manifest, also write the "
+            "run-folder manifest (JSON: key, store path, dataset fingerprint, settings, created, "
+            "checksum) that training reads through basis.manifest."
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument("store", metavar="KEY|PATH", help="store key (looked up in the cache) or path")
+    p.add_argument("--manifest", metavar="FILE", default=None,
+                   help="write the run-folder manifest pointing at the store here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
+    p.set_defaults(func=_finalize)
+
+    p = sub.add_parser(
+        "verify", help="check checksums and recompute a random sample of edges",
+        description=(
+            "Check every shard file against checksums.json and recompute --sample random edges "
+            "from the dataset, comparing them with the stored values. Names every bad file or "
+            "chunk; exits 1 when any is found or the store is incomplete."
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument("store", metavar="KEY|PATH",
+                   help="store key (looked up in the cache), path or fsspec URL")
+    p.add_argument("--sample", metavar="N", type=int, default=1000,
+                   help="random edges to recompute (0: checksums only)")
+    p.add_argument("--dataset", metavar="PATH", default=None,
+                   help="dataset store to recompute from (default: the one the store records)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the edge sample")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _common(p, overrides=False)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser(
+        "ls", help="list the stores of a cache",
+        description="List the basis stores of a cache: key, dataset, degree, dtype, compressor, "
+        "size on disk, complete or shards present, created when and by whom.",
+        formatter_class=fmt,
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p, overrides=False)
+    p.set_defaults(func=_ls)
+
+    p = sub.add_parser(
+        "gc", help="remove stale incomplete stores and, on request, unreferenced ones",
+        description=(
+            "Remove incomplete stores (and temporary folders of interrupted processes) not "
+            "modified for --older-than. With --unreferenced, also remove complete stores that "
+            "no basis manifest under --manifests names. Use --dry-run first."
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument("--older-than", metavar="AGE", default="24h",
+                   help="age of incomplete stores to remove: seconds or 30m, 24h, 7d")
+    p.add_argument("--unreferenced", action="store_true",
+                   help="also remove complete stores that no manifest references")
+    p.add_argument("--manifests", metavar="PATH", nargs="+", default=None,
+                   help="manifest files, or folders searched recursively for them")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    _common(p, overrides=False)
+    p.set_defaults(func=_gc)
+
+
+def _cfg(args: argparse.Namespace):
+    from se3t.config import load
+
+    return load(args.config, list(getattr(args, "overrides", None) or []))
+
+
+def _cache(args: argparse.Namespace, cfg) -> str:
+    return args.cache if args.cache is not None else cfg.basis.cache
+
+
+def _key(args: argparse.Namespace) -> int:
+    from se3t.data.basis_store import BasisSettings, basis_key, store_path
+    from se3t.data.store import fingerprint
+
+    cfg = _cfg(args)
+    s = BasisSettings.from_config(cfg.basis)
+    key = basis_key(fingerprint(args.dataset or cfg.data.path), s.max_degree, s.dtype)
+    print(store_path(_cache(args, cfg), key) if args.path else key)
+    return 0
+
+
+def _precompute(args: argparse.Namespace) -> int:
+    from se3t.data.basis_cache import atomic_write_bytes
+    from se3t.data.basis_store import BasisSettings, precompute
+
+    cfg = _cfg(args)
+    receipt = precompute(
+        args.dataset or cfg.data.path,
+        _cache(args, cfg),
+        BasisSettings.from_config(cfg.basis),
+        shard=args.shard,
+        progress=not args.quiet,
+    )
+    if args.receipt:
+        atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
+    state = "complete store reused" if receipt["complete"] else (
+        f"{receipt['chunks_computed']} chunks computed, {receipt['chunks_reused']} reused, "
+        f"{receipt['chunks_by_others']} by other processes")
+    print(f"{receipt['key']} shard {receipt['shard']}: {state}; "
+          f"{receipt['edges_per_s']:,.0f} edges/s -> {receipt['store']}")
+    return 0
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    from se3t.data.basis_cache import resolve_store
+    from se3t.data.basis_store import finalize, write_manifest
+
+    cfg = _cfg(args)
+    where = resolve_store(args.store, _cache(args, cfg))
+    record = finalize(where, progress=not args.quiet)
+    print(f"{record['key']}: complete, {len(record['files'])} shard files, "
+          f"{record['total_bytes'] / 1e6:,.1f} MB, read-only -> {where}")
+    if args.manifest:
+        write_manifest(where, args.manifest)
+        print(f"manifest -> {args.manifest}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from se3t.data.basis_cache import resolve_store
+    from se3t.data.basis_store import verify
+
+    cfg = _cfg(args)
+    where = resolve_store(args.store, _cache(args, cfg))
+    report = verify(where, sample=args.sample, dataset=args.dataset, seed=args.seed,
+                    progress=sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        if not report.complete:
+            print(f"{where}: INCOMPLETE (not finalized)")
+        for line in report.bad_files + report.bad_chunks:
+            print(f"BAD {line}")
+        print(f"{report.key}: {'OK' if report.ok else 'FAILED'}: {report.files_checked} files "
+              f"checked, {report.edges_sampled} edges recomputed (max |error| "
+              f"{report.max_abs_error:.2e})")
+    return 0 if report.ok else 1
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from se3t.data.basis_cache import list_stores
+
+    cfg = _cfg(args)
+    rows = [s.as_dict() for s in list_stores(_cache(args, cfg))]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no basis stores in {_cache(args, cfg)}/basis")
+        return 0
+    print(f"{'KEY':24}  {'DATASET':12}  {'DEG':>3}  {'DTYPE':7}  {'COMPRESSOR':10}  "
+          f"{'SIZE':>9}  {'STATE':14}  CREATED               BY")
+    for r in rows:
+        state = "complete" if r["complete"] else f"{r['units_present']}/{r['num_units']} shards"
+        print(f"{r['key']:24}  {str(r['dataset_fingerprint'])[:12]:12}  {r['max_degree']!s:>3}  "
+              f"{r['dtype']!s:7}  {r['compressor']!s:10}  {r['bytes_on_disk'] / 1e6:>7.1f}MB  "
+              f"{state:14}  {r['created']!s:20}  {r['created_by']}")
+    return 0
+
+
+def _age(text: str) -> float:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([smhd]?)\s*", text)
+    if not m:
+        from se3t.errors import InputError
+
+        raise InputError(f"--older-than {text!r}: give seconds or a number with s, m, h or d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from se3t.data.basis_cache import gc
+
+    cfg = _cfg(args)
+    removed = gc(_cache(args, cfg), older_than_s=_age(args.older_than),
+                 unreferenced=args.unreferenced, manifests=args.manifests, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for r in removed:
+        print(f"{verb} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    print(f"{verb} {len(removed)} store(s), "
+          f"{sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB")
+    return 0

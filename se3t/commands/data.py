@@ -1,0 +1,186 @@
+"""``se3t data fetch|build|info``: the QM9 data stage (see docs/data.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from se3t import config as C
+
+_OVERRIDES_HELP = (
+    "config overrides key=value applied after --config, e.g. data.figshare_sha256=abc... "
+    "data.retries=3 (the options above win over both)"
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "data",
+        help="fetch raw QM9 and build the dataset store",
+        description="The QM9 data stage: `fetch` raw QM9 into a folder, `build` the Zarr "
+        "dataset store from it, `info` prints a store's summary and parse report.",
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    sub.required = True
+
+    fetch = sub.add_parser(
+        "fetch",
+        help="put raw QM9 files into a folder (with sha256 for each)",
+        description="Fetch raw QM9 into --out with a SOURCE.json listing every file's sha256. "
+        "Files already there with the expected checksum are kept.",
+    )
+    fetch.add_argument(
+        "--source",
+        help="qm9pack (the installed PyPI package's CSVs), figshare (download "
+        "data.figshare_url and data.uncharacterized_url, checked against data.*_sha256, "
+        "resumable), or a local folder / tar archive of QM9 XYZ files "
+        "(default: data.source, 'qm9pack')",
+    )
+    fetch.add_argument("--out", help="folder for the raw files (default: data.raw_dir)")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common(fetch)
+    fetch.set_defaults(func=_fetch)
+
+    build = sub.add_parser(
+        "build",
+        help="parse raw QM9, perceive bonds, write the Zarr dataset store",
+        description="Parse every molecule of --raw (qm9pack CSVs or QM9 XYZ files, tarred or "
+        "not), drop bad and uncharacterized ones with a parse report, perceive bonds with "
+        "RDKit, and write the store atomically to --out. Does nothing when --out was already "
+        "built from the same inputs and settings.",
+    )
+    build.add_argument("--raw", help="folder from `se3t data fetch` (default: data.raw_dir)")
+    build.add_argument("--out", help="dataset store to write (default: data.path)")
+    build.add_argument(
+        "--limit", type=int, help="keep the first N molecules only (default: data.limit, all)"
+    )
+    build.add_argument("--graph", choices=("bond", "radius"), help="default: data.graph (bond)")
+    build.add_argument("--cutoff", type=float, help="Å, for --graph radius (default 5.0)")
+    build.add_argument(
+        "--processes", type=int, help="worker processes for bond perception (default 2)"
+    )
+    build.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="stop at the first bad molecule instead of dropping it into the parse report",
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common(build)
+    build.set_defaults(func=_build)
+
+    info = sub.add_parser(
+        "info",
+        help="summary and parse report of a dataset store",
+        description="Print a dataset store's size, source, checksums, graph settings and "
+        "parse report as JSON.",
+    )
+    info.add_argument("path", help="dataset store (e.g. results/data/qm9.zarr)")
+    info.add_argument(
+        "--verify", action="store_true", help="recompute the content hash and compare"
+    )
+    info.set_defaults(func=_info)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config; its data section supplies the defaults")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+
+def _cfg(args, **flags) -> C.Config:
+    """Config file <- overrides <- the command's options (set directly: paths stay verbatim)."""
+    cfg = C.load(args.config, list(args.overrides))
+    for key, value in flags.items():
+        if value is not None:
+            setattr(cfg.data, key, value)
+    C.validate(cfg)
+    return cfg
+
+
+def _fetch(args) -> int:
+    from se3t.data.fetch import fetch
+
+    cfg = _cfg(args, source=args.source, raw_dir=args.out)
+    d = cfg.data
+    manifest = fetch(
+        d.source,
+        d.raw_dir,
+        figshare_url=d.figshare_url,
+        figshare_sha256=d.figshare_sha256,
+        uncharacterized_url=d.uncharacterized_url,
+        uncharacterized_sha256=d.uncharacterized_sha256,
+        retries=d.retries,
+        timeout=d.timeout,
+        progress=not args.quiet,
+    )
+    C.save(cfg, f"{d.raw_dir}/config.yaml")
+    for name, f in manifest["files"].items():
+        print(f"{d.raw_dir}/{name}  {f['bytes']} bytes  sha256 {f['sha256']}")
+    return 0
+
+
+def _build(args) -> int:
+    from se3t.data.build import build_dataset
+
+    cfg = _cfg(
+        args,
+        raw_dir=args.raw,
+        path=args.out,
+        limit=args.limit,
+        graph=args.graph,
+        cutoff=args.cutoff,
+        processes=args.processes,
+        strict=args.strict,
+    )
+    d = cfg.data
+    result = build_dataset(
+        d.raw_dir,
+        d.path,
+        limit=d.limit,
+        graph=d.graph,
+        cutoff=d.cutoff,
+        processes=d.processes,
+        strict=d.strict,
+        progress=not args.quiet,
+        force=args.force,
+    )
+    r = result["report"]
+    state = "up to date" if result["skipped"] else "written"
+    print(
+        f"{d.path}: {state}; {r['kept']} molecules kept of {r['read']} read; dropped "
+        f"{r['dropped_total']} {r['dropped'] or ''}; uncharacterized {r['uncharacterized']}; "
+        f"bond-order fallbacks {r['bond_fallbacks']}; fingerprint {result['fingerprint'][:16]}"
+    )
+    if not result["skipped"]:
+        C.save(cfg, f"{d.path}.config.yaml")
+    return 0
+
+
+def _info(args) -> int:
+    from se3t.data.store import open_dataset
+
+    store = open_dataset(args.path)
+    if args.verify:
+        store.verify()
+    a = dict(store.attrs)
+    report = dict(a.get("parse_report", {}))
+    ids = report.pop("bond_fallback_ids", [])
+    report["bond_fallback_ids"] = f"{len(ids)} ids (first: {ids[:10]})"
+    out = {
+        "path": store.path,
+        "molecules": len(store),
+        "atoms": int(len(store.species)),
+        "edges": int(len(store.src)),
+        "graph": store.graph,
+        "fingerprint": store.fingerprint,
+        "verified": bool(args.verify),
+        "source": a.get("source"),
+        "units": a.get("units"),
+        "parse_report": report,
+        "created": a.get("created"),
+    }
+    json.dump(out, sys.stdout, indent=2)
+    print()
+    return 0

@@ -1,0 +1,47 @@
+"""``se3t report RESULTS_DIR [--out report.html]``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="self-contained HTML report (and a Markdown twin) of runs, evaluation and profile",
+        description=(
+            "Build one self-contained HTML file (images embedded) and its Markdown twin from a "
+            "results folder: a run folder, or a folder whose runs/* or * sub-folders are run "
+            "folders. Each run folder needs config.yaml and metrics.jsonl (se3t train), "
+            "metrics.json and predictions.csv (se3t evaluate). A profile memory.json (se3t "
+            "profile) is taken from RESULTS_DIR/profile/, RESULTS_DIR or the run folder, or "
+            "from --profile."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("results", metavar="RESULTS_DIR", help="run folder or results folder")
+    p.add_argument(
+        "--out",
+        metavar="HTML",
+        default=None,
+        help="report file (default: RESULTS_DIR/report.html); the Markdown twin is "
+        "written beside it with .md, its figures in <name>_files/",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="MEMORY_JSON",
+        default=None,
+        help="profile file to include (default: searched as described above)",
+    )
+    p.add_argument("--title", default="se3t report", help="report title")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from se3t.eval.report import build_report
+
+    html_path, md_path = build_report(
+        args.results, args.out, profile=args.profile, title=args.title
+    )
+    print(f"report: {html_path} (Markdown twin: {md_path})")
+    return 0

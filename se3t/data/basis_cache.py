@@ -1,0 +1,335 @@
+"""The shared basis cache on disk: where stores live, who may write there, listing and cleanup.
+
+A cache is a folder (or an fsspec URL, for reading) holding ``basis/KEY.zarr`` stores. Stores are
+content-addressed: ``KEY`` hashes everything their values depend on (see
+:func:`se3t.data.basis_store.basis_key`), so runs, users and teams that point at one cache share
+one store per dataset and setting. This module resolves ``KEY|PATH`` arguments, checks that a
+cache can be written *before* any work starts, lists stores (``se3t basis ls``) and removes stale
+or unreferenced ones (``se3t basis gc``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from se3t.errors import InputError
+
+__all__ = [
+    "StoreInfo",
+    "atomic_write_bytes",
+    "cache_basis_dir",
+    "ensure_writable_cache",
+    "gc",
+    "is_url",
+    "list_stores",
+    "local_path",
+    "resolve_store",
+    "who",
+]
+
+STORE_SUFFIX = ".zarr"
+CHECKSUMS_FILE = "checksums.json"  # written by finalize: its presence marks a complete store
+_KEY_RE = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for fsspec URLs other than ``file://`` (``s3://bucket/x``, ``memory://x``)."""
+    text = str(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def local_path(path: str | os.PathLike) -> Path:
+    """A local path from a path or ``file://`` URL; raises InputError for other URLs."""
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif is_url(text):
+        raise InputError(
+            f"{text!r}: this operation writes to the basis store and needs a local (or shared "
+            "POSIX) folder; build the store there, then copy it to object storage"
+        )
+    return Path(text)
+
+
+def cache_basis_dir(cache: str | os.PathLike) -> str:
+    """``CACHE/basis`` as a path or URL string."""
+    text = str(cache).rstrip("/")
+    return f"{text}/basis"
+
+
+def who() -> str:
+    """``user@host`` for the created-by fields."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see a
+    half-written file. With ``exclusive`` the file is only created if absent (hard link, which
+    fails on an existing target) and False is returned when another writer got there first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if exclusive:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        else:
+            os.replace(tmp, path)
+            return True
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_cache(cache: str | os.PathLike) -> Path:
+    """Create ``CACHE/basis`` and prove it writable with a probe file; return the folder.
+
+    Runs before any work so that a cache the user cannot write (read-only mount, missing
+    permission, a file where the folder should be, immutable folder, full disk) fails at once
+    with a message naming the folder, instead of after minutes of computation. Permission bits
+    alone are not trusted (root ignores them): the probe really creates, writes and removes a file.
+    """
+    root = local_path(cache)
+    target = root / "basis"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise InputError(
+            f"basis cache {str(root)!r} cannot be used: {err.filename or target} is not a folder "
+            "(set basis.cache or --cache to a writable folder)"
+        ) from err
+    except OSError as err:
+        raise InputError(
+            f"basis cache {str(root)!r} cannot be created: {err.strerror} ({err.filename}); "
+            "set basis.cache or --cache to a writable folder"
+        ) from err
+    if not target.is_dir():
+        raise InputError(f"basis cache {str(root)!r}: {target} is not a folder")
+    probe = target / f".probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, b"se3t")
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as err:
+        raise InputError(
+            f"basis cache {str(root)!r} is not writable: {err.strerror} ({target}); "
+            "set basis.cache or --cache to a folder you can write"
+        ) from err
+    return target
+
+
+def resolve_store(key_or_path: str, cache: str | os.PathLike | None) -> str:
+    """A store path or URL from ``KEY`` (looked up in ``CACHE/basis``) or ``PATH``.
+
+    A bare hexadecimal key needs a cache; anything with a slash, a ``.zarr`` suffix or an
+    existing path is taken as the store itself.
+    """
+    text = str(key_or_path)
+    if _KEY_RE.match(text) and not Path(text).exists():
+        if cache is None:
+            raise InputError(f"basis key {text!r}: give --cache (or basis.cache) to find it")
+        return f"{cache_basis_dir(cache)}/{text}{STORE_SUFFIX}"
+    return text
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _disk_usage(path: Path) -> tuple[int, float]:
+    """Bytes on disk and the newest modification time below ``path``."""
+    total = 0
+    newest = path.stat().st_mtime if path.exists() else 0.0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+            newest = max(newest, st.st_mtime)
+    return total, newest
+
+
+@dataclass
+class StoreInfo:
+    """One row of ``se3t basis ls``."""
+
+    key: str
+    path: str
+    complete: bool
+    bytes_on_disk: int
+    modified: float
+    meta: dict[str, Any]
+    units_present: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "key": self.key,
+            "path": self.path,
+            "complete": self.complete,
+            "bytes_on_disk": self.bytes_on_disk,
+            "modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.modified)),
+            "dataset_fingerprint": m.get("dataset_fingerprint"),
+            "dataset_path": m.get("dataset_path"),
+            "max_degree": m.get("max_degree"),
+            "dtype": m.get("dtype"),
+            "compressor": m.get("compressor"),
+            "num_molecules": m.get("num_molecules"),
+            "num_edges": m.get("num_edges"),
+            "units_present": self.units_present,
+            "num_units": m.get("num_units"),
+            "created": m.get("created"),
+            "created_by": m.get("created_by"),
+        }
+
+
+def _store_meta(path: Path) -> dict[str, Any] | None:
+    group = _read_json(path / "zarr.json")
+    if not group:
+        return None
+    return (group.get("attributes") or {}).get("se3t_basis")
+
+
+def _units_present(path: Path) -> int:
+    count = 0
+    for dirpath, _dirs, files in os.walk(path / "basis" / "c"):
+        count += sum(1 for f in files if not f.endswith(".partial") and not f.startswith("."))
+        del dirpath
+    return count
+
+
+def list_stores(cache: str | os.PathLike) -> list[StoreInfo]:
+    """Every basis store in ``CACHE/basis`` with its settings, size and state (newest first)."""
+    root = local_path(cache) / "basis"
+    if not root.is_dir():
+        return []
+    out = []
+    for entry in sorted(root.iterdir()):
+        if not entry.name.endswith(STORE_SUFFIX) or entry.name.startswith("."):
+            continue
+        meta = _store_meta(entry) or {}
+        size, newest = _disk_usage(entry)
+        complete = (entry / CHECKSUMS_FILE).is_file()
+        out.append(
+            StoreInfo(
+                key=entry.name[: -len(STORE_SUFFIX)],
+                path=str(entry),
+                complete=complete,
+                bytes_on_disk=size,
+                modified=newest,
+                meta=meta,
+                units_present=_units_present(entry),
+            )
+        )
+    out.sort(key=lambda s: s.modified, reverse=True)
+    return out
+
+
+def _referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
+    """Keys named by basis manifests: files, or folders searched recursively for ``*.json``."""
+    keys: set[str] = set()
+    for item in manifests:
+        p = Path(item)
+        if not p.exists():
+            raise InputError(f"manifest path {str(p)!r} does not exist")
+        files = [p] if p.is_file() else sorted(p.rglob("*.json"))
+        for f in files:
+            data = _read_json(f)
+            if isinstance(data, dict) and data.get("kind") == "se3t-basis-manifest":
+                keys.add(str(data.get("key")))
+    return keys
+
+
+def _make_writable(path: Path) -> None:
+    for dirpath, dirs, files in os.walk(path):
+        os.chmod(dirpath, os.stat(dirpath).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                os.chmod(full, os.stat(full).st_mode | stat.S_IWUSR)
+
+
+def remove_store(path: Path) -> None:
+    """Remove a store: first renamed out of the way (so no reader or writer sees a half-deleted
+    store under its key), then deleted, read-only bits included."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    _make_writable(trash)
+    shutil.rmtree(trash)
+
+
+def gc(
+    cache: str | os.PathLike,
+    *,
+    older_than_s: float = 24 * 3600,
+    unreferenced: bool = False,
+    manifests: list[str | os.PathLike] | None = None,
+    dry_run: bool = False,
+    now: float | None = None,
+) -> list[dict[str, Any]]:
+    """Remove incomplete stores (and leftover temporary folders) untouched for ``older_than_s``
+    seconds; with ``unreferenced``, also complete stores that none of ``manifests`` (files or
+    folders searched for basis manifests) names. Returns what was (or, dry run, would be) removed.
+    """
+    if unreferenced and not manifests:
+        raise InputError("gc --unreferenced needs --manifests PATH... (files or folders to search)")
+    now = time.time() if now is None else now
+    root = local_path(cache) / "basis"
+    if not root.is_dir():
+        return []
+    keep = _referenced_keys(list(manifests or [])) if unreferenced else set()
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir():
+            continue
+        size, newest = _disk_usage(entry)
+        age = now - newest
+        reason = None
+        if entry.name.startswith("."):  # .KEY.zarr.tmp-*, .trash-* left by a crash
+            if age >= older_than_s:
+                reason = "temporary folder left by an interrupted process"
+        elif entry.name.endswith(STORE_SUFFIX):
+            key = entry.name[: -len(STORE_SUFFIX)]
+            complete = (entry / CHECKSUMS_FILE).is_file()
+            if not complete and age >= older_than_s:
+                reason = f"incomplete, untouched for {age / 3600:.1f} h"
+            elif complete and unreferenced and key not in keep:
+                reason = "complete but referenced by no manifest"
+        if reason:
+            removed.append({"path": str(entry), "bytes_on_disk": size, "reason": reason})
+            if not dry_run:
+                remove_store(entry) if not entry.name.startswith(".") else _rm_tmp(entry)
+    return removed
+
+
+def _rm_tmp(path: Path) -> None:
+    _make_writable(path)
+    shutil.rmtree(path, ignore_errors=True)

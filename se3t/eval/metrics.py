@@ -1,0 +1,259 @@
+"""Test-set errors of a trained model: MAE and RMSE per target, predictions and figures.
+
+For target ``t`` over the ``n`` molecules of a split, with de-standardized predictions
+``p_i = out_i * std_t + mean_t`` (``mean``/``std`` of the training split, stored in the
+checkpoint) and reference values ``y_i``::
+
+    MAE_t  = 1/n * sum_i |p_i - y_i|
+    RMSE_t = sqrt(1/n * sum_i (p_i - y_i)^2)
+
+both in the target's unit (energies in eV, and also in meV, the unit papers report).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from se3t.errors import InputError
+from se3t.eval import plots
+from se3t.eval._io import atomic_write, write_json
+from se3t.eval.environment import describe_environment, resolve_device
+from se3t.eval.references import ENERGY_TARGETS, UNITS
+from se3t.eval.schema import METRICS_SCHEMA, METRICS_SCHEMA_VERSION, validate
+
+__all__ = [
+    "compute_metrics",
+    "evaluate",
+    "load_for_inference",
+    "resolve_checkpoint",
+    "target_stats",
+]
+
+PREDICTION_COLUMNS = ("mol_id", "row", "target", "unit", "reference", "prediction", "error")
+
+
+def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
+    """A run folder -> its ``best.pt`` (else ``last.pt``); a file -> itself."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise InputError(f"run folder {str(path)!r} has no checkpoint (best.pt or last.pt)")
+    if not path.exists():
+        raise InputError(f"{str(path)!r} does not exist (give a run folder or a checkpoint)")
+    return path
+
+
+def load_for_inference(checkpoint: str | os.PathLike, device: torch.device):
+    """``(model, cfg, stats)`` from a checkpoint through the training stage's ``load_model``."""
+    from se3t.train.checkpoint import load_model
+
+    model, cfg, stats = load_model(checkpoint, map_location="cpu")
+    model.to(device).eval()
+    return model, cfg, stats
+
+
+def target_stats(stats: dict, source: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The checkpoint's target names, means and standard deviations as float64 tensors."""
+    try:
+        names = list(stats["targets"])
+        mean = torch.as_tensor(np.asarray(stats["mean"], dtype=np.float64)).reshape(-1)
+        std = torch.as_tensor(np.asarray(stats["std"], dtype=np.float64)).reshape(-1)
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{source}: field 'target_stats' is missing or malformed ({err})") from err
+    if not (len(names) == mean.numel() == std.numel()):
+        raise InputError(
+            f"{source}: field 'target_stats': {len(names)} targets but {mean.numel()} means and "
+            f"{std.numel()} standard deviations"
+        )
+    return names, mean, std
+
+
+def compute_metrics(
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    targets: list[str],
+    units: dict[str, str] | None = None,
+) -> dict:
+    """Per target: count, MAE, RMSE, largest |error| (and the same in meV for energies).
+
+    ``reference``, ``prediction``: [M, T] in target units, columns in ``targets`` order.
+    """
+    units = units or {}
+    reference = np.asarray(reference, dtype=np.float64)
+    prediction = np.asarray(prediction, dtype=np.float64)
+    out = {}
+    for j, name in enumerate(targets):
+        err = prediction[:, j] - reference[:, j]
+        entry = {
+            "unit": units.get(name) or UNITS.get(name, ""),
+            "count": int(err.size),
+            "mae": float(np.mean(np.abs(err))),
+            "rmse": float(np.sqrt(np.mean(err**2))),
+            "max_abs_error": float(np.max(np.abs(err))),
+        }
+        if entry["unit"] == "eV" or name in ENERGY_TARGETS:
+            entry["mae_mev"] = entry["mae"] * 1000.0
+            entry["rmse_mev"] = entry["rmse"] * 1000.0
+        out[name] = entry
+    return out
+
+
+def _write_predictions(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError as err:
+            raise InputError(
+                f"{str(path)!r}: writing Parquet needs pyarrow (pip install pyarrow); "
+                "or write predictions.csv"
+            ) from err
+        return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, float_format="%.8g")
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def evaluate(
+    run_or_checkpoint: str | os.PathLike,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    *,
+    dataset: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    predictions_format: str = "csv",
+    progress: bool = True,
+) -> dict:
+    """Evaluate a checkpoint on a split; write metrics.json, predictions, parity.png, errors.png.
+
+    ``run_or_checkpoint``: a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint.
+    ``out_dir`` defaults to the run folder (the checkpoint's folder). ``dataset`` overrides the
+    dataset path stored in the checkpoint's config (runs made elsewhere). The split is the one
+    training used: same store, ``split_seed`` and fractions from the checkpoint's config.
+    Returns the ``metrics.json`` document.
+    """
+    from se3t.data import QM9Dataset, collate
+
+    if split not in ("train", "val", "test"):
+        raise InputError(f"split {split!r} is not one of ['train', 'val', 'test']")
+    if predictions_format not in ("csv", "parquet"):
+        raise InputError(f"predictions format {predictions_format!r} is not csv or parquet")
+    ckpt = resolve_checkpoint(run_or_checkpoint)
+    out_dir = Path(out_dir) if out_dir is not None else ckpt.parent
+    dev = resolve_device(device)
+    model, cfg, stats = load_for_inference(ckpt, dev)
+    names, mean, std = target_stats(stats, str(ckpt))
+    data_cfg = cfg.data if dataset is None else replace(cfg.data, path=str(dataset))
+    data_cfg = replace(data_cfg, targets=list(names))
+    try:
+        data = QM9Dataset.from_config(data_cfg, split)
+    except ValueError as err:  # e.g. too few molecules to split; InputErrors pass unchanged
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"dataset {data_cfg.path!r}: split {split!r}: {err}") from err
+    if len(data) == 0:
+        raise InputError(
+            f"dataset {data_cfg.path!r}: split {split!r} has no molecules "
+            f"(fractions train={data_cfg.train_fraction}, test={data_cfg.test_fraction})"
+        )
+    units = {x: getattr(data, "units", {}).get(x) or UNITS.get(x, "") for x in names}
+    bs = int(batch_size or cfg.eval.batch_size)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=cfg.data.num_workers
+    )
+    preds, mol_ids, rows = [], [], []
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
+            out = model(batch.to(dev))  # [B, T] standardized
+            preds.append(out.double().cpu() * std + mean)  # [B, T] target units
+            mol_ids.append(batch.mol_ids.cpu() if batch.mol_ids is not None else None)
+            rows.append(batch.index.cpu())
+    elapsed = time.perf_counter() - t0
+    prediction = torch.cat(preds).numpy()  # [M, T]
+    row = torch.cat(rows).numpy()  # [M] store rows, in the split's order
+    # references straight from the store in float64 (not re-derived from the standardized y)
+    store = data.store
+    cols = [list(store.target_names).index(x) for x in names]
+    reference = np.asarray(store.targets[row], dtype=np.float64)[:, cols]  # [M, T]
+    mol = torch.cat(mol_ids).numpy() if all(m is not None for m in mol_ids) else row
+    if not np.isfinite(prediction).all():
+        bad = int(row[~np.isfinite(prediction).all(axis=1)][0])
+        raise InputError(f"{str(ckpt)!r}: the model predicts a non-finite value (store row {bad})")
+
+    n, t = reference.shape
+    frame = pd.DataFrame(
+        {
+            "mol_id": np.repeat(mol, t),
+            "row": np.repeat(row, t),
+            "target": np.tile(np.asarray(names), n),
+            "unit": np.tile(np.asarray([units[x] for x in names]), n),
+            "reference": reference.reshape(-1),
+            "prediction": prediction.reshape(-1),
+            "error": (prediction - reference).reshape(-1),
+        },
+        columns=list(PREDICTION_COLUMNS),
+    )
+    ckpt_meta = _checkpoint_meta(ckpt)
+    doc = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "kind": "se3t.evaluate",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "checkpoint": str(ckpt),
+        "epoch": ckpt_meta.get("epoch"),
+        "step": ckpt_meta.get("step"),
+        "split": split,
+        "dataset": str(data_cfg.path),
+        "count": int(n),
+        "targets": list(names),
+        "metrics": compute_metrics(reference, prediction, list(names), units),
+        "environment": describe_environment(dev),
+        "batch_size": bs,
+        "mol_per_s": float(n / elapsed) if elapsed > 0 else 0.0,
+    }
+    validate(doc, METRICS_SCHEMA, "evaluation result")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_predictions(frame, out_dir / f"predictions.{predictions_format}")
+    title = f"{split} split, {n} molecules, {ckpt.name}"
+    plots.plot_parity(
+        {x: reference[:, j] for j, x in enumerate(names)},
+        {x: prediction[:, j] for j, x in enumerate(names)},
+        units,
+        out_dir / "parity.png",
+        title,
+    )
+    plots.plot_errors(
+        {x: prediction[:, j] - reference[:, j] for j, x in enumerate(names)},
+        units,
+        out_dir / "errors.png",
+        title,
+    )
+    # metrics.json last: its presence means the other outputs are complete
+    write_json(out_dir / "metrics.json", doc)
+    return doc
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    from se3t.train.checkpoint import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(path, map_location="cpu")
+    except Exception:  # noqa: BLE001 - load_model already accepted the file; metadata is optional
+        return {}
+    meta = {}
+    for key in ("epoch", "step"):
+        value = ckpt.get(key)
+        meta[key] = int(value) if isinstance(value, (int, np.integer)) else None
+    return meta

@@ -1,0 +1,464 @@
+"""The run report: one self-contained HTML file (images embedded as base64) and a Markdown twin.
+
+``build_report(results_dir)`` reads, for each run folder found (``results_dir`` itself, or its
+sub-folders ``runs/*`` and ``*`` that hold a ``config.yaml``):
+
+- ``config.yaml``        the resolved config (written by training)
+- ``metrics.jsonl``      the training log (learning curves, training throughput)
+- ``metrics.json``       the evaluation (``se3t evaluate``), validated against its schema
+- ``predictions.csv``    the evaluation's predictions (parity plot, error histogram)
+
+and, when present, a profile ``memory.json`` (``se3t profile``) from ``results_dir/profile/``,
+``results_dir/`` or the run folder, or the one passed as ``profile``. A missing required file is
+an :class:`InputError` naming it and the command that makes it. All figures are redrawn from
+these data files, so the report never shows a stale picture.
+
+The report sets each figure beside the published ones: NVIDIA's QM9 ``homo`` test MAE
+(0.0342-0.0346 eV after 100 epochs) and the paper's 35 meV; NVIDIA's training throughput
+(2.21 mol/ms TF32, 2.92 mol/ms AMP at batch 240 on one A100; 22.95 mol/ms on 8), with the device
+that produced se3t's figure named next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from se3t.errors import InputError
+from se3t.eval import plots
+from se3t.eval._io import write_bytes, write_text
+from se3t.eval.environment import describe_environment
+from se3t.eval.references import PUBLISHED_MAE, THROUGHPUT_REFERENCES, UNITS
+from se3t.eval.schema import METRICS_SCHEMA, PROFILE_SCHEMA, validate
+
+__all__ = ["RunResults", "build_report", "find_runs", "load_run"]
+
+REQUIRED = {
+    "config.yaml": "se3t train (the resolved config)",
+    "metrics.jsonl": "se3t train (the training log)",
+    "metrics.json": "se3t evaluate",
+    "predictions.csv": "se3t evaluate",
+}
+
+
+@dataclass
+class RunResults:
+    name: str
+    folder: Path
+    config: dict
+    records: list[dict]
+    evaluation: dict
+    predictions: pd.DataFrame
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def find_runs(results_dir: Path) -> list[Path]:
+    """Run folders under ``results_dir``: itself if it holds a config.yaml, else its children."""
+    if not results_dir.is_dir():
+        raise InputError(f"results folder {str(results_dir)!r} does not exist")
+    if (results_dir / "config.yaml").is_file() or (results_dir / "metrics.jsonl").is_file():
+        return [results_dir]
+    found: list[Path] = []
+    for parent in (results_dir / "runs", results_dir):
+        if parent.is_dir():
+            for child in sorted(parent.iterdir()):
+                if child.is_dir() and (child / "config.yaml").is_file() and child not in found:
+                    found.append(child)
+    if not found:
+        raise InputError(
+            f"results folder {str(results_dir)!r} holds no run: expected config.yaml "
+            "(from se3t train) in it, or in its sub-folders runs/* or *"
+        )
+    return found
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{str(path)!r}: line {lineno} is not JSON ({err.msg})") from err
+            if not isinstance(rec, dict):
+                raise InputError(f"{str(path)!r}: line {lineno} is not a JSON object")
+            records.append(rec)
+    if not records:
+        raise InputError(f"{str(path)!r}: holds no records (has training started?)")
+    return records
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{str(path)!r}: not valid JSON (line {err.lineno}: {err.msg})") from err
+
+
+def load_run(folder: Path) -> RunResults:
+    """Read one run folder's files; a missing or malformed one raises InputError naming it."""
+    for name, producer in REQUIRED.items():
+        if not (folder / name).is_file():
+            raise InputError(
+                f"results folder {str(folder)!r} is missing {name} (written by {producer})"
+            )
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{str(folder / 'config.yaml')!r}: not valid YAML ({err})") from err
+    records = _read_jsonl(folder / "metrics.jsonl")
+    evaluation = _read_json(folder / "metrics.json")
+    validate(evaluation, METRICS_SCHEMA, str(folder / "metrics.json"))
+    try:
+        predictions = pd.read_csv(folder / "predictions.csv")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"{str(folder / 'predictions.csv')!r}: not a CSV table ({err})") from err
+    missing = {"target", "reference", "prediction"} - set(predictions.columns)
+    if missing:
+        raise InputError(
+            f"{str(folder / 'predictions.csv')!r}: missing column(s) {sorted(missing)}"
+        )
+    name = (config.get("run") or {}).get("name") or folder.name
+    return RunResults(name, folder, config, records, evaluation, predictions)
+
+
+def _find_profile(results_dir: Path, runs: list[RunResults], given: Path | None) -> Path | None:
+    if given is not None:
+        if not given.is_file():
+            raise InputError(f"profile file {str(given)!r} does not exist (se3t profile writes it)")
+        return given
+    candidates = [results_dir / "profile" / "memory.json", results_dir / "memory.json"]
+    for run in runs:
+        candidates += [run.folder / "profile" / "memory.json", run.folder / "memory.json"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def training_throughput(records: list[dict]) -> dict | None:
+    """Median training throughput over the logged steps (the first one, warm-up, left out)."""
+    values = [
+        float(r["mol_per_s"])
+        for r in records
+        if r.get("kind") == "step" and isinstance(r.get("mol_per_s"), (int, float))
+    ]
+    if len(values) > 1:
+        values = values[1:]
+    if not values:
+        return None
+    return {"mol_per_s": statistics.median(values), "steps": len(values)}
+
+
+def _training_device(run: RunResults) -> str:
+    for rec in run.records:
+        for key in ("device_name", "device"):
+            if isinstance(rec.get(key), str):
+                return rec[key]
+    launch = run.config.get("launch") or {}
+    train = run.config.get("train") or {}
+    gpus = int(launch.get("gpus_per_node") or 0) * int(launch.get("nodes") or 1)
+    if gpus:
+        return f"{gpus} GPU(s) (train.device={train.get('device')})"
+    env = run.evaluation.get("environment", {})
+    if env.get("device") == "cpu":
+        return f"CPU: {env.get('device_name')} (the machine that evaluated it)"
+    return f"train.device={train.get('device', 'auto')}"
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+class _Doc:
+    """Builds the HTML and the Markdown in step, so the twin never drifts from the page."""
+
+    def __init__(self) -> None:
+        self.html: list[str] = []
+        self.md: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.md.append(f"\n{'#' * level} {text}\n")
+
+    def para(self, text: str) -> None:
+        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.md.append(f"{text}\n")
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        )
+        self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        esc = [[c.replace("|", "\\|") for c in row] for row in [header, *rows]]
+        self.md.append("| " + " | ".join(esc[0]) + " |")
+        self.md.append("|" + "---|" * len(header))
+        self.md.extend("| " + " | ".join(r) + " |" for r in esc[1:])
+        self.md.append("")
+
+    def code(self, text: str) -> None:
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+        self.md.append("```yaml\n" + text.rstrip() + "\n```\n")
+
+    def image(self, png: Path, alt: str, md_ref: str) -> None:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        self.html.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+        )
+        self.md.append(f"![{alt}]({md_ref})\n")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1000px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{border-bottom:2px solid #333}h2{border-bottom:1px solid #ccc;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:.25em .6em;
+text-align:left}th{background:#f2f2f2}
+pre{background:#f6f6f6;padding:.6em;overflow:auto;max-height:24em;font-size:.85em}
+figure{margin:.8em 1em .8em 0;display:inline-block;vertical-align:top}
+img{max-width:100%;height:auto}figcaption{font-size:.85em;color:#555}
+"""
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "—" if x is None else f"{x:.{digits}g}"
+
+
+def _metrics_section(doc: _Doc, run: RunResults) -> None:
+    ev = run.evaluation
+    doc.para(
+        f"Split {ev['split']!r}: {ev['count']} molecules; checkpoint {ev['checkpoint']} "
+        f"(epoch {ev.get('epoch')}, step {ev.get('step')}); evaluated on "
+        f"{ev['environment']['device_name']}."
+    )
+    rows = []
+    for target, m in ev["metrics"].items():
+        unit = m["unit"]
+        refs = PUBLISHED_MAE.get(target, [])
+        ref_text = (
+            "; ".join(
+                (f"{r['low']:g}" if r["low"] == r["high"] else f"{r['low']:g}–{r['high']:g}")
+                + f" {r['unit']} ({r['source']})"
+                for r in refs
+            )
+            or "—"
+        )
+        ratio = (
+            f"{m['mae'] / max(r['high'] for r in refs):.2f}×"
+            if refs and all(r["unit"] == unit for r in refs)
+            else "—"
+        )
+        rows.append(
+            [
+                target,
+                unit,
+                _fmt(m["mae"]),
+                _fmt(m.get("mae_mev"), 4) if "mae_mev" in m else "—",
+                _fmt(m["rmse"]),
+                str(m["count"]),
+                ref_text,
+                ratio,
+            ]
+        )
+    doc.table(
+        [
+            "target",
+            "unit",
+            "MAE",
+            "MAE (meV)",
+            "RMSE",
+            "molecules",
+            "published MAE",
+            "se3t / published",
+        ],
+        rows,
+    )
+
+
+def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> None:
+    tp = training_throughput(run.records)
+    train = run.config.get("train") or {}
+    rows = []
+    if tp is not None:
+        rows.append(
+            [
+                "se3t (this run, training log)",
+                _training_device(run),
+                str(train.get("precision", "?")),
+                str(train.get("batch_size", "?")),
+                f"{tp['mol_per_s'] / 1000:.4g}",
+            ]
+        )
+    if profile is not None:
+        for p in profile["points"]:
+            if p["status"] == "ok" and p["batch_size"] == 240:
+                rows.append(
+                    [
+                        f"se3t profile ({p['mode']}, {p['path']})",
+                        profile["environment"]["device_name"],
+                        p["mode"],
+                        "240",
+                        f"{p['mol_per_s'] / 1000:.4g}",
+                    ]
+                )
+    for ref in THROUGHPUT_REFERENCES:
+        rows.append(
+            [
+                "NVIDIA SE3Transformer (published)",
+                ref["device"],
+                ref["precision"],
+                str(ref["batch_size"]),
+                f"{ref['mol_per_ms']:g}",
+            ]
+        )
+    doc.table(["source", "device", "precision", "batch", "mol/ms"], rows)
+    if tp is None:
+        doc.para("The training log has no step records with mol_per_s.")
+    doc.para(
+        "An absolute throughput compares only on the same device: a CPU figure beside an A100's "
+        "shows the gap, not the implementation's quality."
+    )
+
+
+def _profile_section(doc: _Doc, profile: dict | None, source: Path | None, assets, md_dir) -> None:
+    if profile is None:
+        doc.para("No profile found (run `se3t profile CONFIG --out RESULTS/profile`).")
+        return
+    env = profile["environment"]
+    doc.para(
+        f"From {source}: {profile['steps']} timed training steps per point, each point in a "
+        f"fresh process, on {env['device_name']} (torch {env['torch']}); memory metric "
+        f"{profile['memory_metric']}."
+    )
+    rows = []
+    for p in profile["points"]:
+        rows.append(
+            [
+                p["mode"],
+                p["path"],
+                str(p["batch_size"]),
+                p["status"],
+                "—" if p["peak_memory_bytes"] is None else f"{p['peak_memory_bytes'] / 2**20:.0f}",
+                "—" if p["mol_per_s"] is None else f"{p['mol_per_s']:.1f}",
+            ]
+        )
+    doc.table(["mode", "path", "batch", "status", "peak memory (MiB)", "mol/s"], rows)
+    largest = ", ".join(
+        f"{k}: {v if v is not None else 'none'}" for k, v in profile["largest_batch"].items()
+    )
+    doc.para(f"Largest batch that fits, per mode/path: {largest}.")
+    for name, alt in (
+        ("memory.png", "Peak training memory vs batch size"),
+        ("throughput.png", "Training throughput vs batch size"),
+    ):
+        png = assets / name
+        doc.image(png, alt, os.path.relpath(png, md_dir))
+
+
+def build_report(
+    results_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    profile: str | os.PathLike | None = None,
+    title: str = "se3t report",
+) -> tuple[Path, Path]:
+    """Write ``out`` (HTML, default ``results_dir/report.html``) and its Markdown twin (same
+    name, ``.md``; its figures in ``<name>_files/``). Returns both paths."""
+    results_dir = Path(results_dir)
+    runs = [load_run(f) for f in find_runs(results_dir)]
+    out = Path(out) if out is not None else results_dir / "report.html"
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise InputError(f"report output {str(out)!r} must end in .html (the .md twin is beside)")
+    md_path = out.with_suffix(".md")
+    assets = out.parent / f"{out.stem}_files"
+    assets.mkdir(parents=True, exist_ok=True)
+    profile_path = _find_profile(results_dir, runs, Path(profile) if profile else None)
+    profile_doc = None
+    if profile_path is not None:
+        profile_doc = _read_json(profile_path)
+        validate(profile_doc, PROFILE_SCHEMA, str(profile_path))
+        plots.plot_profile_memory(profile_doc, assets / "memory.png")
+        plots.plot_profile_throughput(profile_doc, assets / "throughput.png")
+
+    doc = _Doc()
+    doc.html.append(f"<h1>{html.escape(title)}</h1>")
+    doc.md.append(f"# {title}\n")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    doc.para(f"Built {now} from {results_dir} ({len(runs)} run(s)).")
+    here = describe_environment("cpu")
+    for run in runs:
+        prefix = f"{run.name}_" if len(runs) > 1 else ""
+        ev = run.evaluation
+        doc.heading(f"Run {run.name}")
+        doc.heading("Environment", 3)
+        eval_env = ev["environment"]
+        doc.table(
+            ["", "value"],
+            [
+                ["training device", _training_device(run)],
+                ["evaluation device", eval_env["device_name"]],
+                ["torch (evaluation)", eval_env["torch"]],
+                ["python (evaluation)", str(eval_env.get("python", "?"))],
+                ["report built with torch", here["torch"]],
+                ["run folder", str(run.folder)],
+            ],
+        )
+        doc.heading("Test metrics beside the published references", 3)
+        _metrics_section(doc, run)
+        names = list(ev["targets"])
+        pred = run.predictions
+        by_target = {t: pred[pred["target"] == t] for t in names}
+        units = {t: UNITS.get(t, "") for t in names}
+        parity = assets / f"{prefix}parity.png"
+        errors = assets / f"{prefix}errors.png"
+        curves = assets / f"{prefix}learning_curves.png"
+        caption = f"{ev['split']} split, {ev['count']} molecules"
+        plots.plot_parity(
+            {t: f["reference"].to_numpy() for t, f in by_target.items() if len(f)},
+            {t: f["prediction"].to_numpy() for t, f in by_target.items() if len(f)},
+            units,
+            parity,
+            caption,
+        )
+        plots.plot_errors(
+            {
+                t: (f["prediction"] - f["reference"]).to_numpy()
+                for t, f in by_target.items()
+                if len(f)
+            },
+            units,
+            errors,
+            caption,
+        )
+        plots.plot_learning_curves(run.records, curves)
+        doc.image(parity, f"Parity plot ({caption})", os.path.relpath(parity, md_path.parent))
+        doc.image(errors, f"Error histogram ({caption})", os.path.relpath(errors, md_path.parent))
+        doc.heading("Learning curves", 3)
+        doc.image(
+            curves, "Training loss and MAE per epoch", os.path.relpath(curves, md_path.parent)
+        )
+        doc.heading("Training throughput beside NVIDIA's published figures", 3)
+        _throughput_section(doc, run, profile_doc)
+        doc.heading("Configuration", 3)
+        doc.code(yaml.safe_dump(run.config, sort_keys=False))
+    doc.heading("Memory and throughput profile")
+    _profile_section(doc, profile_doc, profile_path, assets, md_path.parent)
+
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(doc.html)
+        + "\n</body></html>\n"
+    )
+    write_text(md_path, "\n".join(doc.md) + "\n")
+    write_bytes(out, page.encode("utf-8"))  # last: the HTML's presence means the report is whole
+    return out, md_path

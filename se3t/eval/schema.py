@@ -1,0 +1,206 @@
+"""JSON schemas of the files evaluation writes, and validators that name the bad field.
+
+``memory.json`` (written by ``se3t profile``) and ``metrics.json`` (``se3t evaluate``) are read
+back by ``se3t report`` and by users' own scripts, so their layout is a documented contract:
+``docs/evaluation.md`` prints these schemas, and the report validates its inputs against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+
+from se3t.errors import InputError
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "PROFILE_SCHEMA",
+    "PROFILE_SCHEMA_VERSION",
+    "METRICS_SCHEMA_VERSION",
+    "validate",
+]
+
+PROFILE_SCHEMA_VERSION = 1
+METRICS_SCHEMA_VERSION = 1
+
+_ENVIRONMENT = {
+    "type": "object",
+    "required": ["torch", "device", "device_name"],
+    "properties": {
+        "torch": {"type": "string"},
+        "device": {"enum": ["cpu", "cuda"]},
+        "device_name": {"type": "string"},
+    },
+}
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_POS_INT = {"type": "integer", "minimum": 1}
+
+PROFILE_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "se3t profile: peak training memory and throughput per batch size",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "kind",
+        "created",
+        "environment",
+        "memory_metric",
+        "steps",
+        "warmup_steps",
+        "basis",
+        "model",
+        "points",
+        "largest_batch",
+    ],
+    "properties": {
+        "schema_version": {"const": PROFILE_SCHEMA_VERSION},
+        "kind": {"const": "se3t.profile"},
+        "created": {"type": "string", "description": "ISO 8601 time, UTC"},
+        "config": {"type": "object", "description": "the resolved se3t config"},
+        "environment": _ENVIRONMENT,
+        "memory_metric": {
+            "enum": ["cuda_max_memory_allocated", "cpu_peak_rss"],
+            "description": "CUDA: torch.cuda.max_memory_allocated over the timed steps; "
+            "CPU: peak resident set size of the point's process (getrusage ru_maxrss)",
+        },
+        "steps": _POS_INT,
+        "warmup_steps": {"type": "integer", "minimum": 0},
+        "basis": {"enum": ["step", "precomputed"]},
+        "model": {"type": "object"},
+        "points": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "mode",
+                    "path",
+                    "batch_size",
+                    "status",
+                    "peak_memory_bytes",
+                    "baseline_memory_bytes",
+                    "mol_per_s",
+                    "step_time_s",
+                    "num_atoms",
+                    "num_edges",
+                    "error",
+                    "wall_s",
+                ],
+                "properties": {
+                    "mode": {
+                        "type": "string",
+                        "pattern": "^(fp32|tf32|amp|fp16|bf16)(\\+lowmem)?$",
+                    },
+                    "path": {"enum": ["pairwise", "fused"]},
+                    "batch_size": _POS_INT,
+                    "status": {"enum": ["ok", "oom", "error", "timeout", "skipped"]},
+                    "peak_memory_bytes": {"type": ["integer", "null"], "minimum": 0},
+                    "baseline_memory_bytes": {"type": ["integer", "null"], "minimum": 0},
+                    "mol_per_s": _NUMBER_OR_NULL,
+                    "step_time_s": _NUMBER_OR_NULL,
+                    "num_atoms": {"type": ["integer", "null"], "minimum": 0},
+                    "num_edges": {"type": ["integer", "null"], "minimum": 0},
+                    "error": {"type": ["string", "null"]},
+                    "wall_s": {"type": "number", "minimum": 0},
+                },
+                # a point that ran has its figures; one that did not says why
+                "if": {"properties": {"status": {"const": "ok"}}},
+                "then": {
+                    "properties": {
+                        "peak_memory_bytes": {"type": "integer"},
+                        "mol_per_s": {"type": "number", "exclusiveMinimum": 0},
+                        "step_time_s": {"type": "number", "exclusiveMinimum": 0},
+                        "error": {"type": "null"},
+                    }
+                },
+                "else": {"properties": {"error": {"type": "string"}}},
+            },
+        },
+        "largest_batch": {
+            "type": "object",
+            "description": "per mode/path: the largest batch size with status ok (null: none)",
+            "additionalProperties": {"type": ["integer", "null"]},
+        },
+        "largest_batch_per_mode": {
+            "type": "object",
+            "description": "per mode: the largest batch size that fits on any path",
+            "additionalProperties": {"type": ["integer", "null"]},
+        },
+    },
+}
+
+_TARGET_METRICS = {
+    "type": "object",
+    "required": ["unit", "count", "mae", "rmse"],
+    "properties": {
+        "unit": {"type": "string"},
+        "count": _POS_INT,
+        "mae": {"type": "number", "minimum": 0},
+        "rmse": {"type": "number", "minimum": 0},
+        "mae_mev": {"type": "number", "minimum": 0},
+        "rmse_mev": {"type": "number", "minimum": 0},
+        "max_abs_error": {"type": "number", "minimum": 0},
+    },
+}
+
+METRICS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "se3t evaluate: errors per target on one split",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "kind",
+        "created",
+        "checkpoint",
+        "split",
+        "count",
+        "targets",
+        "metrics",
+        "environment",
+    ],
+    "properties": {
+        "schema_version": {"const": METRICS_SCHEMA_VERSION},
+        "kind": {"const": "se3t.evaluate"},
+        "created": {"type": "string"},
+        "checkpoint": {"type": "string"},
+        "epoch": {"type": ["integer", "null"]},
+        "step": {"type": ["integer", "null"]},
+        "split": {"enum": ["train", "val", "test"]},
+        "dataset": {"type": "string"},
+        "count": _POS_INT,
+        "targets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "metrics": {"type": "object", "additionalProperties": _TARGET_METRICS},
+        "environment": _ENVIRONMENT,
+        "batch_size": _POS_INT,
+        "mol_per_s": {"type": "number"},
+    },
+}
+
+
+def validate(obj: Any, schema: dict[str, Any], source: str) -> None:
+    """Raise :class:`InputError` naming ``source`` and the JSON path of the first violation."""
+    validator = jsonschema.Draft202012Validator(schema)
+    # best_match prefers the deepest error outside if/then branches: the field that is wrong
+    err = jsonschema.exceptions.best_match(validator.iter_errors(obj))
+    if err is not None:
+        where = "".join(f"[{p!r}]" for p in err.absolute_path) or "(top level)"
+        raise InputError(f"{source}: field {where}: {err.message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m se3t.eval.schema profile|metrics``: print the JSON schema."""
+    import json
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    schemas = {"profile": PROFILE_SCHEMA, "metrics": METRICS_SCHEMA}
+    if len(argv) != 1 or argv[0] not in schemas:
+        print("usage: python -m se3t.eval.schema profile|metrics", file=sys.stderr)
+        return 2
+    print(json.dumps(schemas[argv[0]], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

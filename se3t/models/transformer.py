@@ -1,0 +1,206 @@
+"""The SE(3)-Transformer (Fuchs et al. 2020) and its pooled property-prediction head.
+
+``SE3Transformer``: ``num_layers`` x [AttentionBlockSE3 -> NormSE3] then a TFN convolution
+(with self-interaction) to the output fiber — NVIDIA's architecture. ``SE3TransformerPooled``
+adds max/mean pooling of the degree-0 outputs over each molecule and an MLP
+``C -> C -> out_dim``; ``se3t.models.build(model_cfg)`` builds it from the ``model`` config.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from se3t.graph import Batch, Graph
+from se3t.nn.attention import AttentionBlockSE3
+from se3t.nn.conv import ConvSE3, Fusion
+from se3t.nn.norm import NormSE3
+from se3t.nn.pooling import GraphPooling
+from se3t.so3.basis import basis_size, compute_basis_flat, flatten_basis
+from se3t.so3.fiber import Fiber
+
+__all__ = ["SE3Transformer", "SE3TransformerPooled", "build"]
+
+
+class SE3Transformer(nn.Module):
+    """Equivariant graph network ``fiber_in -> fiber_out`` on node features.
+
+    ``low_memory``: in training, every attention block (with its norm) runs under activation
+    checkpointing: only its input is kept and its forward pass is recomputed in backward
+    (~1.3x the compute for a fraction of the activation memory). ``chunk_elements`` bounds the
+    radial outputs held at once by the fused convolutions.
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_hidden: Fiber,
+        fiber_out: Fiber,
+        fiber_edge: Fiber | None = None,
+        *,
+        num_layers: int = 7,
+        num_heads: int = 8,
+        channels_div: int = 2,
+        norm: bool = True,
+        layer_norm: bool = True,
+        radial_hidden: int = 32,
+        max_degree: int | None = None,
+        fusion: Fusion | str = Fusion.AUTO,
+        low_memory: bool = False,
+        chunk_elements: int | None = None,
+    ):
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"SE3Transformer: num_layers must be a positive int, got {num_layers!r}")
+        self.fiber_in, self.fiber_hidden = Fiber(fiber_in), Fiber(fiber_hidden)
+        self.fiber_out = Fiber(fiber_out)
+        self.fiber_edge = Fiber(fiber_edge) if fiber_edge else None
+        if max_degree is None:
+            max_degree = max(f.max_degree for f in (self.fiber_in, self.fiber_hidden, self.fiber_out))
+        self.max_degree, self.low_memory = max_degree, low_memory
+        common = dict(max_degree=max_degree, layer_norm=layer_norm, radial_hidden=radial_hidden,
+                      fusion=fusion, chunk_elements=chunk_elements)
+        blocks = []
+        f = self.fiber_in
+        for _ in range(num_layers):
+            att = AttentionBlockSE3(f, self.fiber_hidden, self.fiber_edge, num_heads=num_heads,
+                                    channels_div=channels_div, **common)
+            blocks.append(nn.ModuleList([att, NormSE3(self.fiber_hidden) if norm else nn.Identity()]))
+            f = self.fiber_hidden
+        self.blocks = nn.ModuleList(blocks)
+        self.conv_out = ConvSE3(f, self.fiber_out, self.fiber_edge, pool=True, self_interaction=True,
+                                **common)
+
+    @property
+    def fusion(self) -> Fusion:
+        return self.conv_out.fusion
+
+    @staticmethod
+    def _block(att, norm, feats, graph, basis, edge_scalars, edge_feats):
+        return norm(att(feats, graph, basis, edge_scalars, edge_feats))
+
+    def forward(
+        self,
+        feats: dict[int, Tensor],
+        graph: Graph,
+        basis: Tensor,
+        edge_scalars: Tensor,
+        edge_feats: dict[int, Tensor] | None = None,
+    ) -> dict[int, Tensor]:
+        """``feats {d: [N, C, 2d+1]}``, flat ``basis [E, basis_size]``, ``edge_scalars
+        [E, F_edge + 1]`` -> ``{d: [N, C_out, 2d+1]}``."""
+        for att, norm in self.blocks:
+            if self.low_memory and torch.is_grad_enabled():
+                feats = checkpoint(self._block, att, norm, feats, graph, basis, edge_scalars,
+                                   edge_feats, use_reentrant=False)
+            else:
+                feats = self._block(att, norm, feats, graph, basis, edge_scalars, edge_feats)
+        return self.conv_out(feats, graph, basis, edge_scalars, edge_feats)
+
+
+class SE3TransformerPooled(nn.Module):
+    """Invariant property head: ``SE3Transformer`` to ``{0: C}``, pooling, MLP ``C -> C -> out``.
+
+    ``forward(batch, basis=None) -> [num_graphs, out_dim]``. Node features ``[N, F_node]`` are
+    the degree-0 input; the radial profiles see the edge features ``[E, F_edge]`` and the edge
+    length. ``basis`` may be the flat ``[E, basis_size]`` tensor, the per-pair dict, or None
+    (computed here from the batch's edge vectors), edges in the batch's order.
+    """
+
+    def __init__(
+        self,
+        *,
+        node_features: int = 6,
+        edge_features: int = 4,
+        out_dim: int = 1,
+        num_layers: int = 7,
+        max_degree: int = 3,
+        channels: int = 32,
+        num_heads: int = 8,
+        channels_div: int = 2,
+        norm: bool = True,
+        layer_norm: bool = True,
+        radial_hidden: int = 32,
+        pooling: str = "max",
+        fusion: Fusion | str = Fusion.AUTO,
+        low_memory: bool = False,
+        chunk_elements: int | None = None,
+    ):
+        super().__init__()
+        for name, v in (("node_features", node_features), ("edge_features", edge_features),
+                        ("out_dim", out_dim), ("channels", channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"SE3TransformerPooled: {name} must be a positive int, got {v!r}")
+        self.node_features, self.edge_features, self.max_degree = node_features, edge_features, max_degree
+        c_out = (max_degree + 1) * channels
+        self.transformer = SE3Transformer(
+            Fiber({0: node_features}),
+            Fiber.create(max_degree + 1, channels),
+            Fiber({0: c_out}),
+            Fiber({0: edge_features}),
+            num_layers=num_layers, num_heads=num_heads, channels_div=channels_div, norm=norm,
+            layer_norm=layer_norm, radial_hidden=radial_hidden, max_degree=max_degree,
+            fusion=fusion, low_memory=low_memory, chunk_elements=chunk_elements,
+        )
+        self.pooling = GraphPooling(pooling)
+        self.mlp = nn.Sequential(nn.Linear(c_out, c_out), nn.ReLU(), nn.Linear(c_out, out_dim))
+
+    @property
+    def fusion(self) -> Fusion:
+        return self.transformer.fusion
+
+    def prepare_basis(self, batch: Batch, basis=None) -> Tensor:
+        """The flat basis of ``batch`` (given, flattened from a dict, or computed)."""
+        E = batch.graph.num_edges
+        if basis is None:
+            return compute_basis_flat(batch.edge_vec, self.max_degree)
+        if isinstance(basis, dict):
+            basis = flatten_basis(basis, self.max_degree)
+        size = basis_size(self.max_degree)
+        if not isinstance(basis, Tensor) or tuple(basis.shape) != (E, size):
+            got = list(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
+            raise ValueError(f"basis: expected [{E}, {size}] for the batch's {E} edges, got {got}")
+        return basis.to(batch.pos.device)
+
+    def forward(self, batch: Batch, basis: Tensor | dict | None = None) -> Tensor:
+        graph = batch.graph
+        N, E = graph.num_nodes, graph.num_edges
+        if tuple(batch.node_feats.shape) != (N, self.node_features):
+            raise ValueError(
+                f"batch.node_feats: expected [{N}, {self.node_features}], got {list(batch.node_feats.shape)}"
+            )
+        if tuple(batch.edge_feats.shape) != (E, self.edge_features):
+            raise ValueError(
+                f"batch.edge_feats: expected [{E}, {self.edge_features}], got {list(batch.edge_feats.shape)}"
+            )
+        dtype = self.mlp[0].weight.dtype
+        basis = self.prepare_basis(batch, basis)  # [E, basis_size]
+        edge_vec = batch.edge_vec  # [E, 3]
+        edge_scalars = torch.cat(
+            [batch.edge_feats.to(dtype), edge_vec.norm(dim=1, keepdim=True).to(dtype)], dim=1
+        )  # [E, F_edge + 1]
+        feats = {0: batch.node_feats.to(dtype).unsqueeze(-1)}  # {0: [N, F_node, 1]}
+        out = self.transformer(feats, graph, basis, edge_scalars)  # {0: [N, C_out, 1]}
+        pooled = self.pooling(out, graph.node_graph, graph.num_graphs)  # [B, C_out]
+        return self.mlp(pooled)  # [B, out_dim]
+
+
+def build(model_cfg) -> SE3TransformerPooled:
+    """The pooled model of a ``ModelConfig`` (``se3t.config``), on CPU in float32."""
+    return SE3TransformerPooled(
+        node_features=model_cfg.node_features,
+        edge_features=model_cfg.edge_features,
+        out_dim=model_cfg.out_dim,
+        num_layers=model_cfg.num_layers,
+        max_degree=model_cfg.max_degree,
+        channels=model_cfg.channels,
+        num_heads=model_cfg.heads,
+        channels_div=model_cfg.channels_div,
+        norm=model_cfg.norm,
+        layer_norm=model_cfg.layer_norm,
+        radial_hidden=model_cfg.radial_hidden,
+        pooling=model_cfg.pooling,
+        fusion=model_cfg.fusion,
+        low_memory=model_cfg.low_memory,
+    )

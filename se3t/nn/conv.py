@@ -1,0 +1,265 @@
+"""``ConvSE3``: the tensor field network (TFN) convolution with its fusion levels.
+
+For every pair of input degree ``d_in`` and output degree ``d_out`` the message of edge
+``e = (s -> t)`` is ``W_{d_in, d_out}(x_e) x_{d_in}[s]`` with the kernel
+``W(x)[c_o, m_o, c_i, m_i] = sum_J R_J(|x|, f_e)[c_o, c_i] B_J(x)[m_i, m_o]`` (Fuchs et al. 2020,
+eq. 8; ``B`` from :mod:`se3t.so3.basis`, ``R`` a radial profile MLP). Messages to ``d_out`` are
+summed over ``d_in``; with ``pool`` they are summed over the incoming edges of each node, and
+``self_interaction`` adds ``W_self x_{d_out}[t]`` (a per-degree linear map of the node itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+
+import torch
+from torch import Tensor, nn
+
+from se3t.graph import Graph
+from se3t.nn.graph_ops import scatter_sum
+from se3t.nn.kernel import KernelSpec, fused_tfn
+from se3t.nn.radial import RadialProfile
+from se3t.so3.basis import basis_size, num_freq, unflatten_basis
+from se3t.so3.fiber import Fiber
+
+__all__ = ["ConvSE3", "Fusion", "pairwise_reference"]
+
+
+class Fusion(enum.Enum):
+    """How a TFN convolution groups its ``d_in x d_out`` sub-convolutions.
+
+    Each group has ONE radial profile (shared hidden layers, one last layer whose rows hold
+    every pair's radial weights) and runs as one edge-chunked fused op
+    (:func:`se3t.nn.kernel.fused_tfn`) that never materializes the radial output of the whole
+    graph.
+
+    - ``PAIRWISE``: one group per pair, computed with plain autograd (radial output, basis
+      contraction, bmm). The reference that every fused level is tested against; memory
+      O(E * C_o * C_i * num_freq) per pair is kept for backward.
+    - ``PER_OUTPUT``: one group per output degree (all input degrees fused).
+    - ``PER_INPUT``: one group per input degree (all output degrees fused).
+    - ``FULL``: one group for the whole layer: one radial MLP, one GEMM per edge chunk.
+
+    NVIDIA's layout (features concatenated along channels) needs equal channel counts across
+    the fused degrees; se3t's contraction keeps a separate block per degree, so every level is
+    valid for any fibers. ``AUTO`` therefore resolves to ``FULL``, the fastest and leanest.
+    Levels differ in the model they define only by which pairs share radial hidden layers;
+    :func:`pairwise_reference` builds the pairwise convolution with identical outputs.
+    """
+
+    AUTO = "auto"
+    PAIRWISE = "pairwise"
+    PER_OUTPUT = "per_output"
+    PER_INPUT = "per_input"
+    FULL = "full"
+
+
+def _as_fiber(f, name: str) -> Fiber:
+    if isinstance(f, Fiber):
+        return f
+    try:
+        return Fiber(f)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+class ConvSE3(nn.Module):
+    """TFN convolution ``fiber_in -> fiber_out`` on a graph.
+
+    Args:
+        fiber_in, fiber_out: node fibers. Degrees must be ``<= max_degree``.
+        fiber_edge: edge fiber: degree 0 channels feed the radial profiles (with the edge
+            length appended); higher degrees are concatenated to the source node's features
+            of the same degree. ``None``: no edge features (the length only).
+        max_degree: max degree of the flat basis passed to ``forward``.
+        pool: sum messages onto destination nodes (else return per-edge messages).
+        self_interaction: add a per-degree linear map of the destination node's own features
+            (needs ``pool``).
+        layer_norm: layer norm in the radial profiles. radial_hidden: their width.
+        fusion: a :class:`Fusion` or its value (``"auto"``). The level used is ``self.fusion``.
+        chunk_elements: radial outputs held at once by the fused op (memory vs. op count).
+    """
+
+    def __init__(
+        self,
+        fiber_in: Fiber,
+        fiber_out: Fiber,
+        fiber_edge: Fiber | None = None,
+        *,
+        max_degree: int,
+        pool: bool = True,
+        self_interaction: bool = False,
+        layer_norm: bool = True,
+        radial_hidden: int = 32,
+        fusion: Fusion | str = Fusion.AUTO,
+        chunk_elements: int | None = None,
+    ):
+        super().__init__()
+        self.fiber_in = _as_fiber(fiber_in, "ConvSE3 fiber_in")
+        self.fiber_out = _as_fiber(fiber_out, "ConvSE3 fiber_out")
+        self.fiber_edge = _as_fiber(fiber_edge, "ConvSE3 fiber_edge") if fiber_edge else None
+        if isinstance(max_degree, bool) or not isinstance(max_degree, int) or max_degree < 0:
+            raise ValueError(f"ConvSE3: max_degree must be an int >= 0, got {max_degree!r}")
+        for name, f in (("fiber_in", self.fiber_in), ("fiber_out", self.fiber_out)):
+            if f.max_degree > max_degree:
+                raise ValueError(
+                    f"ConvSE3: {name} {f} has degree {f.max_degree} > max_degree {max_degree}"
+                )
+        if self_interaction and not pool:
+            raise ValueError("ConvSE3: self_interaction needs pool=True")
+        try:
+            fusion = Fusion(fusion)
+        except ValueError:
+            raise ValueError(
+                f"ConvSE3: fusion must be one of {[f.value for f in Fusion]}, got {fusion!r}"
+            ) from None
+        self.fusion = Fusion.FULL if fusion is Fusion.AUTO else fusion
+        self.max_degree, self.pool, self.chunk_elements = max_degree, pool, chunk_elements
+        edge = self.fiber_edge or {}
+        self.edge_scalars = edge.get(0, 0) + 1  # + the edge length
+        # per-edge input fiber: node channels plus edge features of the same degree (> 0)
+        self.edge_hi = {d: c for d, c in edge.items() if d > 0}
+        for d in self.edge_hi:
+            if d not in self.fiber_in or d > max_degree:
+                raise ValueError(
+                    f"ConvSE3: edge feature degree {d} has no matching input degree in {self.fiber_in}"
+                )
+        self.fiber_msg_in = self.fiber_in + Fiber(self.edge_hi) if self.edge_hi else self.fiber_in
+
+        ins = list(self.fiber_msg_in.items())
+        outs = list(self.fiber_out.items())
+        if self.fusion is Fusion.PAIRWISE:
+            groups = [([i], [o]) for i in ins for o in outs]
+        elif self.fusion is Fusion.PER_OUTPUT:
+            groups = [(ins, [o]) for o in outs]
+        elif self.fusion is Fusion.PER_INPUT:
+            groups = [([i], outs) for i in ins]
+        else:
+            groups = [(ins, outs)]
+        self.specs = [KernelSpec(gi, go, max_degree) for gi, go in groups]
+        self.radial = nn.ModuleList(
+            RadialProfile(self.edge_scalars, spec.num_radial, radial_hidden, layer_norm)
+            for spec in self.specs
+        )
+        self.self_interaction = self_interaction
+        if self_interaction:
+            self.self_weights = nn.ParameterDict(
+                {
+                    str(d): nn.Parameter(torch.randn(c, self.fiber_in[d]) / self.fiber_in[d] ** 0.5)
+                    for d, c in self.fiber_out.items()
+                    if d in self.fiber_in
+                }
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.fiber_in} -> {self.fiber_out}, fusion={self.fusion.value}, pool={self.pool}"
+
+    def _check(self, feats, graph: Graph, basis: Tensor, edge_scalars: Tensor, edge_feats) -> None:
+        self.fiber_in.check(feats, "ConvSE3 node features")
+        E = graph.num_edges
+        size = basis_size(self.max_degree)
+        if not isinstance(basis, Tensor) or tuple(basis.shape) != (E, size):
+            shape = list(basis.shape) if isinstance(basis, Tensor) else type(basis).__name__
+            raise ValueError(
+                f"ConvSE3 basis: expected the flat basis [{E}, {size}] "
+                f"(max_degree {self.max_degree}), got {shape}"
+            )
+        if tuple(edge_scalars.shape) != (E, self.edge_scalars):
+            raise ValueError(
+                f"ConvSE3 edge_scalars: expected [{E}, {self.edge_scalars}] (degree-0 edge "
+                f"features + length), got {list(edge_scalars.shape)}"
+            )
+        for d, c in self.edge_hi.items():
+            x = (edge_feats or {}).get(d)
+            if x is None or tuple(x.shape) != (E, c, 2 * d + 1):
+                got = None if x is None else list(x.shape)
+                raise ValueError(f"ConvSE3 edge_feats[{d}]: expected [{E}, {c}, {2 * d + 1}], got {got}")
+
+    def forward(
+        self,
+        feats: dict[int, Tensor],
+        graph: Graph,
+        basis: Tensor,
+        edge_scalars: Tensor,
+        edge_feats: dict[int, Tensor] | None = None,
+    ) -> dict[int, Tensor]:
+        """``feats {d: [N, C_in_d, 2d+1]}``, ``basis [E, basis_size]`` flat, ``edge_scalars
+        [E, F_edge + 1]`` -> ``{d: [N, C_out_d, 2d+1]}`` (pool) or ``{d: [E, C_out_d, 2d+1]}``."""
+        self._check(feats, graph, basis, edge_scalars, edge_feats)
+        src = graph.src
+        if self.edge_hi:
+            # per-edge inputs: the source's features with the edge's own features appended
+            xs = {d: feats[d].index_select(0, src) for d in self.fiber_in}
+            for d in self.edge_hi:
+                xs[d] = torch.cat([xs[d], edge_feats[d].to(xs[d].dtype)], dim=1)
+            src = torch.arange(graph.num_edges, device=src.device)
+        else:
+            xs = feats
+        E = graph.num_edges
+        msgs: dict[int, Tensor] = {}
+        if self.fusion is Fusion.PAIRWISE:
+            views = unflatten_basis(basis, self.max_degree)
+            for spec, radial in zip(self.specs, self.radial):
+                (di, ci), (do, co) = spec.ins[0], spec.outs[0]
+                nf, m = num_freq(di, do), 2 * do + 1
+                x_src = xs[di].index_select(0, src)  # [E, C_i, 2 d_in + 1]
+                B = views[(di, do)].reshape(E, 2 * di + 1, nf * m).to(x_src.dtype)
+                T = torch.bmm(x_src, B).view(E, ci * nf, m)  # [E, C_i * nf, m_o]
+                R = radial(edge_scalars).view(E, co, ci * nf)  # [E, C_o, C_i * nf]
+                msg = torch.bmm(R, T.to(R.dtype))  # [E, C_o, m_o]
+                msgs[do] = msg if do not in msgs else msgs[do] + msg
+        else:
+            for spec, radial in zip(self.specs, self.radial):
+                z = radial.hidden(edge_scalars)  # [E, H]
+                xl = [xs[d] for d, _ in spec.ins]
+                chunk = spec.chunk_size(self.chunk_elements) if self.chunk_elements else None
+                flat = fused_tfn(spec, z, radial.last.weight, basis, src, xl, chunk)  # [E, M]
+                for do, co in spec.outs:
+                    off = spec.m_off[do]
+                    msg = flat[:, off : off + co * (2 * do + 1)].view(E, co, 2 * do + 1)
+                    msgs[do] = msg if do not in msgs else msgs[do] + msg
+        if not self.pool:
+            return msgs  # {d: [E, C_o, 2d+1]}
+        out = {d: scatter_sum(m, graph.dst, graph.num_nodes) for d, m in msgs.items()}
+        if self.self_interaction:
+            for key, w in self.self_weights.items():
+                d = int(key)
+                out[d] = out[d] + torch.matmul(w.to(out[d].dtype), feats[d].to(out[d].dtype))
+        return out  # {d: [N, C_o, 2d+1]}
+
+
+def _pair_rows(spec: KernelSpec, di: int, do: int, hidden: int) -> Tensor:
+    """Rows of a group's radial last layer that hold pair ``(d_in, d_out)`` ([C_o, C_i, nf])."""
+    co = dict(spec.outs)[do]
+    ci = dict(spec.ins)[di]
+    K = spec.K[do]
+    base = spec.w_off[do] + torch.arange(co).view(co, 1) * K + spec.k_off[(di, do)]
+    return (base + torch.arange(ci * num_freq(di, do)).view(1, -1)).reshape(-1)
+
+
+def pairwise_reference(conv: ConvSE3) -> ConvSE3:
+    """A ``PAIRWISE`` copy of ``conv`` computing the same function with the same weights:
+    each pair's radial profile copies its group's hidden layers and its rows of the last
+    layer. Used to test every fused level against the reference."""
+    ref = copy.deepcopy(conv)
+    if conv.fusion is Fusion.PAIRWISE:
+        return ref
+    ins, outs = list(conv.fiber_msg_in.items()), list(conv.fiber_out.items())
+    ref.fusion = Fusion.PAIRWISE
+    ref.specs = [KernelSpec([i], [o], conv.max_degree) for i in ins for o in outs]
+    radials = []
+    for spec in ref.specs:
+        (di, _), (do, _) = spec.ins[0], spec.outs[0]
+        g = next(k for k, s in enumerate(conv.specs) if (di, do) in s.k_off)
+        src = conv.radial[g]
+        r = copy.deepcopy(src)
+        rows = _pair_rows(conv.specs[g], di, do, src.hidden_features)
+        r.last = nn.Linear(src.hidden_features, len(rows), bias=False)
+        with torch.no_grad():
+            r.last.weight.copy_(src.last.weight[rows])
+        r.out_features = len(rows)
+        r.to(src.last.weight.dtype)
+        radials.append(r)
+    ref.radial = nn.ModuleList(radials)
+    return ref

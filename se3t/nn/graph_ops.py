@@ -1,0 +1,52 @@
+"""Graph operations on plain torch index ops (no DGL): gather, scatter, edge softmax, pooling.
+
+Edges point ``src -> dst``; messages live on edges and are reduced onto their destination.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["edge_softmax", "gather", "scatter_max", "scatter_mean", "scatter_sum"]
+
+
+def gather(x: Tensor, index: Tensor) -> Tensor:
+    """``x[index]`` along dim 0: ``[N, ...] -> [E, ...]``."""
+    return x.index_select(0, index)
+
+
+def scatter_sum(src: Tensor, index: Tensor, num: int) -> Tensor:
+    """``out[i] = sum_{e: index[e] = i} src[e]``: ``[E, ...] -> [num, ...]`` (zeros where empty)."""
+    out = src.new_zeros((num, *src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
+def scatter_mean(src: Tensor, index: Tensor, num: int) -> Tensor:
+    """Mean of ``src`` rows per ``index`` (zeros where empty)."""
+    total = scatter_sum(src, index, num)
+    count = torch.bincount(index, minlength=num).clamp_(min=1).to(src.dtype)
+    return total / count.view(-1, *([1] * (src.dim() - 1)))
+
+
+def scatter_max(src: Tensor, index: Tensor, num: int) -> Tensor:
+    """Max of ``src`` rows per ``index``; gradient flows to the arg-max rows (ties share it)."""
+    shape = (num, *src.shape[1:])
+    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    return src.new_zeros(shape).scatter_reduce(0, idx, src, reduce="amax", include_self=False)
+
+
+def edge_softmax(logits: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
+    """Softmax of edge ``logits [E, ...]`` over the incoming edges of each destination node.
+
+    ``alpha[e] = exp(l[e] - max_dst) / sum_{e': dst[e'] = dst[e]} exp(l[e'] - max_dst)``, computed
+    in at least float32 (stable under bf16/fp16 autocast) and returned in ``logits.dtype``. The
+    per-destination max is a constant shift (detached), which leaves the softmax and its
+    gradient unchanged.
+    """
+    work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    with torch.no_grad():
+        peak = scatter_max(work, dst, num_nodes)
+    ex = torch.exp(work - gather(peak, dst))
+    denom = scatter_sum(ex, dst, num_nodes)
+    return (ex / gather(denom, dst)).to(logits.dtype)

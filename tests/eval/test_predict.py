@@ -1,0 +1,97 @@
+"""``se3t predict`` on real QM9 molecules given as XYZ and SDF files."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from se3t.data import QM9Dataset, open_dataset
+from se3t.errors import InputError
+from se3t.eval import predict
+
+XYZ_TAR = Path(__file__).parents[1] / "data" / "qm9" / "figshare" / "dsgdb9nsd.xyz.tar.bz2"
+
+
+def _extract(mol_ids: list[int], folder: Path) -> list[Path]:
+    out = []
+    with tarfile.open(XYZ_TAR) as tar:
+        for mol_id in mol_ids:
+            name = f"dsgdb9nsd_{mol_id:06d}.xyz"
+            (folder / name).write_bytes(tar.extractfile(name).read())
+            out.append(folder / name)
+    return out
+
+
+def _to_sdf(xyz: Path) -> Path:
+    from rdkit import Chem
+
+    lines = xyz.read_text().splitlines()
+    n = int(lines[0])
+    # QM9 XYZ: 5th column is the Mulliken charge, and floats may use *^ exponents
+    atoms = [ln.split()[:4] for ln in lines[2 : 2 + n]]
+    block = f"{n}\n\n" + "\n".join(
+        f"{a[0]} " + " ".join(x.replace("*^", "e") for x in a[1:]) for a in atoms
+    )
+    mol = Chem.MolFromXYZBlock(block)
+    sdf = xyz.with_suffix(".sdf")
+    with Chem.SDWriter(str(sdf)) as writer:
+        writer.write(mol)
+    return sdf
+
+
+@pytest.fixture(scope="module")
+def evaluated_predictions(evaluated_run) -> dict[int, float]:
+    with open(evaluated_run / "predictions.csv", newline="") as fh:
+        return {int(r["mol_id"]): float(r["prediction"]) for r in csv.DictReader(fh)}
+
+
+def test_files_predict_what_evaluate_predicts_for_the_same_molecules(
+    evaluated_run, evaluated_predictions, qm9_store, tmp_path
+):
+    store = open_dataset(qm9_store)
+    test = QM9Dataset(qm9_store, split="test")
+    mol_ids = [int(store.mol_id[r]) for r in test.indices[:3]]
+    files = _extract(mol_ids, tmp_path)
+    files.append(_to_sdf(files[0]))
+    out = tmp_path / "pred.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", "predict", str(evaluated_run), *map(str, files),
+         "--out", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    assert {r["target"] for r in rows} == {"homo"} and {r["unit"] for r in rows} == {"eV"}
+    for row, mol_id in zip(rows, [*mol_ids, mol_ids[0]], strict=True):
+        # same geometry, same perceived bonds -> the same prediction as in evaluation
+        # (the SDF stores coordinates to 1e-4 Å, hence the tolerance)
+        assert float(row["prediction"]) == pytest.approx(evaluated_predictions[mol_id], abs=2e-3)
+        assert float(row["prediction_mev"]) == pytest.approx(1000 * float(row["prediction"]))
+
+
+def test_stdout_when_no_out(evaluated_run, tmp_path, qm9_store):
+    files = _extract([1, 2], tmp_path)
+    frame = predict(evaluated_run / "best.pt", files, progress=False)
+    assert list(frame.columns) == ["file", "target", "unit", "prediction", "prediction_mev"]
+    assert len(frame) == 2 and frame["prediction"].notna().all()
+
+
+def test_a_malformed_file_is_named(evaluated_run, tmp_path):
+    good = _extract([1], tmp_path)[0]
+    bad = tmp_path / "broken.xyz"
+    bad.write_text("3\ncomment\nC 0.0 0.0\nH 1.0 0.0 0.0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", "predict", str(evaluated_run), str(good), str(bad)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(InputError, match="does not exist"):
+        predict(evaluated_run, [tmp_path / "missing.sdf"], progress=False)

@@ -1,0 +1,103 @@
+"""``se3t report``: a self-contained HTML page (checked in headless Chromium) and its twin."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from se3t.errors import InputError
+from se3t.eval import build_report
+
+CHROMIUM = "/usr/bin/chromium"
+# set on <html> once every <img> has loaded and decoded to a non-empty bitmap
+MARKER_SCRIPT = """<script>
+window.addEventListener("load", async () => {
+  const imgs = Array.from(document.images);
+  await Promise.all(imgs.map((i) => i.decode().catch(() => null)));
+  const ok = imgs.filter((i) => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0);
+  document.documentElement.setAttribute("data-images", ok.length + "/" + imgs.length);
+});
+</script>"""
+
+
+def _chromium(*args: str, profile_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile_dir}", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_report_is_self_contained_with_its_markdown_twin(results_copy):
+    html_path, md_path = build_report(results_copy)
+    assert html_path == results_copy / "report.html" and md_path == results_copy / "report.md"
+    page = html_path.read_text()
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(srcs) == 5  # parity, errors, learning curves, memory, throughput
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    # the published references and the device stand beside se3t's figures
+    for text in ("0.0342", "0.0346", "0.035", "2.21", "2.92", "22.95", "A100", "torch"):
+        assert text in page, text
+    md = md_path.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 5 and all((md_path.parent / link).is_file() for link in links)
+    assert "| homo | eV |" in md and "0.0342–0.0346" in md
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_report_renders_in_headless_chromium_with_every_image_decoded(results_copy, tmp_path):
+    html_path, _ = build_report(results_copy, tmp_path / "report.html")
+    n_img = html_path.read_text().count("<img ")
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text().replace("</body>", MARKER_SCRIPT + "</body>"))
+    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+                    profile_dir=tmp_path / "chrome1")  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f'data-images="{n_img}/{n_img}"' in dom.stdout, dom.stdout[:300]
+    shot = tmp_path / "report.png"
+    proc = _chromium(
+        f"--screenshot={shot}",
+        "--window-size=1100,2400",
+        "--hide-scrollbars",
+        html_path.as_uri(),
+        profile_dir=tmp_path / "chrome2",
+    )
+    assert proc.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", proc.stderr
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    print(f"screenshot: {shot}")
+
+
+@pytest.mark.parametrize("missing", ["metrics.json", "metrics.jsonl", "predictions.csv"])
+def test_a_results_folder_missing_a_file_is_named(results_copy, missing):
+    (results_copy / "runs" / "tiny" / missing).unlink()
+    with pytest.raises(InputError, match=f"is missing {re.escape(missing)}"):
+        build_report(results_copy)
+    assert not (results_copy / "report.html").exists()
+
+
+def test_cli_one_line_errors(results_copy, tmp_path):
+    (results_copy / "runs" / "tiny" / "metrics.json").write_text('{"kind": "se3t.evaluate"}')
+    proc = subprocess.run([sys.executable, "-m", "se3t.cli", "report", str(results_copy)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "metrics.json" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "se3t.cli", "report", str(empty)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "holds no run" in proc.stderr
+
+
+def test_report_without_profile_says_so(results_copy):
+    shutil.rmtree(results_copy / "profile")
+    html_path, md_path = build_report(results_copy / "runs" / "tiny")
+    assert "No profile found" in html_path.read_text()
+    assert html_path.read_text().count("<img ") == 3

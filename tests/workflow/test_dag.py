@@ -1,0 +1,162 @@
+"""The workflow's static checks: `snakemake --lint`, dry runs of the full and demo configs and of
+both profiles, several runs sharing the data and basis rules, and config errors that name the
+key -- all without running a job."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+from wf_helpers import REPO, run_snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+def _jobs(out: str) -> dict[str, int]:
+    """The job-stats table of a dry run: rule -> count."""
+    table = out.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def _shell(out: str, rule_word: str) -> list[list[str]]:
+    """The shell commands of a dry run that start with ``se3t <rule_word>``, split into words."""
+    cmds = []
+    for line in out.splitlines():
+        if line.startswith("Shell command: se3t "):
+            words = shlex.split(line.removeprefix("Shell command: "))
+            if words[1] == rule_word:
+                cmds.append(words)
+    return cmds
+
+
+def test_lint_is_clean_but_for_software_deployment(tmp_path):
+    proc = run_snakemake(REPO, None, "--lint", profile="", check=False)
+    titles = re.findall(r"^\s+\* (.+?):?$", proc.stdout, flags=re.M)
+    assert titles, proc.stdout[-3000:]
+    # Rules run the se3t installed next to Snakemake (scripts/setup.sh); no conda env or container
+    # is declared, which is the one lint left.  Anything else is a regression.
+    others = sorted({t for t in titles if not t.startswith("Specify a conda environment")})
+    assert not others, proc.stdout[-5000:]
+
+
+def test_dry_run_full_config(tmp_path):
+    proc = run_snakemake(
+        tmp_path, REPO / "config" / "config.yaml", "-n", "--quiet", "rules", profile=""
+    )
+    jobs = _jobs(proc.stdout)
+    assert jobs == {
+        "all": 1,
+        "build_dataset": 1,
+        "download_qm9": 1,
+        "evaluate": 1,
+        "finalize_basis": 1,
+        "precompute_basis": 8,
+        "profile_memory": 1,
+        "report": 1,
+        "train": 1,
+        "total": 16,
+    }
+
+
+def test_dry_run_commands_demo_local_profile(tmp_path):
+    proc = run_snakemake(tmp_path, REPO / "config" / "demo.yaml", "-n", "-p")
+    out = proc.stdout
+    (fetch,) = _shell(out, "data")[:1]
+    assert fetch[:3] == ["se3t", "data", "fetch"]
+    build = [c for c in _shell(out, "data") if c[2] == "build"][0]
+    assert build[build.index("--limit") + 1] == "600"
+    shards = sorted(c[c.index("--shard") + 1] for c in _shell(out, "basis") if c[2] == "precompute")
+    assert shards == ["0/2", "1/2"]
+    (launch,) = _shell(out, "launch")
+    assert launch[2].endswith("config/demo.yaml")
+    overrides = dict(w.split("=", 1) for w in launch[3:] if "=" in w)
+    assert overrides["run.dir"] == "results/runs/demo"
+    assert overrides["basis.manifest"] == "results/basis/manifest.json"
+    (report,) = _shell(out, "report")
+    assert report[2] == "results"
+
+
+def test_slurm_profile_passes_job_shape_to_launch(tmp_path):
+    proc = run_snakemake(
+        tmp_path,
+        REPO / "config" / "config.yaml",
+        "-n",
+        "-p",
+        profile="slurm",
+    )
+    (launch,) = _shell(proc.stdout, "launch")
+    overrides = dict(w.split("=", 1) for w in launch[3:] if "=" in w)
+    assert overrides["launch.cluster"] == "slurm"
+    # the values of profiles/slurm/config.yaml's `set-resources: train:`
+    assert overrides["launch.gpus_per_node"] == "0"
+    assert overrides["launch.nodes"] == "1"
+    assert overrides["launch.time"] == "60"
+    assert overrides["launch.account"] == "se3t"
+    assert overrides["launch.partition"] == "debug"
+    assert overrides["launch.mem_gb"] == "4"
+
+
+def test_runs_share_dataset_and_basis(tmp_path):
+    config = write_config(
+        tmp_path / "runs.yaml",
+        **{
+            "workflow.runs": {
+                "homo": {},
+                "lumo_seed1": {"data.targets": ["lumo"], "train.seed": 1},
+                "bf16": {"train": {"precision": "bf16"}},
+            }
+        },
+    )
+    proc = run_snakemake(tmp_path, config, "-n", "-p")
+    jobs = _jobs(proc.stdout)
+    assert jobs["build_dataset"] == 1
+    assert jobs["precompute_basis"] == 2
+    assert jobs["finalize_basis"] == 1
+    assert jobs["train"] == jobs["evaluate"] == jobs["profile_memory"] == 3
+    launches = {}
+    for cmd in _shell(proc.stdout, "launch"):
+        overrides = dict(w.split("=", 1) for w in cmd[3:] if "=" in w)
+        launches[overrides["run.name"]] = overrides
+    assert launches["lumo_seed1"]["data.targets"] == '["lumo"]'
+    assert launches["lumo_seed1"]["train.seed"] == "1"
+    assert launches["bf16"]["train.precision"] == "bf16"
+    assert "train.seed" not in launches["homo"]
+    assert {o["run.dir"] for o in launches.values()} == {
+        "results/runs/homo",
+        "results/runs/lumo_seed1",
+        "results/runs/bf16",
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"data.limt": 5}, "data.limt"),
+        ({"model.heads": 3}, "model.heads"),
+        ({"train.precision": "fp8"}, "train.precision"),
+        ({"workflow.runs": {"a": {"data.limit": 10}}}, "workflow.runs.a: 'data.limit' is shared"),
+        ({"workflow.runs": {"a": {"train.lrr": 1.0}}}, "train.lrr"),
+        ({"workflow.runs": {"bad/name": {}}}, "run name 'bad/name'"),
+        ({"workflow.runs": {"a": {"model.max_degree": 2}}}, "basis.max_degree"),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_key(tmp_path, changes, message):
+    config = write_config(tmp_path / "bad.yaml", **changes)
+    proc = run_snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout
+
+
+def test_config_override_on_command_line_reaches_training(tmp_path):
+    config = write_config(tmp_path / "c.yaml")
+    proc = run_snakemake(tmp_path, config, "-n", "-p", "--config", "train={epochs: 7}")
+    (launch,) = _shell(proc.stdout, "launch")
+    assert "train.epochs=7" in launch
