@@ -80,7 +80,7 @@ class BasisConfig:
     manifest: str | None = None  # basis manifest (results/basis/manifest.json) for use=store|auto
     shards: int = 2  # precompute jobs (`se3t basis precompute --shard I/N`) the workflow runs
     compressor: str = "zstd"  # none | zstd | blosc-lz4 | blosc-zstd | gzip (docs/basis.md)
-    compression_level: int | None = None  # None: the compressor's default (zstd 3, blosc 5/3)
+    compression_level: int | None = None  # None: the default (zstd 1, blosc-lz4 5, blosc-zstd 3)
     chunk_edges: int = 4096  # edge rows per Zarr chunk (whole molecules, zero-padded)
     chunks_per_shard: int = 8  # chunks per shard file: the unit written atomically and resumed
     read: str = "auto"  # auto | memory | chunks: how training reads the store (docs/basis.md)
@@ -128,6 +128,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps; 0: at every epoch end only
     device: str = "auto"  # auto | cpu | cuda
     tensorboard: bool = False
+    resume: bool = True  # continue from {run.dir}/last.pt when it exists
 
 
 @dataclass

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+# the single-node SLURM cluster (fixture `slurm_cluster`), shared by the training and workflow
+# tests; pytest puts this folder on sys.path, so tests/slurm/cluster.py imports as slurm.cluster
+pytest_plugins = ["slurm.cluster"]
+
 
 @pytest.fixture(autouse=True)
 def _reseed():

@@ -105,7 +105,7 @@ class BasisSettings:
 
     max_degree: int = 3
     dtype: str = "float32"
-    compressor: str = "none"
+    compressor: str = "zstd"
     compression_level: int | None = None
     chunk_edges: int = 4096
     chunks_per_shard: int = 8
@@ -312,7 +312,7 @@ def _codecs(settings: BasisSettings, itemsize: int) -> list[Any]:
     if settings.compressor == "none":
         comp: list[Any] = []
     elif settings.compressor == "zstd":
-        comp = [ZstdCodec(level=3 if level is None else level)]
+        comp = [ZstdCodec(level=1 if level is None else level)]  # level 1: BENCHMARKS.md
     elif settings.compressor == "blosc-lz4":
         comp = [
             BloscCodec(

@@ -112,11 +112,6 @@ def _perceive(task: tuple[list[tuple[np.ndarray, np.ndarray]], str, float]):
     return [molecule_graph(species, pos, graph, cutoff) for species, pos in mols]
 
 
-def _chunks(items: list[Record], size: int):
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def build_key(source: RawSource, settings: dict[str, Any]) -> tuple[str, dict[str, str]]:
     files = {str(p.relative_to(source.root)) if p.is_relative_to(source.root) else str(p):
              sha256_file(p) for p in _hashable(source)}  # fmt: skip
@@ -187,48 +182,67 @@ def build_dataset(
         if len(examples) < REPORT_EXAMPLES:
             examples.append(message)
 
-    bar = tqdm(desc="parse", unit="mol", disable=not progress, total=limit)
-    for rec in source.records():
-        n_read += 1
-        if isinstance(rec, MoleculeError):
-            if strict:
-                raise rec
-            drop(rec.reason, str(rec))
-            continue
-        if rec.mol_id in unc_ids:
-            n_unc += 1
-            continue
-        if rec.mol_id in seen:
-            if strict:
-                raise InputError(f"{rec.where}: field 'gdb id': {rec.mol_id} appears twice")
-            drop("duplicate_id", f"{rec.where}: field 'gdb id': {rec.mol_id} appears twice")
-            continue
-        seen.add(rec.mol_id)
-        kept.append(rec)
-        bar.update(1)
-        if limit is not None and len(kept) >= limit:
-            break
-    bar.close()
-    if not kept:
-        raise InputError(
-            f"{source.root}: no usable molecule among {n_read} read "
-            f"(dropped: {dict(dropped) or 'none'}; e.g. {examples[:3]})"
-        )
-    kept.sort(key=lambda r: r.mol_id)
+    # Parse in this process and perceive bonds in the workers at the same time: each full chunk
+    # of kept molecules is sent off as soon as it is parsed.
+    # The pool starts with the first full chunk: a build of one chunk runs in this process.
+    pool = None
+    pending: list = []
+    chunk: list[Record] = []
 
-    tasks = [([(r.species, r.pos) for r in c], graph, cutoff) for c in _chunks(kept, _CHUNK)]
-    graphs: list = []
-    with tqdm(total=len(kept), desc="bonds", unit="mol", disable=not progress) as bar:
-        if processes > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
-                for res in pool.imap(_perceive, tasks):
-                    graphs.extend(res)
-                    bar.update(len(res))
-        else:
-            for t in tasks:
-                res = _perceive(t)
+    def submit(recs: list[Record], last: bool = False) -> None:
+        nonlocal pool
+        if pool is None and processes > 1 and not last:
+            pool = multiprocessing.get_context("fork").Pool(processes)
+        task = ([(r.species, r.pos) for r in recs], graph, cutoff)
+        pending.append(pool.apply_async(_perceive, (task,)) if pool else _perceive(task))
+
+    try:
+        with tqdm(desc="parse", unit="mol", disable=not progress, total=limit) as bar:
+            for rec in source.records():
+                n_read += 1
+                if isinstance(rec, MoleculeError):
+                    if strict:
+                        raise rec
+                    drop(rec.reason, str(rec))
+                    continue
+                if rec.mol_id in unc_ids:
+                    n_unc += 1
+                    continue
+                if rec.mol_id in seen:
+                    msg = f"{rec.where}: field 'gdb id': {rec.mol_id} appears twice"
+                    if strict:
+                        raise InputError(msg)
+                    drop("duplicate_id", msg)
+                    continue
+                seen.add(rec.mol_id)
+                kept.append(rec)
+                chunk.append(rec)
+                if len(chunk) == _CHUNK:
+                    submit(chunk)
+                    chunk = []
+                bar.update(1)
+                if limit is not None and len(kept) >= limit:
+                    break
+        if chunk:
+            submit(chunk, last=True)
+        if not kept:
+            raise InputError(
+                f"{source.root}: no usable molecule among {n_read} read "
+                f"(dropped: {dict(dropped) or 'none'}; e.g. {examples[:3]})"
+            )
+        graphs: list = []
+        with tqdm(total=len(kept), desc="bonds", unit="mol", disable=not progress) as bar:
+            for job in pending:
+                res = job if isinstance(job, list) else job.get()
                 graphs.extend(res)
                 bar.update(len(res))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    order = sorted(range(len(kept)), key=lambda i: kept[i].mol_id)  # store rows in gdb order
+    kept = [kept[i] for i in order]
+    graphs = [graphs[i] for i in order]
 
     fallback_ids = [int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True)
                     if how == "fallback"]  # fmt: skip

@@ -10,6 +10,7 @@ failure as ``status="error"`` with its message, so the parent never has to parse
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import resource
 import sys
@@ -36,8 +37,40 @@ def _is_oom(err: BaseException) -> bool:
     )
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS, like CUDA's
+    ``reset_peak_memory_stats``: the warm-up step's one-off allocations (lazy tables, the first
+    autograd graph) then do not mask what the timed steps need. Linux >= 4.0; False elsewhere."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss() -> int:
+    kib = _status_kib("VmRSS")
+    return kib * 1024 if kib is not None else _peak_rss()
+
+
 def _peak_rss() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+    """Peak RSS since the last reset (VmHWM), else since the process started (ru_maxrss)."""
+    kib = _status_kib("VmHWM")
+    if kib is None:
+        kib = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # Linux: KiB
+    return kib * 1024
 
 
 def run(spec: dict) -> dict:
@@ -101,7 +134,9 @@ def run(spec: dict) -> dict:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
         scaler = torch.amp.GradScaler("cuda", enabled=cuda and precision == "fp16")
         autocast = (
-            torch.autocast(device.type, dtype=getattr(torch, precision))
+            torch.autocast(
+                device.type, dtype={"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+            )
             if precision in ("fp16", "bf16")
             else contextlib.nullcontext()
         )
@@ -133,7 +168,9 @@ def run(spec: dict) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
             point["baseline_memory_bytes"] = int(torch.cuda.memory_allocated(device))
         else:
-            point["baseline_memory_bytes"] = _peak_rss()
+            gc.collect()
+            point["peak_reset"] = _reset_peak_rss()
+            point["baseline_memory_bytes"] = _rss()
         steps = int(spec["steps"])
         t0 = time.perf_counter()
         for _ in range(steps):

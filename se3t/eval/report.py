@@ -8,8 +8,9 @@ sub-folders ``runs/*`` and ``*`` that hold a ``config.yaml``):
 - ``metrics.json``       the evaluation (``se3t evaluate``), validated against its schema
 - ``predictions.csv``    the evaluation's predictions (parity plot, error histogram)
 
-and, when present, a profile ``memory.json`` (``se3t profile``) from ``results_dir/profile/``,
-``results_dir/`` or the run folder, or the one passed as ``profile``. A missing required file is
+and, when present, the run's profile ``memory.json`` (``se3t profile``; in the run folder or its
+``profile/``), plus one shared profile: the one passed as ``profile``, else
+``results_dir/profile/memory.json`` or ``results_dir/memory.json``. A missing required file is
 an :class:`InputError` naming it and the command that makes it. All figures are redrawn from
 these data files, so the report never shows a stale picture.
 
@@ -26,8 +27,9 @@ import datetime as _dt
 import html
 import json
 import os
+import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +60,8 @@ class RunResults:
     records: list[dict]
     evaluation: dict
     predictions: pd.DataFrame
-    figures: dict[str, Path] = field(default_factory=dict)
+    profile: dict | None = None
+    profile_path: Path | None = None
 
 
 def find_runs(results_dir: Path) -> list[Path]:
@@ -129,19 +132,33 @@ def load_run(folder: Path) -> RunResults:
         raise InputError(
             f"{str(folder / 'predictions.csv')!r}: missing column(s) {sorted(missing)}"
         )
-    name = (config.get("run") or {}).get("name") or folder.name
-    return RunResults(name, folder, config, records, evaluation, predictions)
+    name = folder.name if folder.parent.name == "runs" else None
+    name = name or (config.get("run") or {}).get("name") or folder.name
+    run = RunResults(name, folder, config, records, evaluation, predictions)
+    for candidate in (folder / "memory.json", folder / "profile" / "memory.json"):
+        if candidate.is_file():
+            run.profile, run.profile_path = _read_profile(candidate), candidate
+            break
+    return run
 
 
-def _find_profile(results_dir: Path, runs: list[RunResults], given: Path | None) -> Path | None:
+def _read_profile(path: Path) -> dict:
+    doc = _read_json(path)
+    validate(doc, PROFILE_SCHEMA, str(path))
+    return doc
+
+
+def _shared_profile(results_dir: Path, runs: list[RunResults], given: Path | None):
+    """The profile shared by all runs: ``given``, else one in the results folder (not a run's)."""
     if given is not None:
         if not given.is_file():
             raise InputError(f"profile file {str(given)!r} does not exist (se3t profile writes it)")
         return given
-    candidates = [results_dir / "profile" / "memory.json", results_dir / "memory.json"]
-    for run in runs:
-        candidates += [run.folder / "profile" / "memory.json", run.folder / "memory.json"]
-    return next((c for c in candidates if c.is_file()), None)
+    own = {r.profile_path for r in runs}
+    for candidate in (results_dir / "profile" / "memory.json", results_dir / "memory.json"):
+        if candidate.is_file() and candidate not in own:
+            return candidate
+    return None
 
 
 def training_throughput(records: list[dict]) -> dict | None:
@@ -159,19 +176,26 @@ def training_throughput(records: list[dict]) -> dict | None:
 
 
 def _training_device(run: RunResults) -> str:
+    """The device training ran on: from the log records, else train.log's start line, else the
+    config's launch settings."""
     for rec in run.records:
         for key in ("device_name", "device"):
             if isinstance(rec.get(key), str):
                 return rec[key]
+    log = run.folder / "train.log"
+    if log.is_file():
+        found = re.findall(r"world size (\d+).*?device (\S+?), precision", log.read_text("utf-8"))
+        if found:
+            world, device = found[-1]
+            if device == "cpu":
+                return f"CPU ({world} process(es); train.log)"
+            return f"{world} x {device} (train.log)"
     launch = run.config.get("launch") or {}
     train = run.config.get("train") or {}
     gpus = int(launch.get("gpus_per_node") or 0) * int(launch.get("nodes") or 1)
     if gpus:
-        return f"{gpus} GPU(s) (train.device={train.get('device')})"
-    env = run.evaluation.get("environment", {})
-    if env.get("device") == "cpu":
-        return f"CPU: {env.get('device_name')} (the machine that evaluated it)"
-    return f"train.device={train.get('device', 'auto')}"
+        return f"{gpus} GPU(s) (launch config)"
+    return f"train.device={train.get('device', 'auto')} (config)"
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -183,6 +207,7 @@ class _Doc:
     def __init__(self) -> None:
         self.html: list[str] = []
         self.md: list[str] = []
+        self.images: list[Path] = []
 
     def heading(self, text: str, level: int = 2) -> None:
         self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
@@ -210,6 +235,7 @@ class _Doc:
 
     def image(self, png: Path, alt: str, md_ref: str) -> None:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
+        self.images.append(png)
         self.html.append(
             f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
             f"<figcaption>{html.escape(alt)}</figcaption></figure>"
@@ -329,10 +355,9 @@ def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> Non
     )
 
 
-def _profile_section(doc: _Doc, profile: dict | None, source: Path | None, assets, md_dir) -> None:
-    if profile is None:
-        doc.para("No profile found (run `se3t profile CONFIG --out RESULTS/profile`).")
-        return
+def _profile_section(
+    doc: _Doc, profile: dict, source: Path, assets: Path, md_dir: Path, prefix: str = ""
+) -> None:
     env = profile["environment"]
     doc.para(
         f"From {source}: {profile['steps']} timed training steps per point, each point in a "
@@ -356,12 +381,11 @@ def _profile_section(doc: _Doc, profile: dict | None, source: Path | None, asset
         f"{k}: {v if v is not None else 'none'}" for k, v in profile["largest_batch"].items()
     )
     doc.para(f"Largest batch that fits, per mode/path: {largest}.")
-    for name, alt in (
-        ("memory.png", "Peak training memory vs batch size"),
-        ("throughput.png", "Training throughput vs batch size"),
-    ):
-        png = assets / name
-        doc.image(png, alt, os.path.relpath(png, md_dir))
+    memory, throughput = assets / f"{prefix}memory.png", assets / f"{prefix}throughput.png"
+    plots.plot_profile_memory(profile, memory)
+    plots.plot_profile_throughput(profile, throughput)
+    doc.image(memory, "Peak training memory vs batch size", os.path.relpath(memory, md_dir))
+    doc.image(throughput, "Training throughput vs batch size", os.path.relpath(throughput, md_dir))
 
 
 def build_report(
@@ -381,13 +405,8 @@ def build_report(
     md_path = out.with_suffix(".md")
     assets = out.parent / f"{out.stem}_files"
     assets.mkdir(parents=True, exist_ok=True)
-    profile_path = _find_profile(results_dir, runs, Path(profile) if profile else None)
-    profile_doc = None
-    if profile_path is not None:
-        profile_doc = _read_json(profile_path)
-        validate(profile_doc, PROFILE_SCHEMA, str(profile_path))
-        plots.plot_profile_memory(profile_doc, assets / "memory.png")
-        plots.plot_profile_throughput(profile_doc, assets / "throughput.png")
+    shared_path = _shared_profile(results_dir, runs, Path(profile) if profile else None)
+    shared = _read_profile(shared_path) if shared_path is not None else None
 
     doc = _Doc()
     doc.html.append(f"<h1>{html.escape(title)}</h1>")
@@ -447,11 +466,19 @@ def build_report(
             curves, "Training loss and MAE per epoch", os.path.relpath(curves, md_path.parent)
         )
         doc.heading("Training throughput beside NVIDIA's published figures", 3)
-        _throughput_section(doc, run, profile_doc)
+        _throughput_section(doc, run, run.profile or shared)
+        doc.heading("Memory and throughput profile", 3)
+        if run.profile is not None:
+            _profile_section(doc, run.profile, run.profile_path, assets, md_path.parent, prefix)
+        elif shared is not None:
+            doc.para("See the shared profile below.")
+        else:
+            doc.para("No profile found (se3t profile CONFIG --out RUN_FOLDER writes one).")
         doc.heading("Configuration", 3)
         doc.code(yaml.safe_dump(run.config, sort_keys=False))
-    doc.heading("Memory and throughput profile")
-    _profile_section(doc, profile_doc, profile_path, assets, md_path.parent)
+    if shared is not None:
+        doc.heading("Memory and throughput profile (shared)")
+        _profile_section(doc, shared, shared_path, assets, md_path.parent, "shared_")
 
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -460,5 +487,7 @@ def build_report(
         + "\n</body></html>\n"
     )
     write_text(md_path, "\n".join(doc.md) + "\n")
+    for stale in set(assets.glob("*.png")) - set(doc.images):  # figures of an earlier build
+        stale.unlink()
     write_bytes(out, page.encode("utf-8"))  # last: the HTML's presence means the report is whole
     return out, md_path

@@ -63,7 +63,8 @@ PROFILE_SCHEMA: dict[str, Any] = {
         "memory_metric": {
             "enum": ["cuda_max_memory_allocated", "cpu_peak_rss"],
             "description": "CUDA: torch.cuda.max_memory_allocated over the timed steps; "
-            "CPU: peak resident set size of the point's process (getrusage ru_maxrss)",
+            "CPU: peak resident set size of the point's process over the timed steps "
+            "(VmHWM after resetting it through /proc/self/clear_refs)",
         },
         "steps": _POS_INT,
         "warmup_steps": {"type": "integer", "minimum": 0},
@@ -103,6 +104,11 @@ PROFILE_SCHEMA: dict[str, Any] = {
                     "num_edges": {"type": ["integer", "null"], "minimum": 0},
                     "error": {"type": ["string", "null"]},
                     "wall_s": {"type": "number", "minimum": 0},
+                    "peak_reset": {
+                        "type": "boolean",
+                        "description": "CPU: the peak-RSS mark was reset after the warm-up "
+                        "(peak over the timed steps); false: peak since the process started",
+                    },
                 },
                 # a point that ran has its figures; one that did not says why
                 "if": {"properties": {"status": {"const": "ok"}}},

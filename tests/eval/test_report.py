@@ -62,6 +62,13 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(results_co
                     profile_dir=tmp_path / "chrome1")  # fmt: skip
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert f'data-images="{n_img}/{n_img}"' in dom.stdout, dom.stdout[:300]
+    # the probe does catch a broken image: truncate one image's data and it counts one less
+    head, _, tail = probe.read_text().partition('src="data:image/png;base64,')
+    broken = tmp_path / "broken.html"
+    broken.write_text(head + 'src="data:image/png;base64,iVBORw0KGgo' + tail[tail.index('"') :])
+    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", broken.as_uri(),
+                    profile_dir=tmp_path / "chrome3")  # fmt: skip
+    assert f'data-images="{n_img - 1}/{n_img}"' in dom.stdout, dom.stdout[:300]
     shot = tmp_path / "report.png"
     proc = _chromium(
         f"--screenshot={shot}",

@@ -65,6 +65,12 @@ need() {
   [ "$(id -u)" = 0 ] || die "must run as root (the daemons run as root, no systemd)"
 }
 
+lock() {  # one start/stop at a time (tests and workflows may call start together)
+  mkdir -p "$STATE"
+  exec 9>"$STATE/cluster.lock"
+  flock -w 300 9 || die "another cluster.sh holds $STATE/cluster.lock"
+}
+
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 
 start_munge() {
@@ -76,7 +82,7 @@ start_munge() {
     dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
     chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key
   }
-  runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+  runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid 9>&-
   wait_for 10 munge munge_ok || die "munged did not answer"
   cp /run/munge/munged.pid "$STATE/munged.pid"
 }
@@ -168,7 +174,7 @@ start_mariadb() {
   setsid /usr/sbin/mariadbd --no-defaults --datadir="$STATE/mysql/data" --user=root \
     --socket="$DB_SOCK" --port="$DB_PORT" --bind-address=127.0.0.1 \
     --pid-file="$STATE/mysql/mariadbd.pid" --log-error="$STATE/log/mariadb.log" \
-    --innodb-buffer-pool-size=64M --skip-name-resolve </dev/null >/dev/null 2>&1 &
+    --innodb-buffer-pool-size=64M --skip-name-resolve </dev/null >/dev/null 2>&1 9>&- &
   echo $! >"$STATE/mariadb.pid"
   wait_for 30 mariadb db -e "select 1" || die "MariaDB did not start: see $STATE/log/mariadb.log"
   db <<EOF
@@ -185,7 +191,7 @@ sacctmgr_ok() { sacctmgr -n -P list cluster format=cluster; }
 
 start_slurmdbd() {
   if alive slurmdbd; then return; fi
-  SLURM_CONF=$CONF /usr/sbin/slurmdbd
+  SLURM_CONF=$CONF /usr/sbin/slurmdbd 9>&-
   wait_for 30 slurmdbd sacctmgr_ok || die "slurmdbd did not answer: see $STATE/log/slurmdbd.log"
   if ! sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER"; then
     sacctmgr -i add cluster "$CLUSTER" >/dev/null
@@ -202,11 +208,11 @@ node_ok() { sinfo -h -n "$NODE" -o %T | grep -qE '^(idle|mixed|allocated|complet
 
 start_slurm() {
   if ! alive slurmctld; then
-    /usr/sbin/slurmctld
+    /usr/sbin/slurmctld 9>&-
     wait_for 30 slurmctld scontrol ping || die "slurmctld did not answer: see $STATE/log/slurmctld.log"
   fi
   if ! alive slurmd; then
-    /usr/sbin/slurmd
+    /usr/sbin/slurmd 9>&-
   fi
   if ! wait_for 30 node node_ok; then
     scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true
@@ -217,8 +223,7 @@ start_slurm() {
 cmd_start() {
   need
   mkdir -p "$STATE/log"
-  exec 9>"$STATE.lock"
-  flock 9
+  lock
   start_munge
   write_configs
   start_mariadb
@@ -241,8 +246,7 @@ stop_pid() {  # stop_pid NAME: SIGTERM the recorded daemon, wait, then SIGKILL
 
 cmd_stop() {
   [ -d "$STATE" ] || { log "nothing to stop ($STATE absent)"; return 0; }
-  exec 9>"$STATE.lock"
-  flock 9
+  lock
   # jobs first, so no step outlives the cluster
   if alive slurmctld; then scancel --full --quiet -u root 2>/dev/null || true; sleep 1; fi
   stop_pid slurmd

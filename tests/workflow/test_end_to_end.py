@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from wf_helpers import read_json, read_jsonl, run_snakemake, write_config
+from wf_helpers import read_json, read_jsonl, run_snakemake, site_profile, write_config
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
@@ -60,7 +60,8 @@ def test_local_profile_whole_dag(tmp_path):
 @pytest.mark.slurm
 def test_slurm_profile_whole_dag(tmp_path, shared_data, slurm_cluster):
     config = write_config(tmp_path / "config.yaml", **shared_data)
-    proc = run_snakemake(tmp_path, config, profile="slurm")
+    profile = site_profile(tmp_path / "profile", slurm_cluster.account, slurm_cluster.partition)
+    proc = run_snakemake(tmp_path, config, profile=profile)
     _check_outputs(tmp_path)
 
     # the CPU rules ran as SLURM jobs, one per job (both basis shards included); training went

@@ -40,11 +40,14 @@ def write_config(path: Path, base: Path = CI_CONFIG, **changes) -> Path:
     return path
 
 
-def snakemake_cmd(workdir: Path, config: Path | None, *args: str, profile: str = "local"):
+def snakemake_cmd(workdir: Path, config: Path | None, *args: str, profile: str | Path = "local"):
     # targets and options first: --configfile and --profile take several values, so they go last
     cmd = [str(SNAKEMAKE), *args, "-s", str(SNAKEFILE), "-d", str(workdir)]
     if profile:
-        cmd += ["--profile", str(REPO / "profiles" / profile)]
+        cmd += [
+            "--profile",
+            str(profile if isinstance(profile, Path) else REPO / "profiles" / profile),
+        ]
     if config is not None:
         cmd += ["--configfile", str(config)]
     return cmd
@@ -65,7 +68,7 @@ def run_snakemake(
     workdir: Path,
     config: Path | None,
     *args: str,
-    profile: str = "local",
+    profile: str | Path = "local",
     check: bool = True,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess:
@@ -86,7 +89,7 @@ def run_snakemake(
     return proc
 
 
-def start_snakemake(workdir: Path, config: Path, *args: str, profile: str = "local"):
+def start_snakemake(workdir: Path, config: Path, *args: str, profile: str | Path = "local"):
     """Start Snakemake in the background (for the kill tests); its output goes to a file."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = open(workdir / f"snakemake-{time.monotonic_ns()}.out", "w")  # noqa: SIM115
@@ -156,3 +159,15 @@ def read_json(path: Path) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def site_profile(folder: Path, account: str, partition: str) -> Path:
+    """A copy of profiles/slurm with the site values (account, partitions) set: what a user does
+    for their cluster, in the one place the profile keeps them."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    profile["default-resources"]["slurm_account"] = account
+    profile["default-resources"]["slurm_partition"] = partition
+    profile["set-resources"]["train"]["slurm_partition"] = partition
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return folder

@@ -42,5 +42,5 @@ rule finalize_basis:
     log:
         f"{LOGS}/finalize_basis.log",
     shell:
-        "se3t basis finalize {params.key:q} --config {params.config:q} --cache {params.cache:q}"
-        " --manifest {output.manifest:q} {params.overrides} > {log:q} 2>&1"
+        "se3t basis finalize {params.key:q} {params.overrides} --config {params.config:q}"
+        " --cache {params.cache:q} --manifest {output.manifest:q} > {log:q} 2>&1"

@@ -4,7 +4,7 @@
 rule evaluate:
     """MAE and RMSE per target on the test split, predictions, parity plot, error histogram."""
     input:
-        checkpoint=rules.train.output.best,
+        trained=rules.train.output.done,
         dataset=DATASET,
     output:
         metrics=f"{RESULTS}/runs/{{run}}/metrics.json",
@@ -24,12 +24,13 @@ rule evaluate:
             labels={"run": "{run}", "figure": "error histogram"},
         ),
     params:
+        checkpoint=lambda wildcards, input: os.path.join(os.path.dirname(input.trained), "best.pt"),
         split=lambda wildcards: RUNS[wildcards.run].eval.split,
         out=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/evaluate/{{run}}.log",
     shell:
-        "se3t evaluate {input.checkpoint:q} --split {params.split} --out {params.out:q}"
+        "se3t evaluate {params.checkpoint:q} --split {params.split} --out {params.out:q}"
         " > {log:q} 2>&1"
 
 
@@ -62,4 +63,4 @@ rule profile_memory:
     log:
         f"{LOGS}/profile_memory/{{run}}.log",
     shell:
-        "se3t profile {params.config:q} --out {params.out:q} {params.overrides} > {log:q} 2>&1"
+        "se3t profile {params.config:q} {params.overrides} --out {params.out:q} > {log:q} 2>&1"

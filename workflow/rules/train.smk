@@ -1,8 +1,12 @@
 # Training stage (issue 5's `se3t launch`).  A local rule: `se3t launch` submits the training job
-# through submitit (SLURM, or the local launcher) and waits for it, so the cluster job is submitted
-# once, by submitit, never by Snakemake's own executor as well.  Its outputs are flagged
-# update(): Snakemake must not delete the checkpoints of an interrupted run before rerunning the
-# rule, because `se3t train` resumes from them.
+# through submitit (SLURM, or the local launcher) and waits for it, so the cluster job is
+# submitted once, by submitit, never by Snakemake's executor as well.
+#
+# The run folder's files (best.pt, last.pt, metrics.jsonl, config.yaml) are deliberately not
+# declared outputs: Snakemake deletes declared outputs before rerunning a job and after a failed
+# one (and reverts update() outputs to their previous version), which would throw away the
+# checkpoints that an interrupted run resumes from.  The declared output is a marker that
+# Snakemake itself touches when `se3t launch` has succeeded.
 
 
 localrules:
@@ -10,13 +14,11 @@ localrules:
 
 
 rule train:
-    """Train one run of `workflow.runs`; resumes from the run folder's last checkpoint."""
+    """Train one run of `workflow.runs`; continues from the run folder's last checkpoint."""
     input:
         unpack(train_inputs),
     output:
-        best=update(f"{RESULTS}/runs/{{run}}/best.pt"),
-        config=update(f"{RESULTS}/runs/{{run}}/config.yaml"),
-        metrics=update(f"{RESULTS}/runs/{{run}}/metrics.jsonl"),
+        done=touch(f"{RESULTS}/runs/{{run}}/train.done"),
     params:
         config=CONFIGFILE,
         overrides=lambda wildcards, resources: launch_overrides(wildcards.run, resources),

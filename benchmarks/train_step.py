@@ -1,0 +1,264 @@
+"""Training-step benchmark of the SE(3)-Transformer: fused paths vs the pairwise reference.
+
+A full step is forward, L1 loss, backward and Adam, on real QM9 molecules (the ones committed
+under ``tests/data/qm9``, bond graphs built by ``se3t.data``), at the paper's hyperparameters.
+Every point runs in a FRESH process, so its peak RSS (CPU) or ``max_memory_allocated`` (CUDA)
+is its own.
+
+    # make the batches (needs se3t.data: zarr, rdkit); a small .pt of plain tensors
+    python benchmarks/train_step.py make-batches benchmarks/batches.pt
+    # the table (CPU: 2 warm-up + 3 timed steps per point)
+    python benchmarks/train_step.py run --batches benchmarks/batches.pt --sizes 100 \
+        --paths pairwise full --precisions fp32 bf16 --out results/bench_cpu
+    # one point in this process (what `run` spawns)
+    python benchmarks/train_step.py point --batches ... --size 100 --path full --precision fp32
+
+The worker imports only torch, e3nn and se3t's model code (no omegaconf, zarr or rdkit), so the
+same script runs on a GPU machine that has just torch and e3nn (``benchmarks/gpu.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+SIZES = (32, 100, 240, 1000)
+
+
+def default_raw() -> tuple[Path, int]:
+    """qm9pack's full CSVs, every 109th molecule (NVIDIA's comparison set) when installed;
+    else the committed test molecules, all of them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("qm9pack")
+    if spec and spec.submodule_search_locations:
+        data = Path(next(iter(spec.submodule_search_locations))) / "data"
+        if (data / "qm9_part1.csv").exists():
+            return data, 109
+    return ROOT / "tests" / "data" / "qm9" / "qm9pack", 1
+
+
+def _subsample_csvs(raw: Path, every: int, dest: Path) -> Path:
+    """Every ``every``-th molecule of the qm9pack CSVs under ``raw``, as CSVs in ``dest``."""
+    import csv
+
+    dest.mkdir(parents=True, exist_ok=True)
+    k = 0
+    for f in sorted(raw.glob("qm9_part*.csv")):
+        with open(f, newline="") as fin, open(dest / f.name, "w", newline="") as fout:
+            reader, writer = csv.reader(fin), csv.writer(fout)
+            writer.writerow(next(reader))
+            for row in reader:
+                if k % every == 0:
+                    writer.writerow(row)
+                k += 1
+    return dest
+
+
+def make_batches(out: Path, raw: Path | None = None, every: int | None = None, seed: int = 0) -> None:
+    """Build real QM9 molecules into a temporary store and save batches of each size as plain
+    tensors (molecules drawn with replacement when fewer are available than a batch needs)."""
+    import tempfile
+
+    from se3t.data import QM9Dataset, build_dataset, collate
+
+    d_raw, d_every = default_raw()
+    raw, every = raw or d_raw, every or (d_every if raw is None else 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if every > 1:
+            raw = _subsample_csvs(raw, every, Path(tmp) / "raw")
+        store = Path(tmp) / "qm9.zarr"
+        build_dataset(raw, store, processes=2, progress=False)
+        ds = QM9Dataset(store, split="all", targets=("homo",))
+        g = torch.Generator().manual_seed(seed)
+        batches = {}
+        for size in SIZES:
+            idx = torch.randperm(len(ds), generator=g)[:size].tolist()
+            while len(idx) < size:
+                idx += torch.randint(0, len(ds), (size - len(idx),), generator=g).tolist()
+            b = collate([ds[i] for i in idx])
+            batches[size] = {
+                "src": b.graph.src, "dst": b.graph.dst, "node_graph": b.graph.node_graph,
+                "num_nodes": b.graph.num_nodes, "pos": b.pos, "node_feats": b.node_feats,
+                "edge_feats": b.edge_feats, "y": b.y,
+            }
+            print(f"{len(ds)} molecules from {raw} (every {every}th); batch {size}: {b.graph.num_nodes} atoms, {b.graph.num_edges} directed edges "
+                  f"({b.graph.num_edges / size:.1f} per molecule)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".tmp")
+    torch.save(batches, tmp_out)
+    os.replace(tmp_out, out)
+
+
+def load_batch(path: Path, size: int, device):
+    from se3t.graph import Batch, Graph
+
+    d = torch.load(path, weights_only=True)[size]
+    graph = Graph(d["src"], d["dst"], d["node_graph"], int(d["num_nodes"]), size)
+    return Batch(graph, d["pos"], d["node_feats"], d["edge_feats"], y=d["y"]).to(device)
+
+
+def point(args) -> dict:
+    """One benchmark point in this process; returns the result row."""
+    from se3t.models.transformer import SE3TransformerPooled
+    from se3t.so3.basis import compute_basis_flat
+
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)
+    if args.precision == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    batch = load_batch(Path(args.batches), args.size, device)
+    model = SE3TransformerPooled(
+        fusion=args.path, low_memory=args.low_memory, pooling="max",
+    ).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    basis = compute_basis_flat(batch.edge_vec, 3) if args.basis == "pre" else None
+
+    def step():
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            pred = model(batch, basis=basis)
+            loss = torch.nn.functional.l1_loss(pred.float(), batch.y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        loss = step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    med = sorted(times)[len(times) // 2]
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "size": args.size, "path": args.path,
+        "fusion": model.fusion.value, "precision": args.precision, "low_memory": args.low_memory,
+        "basis": args.basis, "edges": batch.graph.num_edges, "params": params,
+        "step_s": med, "mol_per_s": args.size / med, "peak_bytes": peak,
+        "loss": float(loss), "steps": args.steps,
+    }
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    combos = [
+        (size, path, prec, lowmem, basis)
+        for size in args.sizes for path in args.paths for prec in args.precisions
+        for lowmem in args.low_memory for basis in args.basis
+    ]
+    for size, path, prec, lowmem, basis in combos:
+        cmd = [sys.executable, __file__, "point", "--batches", args.batches, "--size", str(size),
+               "--path", path, "--precision", prec, "--basis", basis, "--device", args.device,
+               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        if lowmem == "on":
+            cmd.append("--low-memory")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+            row = {"size": size, "path": path, "precision": prec, "low_memory": lowmem == "on",
+                   "basis": basis, "error": tail[0] if tail else f"exit {proc.returncode}"}
+        else:
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(format_row(row), flush=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    (out / "table.md").write_text(table(rows))
+    print(table(rows))
+
+
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} lowmem={r['low_memory']} {r['basis']}: {r['error']}"
+    return (f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} lowmem={r['low_memory']!s:5} "
+            f"basis={r['basis']:>3} {r['mol_per_s']:8.2f} mol/s  peak {r['peak_bytes'] / 2**30:6.2f} GiB")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| batch | path | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) |",
+             "|---:|---|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['path']} | {r['precision']} | {r['low_memory']} | "
+                         f"{r['basis']} | failed: {r['error']} | | |")
+        else:
+            lines.append(f"| {r['size']} | {r['path']} | {r['precision']} | "
+                         f"{'on' if r['low_memory'] else 'off'} | {r['basis']} | "
+                         f"{r['mol_per_s']:.2f} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**30:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make-batches", help="save batches of real QM9 molecules as a .pt file")
+    m.add_argument("out", type=Path)
+    m.add_argument("--raw", type=Path, default=None,
+                   help="qm9pack CSV folder (default: qm9pack's full data, else tests/data/qm9/qm9pack)")
+    m.add_argument("--every", type=int, default=None,
+                   help="keep every N-th molecule (default: 109 for qm9pack's full data, else 1)")
+    for name in ("point", "run"):
+        q = sub.add_parser(name, help="one point in this process" if name == "point" else "the table, a fresh process per point")
+        q.add_argument("--batches", required=True, help="the .pt made by make-batches")
+        q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+        q.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
+        q.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+        if name == "point":
+            q.add_argument("--size", type=int, default=100, help="molecules per batch")
+            q.add_argument("--path", default="full", help="fusion: pairwise, per_output, per_input, full")
+            q.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
+            q.add_argument("--low-memory", action="store_true", help="activation checkpointing per layer")
+            q.add_argument("--basis", default="otf", choices=["otf", "pre"],
+                           help="bases computed in the forward pass (otf) or precomputed (pre)")
+        else:
+            q.add_argument("--sizes", type=int, nargs="+", default=[100])
+            q.add_argument("--paths", nargs="+", default=["pairwise", "full"])
+            q.add_argument("--precisions", nargs="+", default=["fp32"])
+            q.add_argument("--low-memory", nargs="+", default=["off"], choices=["off", "on"])
+            q.add_argument("--basis", nargs="+", default=["otf"], choices=["otf", "pre"])
+            q.add_argument("--timeout", type=int, default=1800, help="seconds per point")
+            q.add_argument("--out", default="results/bench_train_step", help="folder for results.json and table.md")
+    args = p.parse_args(argv)
+    if args.cmd == "make-batches":
+        make_batches(args.out, args.raw, args.every)
+    elif args.cmd == "point":
+        print(json.dumps(point(args)))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""``se3t launch CONFIG [key=value ...]``: submit training through submitit (docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "launch",
+        help="submit training to SLURM (or run it locally) through submitit and wait for it",
+        description=(
+            "Check the inputs, then submit `se3t train` as a checkpointable submitit job: "
+            "launch.cluster=slurm|local|debug, launch.nodes, launch.gpus_per_node (one task "
+            "per GPU; 0 for CPU training with launch.tasks_per_node processes), "
+            "launch.cpus_per_task, launch.mem_gb, launch.partition, launch.account, "
+            "launch.qos, launch.time (minutes), launch.constraint, launch.extra (a mapping of "
+            "extra sbatch options), launch.max_num_timeout, launch.folder (submitit logs; "
+            "default RUN_DIR/submitit). Streams rank 0's log while waiting; exits 0 when the "
+            "job completes, 1 with the tail of its log when it fails. On preemption or time "
+            "limit (SIGUSR2) the job checkpoints and requeues itself, and resumes from "
+            "RUN_DIR/last.pt. CONFIG may be a run folder (its config.yaml)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", metavar="CONFIG", help="config YAML, or a run folder to resume")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. launch.cluster=slurm launch.partition=gpu "
+                   "launch.gpus_per_node=4 launch.time=240 train.epochs=100")
+    p.add_argument("--no-wait", action="store_true",
+                   help="print the job id and return right after submission")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from se3t.commands.train import resolve_config
+    from se3t.train.launch import launch
+
+    cfg = resolve_config(args.config, args.overrides)
+    return launch(cfg, wait=not args.no_wait)

@@ -1,0 +1,169 @@
+"""Checkpoints: atomic writes, safe loads (``torch.load(weights_only=True)``), model rebuild.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so loading it never
+executes code. Keys: ``format`` (``"se3t-checkpoint"``), ``version``, ``model`` (state_dict,
+without DDP's ``module.`` prefix), ``optimizer``, ``scheduler``, ``scaler`` (state dicts),
+``epoch`` (the epoch in progress), ``batch_in_epoch`` (micro-batches of that epoch already
+consumed: the sampler position), ``step`` (optimizer steps done), ``best_val``, ``rng``
+(torch, numpy, python, cuda states), ``config`` (:func:`se3t.config.to_dict`),
+``target_stats`` (``{"targets", "mean", "std"}`` in target units), ``world_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from se3t.config import Config, ConfigError, from_dict
+from se3t.errors import InputError
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "capture_rng",
+    "load_checkpoint",
+    "load_model",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+FORMAT = "se3t-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
+    rename. A crash (or ``kill -9``) at any moment leaves either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the team
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a se3t checkpoint with ``weights_only=True`` (no code runs). Raises
+    :class:`InputError` naming the file when it is missing, unreadable or not a se3t checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("last.pt", "best.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise InputError(f"run folder {str(path)!r} holds no checkpoint (last.pt or best.pt)")
+    if not path.is_file():
+        raise InputError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"checkpoint {str(path)!r} cannot be loaded safely (weights_only): {first}"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(f"checkpoint {str(path)!r} is not a se3t checkpoint (no format tag)")
+    for key in ("model", "config", "target_stats", "epoch", "step"):
+        if key not in state:
+            raise InputError(f"checkpoint {str(path)!r}: field {key!r} is missing")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any], path: str | os.PathLike) -> Config:
+    """The resolved config stored in a checkpoint (InputError naming the file if invalid)."""
+    try:
+        return from_dict(state["config"])
+    except ConfigError as err:
+        raise InputError(f"checkpoint {str(path)!r}: stored config is invalid: {err}") from err
+
+
+def check_model_state(model: torch.nn.Module, state_dict: dict[str, Any], path: str) -> None:
+    """Raise :class:`InputError` naming the checkpoint and the first differing parameter when
+    ``state_dict`` does not fit ``model`` (another model shape)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    extra = [k for k in state_dict if k not in own]
+    if missing or extra:
+        raise InputError(
+            f"checkpoint {path!r} holds another model: parameters missing {missing[:3]}, "
+            f"unexpected {extra[:3]} (was it trained with other model.* settings?)"
+        )
+    for k, v in own.items():
+        if tuple(state_dict[k].shape) != tuple(v.shape):
+            raise InputError(
+                f"checkpoint {path!r} holds another model shape: parameter {k!r} is "
+                f"{list(state_dict[k].shape)} there, {list(v.shape)} here "
+                "(was it trained with other model.* settings?)"
+            )
+
+
+def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
+    """``(model, cfg, stats)``: the checkpoint's model rebuilt from its stored config, weights
+    loaded, in eval mode; ``stats`` is ``{"targets": [...], "mean": Tensor[T], "std": Tensor[T]}``
+    (predictions are ``model(batch) * std + mean`` in target units)."""
+    from se3t.models import build
+
+    state = load_checkpoint(path, map_location=map_location)
+    cfg = checkpoint_config(state, path)
+    model = build(cfg.model)
+    check_model_state(model, state["model"], str(path))
+    model.load_state_dict(state["model"])
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    model.eval()
+    return model, cfg, state["target_stats"]
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states as weights_only-safe containers (numpy's state holds an ndarray: keep it a tensor)
+
+
+def capture_rng() -> dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and python RNG states."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return out
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng` (CUDA states only when the device count matches)."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
+    )  # fmt: skip
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

@@ -1,0 +1,587 @@
+"""The training loop: ``train(cfg)`` runs one process (one DDP rank) from start or from the run
+folder's last checkpoint to the end.
+
+Steps and batches. ``train.batch_size`` is the *global* micro-batch (all ranks together);
+``train.accumulate`` micro-batches make one optimizer step. The loss is the L1 distance between
+prediction and standardized target, averaged over targets; each rank's loss is
+
+    loss_r = sum_{i in rank r's molecules} l_i * world_size / (global micro-batch size * n_acc)
+
+so that DDP's gradient average equals the gradient of the mean loss over the global batch of a
+one-process run (``n_acc`` is the number of micro-batches in this optimizer step).
+
+Checkpoints happen only at optimizer-step boundaries (every ``train.checkpoint_every`` steps,
+at every epoch end, at the end, and when a stop signal arrives), and hold everything a resumed
+run needs to continue bit for bit: model, optimizer, scheduler, scaler, RNG states, the epoch
+and the number of its micro-batches consumed (the sampler replays the epoch's order from
+``(seed, epoch)`` and skips them), running training-MAE sums, best validation score, config.
+
+Stop signals (SIGUSR2: SLURM preemption or time limit through submitit; SIGTERM) only set a
+flag; at the next step boundary every rank agrees on it (an all-reduce), rank 0 writes
+``last.pt`` and ``train`` returns with ``status="stopped"`` — the caller requeues or exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from se3t.config import Config, save, to_dict
+from se3t.errors import InputError
+from se3t.train import distributed as D
+from se3t.train.checkpoint import (
+    capture_rng,
+    check_model_state,
+    checkpoint_config,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from se3t.train.sampler import ResumableBatchSampler
+from se3t.train.schedule import build_optimizer, build_scheduler
+
+__all__ = ["Inputs", "Trainer", "check_inputs", "train"]
+
+log = logging.getLogger("se3t.train")
+
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Inputs:
+    cfg: Config  # with model.out_dim set to the number of targets
+    train_set: Any
+    val_set: Any
+    basis_store: Any
+    resume_path: Path
+    resume_state: dict[str, Any] | None
+
+
+def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> Inputs:
+    """Open and check every input of a run before any training work: the dataset store and
+    its targets, the basis store (when used), and a checkpoint to resume (its model settings
+    and targets; with ``model=True`` also its parameter shapes against the built model).
+    Raises :class:`InputError` naming the file and field."""
+    from se3t.data import QM9Dataset, fingerprint
+
+    t = cfg.train
+    if t.batch_size < world_size:
+        raise InputError(
+            f"config key 'train.batch_size': {t.batch_size} is smaller than the {world_size} "
+            "ranks of this job (it is the global batch)"
+        )
+    data_path = Path(cfg.data.path)
+    if "://" not in cfg.data.path and not data_path.exists():
+        raise InputError(
+            f"dataset store {str(data_path)!r} (config key 'data.path') does not exist; "
+            "build it with se3t data build"
+        )
+    train_set = QM9Dataset.from_config(cfg.data, "train")
+    val_set = QM9Dataset.from_config(cfg.data, "val")
+    if len(train_set) < world_size:
+        raise InputError(f"dataset {str(data_path)!r}: training split smaller than the job")
+    if t.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as err:
+            raise InputError(
+                "config key 'train.tensorboard': the tensorboard package is not installed"
+            ) from err
+    basis_store = _open_basis(cfg, fingerprint)
+    cfg = replace(cfg, model=replace(cfg.model, out_dim=len(train_set.targets)))
+    resume_path = Path(cfg.run.dir).absolute() / "last.pt"
+    state = None
+    if t.resume and resume_path.is_file():
+        state = load_checkpoint(resume_path)
+        _check_resume_config(cfg, checkpoint_config(state, resume_path), resume_path)
+        if model:
+            from se3t.models import build
+
+            check_model_state(build(cfg.model), state["model"], str(resume_path))
+    return Inputs(cfg, train_set, val_set, basis_store, resume_path, state)
+
+
+def _open_basis(cfg: Config, fingerprint):
+    b = cfg.basis
+    if b.use == "compute" or (b.use == "auto" and not b.manifest):
+        return None
+    if not b.manifest:
+        raise InputError("config key 'basis.use' is 'store' but 'basis.manifest' is not set")
+    if b.use == "auto" and "://" not in b.manifest and not Path(b.manifest).exists():
+        log.warning("basis manifest %s absent: computing bases in the forward pass", b.manifest)
+        return None
+    if b.use == "store" and "://" not in b.manifest and not Path(b.manifest).exists():
+        raise InputError(
+            f"basis manifest or store {b.manifest!r} (config key 'basis.manifest') does not "
+            "exist; run se3t basis precompute and se3t basis finalize"
+        )
+    from se3t.data.basis_store import open_basis
+
+    return open_basis(b.manifest, dataset_fingerprint=fingerprint(cfg.data.path),
+                      max_degree=cfg.model.max_degree, dtype=b.dtype)  # fmt: skip
+
+
+def _check_resume_config(cfg: Config, old: Config, path: Path) -> None:
+    new, before = to_dict(cfg.model), to_dict(old.model)
+    diff = [f"model.{k}={before[k]!r} there, {new[k]!r} here"
+            for k in new if k in before and before[k] != new[k]]  # fmt: skip
+    if diff:
+        raise InputError(
+            f"checkpoint {str(path)!r} was trained with another model: " + "; ".join(diff[:4])
+            + " (use another run.dir, or train.resume=false to start over)"
+        )
+    if list(old.data.targets) != list(cfg.data.targets):
+        raise InputError(
+            f"checkpoint {str(path)!r} was trained on targets {list(old.data.targets)}, this "
+            f"config asks for {list(cfg.data.targets)}"
+        )
+
+
+class Trainer:
+    """One rank of a training run. ``Trainer(cfg)`` checks every input (dataset, targets, basis
+    store, checkpoint compatibility) before any training work; ``run()`` trains."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        progress: bool | None = None,
+        stop_signals: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM),
+    ) -> None:
+        self.env = D.detect()
+        self.progress = progress
+        self.stop_signals = stop_signals
+        self.stop_requested: int | None = None
+        self.run_dir = Path(cfg.run.dir).absolute()
+        t = cfg.train
+        self.device = self._device(t.device)
+        inputs = check_inputs(cfg, world_size=self.env.world_size)
+        self.cfg = cfg = inputs.cfg
+        self.train_set, self.val_set = inputs.train_set, inputs.val_set
+        self.basis_store = inputs.basis_store
+        self.resume_path, self.resume_state = inputs.resume_path, inputs.resume_state
+
+        # ---- determinism, precision, model ------------------------------------------------
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        tf32 = t.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.manual_seed(t.seed)
+        from se3t.models import build
+
+        self.model = build(cfg.model)
+        if self.resume_state is not None:
+            check_model_state(self.model, self.resume_state["model"], str(self.resume_path))
+        del inputs
+        self.model.to(self.device)
+        D.init(self.env, self.device)
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.ddp = self.model
+
+        self.sampler = ResumableBatchSampler(
+            len(self.train_set), t.batch_size, shuffle=True, seed=t.seed,
+            rank=self.env.rank, world_size=self.env.world_size,
+        )  # fmt: skip
+        self.micro_per_epoch = len(self.sampler)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.accumulate)
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.model.parameters(), t)
+        self.scheduler = build_scheduler(self.optimizer, t, steps_per_epoch=self.steps_per_epoch,
+                                         total_steps=self.total_steps)  # fmt: skip
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.step = 0
+        self.best_val = math.inf
+        self.train_sums = torch.zeros(2, len(self.train_set.targets), dtype=torch.float64)
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+
+    # ---- setup helpers -------------------------------------------------------------------
+    def _device(self, name: str) -> torch.device:
+        if name == "cuda" and not torch.cuda.is_available():
+            raise InputError("config key 'train.device': cuda requested but no CUDA device")
+        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+            local = self.env.local_rank % max(1, torch.cuda.device_count())
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    def _restore(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        # the schedule's length follows the current config (more epochs may be asked for)
+        self.scheduler.lr_lambdas[0].total = self.total_steps
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
+        self.best_val = s["best_val"]
+        if s.get("train_sums") is not None:
+            self.train_sums = s["train_sums"].to(torch.float64)
+        restore_rng(s["rng"])
+
+    # ---- state ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_val": self.best_val,
+            "train_sums": self.train_sums.clone(),
+            "rng": capture_rng(),
+            "config": to_dict(self.cfg),
+            "target_stats": {
+                "targets": list(self.train_set.targets),
+                "mean": self.train_set.mean.clone(),
+                "std": self.train_set.std.clone(),
+            },
+            "world_size": self.env.world_size,
+        }
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.env.is_main:
+            save_checkpoint(self.state(), self.run_dir / name)
+            log.info("checkpoint %s: epoch %d, step %d", name, self.epoch, self.step)
+
+    # ---- pieces of a step ----------------------------------------------------------------
+    def _autocast(self):
+        dtype = _AUTOCAST.get(self.cfg.train.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _basis(self, batch):
+        if self.basis_store is None:
+            return None
+        return self.basis_store.gather(batch.index).to(self.device, torch.float32,
+                                                       non_blocking=True)  # fmt: skip
+
+    def _loader(self, dataset, batch_sampler) -> DataLoader:
+        from se3t.data import collate
+
+        workers = self.cfg.data.num_workers
+        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
+                          num_workers=workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)  # fmt: skip
+
+    def _global_size(self, i: int) -> int:
+        """Molecules in global micro-batch ``i`` of the epoch."""
+        return min(self.cfg.train.batch_size, len(self.train_set) - i * self.cfg.train.batch_size)
+
+    def _peak_mem(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    @torch.no_grad()
+    def evaluate(self, dataset) -> dict[str, float]:
+        """MAE per target in target units over ``dataset`` (ranks split it and reduce)."""
+        self.model.eval()
+        positions = list(range(self.env.rank, len(dataset), self.env.world_size))
+        bs = self.cfg.eval.batch_size
+        batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
+        sums = torch.zeros(2, len(dataset.targets), dtype=torch.float64)
+        std = dataset.std.to(self.device)
+        for batch in self._loader(dataset, batches):
+            batch = batch.to(self.device, non_blocking=True)
+            with self._autocast():
+                pred = self.model(batch, self._basis(batch))  # [B, T]
+            err = ((pred.float() - batch.y) * std).abs()  # [B, T] target units
+            sums[0] += err.sum(0).double().cpu()
+            sums[1] += err.shape[0]
+        D.all_reduce_(sums)
+        self.model.train()
+        mae = sums[0] / sums[1].clamp(min=1)
+        return {t: float(mae[k]) for k, t in enumerate(dataset.targets)}
+
+    def _score(self, val_mae: dict[str, float]) -> float:
+        """Model selection: mean over targets of MAE / training std (unit-free)."""
+        std = self.train_set.std.double()
+        return float(sum(val_mae[t] / std[k] for k, t in enumerate(self.train_set.targets))
+                     / len(val_mae))  # fmt: skip
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t = self.cfg.train
+        main = self.env.is_main
+        metrics = _Metrics(self.run_dir / "metrics.jsonl", enabled=main)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save(self.cfg, self.run_dir / "config.yaml")
+            _log_to(self.run_dir / "train.log")
+            if self.resume_state is not None:
+                metrics.truncate(self.step, self.epoch)
+        where = "starting"
+        if self.resume_state is not None:
+            where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
+        if main:
+            log.info("%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
+                     "world size %d (%s), device %s, precision %s, bases %s", self.run_dir, where,
+                     len(self.train_set), len(self.val_set), self.steps_per_epoch,
+                     self.total_steps, self.env.world_size, self.env.source, self.device,
+                     t.precision, "from store" if self.basis_store else "computed")  # fmt: skip
+        self.resume_state = None  # free it
+        self.model.train()
+        previous = self._install_signals()
+        status = "completed"
+        val_mae: dict[str, float] = {}
+        train_mae: dict[str, float] = {}
+        std = self.train_set.std.to(self.device)
+        try:
+            while self.step < self.total_steps:
+                epoch_done, stopped = self._epoch(metrics, std)
+                if stopped:
+                    status = "stopped"
+                    break
+                finished = self.step >= self.total_steps
+                if epoch_done or finished:
+                    train_mae, val_mae = self._end_of_epoch(metrics, epoch_done, finished)
+            if status == "completed" and not val_mae:
+                val_mae = self.evaluate(self.val_set)
+        finally:
+            self._restore_signals(previous)
+            metrics.close()
+        if status == "stopped":
+            self.save("last.pt")
+            D.barrier()
+            log.warning("stopped by signal %s at step %d: checkpoint written",
+                        self.stop_requested, self.step)
+        elif main:
+            log.info("done: step %d, epoch %d, val MAE %s", self.step, self.epoch, val_mae)
+        return {
+            "status": status,
+            "run_dir": str(self.run_dir),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_val": self.best_val,
+            "val_mae": val_mae,
+            "train_mae": train_mae,
+            "signal": self.stop_requested,
+        }
+
+    def _epoch(self, metrics: _Metrics, std: torch.Tensor) -> tuple[bool, bool]:
+        """Train from the current position to the epoch's end (or ``total_steps`` or a stop).
+        Returns ``(epoch_done, stopped)``."""
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        start = self.batch_in_epoch
+        self.sampler.set_epoch(self.epoch, start=start)
+        show = self.env.is_main and (self.progress if self.progress is not None else True)
+        bar = tqdm(total=self.micro_per_epoch, initial=start, disable=not show, file=sys.stderr,
+                   desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 10.0)  # fmt: skip
+        window = torch.zeros(3, dtype=torch.float64)  # loss sum, molecules, micro-batches
+        tick = time.perf_counter()
+        group_start = start
+        try:
+            for i, batch in enumerate(self._loader(self.train_set, self.sampler), start=start):
+                n_acc = min(t.accumulate, self.micro_per_epoch - group_start)
+                last_micro = i + 1 - group_start == n_acc
+                batch = batch.to(self.device, non_blocking=True)
+                sync = contextlib.nullcontext()
+                if self.env.distributed and not last_micro:
+                    sync = self.ddp.no_sync()
+                with sync:
+                    with self._autocast():
+                        pred = self.ddp(batch, self._basis(batch))  # [b, T]
+                    per_mol = (pred.float() - batch.y).abs()  # [b, T] standardized units
+                    scale = self.env.world_size / (self._global_size(i) * n_acc)
+                    loss = per_mol.mean(1).sum() * scale
+                    self.scaler.scale(loss).backward()
+                with torch.no_grad():
+                    self.train_sums[0] += (per_mol.detach() * std).sum(0).double().cpu()
+                    self.train_sums[1] += per_mol.shape[0]
+                    window[0] += float(per_mol.detach().mean(1).sum())
+                    window[1] += per_mol.shape[0]
+                    window[2] += 1
+                bar.update(1)
+                if not last_micro:
+                    continue
+                # ---- optimizer step: the only place the state changes ----------------------
+                if t.grad_clip is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
+                self.scheduler.step()
+                self.step += 1
+                self.batch_in_epoch = group_start = i + 1
+                if t.log_every and self.step % t.log_every == 0:
+                    tick = self._log_step(metrics, window, tick, bar, lr)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save("last.pt")
+                if self._should_stop():
+                    return False, True
+                if self.step >= self.total_steps:
+                    return self.batch_in_epoch >= self.micro_per_epoch, False
+        finally:
+            bar.close()
+        return True, False
+
+    def _log_step(self, metrics, window, tick, bar, lr: float) -> float:
+        D.all_reduce_(window)
+        now = time.perf_counter()
+        loss = float(window[0] / window[1].clamp(min=1))
+        rec = {"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss,
+               "lr": lr,
+               "mol_per_s": float(window[1]) / max(now - tick, 1e-9),
+               "peak_mem_bytes": self._peak_mem(), "time": time.time()}  # fmt: skip
+        metrics.write(rec)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
+        window.zero_()
+        return now
+
+    def _end_of_epoch(self, metrics, epoch_done: bool, finished: bool):
+        t = self.cfg.train
+        sums = D.all_reduce_(self.train_sums.clone())
+        mae = sums[0] / sums[1].clamp(min=1)
+        train_mae = {name: float(mae[k]) for k, name in enumerate(self.train_set.targets)}
+        val_mae: dict[str, float] = {}
+        if finished or (self.epoch + 1) % t.eval_every == 0:
+            val_mae = self.evaluate(self.val_set)
+        std = self.train_set.std.double()
+        rec = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
+               "loss": float((mae / std).mean()),
+               "lr": self.optimizer.param_groups[0]["lr"], "peak_mem_bytes": self._peak_mem(),
+               "train_mae": train_mae, "val_mae": val_mae, "time": time.time()}  # fmt: skip
+        metrics.write(rec)
+        if self.env.is_main:
+            log.info("epoch %d (step %d): train MAE %s, val MAE %s", self.epoch, self.step,
+                     _fmt(train_mae), _fmt(val_mae) or "-")  # fmt: skip
+        if epoch_done:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.train_sums.zero_()
+        improved = bool(val_mae) and self._score(val_mae) < self.best_val
+        if improved:
+            self.best_val = self._score(val_mae)
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+        return train_mae, val_mae
+
+    # ---- stop signals --------------------------------------------------------------------
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for sig in self.stop_signals:
+            previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+        return previous
+
+    def _restore_signals(self, previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        # only a flag: the state is consistent again at the next optimizer-step boundary
+        self.stop_requested = int(signum)
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([0 if self.stop_requested is None else int(self.stop_requested)])
+        if self.env.distributed:
+            D.all_reduce_(flag, op="max")
+        if int(flag) and self.stop_requested is None:
+            self.stop_requested = int(flag)
+        return bool(int(flag))
+
+
+def _fmt(d: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in d.items())
+
+
+class _Metrics:
+    """``metrics.jsonl``: one JSON object per line, flushed per line; rank 0 only."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled, self.fh = path, enabled, None
+
+    def truncate(self, step: int, epoch: int) -> None:
+        """Drop the records written after the checkpoint a resumed run starts from."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by kill -9
+            same = r["step"] == step and (r["kind"] == "step" or r["epoch"] < epoch)
+            if r["step"] < step or same:
+                keep.append(line)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
+        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def _log_to(path: Path) -> None:
+    """Log se3t.train to ``path`` (appending across resumes) and to stderr."""
+    root = logging.getLogger("se3t.train")
+    root.setLevel(logging.INFO)
+    for h in list(root.handlers):
+        if getattr(h, "_se3t", False):
+            root.removeHandler(h)
+            h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    for h in (logging.FileHandler(path), logging.StreamHandler(sys.stderr)):
+        h.setFormatter(fmt)
+        h._se3t = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+    root.propagate = False
+
+
+def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:
+    """Train one rank from ``cfg`` (resuming from ``{run.dir}/last.pt`` when it exists and
+    ``train.resume``). Returns a summary: ``status`` (completed | stopped), ``run_dir``,
+    ``epoch``, ``step``, ``best_val``, ``val_mae``, ``train_mae`` (per target, target units),
+    ``signal`` (the stop signal, if any). Raises :class:`InputError` for bad input before
+    any training work."""
+    trainer = Trainer(cfg, progress=progress)
+    try:
+        return trainer.run()
+    finally:
+        D.shutdown()

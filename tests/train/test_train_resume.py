@@ -1,0 +1,71 @@
+"""Exact resume: a real ``se3t train`` process killed with SIGKILL at an arbitrary step and
+resumed ends with the same weights as an uninterrupted run (CPU, deterministic settings)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from train_helpers import REPO, as_args, empty_config, metrics, se3t, tiny_overrides, weights
+
+pytestmark = pytest.mark.slow
+
+# 3 epochs of 7 steps (220 training molecules, batch 32): the kill lands mid-epoch
+RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.deterministic": True,
+       "train.warmup_epochs": 0.5, "train.grad_clip": 5.0}  # fmt: skip
+
+
+def _wait_for_step(run_dir, step: int, proc, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, "training ended before it could be killed"
+        try:
+            if any(r["kind"] == "step" and r["step"] >= step for r in metrics(run_dir)):
+                return
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"step {step} not reached in {timeout}s")
+
+
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(qm9_store, tmp_path):
+    cfg = empty_config(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # uninterrupted reference
+    ref = se3t("train", "--no-progress", str(cfg),
+               *as_args(tiny_overrides(qm9_store, tmp_path / "ref", **RUN)))  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # the same run, SIGKILLed at step >= 10 (epoch 1, mid-epoch, maybe mid-checkpoint)
+    run = tmp_path / "killed"
+    args = as_args(tiny_overrides(qm9_store, run, **RUN))
+    proc = subprocess.Popen([sys.executable, "-m", "se3t.cli", "train", "--no-progress",
+                             str(cfg), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        _wait_for_step(run, 10, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(r["step"] for r in metrics(run))
+    assert killed_at < 21
+    # resume: `se3t train RUN_DIR` continues from last.pt
+    res = se3t("train", "--no-progress", str(run))
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = (run / "train.log").read_text()
+    assert "resuming from" in log and "epoch 1, step " in log
+    a, b = weights(tmp_path / "ref" / "last.pt"), weights(run / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    # the metrics read as one run: every step once, the same losses
+    steps = [r["step"] for r in metrics(run) if r["kind"] == "step"]
+    assert steps == list(range(1, 22))
+    ref_loss = [r["loss"] for r in metrics(tmp_path / "ref") if r["kind"] == "step"]
+    got_loss = [r["loss"] for r in metrics(run) if r["kind"] == "step"]
+    assert got_loss == ref_loss

@@ -1,0 +1,146 @@
+"""Checkpoint files, RNG capture, the resumable sampler, the LR schedule, the DDP environment."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from se3t.errors import InputError
+from se3t.train.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from se3t.train.distributed import detect
+from se3t.train.sampler import ResumableBatchSampler
+from se3t.train.schedule import lr_factor
+
+
+def _minimal_state():
+    return {"model": {"w": torch.ones(2)}, "config": {}, "target_stats": {}, "epoch": 0,
+            "step": 0}  # fmt: skip
+
+
+def test_checkpoint_round_trip_and_atomic(tmp_path):
+    path = save_checkpoint({**_minimal_state(), "rng": capture_rng()}, tmp_path / "last.pt")
+    state = load_checkpoint(path)
+    assert torch.equal(state["model"]["w"], torch.ones(2))
+    # no temporary files are left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    # a run folder resolves to its last.pt
+    assert load_checkpoint(tmp_path)["format"] == "se3t-checkpoint"
+
+
+def test_checkpoint_save_failure_keeps_old_file(tmp_path):
+    path = save_checkpoint(_minimal_state(), tmp_path / "last.pt")
+    before = path.read_bytes()
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(Exception):  # noqa: B017 (pickling error of the torch version)
+        save_checkpoint({**_minimal_state(), "bad": Boom()}, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_checkpoint_never_runs_code(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "se3t-checkpoint", "model": _Evil()}, path)
+    with pytest.raises(InputError, match="evil.pt"):
+        load_checkpoint(path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="missing.pt"):
+        load_checkpoint(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.ones(1)}, other)
+    with pytest.raises(InputError, match="other.pt.*not a se3t checkpoint"):
+        load_checkpoint(other)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(pickle.dumps([1, 2], protocol=2) + b"garbage")
+    with pytest.raises(InputError, match="junk.pt"):
+        load_checkpoint(junk)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(InputError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "run")
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    save_checkpoint({**_minimal_state(), "rng": capture_rng()}, tmp_path / "c.pt")
+    expect = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expect[0], got[0])
+    assert np.array_equal(expect[1], got[1])
+    assert expect[2] == got[2]
+
+
+@pytest.mark.parametrize("n,batch,world", [(100, 16, 1), (100, 16, 2), (101, 10, 3), (7, 4, 2)])
+def test_ranks_together_see_the_one_process_batches(n, batch, world):
+    one = ResumableBatchSampler(n, batch, seed=5)
+    one.set_epoch(2)
+    ranks = [ResumableBatchSampler(n, batch, seed=5, rank=r, world_size=world)
+             for r in range(world)]  # fmt: skip
+    for s in ranks:
+        s.set_epoch(2)
+    per_rank = [list(s) for s in ranks]
+    assert len({len(b) for b in per_rank}) == 1  # every rank the same number of batches
+    assert all(len(b) == len(ranks[0]) for b in per_rank)
+    for i, global_batch in enumerate(one):
+        if len(global_batch) < world:
+            continue  # dropped in the distributed sampler (a rank would get nothing)
+        together = sorted(x for r in range(world) for x in per_rank[r][i])
+        assert together == sorted(global_batch)
+    # every molecule once per epoch (up to the dropped remainder)
+    seen = [x for b in per_rank for batch_ in b for x in batch_]
+    assert len(seen) == len(set(seen)) >= n - world + 1
+
+
+def test_sampler_resume_skips_consumed_batches_and_epochs_differ():
+    s = ResumableBatchSampler(50, 8, seed=1)
+    s.set_epoch(3)
+    full = list(s)
+    s.set_epoch(3, start=4)
+    assert list(s) == full[4:]
+    s.set_epoch(4)
+    assert list(s) != full
+
+
+def test_lr_schedule_warmup_then_cosine_to_min():
+    f = [lr_factor(s, warmup=4, total=20, kind="cosine", min_ratio=0.1) for s in range(21)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[4:], f[5:], strict=False))  # decays
+    assert f[20] == pytest.approx(0.1)
+    assert lr_factor(10, warmup=0, total=20, kind="constant", min_ratio=0.1) == 1.0
+
+
+def test_detect_reads_torchrun_and_slurm_environments():
+    assert detect({}).world_size == 1
+    env = detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
+                  "MASTER_PORT": "1234"})  # fmt: skip
+    assert (env.rank, env.world_size, env.local_rank, env.master_port) == (1, 4, 1, 1234)
+    env = detect({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
+                  "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node7"})  # fmt: skip
+    assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
+    assert env.master_addr == "node7" and env.master_port == 20077
