@@ -57,7 +57,10 @@ def _tasks(raw: Path):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="results/qm9_full", help="folder for raw/ and qm9.zarr")
-    p.add_argument("--fresh", action="store_true", help="delete raw/ and qm9.zarr first")
+    p.add_argument(
+        "--fresh", action="store_true",
+        help="fetch into an emptied raw/ and rebuild the store (replaced atomically when done)",
+    )  # fmt: skip
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--check-smiles", action="store_true")
     args = p.parse_args()
@@ -65,10 +68,10 @@ def main() -> None:
     raw, store = work / "raw", work / "qm9.zarr"
     if args.fresh:
         shutil.rmtree(raw, ignore_errors=True)
-        shutil.rmtree(store, ignore_errors=True)
     t_fetch = _run([SE3T, "data", "fetch", "--source", "qm9pack", "--out", str(raw), "--quiet"])
     t_build = _run([SE3T, "data", "build", "--raw", str(raw), "--out", str(store),
-                    "--processes", str(args.processes), "--quiet"])  # fmt: skip
+                    "--processes", str(args.processes), "--quiet"]
+                   + (["--force"] if args.fresh else []))  # fmt: skip
     from se3t.data.store import open_dataset
 
     s = open_dataset(store)

@@ -163,6 +163,10 @@ class EvalConfig:
     profile_modes: list[str] = field(default_factory=lambda: ["fp32", "amp", "amp+lowmem"])
     profile_paths: list[str] = field(default_factory=lambda: ["pairwise", "fused"])
     profile_steps: int = 3
+    profile_warmup_steps: int = 1
+    profile_basis: str = "step"  # step: computed in every step (NVIDIA's way) | precomputed
+    profile_timeout: float = 600.0  # seconds per point before it is recorded as timeout
+    profile_memory_limit_gb: float | None = None  # cap per point (CUDA fraction, CPU RLIMIT_DATA)
 
 
 @dataclass
@@ -201,6 +205,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "launch.cluster": ("slurm", "local", "debug"),
     "eval.split": ("train", "val", "test"),
+    "eval.profile_basis": ("step", "precomputed"),
 }
 
 _POSITIVE = (
@@ -228,6 +233,8 @@ _POSITIVE = (
     "launch.cpus_per_task",
     "launch.time",
     "eval.batch_size",
+    "eval.profile_steps",
+    "eval.profile_timeout",
 )
 _NON_NEGATIVE = (
     "model.max_degree",
@@ -244,6 +251,7 @@ _NON_NEGATIVE = (
     "data.num_workers",
     "data.retries",
     "eval.profile_steps",
+    "eval.profile_warmup_steps",
 )
 
 

@@ -117,6 +117,13 @@ def _fetch(args) -> int:
     )
     C.save(cfg, f"{d.raw_dir}/config.yaml")
     for name, f in manifest["files"].items():
+        if f.get("sha256_checked") is False:
+            print(
+                f"warning: {name} was not checked against a known sha256 (set "
+                "data.figshare_sha256 / data.uncharacterized_sha256); recorded in SOURCE.json",
+                file=sys.stderr,
+            )
+    for name, f in manifest["files"].items():
         print(f"{d.raw_dir}/{name}  {f['bytes']} bytes  sha256 {f['sha256']}")
     return 0
 
@@ -150,8 +157,9 @@ def _build(args) -> int:
     state = "up to date" if result["skipped"] else "written"
     print(
         f"{d.path}: {state}; {r['kept']} molecules kept of {r['read']} read; dropped "
-        f"{r['dropped_total']} {r['dropped'] or ''}; uncharacterized {r['uncharacterized']}; "
-        f"bond-order fallbacks {r['bond_fallbacks']}; fingerprint {result['fingerprint'][:16]}"
+        f"{r['dropped_total']}{' ' + str(r['dropped']) if r['dropped'] else ''}; "
+        f"uncharacterized {r['uncharacterized']}; bond orders pruned {r.get('bond_pruned', 0)}, "
+        f"fallbacks {r['bond_fallbacks']}; fingerprint {result['fingerprint'][:16]}"
     )
     if not result["skipped"]:
         C.save(cfg, f"{d.path}.config.yaml")
@@ -181,6 +189,9 @@ def _info(args) -> int:
         "parse_report": report,
         "created": a.get("created"),
     }
-    json.dump(out, sys.stdout, indent=2)
-    print()
+    try:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    except BrokenPipeError:  # `se3t data info ... | head`
+        sys.stderr.close()
     return 0

@@ -15,7 +15,6 @@ def register(subparsers) -> None:
             "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
             "reference, prediction, error), parity.png and errors.png."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "run",
@@ -26,7 +25,7 @@ def register(subparsers) -> None:
         "--split",
         choices=("test", "val", "train"),
         default="test",
-        help="which split of the dataset to evaluate on (the training run's split)",
+        help="which split of the dataset to evaluate on, as training split it (default: test)",
     )
     p.add_argument(
         "--out",
@@ -47,13 +46,15 @@ def register(subparsers) -> None:
         help="molecules per batch (default: eval.batch_size of the run's config)",
     )
     p.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N"
+        "--device",
+        default="auto",
+        help="auto (CUDA when available; the default), cpu, cuda or cuda:N",
     )
     p.add_argument(
         "--format",
         choices=("csv", "parquet"),
         default="csv",
-        help="predictions file format (parquet needs pyarrow)",
+        help="predictions file format: csv (default) or parquet (needs pyarrow)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

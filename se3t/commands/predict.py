@@ -15,7 +15,6 @@ def register(subparsers) -> None:
             "plain) or SDF files; bonds are perceived as in the dataset build. Writes CSV "
             "(file, target, unit, prediction, prediction_mev) to --out or to stdout."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "checkpoint",
@@ -24,8 +23,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="XYZ or SDF files, one molecule each")
     p.add_argument("--out", metavar="CSV", default=None, help="CSV file (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=64, help="molecules per batch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="molecules per batch (default: 64)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available; the default), cpu, cuda or cuda:N",
+    )
     p.set_defaults(func=run)
 
 

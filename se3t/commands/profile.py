@@ -27,7 +27,6 @@ def register(subparsers) -> None:
             "memory.png and throughput.png to --out, and prints the largest batch that fits "
             "per mode."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("config", metavar="CONFIG", help="se3t config YAML (model, data, train)")
     p.add_argument(
@@ -64,13 +63,19 @@ def register(subparsers) -> None:
         default=None,
         help="timed training steps per point (default: eval.profile_steps)",
     )
-    p.add_argument("--warmup-steps", type=int, default=1, help="untimed steps before timing")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="untimed steps before timing (default: eval.profile_warmup_steps, 1)",
+    )
     p.add_argument(
         "--basis",
         choices=("step", "precomputed"),
-        default="step",
+        default=None,
         help="step: bases computed inside every training step (NVIDIA's benchmark); "
-        "precomputed: computed once before timing, as if read from the basis store",
+        "precomputed: computed once before timing, as if read from the basis store "
+        "(default: eval.profile_basis, step)",
     )
     p.add_argument(
         "--device",
@@ -80,8 +85,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--timeout",
         type=float,
-        default=600.0,
-        help="seconds one point may take before it is recorded as timeout",
+        default=None,
+        help="seconds one point may take before it is recorded as timeout "
+        "(default: eval.profile_timeout, 600)",
     )
     p.add_argument(
         "--memory-limit",
@@ -89,7 +95,8 @@ def register(subparsers) -> None:
         default=None,
         metavar="GIB",
         help="cap each point's memory (GiB): CUDA per-process fraction, CPU "
-        "RLIMIT_DATA; points beyond it are recorded as out of memory",
+        "RLIMIT_DATA; points beyond it are recorded as out of memory "
+        "(default: eval.profile_memory_limit_gb, none)",
     )
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

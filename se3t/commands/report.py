@@ -17,7 +17,6 @@ def register(subparsers) -> None:
             "profile) is taken from RESULTS_DIR/profile/, RESULTS_DIR or the run folder, or "
             "from --profile."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("results", metavar="RESULTS_DIR", help="run folder or results folder")
     p.add_argument(
@@ -33,7 +32,7 @@ def register(subparsers) -> None:
         default=None,
         help="profile file to include (default: searched as described above)",
     )
-    p.add_argument("--title", default="se3t report", help="report title")
+    p.add_argument("--title", default="se3t report", help="report title (default: 'se3t report')")
     p.set_defaults(func=run)
 
 

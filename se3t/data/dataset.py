@@ -108,12 +108,28 @@ class QM9Dataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, data_cfg, split: str = "train") -> QM9Dataset:
-        """The split of the store at ``data_cfg.path`` with the config's targets and split."""
-        return cls(
+        """The split of the store at ``data_cfg.path`` with the config's targets and split.
+
+        The store must have been built with the config's graph (``data.graph``, and
+        ``data.cutoff`` for a radius graph): prediction builds new molecules' graphs from the
+        config, so a mismatch would feed the model graphs unlike its training data.
+        """
+        ds = cls(
             data_cfg.path, split=split, targets=tuple(data_cfg.targets),
             split_seed=data_cfg.split_seed, n_train=data_cfg.n_train,
             test_fraction=data_cfg.test_fraction, train_fraction=data_cfg.train_fraction,
         )  # fmt: skip
+        built = ds.store.graph
+        want_cutoff = float(data_cfg.cutoff) if data_cfg.graph == "radius" else None
+        if built.get("kind") != data_cfg.graph or built.get("cutoff") != want_cutoff:
+            raise InputError(
+                f"{ds.store.path}: the store was built with graph={built.get('kind')}"
+                + (f", cutoff={built.get('cutoff')}" if built.get("kind") == "radius" else "")
+                + f" but config key 'data.graph' is {data_cfg.graph!r}"
+                + (f" (data.cutoff={data_cfg.cutoff})" if data_cfg.graph == "radius" else "")
+                + "; rebuild the store or change the config"
+            )
+        return ds
 
     def __len__(self) -> int:
         return len(self._rows)

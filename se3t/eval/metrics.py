@@ -110,15 +110,21 @@ def compute_metrics(
     return out
 
 
-def _write_predictions(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".parquet":
+def _check_format(fmt: str) -> None:
+    if fmt not in ("csv", "parquet"):
+        raise InputError(f"predictions format {fmt!r} is not csv or parquet")
+    if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError as err:
             raise InputError(
-                f"{str(path)!r}: writing Parquet needs pyarrow (pip install pyarrow); "
-                "or write predictions.csv"
+                "predictions format 'parquet' needs pyarrow (pip install pyarrow); "
+                "or use --format csv"
             ) from err
+
+
+def _write_predictions(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
         return atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format="%.8g")
@@ -148,8 +154,7 @@ def evaluate(
 
     if split not in ("train", "val", "test"):
         raise InputError(f"split {split!r} is not one of ['train', 'val', 'test']")
-    if predictions_format not in ("csv", "parquet"):
-        raise InputError(f"predictions format {predictions_format!r} is not csv or parquet")
+    _check_format(predictions_format)  # before the model runs
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else ckpt.parent
     dev = resolve_device(device)

@@ -158,26 +158,35 @@ def profile(
     modes: Sequence[str] | None = None,
     paths: Sequence[str] | None = None,
     steps: int | None = None,
-    warmup_steps: int = 1,
+    warmup_steps: int | None = None,
     device: str | None = None,
-    basis: str = "step",
-    timeout: float = 600.0,
+    basis: str | None = None,
+    timeout: float | None = None,
     memory_limit: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Sweep the grid, write ``memory.json``, ``memory.png`` and ``throughput.png`` to ``out_dir``.
 
-    Defaults come from ``cfg.eval`` (``profile_batch_sizes``, ``profile_modes``,
-    ``profile_paths``, ``profile_steps``) and ``cfg.train.device``. ``memory_limit`` (bytes) caps
-    each point's process: on CUDA through ``torch.cuda.set_per_process_memory_fraction``, on the
-    CPU through ``RLIMIT_DATA``, which makes allocations beyond it fail like a real
-    out-of-memory. Returns the JSON document (validated against
-    :data:`se3t.eval.schema.PROFILE_SCHEMA`).
+    Every argument left None comes from ``cfg.eval`` (``profile_batch_sizes``, ``profile_modes``,
+    ``profile_paths``, ``profile_steps``, ``profile_warmup_steps``, ``profile_basis``,
+    ``profile_timeout``, ``profile_memory_limit_gb``) or ``cfg.train.device``.
+    ``memory_limit`` (bytes) caps each point's process: on CUDA through
+    ``torch.cuda.set_per_process_memory_fraction``, on the CPU through ``RLIMIT_DATA``, which
+    makes allocations beyond it fail like a real out-of-memory. Returns the JSON document
+    (validated against :data:`se3t.eval.schema.PROFILE_SCHEMA`).
     """
     batch_sizes = sorted({int(b) for b in (batch_sizes or cfg.eval.profile_batch_sizes)})
     modes = list(modes or cfg.eval.profile_modes)
     paths = list(paths or cfg.eval.profile_paths)
-    steps = int(steps if steps is not None else cfg.eval.profile_steps)
+    ev = cfg.eval
+    steps = int(steps if steps is not None else ev.profile_steps)
+    warmup_steps = int(warmup_steps if warmup_steps is not None else ev.profile_warmup_steps)
+    basis = basis or ev.profile_basis
+    timeout = float(timeout if timeout is not None else ev.profile_timeout)
+    if memory_limit is None and ev.profile_memory_limit_gb is not None:
+        memory_limit = int(ev.profile_memory_limit_gb * 2**30)
+    if memory_limit is not None and memory_limit <= 0:
+        raise ConfigError(f"profile memory limit: must be > 0, got {memory_limit} bytes")
     _check_args(batch_sizes, modes, paths, steps, basis)
     dev = resolve_device(device or cfg.train.device)
     out_dir = Path(out_dir)

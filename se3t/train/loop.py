@@ -330,7 +330,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
         main = self.env.is_main
-        metrics = _Metrics(self.run_dir / "metrics.jsonl", enabled=main)
+        metrics = _Metrics(self.run_dir / "metrics.jsonl", enabled=main, tensorboard=t.tensorboard)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save(self.cfg, self.run_dir / "config.yaml")
@@ -523,8 +523,13 @@ def _fmt(d: dict[str, float]) -> str:
 class _Metrics:
     """``metrics.jsonl``: one JSON object per line, flushed per line; rank 0 only."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.path, self.enabled, self.fh = path, enabled, None
+        self.tb = None
+        if enabled and tensorboard:  # the package's presence is checked in check_inputs
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
 
     def truncate(self, step: int, epoch: int) -> None:
         """Drop the records written after the checkpoint a resumed run starts from."""
@@ -551,11 +556,22 @@ class _Metrics:
             self.fh = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
         self.fh.write(json.dumps(rec) + "\n")
         self.fh.flush()
+        if self.tb is not None:
+            for key, value in rec.items():
+                if key in ("kind", "epoch", "step", "time"):
+                    continue
+                values = value if isinstance(value, dict) else {"": value}
+                for target, v in values.items():
+                    tag = f"{rec['kind']}/{key}" + (f"/{target}" if target else "")
+                    self.tb.add_scalar(tag, v, rec["step"])
 
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
 
 
 def _log_to(path: Path) -> None:
@@ -580,8 +596,13 @@ def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:
     ``epoch``, ``step``, ``best_val``, ``val_mae``, ``train_mae`` (per target, target units),
     ``signal`` (the stop signal, if any). Raises :class:`InputError` for bad input before
     any training work."""
-    trainer = Trainer(cfg, progress=progress)
+    # process-wide switches that a run sets (deterministic algorithms, TF32) are put back
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # fmt: skip
     try:
-        return trainer.run()
+        return Trainer(cfg, progress=progress).run()
     finally:
         D.shutdown()
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[2:]

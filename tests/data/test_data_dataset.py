@@ -94,6 +94,12 @@ def test_from_config(qm9_store):
     np.testing.assert_array_equal(ds.indices, split_indices(275, seed=2)["test"])
 
 
+def test_from_config_rejects_another_graph(qm9_store):
+    cfg = DataConfig(path=str(qm9_store), graph="radius", cutoff=5.0)
+    with pytest.raises(InputError, match="built with graph=bond but config key 'data.graph'"):
+        QM9Dataset.from_config(cfg, "train")
+
+
 def test_bad_target_and_split(qm9_store):
     with pytest.raises(InputError, match="target 'homo2'"):
         QM9Dataset(qm9_store, "train", targets=("homo2",))

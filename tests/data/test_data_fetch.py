@@ -219,3 +219,17 @@ def test_local_path_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no .xyz files"):
         fetch(str(tmp_path / "empty"), tmp_path / "raw", progress=False)
+
+
+def test_cli_figshare_with_overrides(server, tmp_path, capsys):
+    from se3t.cli import main
+
+    argv = ["data", "fetch", "--source", "figshare", "--out", str(tmp_path / "raw"), "--quiet",
+            f"data.figshare_url={server.url}/dsgdb9nsd.xyz.tar.bz2", "data.retries=1",
+            f"data.uncharacterized_url={server.url}/uncharacterized.txt"]  # fmt: skip
+    assert main([*argv, f"data.figshare_sha256={SHA}"]) == 0
+    err = capsys.readouterr().err
+    assert "uncharacterized.txt was not checked" in err and "dsgdb9nsd" not in err
+    assert main([*argv, "data.figshare_sha256=" + "ab" * 32, "--out", str(tmp_path / "r2")]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "r2" / "dsgdb9nsd.xyz.tar.bz2").exists()

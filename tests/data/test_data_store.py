@@ -91,7 +91,10 @@ def test_changed_input_rebuilds(tmp_path):
     assert not again["skipped"] and len(open_dataset(out)) == 274
 
 
-def test_parallel_build_equals_serial(tmp_path):
+def test_parallel_build_equals_serial(tmp_path, monkeypatch):
+    import se3t.data.build as build
+
+    monkeypatch.setattr(build, "_CHUNK", 40)  # several chunks, so the worker pool runs
     a = build_dataset(CSV_DIR, tmp_path / "a.zarr", processes=1, progress=False)
     b = build_dataset(CSV_DIR, tmp_path / "b.zarr", processes=2, progress=False)
     assert a["fingerprint"] == b["fingerprint"]
@@ -109,6 +112,11 @@ def test_radius_graph_store(tmp_path):
         m = s.molecule(r)
         d = np.linalg.norm(m["pos"][m["dst"]] - m["pos"][m["src"]], axis=1)
         assert (d < 3.0).all()
+    from se3t.config import DataConfig
+    from se3t.data import QM9Dataset
+
+    cfg = DataConfig(path=str(tmp_path / "r.zarr"), graph="radius", cutoff=3.0)
+    assert len(QM9Dataset.from_config(cfg, "all")) == 30
 
 
 def test_not_a_store(tmp_path):

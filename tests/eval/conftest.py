@@ -61,14 +61,15 @@ def tiny_config_file(qm9_store, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def profiled(tiny_config_file, tmp_path_factory) -> Path:
-    """A real CPU profile sweep (fp32, pairwise, three batch sizes): its output folder."""
+    """A real CPU profile sweep (fp32, pairwise) under a 0.8 GiB memory cap: batches 4, 256 and
+    1024 fit, 6000 (~0.95 GiB) runs out of memory, 12000 is then skipped. Its output folder."""
     from se3t.config import load
     from se3t.eval import profile
 
     out = tmp_path_factory.mktemp("profile")
     profile(
-        load(tiny_config_file), out, batch_sizes=[4, 256, 1024], modes=["fp32"],
-        paths=["pairwise"], steps=1, progress=False,
+        load(tiny_config_file), out, batch_sizes=[4, 256, 1024, 6000, 12_000], modes=["fp32"],
+        paths=["pairwise"], steps=1, memory_limit=int(0.8 * 2**30), progress=False,
     )  # fmt: skip
     return out
 

@@ -125,3 +125,18 @@ def test_a_split_without_molecules_is_a_clear_error(trained_run, tmp_path):
         evaluate(trained_run, "test", tmp_path / "out", dataset=two, progress=False)
     assert str(two) in str(err.value) and "'test'" in str(err.value)
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_parquet_without_pyarrow_fails_before_any_work(trained_run, tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(InputError, match="needs pyarrow"):
+            evaluate(trained_run, "test", tmp_path, predictions_format="parquet", progress=False)
+        assert not any(tmp_path.iterdir())
+    else:
+        doc = evaluate(trained_run, "test", tmp_path, predictions_format="parquet", progress=False)
+        import pandas as pd
+
+        assert len(pd.read_parquet(tmp_path / "predictions.parquet")) == doc["count"]

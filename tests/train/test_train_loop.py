@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from train_helpers import metrics, tiny_cfg, weights
@@ -14,6 +12,7 @@ from se3t.train import load_model, train
 from se3t.train.checkpoint import load_checkpoint
 
 
+@pytest.mark.slow
 def test_short_run_writes_the_run_folder(qm9_store, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_cfg(qm9_store, run, train__max_steps=4, train__batch_size=24,
@@ -39,9 +38,10 @@ def test_short_run_writes_the_run_folder(qm9_store, tmp_path):
     model, cfg, stats = load_model(run / "best.pt")
     assert not model.training and cfg.model.out_dim == 1
     assert torch.is_tensor(stats["mean"]) and stats["std"].shape == (1,)
-    assert "train.log" and "starting" in (run / "train.log").read_text()
+    assert "starting" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_accumulation_equals_the_larger_batch(qm9_store, tmp_path):
     """2 micro-batches of 16 accumulated = 1 batch of 32 (same molecules, same update)."""
     common = {"train__max_steps": 3, "train__optimizer": "sgd", "train__lr": 0.05,
@@ -69,6 +69,7 @@ def test_precisions_train(qm9_store, tmp_path, precision):
         assert state["scaler"]["scale"] > 0  # the gradient scaler's state is kept
 
 
+@pytest.mark.slow
 def test_bases_from_the_store_match_computed(qm9_store, tmp_path):
     from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
 
@@ -88,6 +89,7 @@ def test_bases_from_the_store_match_computed(qm9_store, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.slow
 def test_resume_continues_in_process(qm9_store, tmp_path):
     """A finished run asked for more epochs continues from last.pt, not from scratch."""
     run = tmp_path / "run"
@@ -131,7 +133,6 @@ def test_missing_basis_store_is_named(qm9_store, tmp_path):
 def test_checkpoint_of_another_model_shape_is_named(qm9_store, tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg(qm9_store, run, train__max_steps=1), progress=False)
-    mtime = (run / "last.pt").stat().st_mtime_ns
     with pytest.raises(InputError, match=r"last\.pt.*model\.channels=8 there, 16 here"):
         train(tiny_cfg(qm9_store, run, model__channels=16), progress=False)
     # a checkpoint whose weights do not fit the model it claims
@@ -140,9 +141,9 @@ def test_checkpoint_of_another_model_shape_is_named(qm9_store, tmp_path):
     torch.save(state, run / "last.pt")
     with pytest.raises(InputError, match=r"last\.pt.*another model shape"):
         train(tiny_cfg(qm9_store, run, train__max_steps=2), progress=False)
-    assert (run / "last.pt").stat().st_mtime_ns != mtime or True
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line(qm9_store, tmp_path):
     from train_helpers import empty_config, se3t
 
@@ -154,4 +155,14 @@ def test_cli_reports_bad_input_in_one_line(qm9_store, tmp_path):
     assert proc.returncode == 2 and "train.lr" in proc.stderr
     proc = se3t("train", "--help")
     assert proc.returncode == 0 and "run.dir" in proc.stdout
-    json.dumps({})  # keep json import used for readers of the summary
+
+
+@pytest.mark.slow
+def test_launch_debug_runs_in_process(qm9_store, tmp_path):
+    """submitit's debug executor: the same checkpointable job, in this process."""
+    from se3t.train.launch import launch
+
+    cfg = tiny_cfg(qm9_store, tmp_path / "run", train__max_steps=2, launch__cluster="debug")
+    assert launch(cfg) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    assert (tmp_path / "run" / "submitit").is_dir()

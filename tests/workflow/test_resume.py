@@ -18,6 +18,8 @@ from wf_helpers import (
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
+SHARDS = ("0", "1")
+
 
 def _finish(proc, timeout=600):
     proc.wait(timeout=timeout)
@@ -40,22 +42,29 @@ def test_killed_twice_resumes_with_the_same_command(tmp_path, shared_data):
     receipts = results / "basis" / "shards"
     run_dir = results / "runs" / "ci"
 
-    # 1. kill the precompute job of shard 1 once shard 0 is done
+    # 1. kill the precompute job of one shard once the other shard is done
     first = start_snakemake(tmp_path, config, *args)
-    wait_for(lambda: (receipts / "0-of-2.json").exists(), 300, "basis shard 0", first)
+    done = wait_for(
+        lambda: next((s for s in SHARDS if (receipts / f"{s}-of-2.json").exists()), None),
+        300,
+        "a finished basis shard",
+        first,
+    )
+    (other,) = (s for s in SHARDS if s != done)
     victim = wait_for(
-        lambda: find_process(first.pid, "basis", "precompute", "--shard", "1/2"),
+        lambda: find_process(first.pid, "basis", "precompute", "--shard", f"{other}/2"),
         120,
-        "the precompute job of shard 1",
+        f"the precompute job of shard {other}",
         first,
     )
     kill_tree([victim])
     out1 = _finish(first)
     assert first.returncode != 0, out1[-3000:]
-    assert not (receipts / "1-of-2.json").exists()
-    shard0_mtime = (receipts / "0-of-2.json").stat().st_mtime_ns
+    assert not (receipts / f"{other}-of-2.json").exists()
+    done_mtime = (receipts / f"{done}-of-2.json").stat().st_mtime_ns
 
-    # 2. the same command: shard 0 is kept, shard 1 is done; kill training after a checkpoint
+    # 2. the same command: the finished shard is kept, the other one is done; then kill
+    #    training once it wrote its first checkpoint
     second = start_snakemake(tmp_path, config, *args)
     wait_for(lambda: (run_dir / "last.pt").exists(), 400, "the first checkpoint", second)
     trainer = find_process(second.pid, "launch")
@@ -63,13 +72,15 @@ def test_killed_twice_resumes_with_the_same_command(tmp_path, shared_data):
     kill_tree([trainer])
     out2 = _finish(second)
     assert second.returncode != 0, out2[-3000:]
-    assert "--shard 0/2" not in out2  # the finished shard was not run again
-    assert (receipts / "0-of-2.json").stat().st_mtime_ns == shard0_mtime
-    shard1 = read_json(receipts / "1-of-2.json")
-    assert shard1["chunks_computed"] + shard1["chunks_reused"] == shard1["chunks_total"] > 0
+    assert f"--shard {done}/2" not in out2  # the finished shard was not run again
+    assert f"--shard {other}/2" in out2
+    assert (receipts / f"{done}-of-2.json").stat().st_mtime_ns == done_mtime
+    rerun = read_json(receipts / f"{other}-of-2.json")
+    assert rerun["chunks_computed"] + rerun["chunks_reused"] == rerun["chunks_total"] > 0
     assert (results / "basis" / "manifest.json").exists()
     assert not (run_dir / "metrics.json").exists()
-    assert (run_dir / "last.pt").exists()  # Snakemake kept the interrupted run's checkpoint
+    assert not (run_dir / "train.done").exists()
+    assert (run_dir / "last.pt").exists()  # Snakemake left the interrupted run's checkpoint
     lines_before = len(read_jsonl(run_dir / "metrics.jsonl"))
     steps_before = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")]
 

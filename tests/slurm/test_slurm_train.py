@@ -1,0 +1,146 @@
+"""``se3t launch`` on the real single-node SLURM cluster (tests/slurm/cluster.sh): a two-task
+DDP job, a job preempted mid-run (SIGUSR2) that requeues and resumes, a job that fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "train"))
+from train_helpers import as_args, empty_config, metrics, tiny_overrides  # noqa: E402
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _launch_args(cluster, store, run_dir, name, **kw) -> list[str]:
+    over = tiny_overrides(store, run_dir, **{
+        "launch.cluster": "slurm", "launch.partition": cluster.partition,
+        "launch.account": cluster.account, "launch.cpus_per_task": 1, "launch.time": 60,
+        "run.name": name, **kw,
+    })  # fmt: skip
+    return as_args(over)
+
+
+def _se3t_launch(args, **popen_kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "se3t.cli", "launch", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen_kw)  # fmt: skip
+
+
+def _job_id(name: str, timeout: float = 60) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = subprocess.run(["squeue", "-h", "-n", f"se3t-{name}", "-o", "%i"],
+                             capture_output=True, text=True).stdout.split()  # fmt: skip
+        if out:
+            return out[0]
+        time.sleep(0.3)
+    pytest.fail(f"job se3t-{name} never appeared in squeue")
+
+
+def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
+    run = tmp_path / "run"
+    args = [str(empty_config(tmp_path)),
+            *_launch_args(slurm_cluster, qm9_store, run, f"ddp-{uuid.uuid4().hex[:6]}",
+                          **{"launch.tasks_per_node": 2, "train.max_steps": 4})]  # fmt: skip
+    proc = _se3t_launch(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "submitted job" in err and "done: step 4" in err  # progress streamed
+    log = (run / "train.log").read_text()
+    assert "world size 2" in log
+    steps = [r["step"] for r in metrics(run) if r["kind"] == "step"]
+    assert steps == [1, 2, 3, 4]
+    job = err.split("submitted job ")[1].split()[0]
+    # SLURM's own record agrees (sacct lags the job's end by a moment)
+    assert slurm_cluster.wait_state(job, {"COMPLETED"}, timeout=60) == "COMPLETED"
+
+
+def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path):
+    run = tmp_path / "run"
+    name = f"rq-{uuid.uuid4().hex[:6]}"
+    total = 24
+    args = [str(empty_config(tmp_path)),
+            *_launch_args(slurm_cluster, qm9_store, run, name,
+                          **{"train.max_steps": total, "train.batch_size": 16})]  # fmt: skip
+    proc = _se3t_launch(args)
+    try:
+        job = _job_id(name)
+        # wait until training is under way (a few steps logged), then preempt: USR2
+        end = time.monotonic() + 180
+        while time.monotonic() < end:
+            done = [r for r in _safe_metrics(run) if r["kind"] == "step"]
+            if len(done) >= 3:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("training did not start")
+        slurm_cluster.signal(job, "USR2")
+        slurm_cluster.wait_state(job, {"PENDING"}, timeout=120)  # requeued, held ~120 s
+        slurm_cluster.release(job)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            slurm_cluster.cancel(job)
+    assert proc.returncode == 0, err[-3000:]
+    log = (run / "train.log").read_text()
+    assert "stopped by signal 12" in log and "resuming from" in log
+    steps = [r["step"] for r in metrics(run) if r["kind"] == "step"]
+    assert steps == list(range(1, total + 1))  # same total, each step once
+    restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
+                              text=True).stdout  # fmt: skip
+    assert "Restarts=1" in restarts or "Requeue" in restarts
+
+
+def _safe_metrics(run):
+    try:
+        return metrics(run)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
+    # the launcher cannot know the compute node has no GPU; the job fails there
+    args = [str(empty_config(tmp_path)),
+            *_launch_args(slurm_cluster, qm9_store, tmp_path / "run",
+                          f"fail-{uuid.uuid4().hex[:6]}", **{"train.device": "cuda"})]  # fmt: skip
+    proc = _se3t_launch(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    assert "failed" in err and "last lines of" in err
+    assert "cuda requested but no CUDA device" in err.split("last lines of")[1]
+
+
+def test_bad_input_fails_before_submission(slurm_cluster, tmp_path):
+    args = [str(empty_config(tmp_path)), f"data.path={tmp_path / 'none.zarr'}",
+            "launch.cluster=slurm", f"run.dir={tmp_path / 'run'}"]  # fmt: skip
+    proc = _se3t_launch(args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "none.zarr" in err and "submitted" not in err
+
+
+def test_srun_two_tasks_train_as_ddp_ranks(slurm_cluster, qm9_store, tmp_path):
+    """`srun -n 2 se3t train` without submitit: the ranks come from SLURM_PROCID/NTASKS."""
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        ["srun", "-p", slurm_cluster.partition, "-A", slurm_cluster.account, "-n", "2", "-c", "1",
+         "--kill-on-bad-exit=1", "-J", f"se3t-srun-{uuid.uuid4().hex[:6]}", sys.executable,
+         "-m", "se3t.cli", "train", "--no-progress", str(empty_config(tmp_path)),
+         *as_args(tiny_overrides(qm9_store, run, **{"train.max_steps": 3}))],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world size 2 (slurm)" in (run / "train.log").read_text()
+    assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == [1, 2, 3]
