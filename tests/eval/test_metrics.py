@@ -128,7 +128,6 @@ def test_a_split_without_molecules_is_a_clear_error(trained_run, tmp_path):
 
 
 def test_parquet_without_pyarrow_fails_before_any_work(trained_run, tmp_path):
-    pytest.importorskip("numpy")
     try:
         import pyarrow  # noqa: F401
     except ImportError:
