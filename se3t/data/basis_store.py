@@ -137,7 +137,8 @@ class BasisSettings:
 class BasisBackend:
     """The basis maths the store precomputes with (``se3t.so3.basis`` unless injected)."""
 
-    compute: Callable[..., Tensor]  # (edge_vec [E,3], max_degree, dtype=None) -> [E, S]
+    # (edge_vec [E,3], max_degree, dtype=None, out=None) -> [E, S]; fills ``out`` when given
+    compute: Callable[..., Tensor]
     basis_size: Callable[[int], int]
     layout_version: int
     code_version: str  # hash of the code the values come from
@@ -462,39 +463,51 @@ def _unit_exists(path: Path, u: int) -> bool:
 
 
 def _compute_unit(
-    geom: _Geometry, meta: dict[str, Any], chunk_mols: np.ndarray, u: int, backend: BasisBackend
+    geom: _Geometry, meta: dict[str, Any], chunk_mols: np.ndarray, u: int, backend: BasisBackend,
+    buffer: Tensor,
 ) -> tuple[int, int, np.ndarray, int]:
     """The padded rows of unit ``u``: (first row, end row, [rows, S] array, real edges).
 
     Within a chunk the molecules' rows are consecutive from the chunk's first row (padding only
-    at its end), so each chunk is one contiguous block the backend fills in place."""
+    at its end), so each chunk is one contiguous block the backend fills in place; only the
+    padding is zeroed. ``buffer`` ([chunks_per_shard * chunk_edges, S], reused across units)
+    holds the result: the caller must not refill it while a write of it is pending."""
     c0, c1 = _unit_range(meta, u)
     ce, S = meta["chunk_edges"], meta["basis_size"]
     out_dtype = _DTYPES[meta["dtype"]]
     compute_dtype = torch.float64 if meta["dtype"] == "float64" else torch.float32
-    buf = torch.zeros(((c1 - c0) * ce, S), dtype=out_dtype)
+    buf = buffer[: (c1 - c0) * ce]
     edges = 0
     for c in range(c0, c1):
         m0, m1 = int(chunk_mols[c]), int(chunk_mols[c + 1])
         n = int(geom.edge_offsets[m1] - geom.edge_offsets[m0])
+        base = (c - c0) * ce
+        buf[base + n : base + ce].zero_()  # padding rows
         if n == 0:
             continue
         vec = geom.edge_vec(m0, m1, compute_dtype)  # [n, 3]
-        block = buf[(c - c0) * ce : (c - c0) * ce + n]  # [n, S] view
+        block = buf[base : base + n]  # [n, S] view, filled in place
         with torch.no_grad():
-            values = backend.compute(vec, meta["max_degree"], dtype=out_dtype)
+            values = backend.compute(vec, meta["max_degree"], dtype=out_dtype, out=block)
         if values.shape != (n, S):
             raise Se3tError(
                 f"basis backend returned shape {tuple(values.shape)}, expected {(n, S)}"
             )
-        block.copy_(values)
+        if values.data_ptr() != block.data_ptr():
+            block.copy_(values)
         edges += n
     return c0 * ce, c1 * ce, buf.numpy(), edges
 
 
-def _check_same_store(meta: dict[str, Any], existing: dict[str, Any], where: str) -> None:
-    for k in ("key", "dataset_fingerprint", "max_degree", "dtype", "basis_size",
-              "layout_version", "code_version", "num_molecules", "num_edges"):
+_KEY_CHECK = ("key", "dataset_fingerprint", "max_degree", "dtype", "basis_size",
+              "layout_version", "code_version")
+
+
+def _check_same_store(
+    meta: dict[str, Any], existing: dict[str, Any], where: str,
+    fields: Sequence[str] = (*_KEY_CHECK, "num_molecules", "num_edges"),
+) -> None:
+    for k in fields:
         if existing.get(k) != meta.get(k):
             raise InputError(
                 f"basis store {where!r} exists but was built with {k}={existing.get(k)!r}, "
@@ -548,14 +561,26 @@ def precompute(
     i, n = _parse_shard(shard)
     ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
     t_start = time.perf_counter()
-    geom = _load_geometry(dataset)
-    key = basis_key(geom.fingerprint, settings.max_degree, settings.dtype, backend=backend)
+    from se3t.data.store import fingerprint
+
+    fp = fingerprint(dataset)  # the attributes only: a complete store needs nothing more
+    key = basis_key(fp, settings.max_degree, settings.dtype, backend=backend)
     path = local_path(store_path(cache, key))
     receipt: dict[str, Any] = {
         "key": key, "store": str(path), "shard": f"{i}/{n}", "chunks_computed": 0,
         "chunks_reused": 0, "chunks_by_others": 0, "edges_computed": 0, "complete": False,
     }
+    if (path / CHECKSUMS_FILE).is_file():
+        meta = store_meta(_open_group(str(path)), str(path))
+        _check_same_store({**_key_fields(fp, settings.max_degree, settings.dtype, backend),
+                           "key": key}, meta, str(path), fields=_KEY_CHECK)
+        units = range(meta["num_units"] * i // n, meta["num_units"] * (i + 1) // n)
+        total = sum(_unit_range(meta, u)[1] - _unit_range(meta, u)[0] for u in units)
+        receipt.update(chunks_total=total, chunks_reused=total, complete=True,
+                       seconds=time.perf_counter() - t_start, edges_per_s=0.0)
+        return receipt
 
+    geom = _load_geometry(dataset)
     if not path.is_dir():
         edge_count = np.diff(geom.edge_offsets).astype(np.int32)
         chunk_mols, row_start = plan_chunks(edge_count, settings.chunk_edges)
@@ -591,7 +616,7 @@ def precompute(
                                   for u in range(u_lo, u_hi))
     nchunks = lambda u: _unit_range(meta, u)[1] - _unit_range(meta, u)[0]  # noqa: E731
 
-    if (path / CHECKSUMS_FILE).is_file():
+    if (path / CHECKSUMS_FILE).is_file():  # finalized meanwhile by another process
         receipt.update(chunks_reused=receipt["chunks_total"], complete=True,
                        seconds=time.perf_counter() - t_start, edges_per_s=0.0)
         return receipt
@@ -620,9 +645,16 @@ def precompute(
             arr[r0:r1] = data
         claims.release(u)
 
+    # two buffers: one is filled while the other is being compressed and written
+    rows = meta["chunks_per_shard"] * meta["chunk_edges"]
+    buffers = [torch.empty((rows, meta["basis_size"]), dtype=_DTYPES[meta["dtype"]])
+               for _ in range(2)]
+    turn = 0
+
     def run_unit(u: int) -> None:
-        nonlocal pending
-        r0, r1, data, ne = _compute_unit(geom, meta, chunk_mols, u, backend)
+        nonlocal pending, turn
+        r0, r1, data, ne = _compute_unit(geom, meta, chunk_mols, u, backend, buffers[turn])
+        turn = 1 - turn
         if pending is not None:
             pending.result()
         pending = writer.submit(write, u, r0, r1, data)

@@ -359,11 +359,23 @@ def _profile_section(
     doc: _Doc, profile: dict, source: Path, assets: Path, md_dir: Path, prefix: str = ""
 ) -> None:
     env = profile["environment"]
+    metric = {
+        "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated over the timed steps",
+        "cpu_peak_rss": "peak resident set size of the point's process over the timed steps "
+        "(interpreter, torch and dataset included; 'baseline' is the RSS before them)",
+    }[profile["memory_metric"]]
+    amp = "fp16 autocast with loss scaling" if env["device"] == "cuda" else "bf16 autocast"
     doc.para(
-        f"From {source}: {profile['steps']} timed training steps per point, each point in a "
-        f"fresh process, on {env['device_name']} (torch {env['torch']}); memory metric "
-        f"{profile['memory_metric']}."
+        f"From {source}: {profile['warmup_steps']} warm-up and {profile['steps']} timed "
+        f"training step(s) per point, each point in a fresh process, on {env['device_name']} "
+        f"(torch {env['torch']}); bases computed "
+        + ("in every step" if profile["basis"] == "step" else "once, before the timed steps")
+        + f". Memory: {metric}. Mode amp here is {amp}."
     )
+
+    def mib(x):
+        return "—" if x is None else f"{x / 2**20:.0f}"
+
     rows = []
     for p in profile["points"]:
         rows.append(
@@ -371,12 +383,17 @@ def _profile_section(
                 p["mode"],
                 p["path"],
                 str(p["batch_size"]),
-                p["status"],
-                "—" if p["peak_memory_bytes"] is None else f"{p['peak_memory_bytes'] / 2**20:.0f}",
+                p["status"] if p["status"] == "ok" else f"{p['status']}: {p['error']}",
+                mib(p["baseline_memory_bytes"]),
+                mib(p["peak_memory_bytes"]),
+                "—" if p["step_time_s"] is None else f"{p['step_time_s']:.3g}",
                 "—" if p["mol_per_s"] is None else f"{p['mol_per_s']:.1f}",
             ]
         )
-    doc.table(["mode", "path", "batch", "status", "peak memory (MiB)", "mol/s"], rows)
+    doc.table(
+        ["mode", "path", "batch", "status", "baseline (MiB)", "peak (MiB)", "step (s)", "mol/s"],
+        rows,
+    )
     largest = ", ".join(
         f"{k}: {v if v is not None else 'none'}" for k, v in profile["largest_batch"].items()
     )

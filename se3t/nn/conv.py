@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from se3t.graph import Graph
-from se3t.nn.graph_ops import scatter_sum
+from se3t.nn.graph_ops import gather, scatter_sum
 from se3t.nn.kernel import KernelSpec, fused_tfn
 from se3t.nn.radial import RadialProfile
 from se3t.so3.basis import basis_size, num_freq, unflatten_basis
@@ -190,7 +190,7 @@ class ConvSE3(nn.Module):
         src = graph.src
         if self.edge_hi:
             # per-edge inputs: the source's features with the edge's own features appended
-            xs = {d: feats[d].index_select(0, src) for d in self.fiber_in}
+            xs = {d: gather(feats[d], src) for d in self.fiber_in}
             for d in self.edge_hi:
                 xs[d] = torch.cat([xs[d], edge_feats[d].to(xs[d].dtype)], dim=1)
             src = torch.arange(graph.num_edges, device=src.device)
@@ -203,7 +203,7 @@ class ConvSE3(nn.Module):
             for spec, radial in zip(self.specs, self.radial):
                 (di, ci), (do, co) = spec.ins[0], spec.outs[0]
                 nf, m = num_freq(di, do), 2 * do + 1
-                x_src = xs[di].index_select(0, src)  # [E, C_i, 2 d_in + 1]
+                x_src = gather(xs[di], src)  # [E, C_i, 2 d_in + 1]
                 B = views[(di, do)].reshape(E, 2 * di + 1, nf * m).to(x_src.dtype)
                 T = torch.bmm(x_src, B).view(E, ci * nf, m)  # [E, C_i * nf, m_o]
                 R = radial(edge_scalars).view(E, co, ci * nf)  # [E, C_o, C_i * nf]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from se3t.nn.graph_ops import gather
 from se3t.so3.basis import num_freq, pair_offsets
 
 __all__ = ["KernelSpec", "fused_tfn"]
@@ -110,7 +111,7 @@ class _FusedTFN(torch.autograd.Function):
         for s in range(0, E, chunk):
             e = slice(s, s + chunk)
             src_e = src[e]
-            xs_e = {di: x.index_select(0, src_e) for (di, _), x in zip(spec.ins, xs)}
+            xs_e = {di: gather(x, src_e) for (di, _), x in zip(spec.ins, xs)}
             T = _t_pieces(spec, xs_e, basis[e])
             R = z[e] @ weight.t()  # [c, num_radial]
             c = R.shape[0]
@@ -137,7 +138,7 @@ class _FusedTFN(torch.autograd.Function):
         for s in range(0, z.shape[0], chunk):
             e = slice(s, s + chunk)
             src_e = src[e]
-            xs_e = {di: x.index_select(0, src_e) for (di, _), x in zip(spec.ins, xs)}
+            xs_e = {di: gather(x, src_e) for (di, _), x in zip(spec.ins, xs)}
             T = _t_pieces(spec, xs_e, basis[e])
             R = z[e] @ weight.t()  # recomputed, [c, num_radial]
             c = R.shape[0]
@@ -164,7 +165,8 @@ class _FusedTFN(torch.autograd.Function):
                 Bp = spec.basis_piece(basis[e], i)
                 j = next(k for k, (d, _) in enumerate(spec.ins) if d == di)
                 if gxs[j] is not None:
-                    gxs[j].index_add_(0, src_e, torch.bmm(gT[i], Bp.transpose(1, 2)))
+                    g = torch.bmm(gT[i], Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
+                    gxs[j].view(gxs[j].shape[0], -1).index_add_(0, src_e, g.view(g.shape[0], -1))
                 if need_b:
                     spec.basis_piece(gb[e], i).add_(torch.bmm(xs_e[di].transpose(1, 2), gT[i]))
         if gw is not None:

@@ -36,9 +36,9 @@ def slow_backend(delay: float):
 
     real = default_backend()
 
-    def compute(edge_vec, max_degree, dtype=None):
+    def compute(edge_vec, max_degree, dtype=None, out=None):
         time.sleep(delay)
-        return real.compute(edge_vec, max_degree, dtype=dtype)
+        return real.compute(edge_vec, max_degree, dtype=dtype, out=out)
 
     return dataclasses.replace(real, compute=compute)
 

@@ -27,8 +27,9 @@ __all__ = ["SCRIPT", "SlurmCluster", "slurm_cluster"]
 class SlurmCluster:
     """What a test needs to submit to the cluster."""
 
-    partition: str  # default partition, preemptable by `urgent`
-    urgent_partition: str  # higher PriorityTier: preempts jobs of `partition`
+    partition: str  # default partition (never preempted)
+    preemptable_partition: str  # PreemptMode=REQUEUE: `urgent` jobs preempt its jobs
+    urgent_partition: str  # higher PriorityTier: preempts jobs of `preemptable_partition`
     account: str
     node: str
     cpus: int
@@ -68,6 +69,11 @@ class SlurmCluster:
     def cancel(self, job_id: str) -> None:
         _run(["scancel", str(job_id)], check=False)
 
+    def idle_cpus(self) -> int:
+        """CPUs of the node no job holds now (sinfo's A/I/O/T)."""
+        out = _run(["sinfo", "-h", "-n", self.node, "-o", "%C"]).stdout.strip()
+        return int(out.split("/")[1])
+
 
 def _run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -101,6 +107,7 @@ def slurm_cluster():
     s = _settings()
     yield SlurmCluster(
         partition=s["PARTITION"],
+        preemptable_partition=s["PREEMPTABLE_PARTITION"],
         urgent_partition=s["URGENT_PARTITION"],
         account=s["ACCOUNT"],
         node=s["NODE"],

@@ -10,10 +10,10 @@
 # What it starts: munged (unless one already answers), a private MariaDB with its own datadir
 # on 127.0.0.1:$SE3T_SLURM_DB_PORT, slurmdbd (so sacct works: submitit and Snakemake query it),
 # slurmctld and slurmd (one node). The node uses ProctrackType=proctrack/linuxproc and
-# TaskPlugin=task/none (no cgroups needed). Two partitions: "debug" (default, low priority,
-# preemptable: PreemptMode=REQUEUE with a GraceTime, USR2 sent first through
-# SlurmctldParameters=preempt_send_user_signal) and "urgent" (higher PriorityTier, preempts
-# "debug"). The account "se3t" holds root.
+# TaskPlugin=task/none (no cgroups needed). Three partitions: "debug" (default, never
+# preempted), "low" (preemptable: PreemptMode=REQUEUE with a GraceTime, the job's signal -- USR2
+# for submitit -- sent first through SlurmctldParameters=preempt_send_user_signal) and "urgent"
+# (higher PriorityTier: preempts "low"). The account "se3t" holds root.
 #
 # The config goes to /etc/slurm/slurm.conf (Snakemake's in-job srun drops SLURM_CONF, so the
 # default path is the only one every client finds); everything else lives under
@@ -37,6 +37,8 @@ CLUSTER=se3t
 ACCOUNT=se3t
 PARTITION=debug
 URGENT=urgent
+LOW=low
+CONF_CHANGED=0
 DB_SOCK=$STATE/mysql/mysqld.sock
 DB_PASS=se3t-slurm
 MARKER="# written by se3t tests/slurm/cluster.sh"
@@ -136,11 +138,17 @@ PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 JobRequeue=1
 NodeName=$NODE CPUs=$CPUS RealMemory=16000 State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE OverSubscribe=NO
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=$LOW Nodes=$NODE Default=NO MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE
 PartitionName=$URGENT Nodes=$NODE Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
   chmod 0644 "$tmp"
-  mv -f "$tmp" "$CONF"
+  if [ -f "$CONF" ] && cmp -s "$tmp" "$CONF"; then
+    rm -f "$tmp"
+  else
+    mv -f "$tmp" "$CONF"
+    CONF_CHANGED=1
+  fi
   tmp=$(mktemp "$CONF_DIR/.slurmdbd.conf.XXXXXX")
   cat >"$tmp" <<EOF
 $MARKER (state in $STATE)
@@ -210,6 +218,8 @@ start_slurm() {
   if ! alive slurmctld; then
     /usr/sbin/slurmctld 9>&-
     wait_for 30 slurmctld scontrol ping || die "slurmctld did not answer: see $STATE/log/slurmctld.log"
+  elif [ "$CONF_CHANGED" = 1 ]; then
+    scontrol reconfigure || die "scontrol reconfigure failed after a config change"
   fi
   if ! alive slurmd; then
     /usr/sbin/slurmd 9>&-
@@ -229,7 +239,7 @@ cmd_start() {
   start_mariadb
   start_slurmdbd
   start_slurm
-  log "up: cluster $CLUSTER, node $NODE ($CPUS CPUs), partitions $PARTITION (default, preemptable) and $URGENT, account $ACCOUNT; state in $STATE"
+  log "up: cluster $CLUSTER, node $NODE ($CPUS CPUs), partitions $PARTITION (default), $LOW (preemptable) and $URGENT, account $ACCOUNT; state in $STATE"
 }
 
 stop_pid() {  # stop_pid NAME: SIGTERM the recorded daemon, wait, then SIGKILL
@@ -281,6 +291,7 @@ cmd_env() {
   echo "CLUSTER=$CLUSTER"
   echo "PARTITION=$PARTITION"
   echo "URGENT_PARTITION=$URGENT"
+  echo "PREEMPTABLE_PARTITION=$LOW"
   echo "ACCOUNT=$ACCOUNT"
   echo "NODE=$NODE"
   echo "CPUS=$CPUS"

@@ -65,13 +65,18 @@ def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
     assert slurm_cluster.wait_state(job, {"COMPLETED"}, timeout=60) == "COMPLETED"
 
 
-def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path):
+@pytest.mark.parametrize("how", ["usr2", "partition"])
+def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, how):
+    """``usr2``: ``scancel --signal=USR2`` (what SLURM sends before a time limit);
+    ``partition``: a job on the higher-priority partition asks for the free CPUs and ours, so
+    SLURM preempts ours (preempt_send_user_signal: USR2, GraceTime, requeue)."""
     run = tmp_path / "run"
     name = f"rq-{uuid.uuid4().hex[:6]}"
     total = 24
     args = [str(empty_config(tmp_path)),
             *_launch_args(slurm_cluster, qm9_store, run, name,
-                          **{"train.max_steps": total, "train.batch_size": 16})]  # fmt: skip
+                          **{"train.max_steps": total, "train.batch_size": 16,
+                             "launch.partition": slurm_cluster.preemptable_partition})]  # fmt: skip
     proc = _se3t_launch(args)
     try:
         job = _job_id(name)
@@ -84,8 +89,19 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("training did not start")
-        slurm_cluster.signal(job, "USR2")
+        urgent = None
+        if how == "usr2":
+            slurm_cluster.signal(job, "USR2")
+        else:
+            urgent = subprocess.run(
+                ["sbatch", "--parsable", "-p", slurm_cluster.urgent_partition, "-A",
+                 slurm_cluster.account, "-n", str(slurm_cluster.idle_cpus() + 1), "-c", "1", "-J",
+                 f"se3t-urgent-{name}", "--wrap", "sleep 3"],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip()  # fmt: skip
         slurm_cluster.wait_state(job, {"PENDING"}, timeout=120)  # requeued, held ~120 s
+        if urgent:
+            slurm_cluster.wait_state(urgent, {"COMPLETED"}, timeout=120)
         slurm_cluster.release(job)
         out, err = proc.communicate(timeout=300)
     finally:

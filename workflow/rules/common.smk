@@ -7,7 +7,7 @@
 # `workflow.runs` lists named runs, each a mapping of overrides (`train.seed: 1`,
 # `data.targets: [lumo]`, `train.precision: bf16`, ...) on top of the config.  All runs share the
 # dataset and basis rules; the keys that decide those artifacts can therefore only be set at the
-# top level (SHARED_KEYS below).
+# top level (PER_RUN_KEYS below lists what a run may change there).
 
 import json
 import os
@@ -28,27 +28,22 @@ _BIN = str(Path(sys.executable).parent)
 if (Path(_BIN) / "se3t").exists() and _BIN not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = os.pathsep.join([_BIN, os.environ.get("PATH", "")])
 
-# keys that decide the dataset and the basis store, shared by every run
-SHARED_KEYS = (
-    "data.source",
-    "data.raw_dir",
-    "data.path",
-    "data.limit",
-    "data.graph",
-    "data.cutoff",
-    "data.figshare_url",
-    "data.figshare_sha256",
-    "data.uncharacterized_url",
-    "data.uncharacterized_sha256",
-    "basis.cache",
-    "basis.max_degree",
-    "basis.dtype",
-    "basis.shards",
-    "basis.compressor",
-    "basis.manifest",
-    "run",
-    "workflow",
+# What a run may change in the data and basis sections: how it splits and reads the shared
+# artifacts.  Every other data.* and basis.* key decides the dataset or the basis store, which
+# all runs share, so it is set at the top level only (as are run.* and workflow.*).
+PER_RUN_KEYS = (
+    "data.targets",
+    "data.split_seed",
+    "data.n_train",
+    "data.test_fraction",
+    "data.train_fraction",
+    "data.num_workers",
+    "basis.use",
+    "basis.read",
+    "basis.cache_chunks",
+    "basis.buffer_chunks",
 )
+SHARED_SECTIONS = ("data", "basis", "run", "workflow")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -130,12 +125,11 @@ def _run_overrides(name, spec):
         _fail(f"workflow.runs.{name}: give a mapping of config keys to values, got {spec!r}")
     flat = _flatten(spec)
     for key in flat:
-        for shared in SHARED_KEYS:
-            if key == shared or key.startswith(f"{shared}."):
-                _fail(
-                    f"workflow.runs.{name}: {key!r} is shared by all runs (dataset, basis, "
-                    "run folders); set it at the top level of the config"
-                )
+        if key.split(".")[0] in SHARED_SECTIONS and key not in PER_RUN_KEYS:
+            _fail(
+                f"workflow.runs.{name}: {key!r} is shared by all runs (dataset, basis, "
+                "run folders); set it at the top level of the config"
+            )
     return flat
 
 
@@ -149,7 +143,7 @@ def _resolve_runs():
         overrides.update(flat)
         overrides["run.dir"] = f"{RESULTS}/runs/{name}"
         overrides["run.name"] = str(name)
-        if CFG.basis.use != "compute":
+        if flat.get("basis.use", CFG.basis.use) != "compute":
             overrides["basis.manifest"] = BASIS_MANIFEST
         try:
             runs[str(name)] = cfg = load(None, overrides)
@@ -165,7 +159,6 @@ def _resolve_runs():
 
 
 RUNS = _resolve_runs()
-USE_BASIS_STORE = CFG.basis.use != "compute"
 
 _BASE_FLAT = _flatten(to_dict(load(CONFIGFILE)))
 
@@ -244,7 +237,7 @@ def section_settings(section):
 
 def train_inputs(wildcards):
     inputs = {"dataset": DATASET}
-    if USE_BASIS_STORE:
+    if RUNS[wildcards.run].basis.use != "compute":
         inputs["basis"] = BASIS_MANIFEST
     return inputs
 
