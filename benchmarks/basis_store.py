@@ -86,6 +86,49 @@ def bench_compressors(dataset: str, work: Path) -> list[dict]:
     return rows
 
 
+def bench_codecs(store: str, chunks: int = 4, rounds: int = 3) -> list[dict]:
+    """Compressors on real stored bases (the first ``chunks`` chunks of a finalized store),
+    interleaved over ``rounds`` so the shared machine's load hits them alike: bytes per edge,
+    encode and decode MB/s on one core (medians)."""
+    import zarr
+    from numcodecs import Blosc, GZip, Zstd
+
+    group = zarr.open_group(store, mode="r")
+    meta = group.attrs["se3t_basis"]
+    ce = meta["chunk_edges"]
+    data = [np.ascontiguousarray(group["basis"][c * ce : (c + 1) * ce]) for c in range(chunks)]
+    rows = group["row_start"][:]
+    counts = group["edge_count"][:]
+    real_edges = int(counts[(rows // ce) < chunks].sum())
+    raw = sum(d.nbytes for d in data)
+    codecs = {
+        "none": None, "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd-9": Zstd(level=9),
+        "blosc-lz4-5": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+        "blosc-zstd-3": Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE),
+        "gzip-5": GZip(level=5),
+    }
+    Blosc.use_threads = False  # one core each, like zarr's per-chunk codec calls
+    times = {k: {"enc": [], "dec": [], "bytes": 0} for k in codecs}
+    for _ in range(rounds):
+        for name, codec in codecs.items():
+            t = time.perf_counter()
+            enc = [d.tobytes() if codec is None else codec.encode(d) for d in data]
+            times[name]["enc"].append(time.perf_counter() - t)
+            times[name]["bytes"] = sum(len(e) for e in enc)
+            t = time.perf_counter()
+            for e in enc:
+                np.frombuffer(e if codec is None else codec.decode(e), dtype=np.float32).sum()
+            times[name]["dec"].append(time.perf_counter() - t)
+    out = []
+    for name, t in times.items():
+        out.append({"codec": name, "bytes_per_edge": t["bytes"] / real_edges,
+                    "ratio": raw / t["bytes"],
+                    "encode_MB_per_s": raw / 1e6 / float(np.median(t["enc"])),
+                    "decode_MB_per_s": raw / 1e6 / float(np.median(t["dec"]))})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) -> dict:
     from se3t.data import QM9Dataset, collate
 
@@ -122,6 +165,35 @@ def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) ->
         print(json.dumps(out), flush=True)
         del b
     shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def bench_basis_per_batch(dataset: str, store: str, batch: int = 240, n: int = 20) -> dict:
+    """Per batch of ``batch`` random molecules: bases gathered from the store (read=memory)
+    vs computed from the edge vectors (what the forward pass would do), interleaved."""
+    from se3t.data import QM9Dataset, collate
+
+    b = open_basis(store, dataset_fingerprint=fingerprint(dataset), max_degree=3,
+                   dtype="float32", read="memory")
+    ds = QM9Dataset(dataset, split="all")
+    rng = np.random.default_rng(0)
+    batches = [collate([ds[i] for i in rng.choice(len(ds), batch, replace=False)])
+               for _ in range(n)]
+    compute_basis_flat(batches[0].edge_vec, 3)
+    t_g, t_c = [], []
+    for bt in batches:
+        t = time.perf_counter()
+        g = b.gather(bt.index)
+        t_g.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        c = compute_basis_flat(bt.edge_vec, 3)
+        t_c.append(time.perf_counter() - t)
+        torch.testing.assert_close(g, c, rtol=1e-5, atol=1e-6)
+    out = {"batch": batch, "edges_per_batch": float(np.mean([x.graph.num_edges for x in batches])),
+           "gather_ms": 1e3 * float(np.median(t_g)), "compute_ms": 1e3 * float(np.median(t_c))}
+    out["gather_mol_per_s"] = batch / (out["gather_ms"] / 1e3)
+    out["compute_mol_per_s"] = batch / (out["compute_ms"] / 1e3)
+    print(json.dumps(out), flush=True)
     return out
 
 
@@ -181,7 +253,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dataset", required=True, help="dataset store")
     ap.add_argument("--work", default="/work/cache/bench", help="scratch folder (big)")
-    ap.add_argument("--sections", default="compute,compressors,loader,step")
+    ap.add_argument("--sections", default="compute,codecs,compressors,loader,step")
+    ap.add_argument("--store", default=None, help="a finalized basis store (codecs section)")
     ap.add_argument("--loader-compressor", default="zstd")
     ap.add_argument("--step-batch", type=int, default=32)
     ap.add_argument("--out", default=None, help="write the results as JSON")
@@ -196,8 +269,12 @@ def main() -> None:
         print(json.dumps(results["compute"]), flush=True)
     if "compressors" in sections:
         results["compressors"] = bench_compressors(args.dataset, work)
+    if "codecs" in sections:
+        results["codecs"] = bench_codecs(args.store)
     if "loader" in sections:
         results["loader"] = bench_loader(args.dataset, work, args.loader_compressor)
+    if "per_batch" in sections:
+        results["per_batch"] = bench_basis_per_batch(args.dataset, args.store)
     if "step" in sections:
         results["step"] = bench_step(args.dataset, work, batch=args.step_batch)
     if args.out:

@@ -79,7 +79,7 @@ class BasisConfig:
     use: str = "auto"  # auto | store | compute: where training takes the bases from
     manifest: str | None = None  # basis manifest (results/basis/manifest.json) for use=store|auto
     shards: int = 2  # precompute jobs (`se3t basis precompute --shard I/N`) the workflow runs
-    compressor: str = "zstd"  # none | zstd | blosc-lz4 | blosc-zstd | gzip (docs/basis.md)
+    compressor: str = "blosc-lz4"  # none | zstd | blosc-lz4 | blosc-zstd | gzip (BENCHMARKS.md)
     compression_level: int | None = None  # None: the default (zstd 1, blosc-lz4 5, blosc-zstd 3)
     chunk_edges: int = 4096  # edge rows per Zarr chunk (whole molecules, zero-padded)
     chunks_per_shard: int = 8  # chunks per shard file: the unit written atomically and resumed

@@ -19,6 +19,7 @@ from se3t.graph import Batch, Graph
 __all__ = [
     "TOLERANCE",
     "assert_equivariant",
+    "edge_inputs",
     "random_batch",
     "random_features",
     "random_rotation",
@@ -164,3 +165,12 @@ def random_batch(
         edge_feats=ef,
         y=torch.randn(num_graphs, 1, generator=g, dtype=dtype),
     )
+
+
+def edge_inputs(batch: Batch, max_degree: int = 3) -> tuple[Tensor, Tensor]:
+    """``(flat basis [E, basis_size], edge scalars [E, F_edge + 1])`` of a batch, as
+    ``SE3TransformerPooled`` builds them (edge features with the edge length appended)."""
+    from se3t.so3.basis import compute_basis_flat
+
+    scalars = torch.cat([batch.edge_feats, batch.edge_vec.norm(dim=1, keepdim=True)], 1)
+    return compute_basis_flat(batch.edge_vec, max_degree), scalars

@@ -194,7 +194,8 @@ def profile(
     grid = [(m, p, b) for m in modes for p in paths for b in batch_sizes]
     points: list[dict] = []
     oom_at: dict[tuple[str, str], int] = {}
-    with tempfile.TemporaryDirectory(prefix=".profile.", dir=out_dir) as work:
+    # specs and results of the points: outside out_dir, so a killed sweep leaves nothing there
+    with tempfile.TemporaryDirectory(prefix="se3t-profile-") as work:
         bar = tqdm(grid, desc="profile", unit="point", disable=not progress)
         for mode, path, b in bar:
             bar.set_postfix_str(f"{mode} {path} batch {b}")

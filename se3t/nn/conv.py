@@ -214,11 +214,8 @@ class ConvSE3(nn.Module):
                 z = radial.hidden(edge_scalars)  # [E, H]
                 xl = [xs[d] for d, _ in spec.ins]
                 chunk = spec.chunk_size(self.chunk_elements) if self.chunk_elements else None
-                flat = fused_tfn(spec, z, radial.last.weight, basis, src, xl, chunk)  # [E, M]
-                for do, co in spec.outs:
-                    off = spec.m_off[do]
-                    msg = flat[:, off : off + co * (2 * do + 1)].view(E, co, 2 * do + 1)
-                    msgs[do] = msg if do not in msgs else msgs[do] + msg
+                for do, msg in fused_tfn(spec, z, radial.last.weight, basis, src, xl, chunk).items():
+                    msgs[do] = msg if do not in msgs else msgs[do] + msg  # [E, C_o, 2 d_out + 1]
         if not self.pool:
             return msgs  # {d: [E, C_o, 2d+1]}
         out = {d: scatter_sum(m, graph.dst, graph.num_nodes) for d, m in msgs.items()}
@@ -229,13 +226,11 @@ class ConvSE3(nn.Module):
         return out  # {d: [N, C_o, 2d+1]}
 
 
-def _pair_rows(spec: KernelSpec, di: int, do: int, hidden: int) -> Tensor:
+def _pair_rows(spec: KernelSpec, di: int, do: int) -> slice:
     """Rows of a group's radial last layer that hold pair ``(d_in, d_out)`` ([C_o, C_i, nf])."""
-    co = dict(spec.outs)[do]
-    ci = dict(spec.ins)[di]
-    K = spec.K[do]
-    base = spec.w_off[do] + torch.arange(co).view(co, 1) * K + spec.k_off[(di, do)]
-    return (base + torch.arange(ci * num_freq(di, do)).view(1, -1)).reshape(-1)
+    co, ci = dict(spec.outs)[do], dict(spec.ins)[di]
+    start = spec.w_off[(di, do)]
+    return slice(start, start + co * ci * num_freq(di, do))
 
 
 def pairwise_reference(conv: ConvSE3) -> ConvSE3:
@@ -251,14 +246,15 @@ def pairwise_reference(conv: ConvSE3) -> ConvSE3:
     radials = []
     for spec in ref.specs:
         (di, _), (do, _) = spec.ins[0], spec.outs[0]
-        g = next(k for k, s in enumerate(conv.specs) if (di, do) in s.k_off)
+        g = next(k for k, s in enumerate(conv.specs) if (di, do) in s.w_off)
         src = conv.radial[g]
         r = copy.deepcopy(src)
-        rows = _pair_rows(conv.specs[g], di, do, src.hidden_features)
-        r.last = nn.Linear(src.hidden_features, len(rows), bias=False)
+        rows = _pair_rows(conv.specs[g], di, do)
+        n = rows.stop - rows.start
+        r.last = nn.Linear(src.hidden_features, n, bias=False)
         with torch.no_grad():
             r.last.weight.copy_(src.last.weight[rows])
-        r.out_features = len(rows)
+        r.out_features = n
         r.to(src.last.weight.dtype)
         radials.append(r)
     ref.radial = nn.ModuleList(radials)

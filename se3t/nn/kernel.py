@@ -38,140 +38,129 @@ class KernelSpec:
     """Static layout of one fusion group: input and output degrees/channels and offsets.
 
     ``ins``/``outs``: lists of ``(degree, channels)``; ``basis_degree``: the max degree of the
-    flat basis the op reads. Radial last-layer rows are laid out per output degree as
-    ``[C_o, K]`` with ``K`` ordered ``(d_in, c_i, J)``; messages as ``[C_o, 2 d_out + 1]`` blocks
-    concatenated over output degrees.
+    flat basis the op reads. The radial last layer's rows are laid out per output degree, then
+    per input degree, as a ``[C_o, C_i * num_freq]`` block (``J`` fastest) for each pair:
+    ``w_off[(d_in, d_out)]`` is the block's first row. One group's messages to ``d_out`` are
+    returned as ``[E, C_o, 2 d_out + 1]``.
     """
 
     def __init__(self, ins: list[tuple[int, int]], outs: list[tuple[int, int]], basis_degree: int):
         self.ins, self.outs, self.basis_degree = list(ins), list(outs), basis_degree
         po = pair_offsets(basis_degree)
-        self.w_off, self.K, self.m_off, self.k_off = {}, {}, {}, {}
-        o = m = 0
+        self.w_off: dict[tuple[int, int], int] = {}
+        self.do_rows: dict[int, tuple[int, int]] = {}  # d_out -> (first row, rows)
+        self.basis_cols: dict[tuple[int, int], tuple[int, int, int]] = {}
+        o = 0
         for do, co in self.outs:
-            k = 0
+            first = o
             for di, ci in self.ins:
-                self.k_off[(di, do)] = k
-                k += ci * num_freq(di, do)
-            self.K[do], self.w_off[do], self.m_off[do] = k, o, m
-            o += co * k
-            m += co * (2 * do + 1)
-        self.num_radial, self.num_msg = o, m
-        # pieces: basis column ranges contracted with one input degree in one bmm. When the
-        # group feeds every output degree of the basis, one piece per input degree covers all
-        # its columns; otherwise one piece per pair.
-        out_degrees = {do for do, _ in self.outs}
-        all_out = out_degrees == set(range(basis_degree + 1))
-        self.pieces = []  # (d_in, block_start, block_cols, lo, hi)
-        self.pair_piece = {}  # (d_in, d_out) -> (piece index, column offset in piece)
-        for di, _ in self.ins:
-            start, cols, _ = po[(di, 0)]
-            if all_out:
-                self.pieces.append((di, start, cols, 0, cols))
-                for do, _ in self.outs:
-                    self.pair_piece[(di, do)] = (len(self.pieces) - 1, po[(di, do)][2])
-            else:
-                for do, _ in self.outs:
-                    col = po[(di, do)][2]
-                    width = num_freq(di, do) * (2 * do + 1)
-                    self.pieces.append((di, start, cols, col, col + width))
-                    self.pair_piece[(di, do)] = (len(self.pieces) - 1, 0)
+                self.w_off[(di, do)] = o
+                o += co * ci * num_freq(di, do)
+                self.basis_cols[(di, do)] = po[(di, do)]
+            self.do_rows[do] = (first, o - first)
+        self.num_radial = o
 
-    def basis_piece(self, basis: Tensor, p: int) -> Tensor:
-        """[E, 2 d_in + 1, hi - lo] view of piece ``p`` of a flat basis."""
-        di, start, cols, lo, hi = self.pieces[p]
+    def pairs(self):
+        for do, co in self.outs:
+            for di, ci in self.ins:
+                yield di, ci, do, co
+
+    def basis_pair(self, basis: Tensor, di: int, do: int) -> Tensor:
+        """[E, 2 d_in + 1, num_freq * (2 d_out + 1)] view of a flat basis."""
+        start, cols, col = self.basis_cols[(di, do)]
         block = basis[:, start : start + (2 * di + 1) * cols].view(-1, 2 * di + 1, cols)
-        return block[:, :, lo:hi]
+        return block[:, :, col : col + num_freq(di, do) * (2 * do + 1)]
 
     def chunk_size(self, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
-        return max(1, elements // max(self.num_radial, 1))
+        widest = max(rows for _, rows in self.do_rows.values())
+        return max(1, elements // max(widest, 1))
 
 
-def _t_pieces(spec: KernelSpec, xs_e: dict[int, Tensor], basis: Tensor) -> list[Tensor]:
-    # [c, C_i, hi - lo] per piece: node features contracted with the basis over m_in
-    return [torch.bmm(xs_e[p[0]], spec.basis_piece(basis, i)) for i, p in enumerate(spec.pieces)]
-
-
-def _t_out(spec: KernelSpec, T: list[Tensor], do: int) -> Tensor:
-    # [c, K, 2 d_out + 1], K ordered (d_in, c_i, J)
-    m = 2 * do + 1
-    parts = []
-    for di, ci in spec.ins:
-        p, off = spec.pair_piece[(di, do)]
-        width = num_freq(di, do) * m
-        parts.append(T[p][:, :, off : off + width].reshape(T[p].shape[0], ci * num_freq(di, do), m))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+def _pair_radial(R: Tensor, spec: KernelSpec, di: int, ci: int, do: int, co: int) -> Tensor:
+    # [c, C_o, C_i * nf] view of one pair's radial weights inside R_do [c, rows of d_out]
+    off = spec.w_off[(di, do)] - spec.do_rows[do][0]
+    return R[:, off : off + co * ci * num_freq(di, do)].view(R.shape[0], co, ci * num_freq(di, do))
 
 
 class _FusedTFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, weight, basis, src, spec, chunk, *xs):
         E = z.shape[0]
-        out = z.new_empty(E, spec.num_msg)
+        x_of = {di: x for (di, _), x in zip(spec.ins, xs)}
+        outs = {do: z.new_empty(E, co, 2 * do + 1) for do, co in spec.outs}
         for s in range(0, E, chunk):
             e = slice(s, s + chunk)
-            src_e = src[e]
-            xs_e = {di: gather(x, src_e) for (di, _), x in zip(spec.ins, xs)}
-            T = _t_pieces(spec, xs_e, basis[e])
-            R = z[e] @ weight.t()  # [c, num_radial]
-            c = R.shape[0]
+            src_e, z_e, b_e = src[e], z[e], basis[e]
+            xs_e = {di: gather(x, src_e) for di, x in x_of.items()}  # [c, C_i, 2 d_in + 1]
+            c = z_e.shape[0]
             for do, co in spec.outs:
-                Rd = R[:, spec.w_off[do] : spec.w_off[do] + co * spec.K[do]].view(c, co, spec.K[do])
-                msg = torch.bmm(Rd, _t_out(spec, T, do))  # [c, C_o, 2 d_out + 1]
-                out[e, spec.m_off[do] : spec.m_off[do] + msg[0].numel()] = msg.view(c, -1)
+                first, rows = spec.do_rows[do]
+                R = z_e @ weight[first : first + rows].t()  # [c, rows]: radial weights of d_out
+                acc = outs[do][e]
+                for k, (di, ci) in enumerate(spec.ins):
+                    nf = num_freq(di, do)
+                    # [c, C_i, 2 d_in+1] @ [c, 2 d_in+1, nf (2 d_out+1)] -> [c, C_i nf, 2 d_out+1]
+                    T = torch.bmm(xs_e[di], spec.basis_pair(b_e, di, do)).view(c, ci * nf, 2 * do + 1)
+                    Rp = _pair_radial(R, spec, di, ci, do, co)  # [c, C_o, C_i nf]
+                    if k == 0:
+                        torch.bmm(Rp, T, out=acc)
+                    else:
+                        acc.baddbmm_(Rp, T)
         ctx.spec, ctx.chunk = spec, chunk
         ctx.save_for_backward(z, weight, basis, src, *xs)
-        return out
+        return tuple(outs[do] for do, _ in spec.outs)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, *grads):
         z, weight, basis, src, *xs = ctx.saved_tensors
         spec, chunk = ctx.spec, ctx.chunk
         need_z, need_w, need_b = ctx.needs_input_grad[:3]
         need_x = ctx.needs_input_grad[6:]
-        grad_out = grad_out.contiguous()
+        grad_of = {do: (g.contiguous() if g is not None else None) for (do, _), g in zip(spec.outs, grads)}
+        x_of = {di: x for (di, _), x in zip(spec.ins, xs)}
         acc = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        gz = torch.empty_like(z) if need_z else None
+        gz = torch.zeros_like(z) if need_z else None
         gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         gb = torch.zeros_like(basis) if need_b else None
-        gxs = [torch.zeros_like(x) if n else None for x, n in zip(xs, need_x)]
+        gx_of = {di: torch.zeros_like(x) if n else None for (di, _), x, n in zip(spec.ins, xs, need_x)}
         for s in range(0, z.shape[0], chunk):
             e = slice(s, s + chunk)
-            src_e = src[e]
-            xs_e = {di: gather(x, src_e) for (di, _), x in zip(spec.ins, xs)}
-            T = _t_pieces(spec, xs_e, basis[e])
-            R = z[e] @ weight.t()  # recomputed, [c, num_radial]
-            c = R.shape[0]
-            gR = torch.empty_like(R)
-            gT = [torch.zeros_like(t) for t in T]
+            src_e, z_e, b_e = src[e], z[e], basis[e]
+            c = z_e.shape[0]
+            xs_e = {di: gather(x, src_e) for di, x in x_of.items()}
+            gxs_e = {di: None for di in x_of}
             for do, co in spec.outs:
-                K, m = spec.K[do], 2 * do + 1
-                w = slice(spec.w_off[do], spec.w_off[do] + co * K)
-                g = grad_out[e, spec.m_off[do] : spec.m_off[do] + co * m].view(c, co, m)
-                Rd = R[:, w].view(c, co, K)
-                gR[:, w] = torch.bmm(g, _t_out(spec, T, do).transpose(1, 2)).view(c, -1)
-                gTd = torch.bmm(Rd.transpose(1, 2), g)  # [c, K, m]
+                g = grad_of[do]
+                if g is None:
+                    continue
+                g = g[e]  # [c, C_o, 2 d_out + 1]
+                first, rows = spec.do_rows[do]
+                W = weight[first : first + rows]
+                R = z_e @ W.t()  # recomputed, [c, rows]
+                gR = torch.empty_like(R)
                 for di, ci in spec.ins:
-                    p, off = spec.pair_piece[(di, do)]
-                    k0, width = spec.k_off[(di, do)], ci * num_freq(di, do)
-                    gT[p][:, :, off : off + num_freq(di, do) * m] += gTd[:, k0 : k0 + width].reshape(
-                        c, ci, -1
-                    )
-            if need_w:
-                gw += (gR.t() @ z[e]).to(acc)
-            if need_z:
-                gz[e] = gR @ weight
-            for i, (di, *_rest) in enumerate(spec.pieces):
-                Bp = spec.basis_piece(basis[e], i)
-                j = next(k for k, (d, _) in enumerate(spec.ins) if d == di)
-                if gxs[j] is not None:
-                    g = torch.bmm(gT[i], Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
-                    gxs[j].view(gxs[j].shape[0], -1).index_add_(0, src_e, g.view(g.shape[0], -1))
-                if need_b:
-                    spec.basis_piece(gb[e], i).add_(torch.bmm(xs_e[di].transpose(1, 2), gT[i]))
+                    nf, m = num_freq(di, do), 2 * do + 1
+                    Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
+                    T = torch.bmm(xs_e[di], Bp).view(c, ci * nf, m)
+                    torch.bmm(g, T.transpose(1, 2), out=_pair_radial(gR, spec, di, ci, do, co))
+                    gT = torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g)
+                    gT = gT.view(c, ci, nf * m)  # [c, C_i, nf m]
+                    if gx_of[di] is not None:
+                        gx = torch.bmm(gT, Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
+                        gxs_e[di] = gx if gxs_e[di] is None else gxs_e[di].add_(gx)
+                    if need_b:
+                        spec.basis_pair(gb[e], di, do).add_(torch.bmm(xs_e[di].transpose(1, 2), gT))
+                if need_w:
+                    gw[first : first + rows] += (gR.t() @ z_e).to(acc)
+                if need_z:
+                    gz[e] += gR @ W
+            for di, gx in gxs_e.items():
+                if gx is not None:
+                    t = gx_of[di]
+                    t.view(t.shape[0], -1).index_add_(0, src_e, gx.view(c, -1))
         if gw is not None:
             gw = gw.to(weight.dtype)
-        return (gz, gw, gb, None, None, None, *gxs)
+        return (gz, gw, gb, None, None, None, *(gx_of[di] for di, _ in spec.ins))
 
 
 def fused_tfn(
@@ -182,8 +171,8 @@ def fused_tfn(
     src: Tensor,
     xs: list[Tensor],
     chunk: int | None = None,
-) -> Tensor:
-    """Messages ``[E, spec.num_msg]`` of one fusion group (see the module docstring).
+) -> dict[int, Tensor]:
+    """Messages ``{d_out: [E, C_o, 2 d_out + 1]}`` of one fusion group (see the module docstring).
 
     ``z [E, H]`` radial hidden features, ``weight [num_radial, H]`` the radial last layer,
     ``basis [E, basis_size(spec.basis_degree)]`` flat, ``src [E]`` long, ``xs`` node features
@@ -193,10 +182,10 @@ def fused_tfn(
     device_type = z.device.type
     if torch.is_autocast_enabled(device_type):
         dt = torch.get_autocast_dtype(device_type)
-        z, weight, basis = z.to(dt), weight.to(dt), basis.to(dt)
-        xs = [x.to(dt) for x in xs]
     else:
         dt = z.dtype
-        weight, basis, xs = weight.to(dt), basis.to(dt), [x.to(dt) for x in xs]
+    z, weight, basis = z.to(dt), weight.to(dt), basis.to(dt)
+    xs = [x.to(dt) for x in xs]
     with torch.autocast(device_type, enabled=False):
-        return _FusedTFN.apply(z, weight, basis, src, spec, chunk or spec.chunk_size(), *xs)
+        out = _FusedTFN.apply(z, weight, basis, src, spec, chunk or spec.chunk_size(), *xs)
+    return {do: o for (do, _), o in zip(spec.outs, out)}

@@ -118,8 +118,9 @@ def test_padding_rows_are_zero_and_unused(built):
     assert (full[rows, 0] != 0).all()  # the (0,0) basis is a non-zero constant
 
 
-def test_float16_and_degree_settings(qm9_store, tmp_path):
-    store = build(qm9_store, tmp_path, dtype="float16", max_degree=1)
+@pytest.mark.parametrize("compressor", ["blosc-lz4", "none"])
+def test_float16_and_degree_settings(qm9_store, tmp_path, compressor):
+    store = build(qm9_store, tmp_path, dtype="float16", max_degree=1, compressor=compressor)
     fp = fingerprint(qm9_store)
     b = open_basis(store, dataset_fingerprint=fp, max_degree=1, dtype=torch.float16)
     ds = QM9Dataset(qm9_store, split="all")

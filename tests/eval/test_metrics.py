@@ -27,6 +27,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "se3t.cli", *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_mae_and_rmse_match_a_hand_computation_on_the_saved_predictions(evaluated_run, qm9_store):
     metrics = json.loads((evaluated_run / "metrics.json").read_text())
     with open(evaluated_run / "predictions.csv", newline="") as fh:
@@ -101,6 +102,7 @@ def test_cli_evaluates_the_val_split_into_another_folder(trained_run, tmp_path):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_not_a_checkpoint_is_a_one_line_error(tmp_path):
     bogus = tmp_path / "model.pt"
     bogus.write_bytes(b"this is not a checkpoint")

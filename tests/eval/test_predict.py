@@ -50,6 +50,7 @@ def evaluated_predictions(evaluated_run) -> dict[int, float]:
         return {int(r["mol_id"]): float(r["prediction"]) for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_files_predict_what_evaluate_predicts_for_the_same_molecules(
     evaluated_run, evaluated_predictions, qm9_store, tmp_path
 ):
@@ -83,6 +84,7 @@ def test_stdout_when_no_out(evaluated_run, tmp_path, qm9_store):
     assert len(frame) == 2 and frame["prediction"].notna().all()
 
 
+@pytest.mark.slow
 def test_a_malformed_file_is_named(evaluated_run, tmp_path):
     good = _extract([1], tmp_path)[0]
     bad = tmp_path / "broken.xyz"

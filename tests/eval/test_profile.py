@@ -13,6 +13,7 @@ from se3t.eval.schema import PROFILE_SCHEMA, validate
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_memory_grows_with_batch_size_and_the_json_validates(profiled):
     doc = json.loads((profiled / "memory.json").read_text())
     validate(doc, PROFILE_SCHEMA, "memory.json")  # the documented schema, read back from disk
@@ -31,6 +32,7 @@ def test_memory_grows_with_batch_size_and_the_json_validates(profiled):
         assert (profiled / name).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_recorded_and_the_sweep_goes_on(profiled):
     doc = json.loads((profiled / "memory.json").read_text())
     oom, skipped = doc["points"][3], doc["points"][4]

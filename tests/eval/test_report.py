@@ -53,6 +53,7 @@ def test_report_is_self_contained_with_its_markdown_twin(results_copy):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 def test_report_renders_in_headless_chromium_with_every_image_decoded(results_copy, tmp_path):
     html_path, _ = build_report(results_copy, tmp_path / "report.html")
@@ -91,6 +92,7 @@ def test_a_results_folder_missing_a_file_is_named(results_copy, missing):
     assert not (results_copy / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_malformed_evaluation_is_a_one_line_cli_error(results_copy, tmp_path):
     (results_copy / "runs" / "tiny" / "metrics.json").write_text('{"kind": "se3t.evaluate"}')
     proc = subprocess.run([sys.executable, "-m", "se3t.cli", "report", str(results_copy)],
@@ -108,3 +110,13 @@ def test_report_without_profile_says_so(results_copy):
     html_path, md_path = build_report(results_copy / "runs" / "tiny")
     assert "No profile found" in html_path.read_text()
     assert html_path.read_text().count("<img ") == 3
+
+
+def test_committed_example_report_is_whole_and_small():
+    folder = Path(__file__).parents[2] / "docs" / "example-report"
+    page = (folder / "report.html").read_text()
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    md = (folder / "report.md").read_text()
+    assert all((folder / link).is_file() for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
+    assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 1_000_000

@@ -68,10 +68,11 @@ def test_dry_run_full_config(tmp_path):
 def test_dry_run_commands_demo_local_profile(tmp_path):
     proc = run_snakemake(tmp_path, REPO / "config" / "demo.yaml", "-n", "-p")
     out = proc.stdout
-    (fetch,) = _shell(out, "data")[:1]
-    assert fetch[:3] == ["se3t", "data", "fetch"]
-    build = [c for c in _shell(out, "data") if c[2] == "build"][0]
-    assert build[build.index("--limit") + 1] == "600"
+    data = {c[2]: c for c in _shell(out, "data")}
+    assert set(data) == {"fetch", "build"}
+    for cmd in data.values():  # the data section (limit 600 ...) comes from the config file
+        assert cmd[cmd.index("--config") + 1].endswith("config/demo.yaml")
+    assert data["build"][data["build"].index("--raw") + 1] == "resources/qm9"
     shards = sorted(c[c.index("--shard") + 1] for c in _shell(out, "basis") if c[2] == "precompute")
     assert shards == ["0/2", "1/2"]
     (launch,) = _shell(out, "launch")
@@ -111,6 +112,7 @@ def test_runs_share_dataset_and_basis(tmp_path):
                 "homo": {},
                 "lumo_seed1": {"data.targets": ["lumo"], "train.seed": 1},
                 "bf16": {"train": {"precision": "bf16"}},
+                "otf": {"basis.use": "compute"},  # bases computed in the forward pass
             }
         },
     )
@@ -119,7 +121,7 @@ def test_runs_share_dataset_and_basis(tmp_path):
     assert jobs["build_dataset"] == 1
     assert jobs["precompute_basis"] == 2
     assert jobs["finalize_basis"] == 1
-    assert jobs["train"] == jobs["evaluate"] == jobs["profile_memory"] == 3
+    assert jobs["train"] == jobs["evaluate"] == jobs["profile_memory"] == 4
     launches = {}
     for cmd in _shell(proc.stdout, "launch"):
         overrides = dict(w.split("=", 1) for w in cmd[3:] if "=" in w)
@@ -128,10 +130,11 @@ def test_runs_share_dataset_and_basis(tmp_path):
     assert launches["lumo_seed1"]["train.seed"] == "1"
     assert launches["bf16"]["train.precision"] == "bf16"
     assert "train.seed" not in launches["homo"]
+    assert launches["homo"]["basis.manifest"] == "results/basis/manifest.json"
+    assert "basis.manifest" not in launches["otf"]
+    assert launches["otf"]["basis.use"] == "compute"
     assert {o["run.dir"] for o in launches.values()} == {
-        "results/runs/homo",
-        "results/runs/lumo_seed1",
-        "results/runs/bf16",
+        f"results/runs/{run}" for run in ("homo", "lumo_seed1", "bf16", "otf")
     }
 
 
@@ -142,6 +145,7 @@ def test_runs_share_dataset_and_basis(tmp_path):
         ({"model.heads": 3}, "model.heads"),
         ({"train.precision": "fp8"}, "train.precision"),
         ({"workflow.runs": {"a": {"data.limit": 10}}}, "workflow.runs.a: 'data.limit' is shared"),
+        ({"workflow.runs": {"a": {"basis": {"dtype": "float16"}}}}, "'basis.dtype' is shared"),
         ({"workflow.runs": {"a": {"train.lrr": 1.0}}}, "train.lrr"),
         ({"workflow.runs": {"bad/name": {}}}, "run name 'bad/name'"),
         ({"workflow.runs": {"a": {"model.max_degree": 2}}}, "basis.max_degree"),

@@ -1,0 +1,172 @@
+import pytest
+import torch
+from e3nn import o3
+
+from se3t.nn import ConvSE3, Fusion, pairwise_reference
+from se3t.nn.conv import _pair_rows
+from se3t.so3 import Fiber, compute_basis_flat
+from se3t.testing import assert_equivariant, edge_inputs, random_batch, random_features
+
+FIBERS = {
+    "uniform": (Fiber({0: 3, 1: 3, 2: 3, 3: 3}), Fiber({0: 2, 1: 2, 2: 2, 3: 2})),
+    "mixed": (Fiber({0: 3, 1: 2, 2: 2}), Fiber({0: 2, 1: 3, 3: 1})),
+    "scalar_in": (Fiber({0: 5}), Fiber({0: 2, 1: 2, 2: 1, 3: 1})),
+}
+
+
+@pytest.fixture
+def batch64():
+    return random_batch(num_graphs=3, dtype=torch.float64)
+
+FUSED = [Fusion.FULL, Fusion.PER_OUTPUT, Fusion.PER_INPUT]
+
+
+def _loss(out):
+    g = torch.Generator().manual_seed(7)
+    return sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for _, o in sorted(out.items()))
+
+
+def _expected_param_grads(conv, ref):
+    """Fused parameters' gradients assembled from the pairwise copy's: hidden layers summed over
+    the pairs of each group, last-layer rows taken pair by pair."""
+    expected = {}
+    pairs = [(s.ins[0][0], s.outs[0][0]) for s in ref.specs]
+    for g, (spec, radial) in enumerate(zip(conv.specs, conv.radial)):
+        last = torch.zeros_like(radial.last.weight)
+        hidden = {n: torch.zeros_like(p) for n, p in radial.net.named_parameters()}
+        for k, (di, do) in enumerate(pairs):
+            if (di, do) not in spec.w_off:
+                continue
+            last[_pair_rows(spec, di, do)] = ref.radial[k].last.weight.grad
+            for n, p in ref.radial[k].net.named_parameters():
+                hidden[n] += p.grad
+        expected[f"radial.{g}.last.weight"] = last
+        for n, v in hidden.items():
+            expected[f"radial.{g}.net.{n}"] = v
+    for n, p in ref.named_parameters():
+        if n.startswith("self_weights"):
+            expected[n] = p.grad
+    return expected
+
+
+@pytest.mark.parametrize("fusion", FUSED, ids=lambda f: f.value)
+@pytest.mark.parametrize("fibers", list(FIBERS), ids=str)
+@pytest.mark.parametrize("pool", [True, False], ids=["pool", "edges"])
+def test_fused_equals_pairwise_float64(batch64, fusion, fibers, pool):
+    fin, fout = FIBERS[fibers]
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3, fusion=fusion, pool=pool,
+                   self_interaction=pool, chunk_elements=64).double()
+    assert conv.fusion is fusion
+    ref = pairwise_reference(conv)
+    assert ref.fusion is Fusion.PAIRWISE
+    basis, es = edge_inputs(batch64)
+    basis.requires_grad_(True)
+    es.requires_grad_(True)
+    x = {d: v.requires_grad_(True) for d, v in random_features(fin, batch64.graph.num_nodes).items()}
+    inputs = [*x.values(), basis, es]
+    out, out_ref = conv(x, batch64.graph, basis, es), ref(x, batch64.graph, basis, es)
+    assert set(out) == set(fout)
+    for d in out:
+        torch.testing.assert_close(out[d], out_ref[d], rtol=1e-10, atol=1e-12)
+    g = torch.autograd.grad(_loss(out), inputs)
+    _loss(out_ref).backward(inputs=[*inputs, *ref.parameters()])
+    for a, b in zip(g, inputs):
+        torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)
+    conv.zero_grad()
+    _loss(conv(x, batch64.graph, basis, es)).backward(inputs=list(conv.parameters()))
+    expected = _expected_param_grads(conv, ref)
+    for n, p in conv.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("fusion", [Fusion.PAIRWISE, *FUSED], ids=lambda f: f.value)
+def test_conv_equivariant(batch64, fusion):
+    fin, fout = FIBERS["mixed"]
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3, fusion=fusion, self_interaction=True).double()
+    _, es = edge_inputs(batch64)
+    g = batch64.graph
+
+    def fn(pos, feats):
+        return conv(feats, g, compute_basis_flat(pos[g.dst] - pos[g.src], 3), es)
+
+    assert_equivariant(fn, batch64.pos, random_features(fin, g.num_nodes))
+
+
+def test_edge_features_of_higher_degree(batch64):
+    # degree-1 edge features are concatenated to the source's degree-1 features
+    fin, fout = Fiber({0: 2, 1: 2}), Fiber({0: 2, 1: 1})
+    edge = Fiber({0: 4, 1: 1})
+    g = batch64.graph
+    _, es = edge_inputs(batch64)
+    conv = ConvSE3(fin, fout, edge, max_degree=2, fusion="full").double()
+    ref = pairwise_reference(conv)
+
+    def fn(pos, feats):
+        ev = pos[g.dst] - pos[g.src]
+        e1 = {1: o3.spherical_harmonics(1, ev, normalize=True).unsqueeze(1)}  # [E, 1, 3]
+        out = conv(feats, g, compute_basis_flat(ev, 2), es, e1)
+        out_ref = ref(feats, g, compute_basis_flat(ev, 2), es, e1)
+        for d in out:
+            torch.testing.assert_close(out[d], out_ref[d])
+        return out
+
+    assert_equivariant(fn, batch64.pos, random_features(fin, g.num_nodes))
+
+
+def test_float32_chunking_does_not_change_result():
+    b = random_batch(num_graphs=4, dtype=torch.float32)
+    fin, fout = FIBERS["uniform"]
+    basis, es = edge_inputs(b)
+    x = random_features(fin, b.graph.num_nodes, torch.float32)
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3, chunk_elements=10**9)
+    whole = conv(x, b.graph, basis, es)
+    conv.chunk_elements = 1  # one edge per chunk
+    for d, v in conv(x, b.graph, basis, es).items():
+        torch.testing.assert_close(v, whole[d], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_close_to_fp32():
+    b = random_batch(num_graphs=4, dtype=torch.float32)
+    fin, fout = FIBERS["uniform"]
+    basis, es = edge_inputs(b)
+    x = random_features(fin, b.graph.num_nodes, torch.float32)
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3)
+    ref = conv(x, b.graph, basis, es)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x, b.graph, basis, es)
+    for d in ref:
+        assert out[d].dtype == torch.bfloat16
+        err = (out[d].float() - ref[d]).abs().max() / ref[d].abs().max()
+        assert err < 3e-2, (d, float(err))
+    sum(v.float().sum() for v in out.values()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in conv.parameters())
+
+
+def test_auto_resolves_to_full_and_is_recorded():
+    conv = ConvSE3(Fiber({0: 2}), Fiber({0: 2, 1: 2}), max_degree=1, fusion="auto")
+    assert conv.fusion is Fusion.FULL
+    assert "fusion=full" in repr(conv)
+    assert ConvSE3(Fiber({0: 2}), Fiber({0: 2}), max_degree=1, fusion="pairwise").fusion is Fusion.PAIRWISE
+
+
+def test_bad_fiber_degree_shape_raise_value_error(batch64):
+    with pytest.raises(ValueError, match="degree 4 > max_degree 3"):
+        ConvSE3(Fiber({0: 2, 4: 1}), Fiber({0: 2}), max_degree=3)
+    with pytest.raises(ValueError, match="channels must be an int >= 1"):
+        ConvSE3({0: 0}, Fiber({0: 2}), max_degree=3)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        ConvSE3(Fiber({0: 2}), Fiber({0: 2}), max_degree=3, fusion="fastest")
+    with pytest.raises(ValueError, match="max_degree"):
+        ConvSE3(Fiber({0: 2}), Fiber({0: 2}), max_degree=-1)
+    conv = ConvSE3(Fiber({0: 2, 1: 2}), Fiber({0: 2}), Fiber({0: 4}), max_degree=3).double()
+    basis, es = edge_inputs(batch64)
+    N = batch64.graph.num_nodes
+    good = {0: torch.randn(N, 2, 1, dtype=torch.float64), 1: torch.randn(N, 2, 3, dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"node features\[1\]: expected shape \[.*2, 3\]"):
+        conv({**good, 1: torch.randn(N, 3, 3, dtype=torch.float64)}, batch64.graph, basis, es)
+    with pytest.raises(ValueError, match=r"degrees \[1\] missing"):
+        conv({0: good[0]}, batch64.graph, basis, es)
+    with pytest.raises(ValueError, match="basis: expected the flat basis"):
+        conv(good, batch64.graph, basis[:, :100], es)
+    with pytest.raises(ValueError, match="edge_scalars"):
+        conv(good, batch64.graph, basis, es[:, :3])
