@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -84,6 +85,8 @@ __all__ = [
     "verify",
     "write_manifest",
 ]
+
+log = logging.getLogger(__name__)
 
 STORE_FORMAT = 1  # bump when this module's on-disk layout changes
 MANIFEST_KIND = "se3t-basis-manifest"
@@ -872,6 +875,7 @@ class BasisStore:
         self.cache_chunks = max(1, int(cache_chunks))
         self._lru: OrderedDict[int, Tensor] = OrderedDict()
         self._full: Tensor | None = None
+        self._warned = False
         nbytes = meta["num_rows"] * self.basis_size * torch.empty((), dtype=self.dtype).itemsize
         self.nbytes = nbytes
         if read == "auto":
@@ -954,7 +958,17 @@ class BasisStore:
         counts = self.edge_count[idx]
         ends = np.cumsum(counts)
         mol_chunk = self.molecule_chunk[idx]
-        for c in np.unique(mol_chunk).tolist():
+        needed = np.unique(mol_chunk).tolist()
+        misses = sum(c not in self._lru for c in needed)
+        if misses > self.cache_chunks and not self._warned:
+            self._warned = True
+            log.warning(
+                "basis store %s: one batch needed %d chunks not in the cache (read=chunks, "
+                "cache_chunks=%d): random batches over a chunked store decode a chunk per "
+                "molecule; use BasisStore.batch_sampler or read=memory (docs/basis.md)",
+                self.where, misses, self.cache_chunks,
+            )
+        for c in needed:
             sel = np.nonzero(mol_chunk == c)[0]
             pos = np.concatenate([np.arange(ends[k] - counts[k], ends[k]) for k in sel])
             local = torch.from_numpy(rows[pos] - c * self.chunk_edges)

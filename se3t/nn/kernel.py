@@ -137,12 +137,16 @@ class _FusedTFN(torch.autograd.Function):
                 first, rows = spec.do_rows[do]
                 W = weight[first : first + rows]
                 R = z_e @ W.t()  # recomputed, [c, rows]
-                gR = torch.empty_like(R)
                 for di, ci in spec.ins:
                     nf, m = num_freq(di, do), 2 * do + 1
+                    rows_p = slice(spec.w_off[(di, do)], spec.w_off[(di, do)] + co * ci * nf)
                     Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
                     T = torch.bmm(xs_e[di], Bp).view(c, ci * nf, m)
-                    torch.bmm(g, T.transpose(1, 2), out=_pair_radial(gR, spec, di, ci, do, co))
+                    gR = torch.bmm(g, T.transpose(1, 2)).view(c, -1)  # [c, C_o C_i nf]
+                    if need_w:
+                        gw[rows_p] += (gR.t() @ z_e).to(acc)
+                    if need_z:
+                        gz[e] += gR @ weight[rows_p]
                     gT = torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g)
                     gT = gT.view(c, ci, nf * m)  # [c, C_i, nf m]
                     if gx_of[di] is not None:
@@ -150,10 +154,6 @@ class _FusedTFN(torch.autograd.Function):
                         gxs_e[di] = gx if gxs_e[di] is None else gxs_e[di].add_(gx)
                     if need_b:
                         spec.basis_pair(gb[e], di, do).add_(torch.bmm(xs_e[di].transpose(1, 2), gT))
-                if need_w:
-                    gw[first : first + rows] += (gR.t() @ z_e).to(acc)
-                if need_z:
-                    gz[e] += gR @ W
             for di, gx in gxs_e.items():
                 if gx is not None:
                     t = gx_of[di]

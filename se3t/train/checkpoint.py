@@ -6,14 +6,18 @@ without DDP's ``module.`` prefix), ``optimizer``, ``scheduler``, ``scaler`` (sta
 ``epoch`` (the epoch in progress), ``batch_in_epoch`` (micro-batches of that epoch already
 consumed: the sampler position), ``step`` (optimizer steps done), ``best_val``, ``rng``
 (torch, numpy, python, cuda states), ``config`` (:func:`se3t.config.to_dict`),
-``target_stats`` (``{"targets", "mean", "std"}`` in target units), ``world_size``.
+``target_stats`` (``{"targets", "mean", "std"}`` in target units), ``world_size``,
+``model_code`` (:func:`model_code_version` of the code that wrote it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ __all__ = [
     "capture_rng",
     "load_checkpoint",
     "load_model",
+    "model_code_version",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -37,12 +42,38 @@ FORMAT = "se3t-checkpoint"
 VERSION = 1
 
 
+def model_code_version() -> str:
+    """A hash of the model's source (``se3t/so3``, ``se3t/nn``, ``se3t/models``). A checkpoint
+    records it: weights of the same shapes can mean something else after the code changes (a
+    new parameter layout), so loading warns when it differs."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for sub in ("so3", "nn", "models"):
+        for f in sorted((root / sub).glob("*.py")):
+            h.update(f"{sub}/{f.name}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def warn_if_model_code_changed(state: dict[str, Any], path: str | os.PathLike) -> bool:
+    """Warn (and return True) when ``state`` was written by other model code than this one."""
+    saved = state.get("model_code")
+    if saved is None or saved == model_code_version():
+        return False
+    msg = (f"checkpoint {str(path)!r} was written by other model code (model_code {saved}, "
+           f"now {model_code_version()}): if the change altered what the weights mean, its "
+           "predictions are wrong; retrain or use the se3t version it was trained with")
+    warnings.warn(msg, stacklevel=2)
+    logging.getLogger("se3t.train").warning(msg)
+    return True
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
     rename. A crash (or ``kill -9``) at any moment leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
+    state = {"format": FORMAT, "version": VERSION, "model_code": model_code_version(), **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -122,6 +153,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
     from se3t.models import build
 
     state = load_checkpoint(path, map_location=map_location)
+    warn_if_model_code_changed(state, path)
     cfg = checkpoint_config(state, path)
     model = build(cfg.model)
     check_model_state(model, state["model"], str(path))

@@ -50,6 +50,7 @@ from se3t.train.checkpoint import (
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    warn_if_model_code_changed,
 )
 from se3t.train.sampler import ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
@@ -108,6 +109,7 @@ def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> In
     if t.resume and resume_path.is_file():
         state = load_checkpoint(resume_path)
         _check_resume_config(cfg, checkpoint_config(state, resume_path), resume_path)
+        warn_if_model_code_changed(state, resume_path)
         if model:
             from se3t.models import build
 

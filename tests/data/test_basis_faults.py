@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from basis_helpers import build, se3t, shard_files, spawn_worker, stored_rows
 
-from se3t.data.basis_store import basis_key, store_path, verify
+from se3t.data.basis_store import basis_key, finalize, store_path, verify
 from se3t.data.store import fingerprint
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ def test_kill_9_then_resume(qm9_store, tmp_path, reference):
     receipt = json.loads((tmp_path / "r1.json").read_text())
     assert receipt["chunks_reused"] == 2 * done
     assert receipt["chunks_computed"] == 15 - 2 * done
-    se3t("basis", "finalize", store)
+    finalize(store)
     np.testing.assert_array_equal(stored_rows(store), reference)
     assert verify(store, sample=500).ok
 
@@ -73,7 +73,7 @@ def test_two_concurrent_precomputes_of_one_key(qm9_store, tmp_path, reference):
     assert 15 <= sum(r["chunks_computed"] for r in receipts) <= 17
     assert all(r["chunks_computed"] > 0 for r in receipts), "the work was not shared"
     assert sorted(os.listdir(tmp_path / "basis")) == [os.path.basename(store)]  # one store
-    se3t("basis", "finalize", store)
+    finalize(store)
     np.testing.assert_array_equal(stored_rows(store), reference)
     assert verify(store, sample=500).ok
 

@@ -349,3 +349,12 @@ def test_settings_are_validated():
         BasisSettings(compressor="lzma")
     with pytest.raises(InputError, match="dtype 'int8'"):
         BasisSettings(dtype="int8")
+
+
+def test_random_batches_over_chunks_warn_once(built, caplog):
+    store = _open(built, read="chunks", cache_chunks=2)
+    with caplog.at_level("WARNING", logger="se3t.data.basis_store"):
+        store.gather(torch.arange(0, 275, 3))
+        store.gather(torch.arange(1, 275, 3))
+    warnings = [r for r in caplog.records if "batch_sampler" in r.getMessage()]
+    assert len(warnings) == 1

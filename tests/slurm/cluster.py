@@ -70,9 +70,10 @@ class SlurmCluster:
         _run(["scancel", str(job_id)], check=False)
 
     def idle_cpus(self) -> int:
-        """CPUs of the node no job holds now (sinfo's A/I/O/T)."""
-        out = _run(["sinfo", "-h", "-n", self.node, "-o", "%C"]).stdout.strip()
-        return int(out.split("/")[1])
+        """CPUs of the node no job holds now (scontrol's CPUTot - CPUAlloc; sinfo's %C lags)."""
+        out = _run(["scontrol", "-o", "show", "node", self.node]).stdout
+        fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+        return int(fields["CPUTot"]) - int(fields["CPUAlloc"])
 
 
 def _run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:

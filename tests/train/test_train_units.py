@@ -144,3 +144,15 @@ def test_detect_reads_torchrun_and_slurm_environments():
                   "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node7"})  # fmt: skip
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert env.master_addr == "node7" and env.master_port == 20077
+
+
+def test_checkpoint_records_model_code_and_warns_when_it_changed(tmp_path):
+    from se3t.train.checkpoint import model_code_version, warn_if_model_code_changed
+
+    path = save_checkpoint(_minimal_state(), tmp_path / "c.pt")
+    state = load_checkpoint(path)
+    assert state["model_code"] == model_code_version()
+    assert not warn_if_model_code_changed(state, path)
+    state["model_code"] = "0" * 16
+    with pytest.warns(UserWarning, match="other model code"):
+        assert warn_if_model_code_changed(state, path)
