@@ -65,7 +65,9 @@ def _subsample_csvs(raw: Path, every: int, dest: Path) -> Path:
     return dest
 
 
-def make_batches(out: Path, raw: Path | None = None, every: int | None = None, seed: int = 0) -> None:
+def make_batches(
+    out: Path, raw: Path | None = None, every: int | None = None, seed: int = 0
+) -> None:
     """Build real QM9 molecules into a temporary store and save batches of each size as plain
     tensors (molecules drawn with replacement when fewer are available than a batch needs)."""
     import tempfile
@@ -88,12 +90,20 @@ def make_batches(out: Path, raw: Path | None = None, every: int | None = None, s
                 idx += torch.randint(0, len(ds), (size - len(idx),), generator=g).tolist()
             b = collate([ds[i] for i in idx])
             batches[size] = {
-                "src": b.graph.src, "dst": b.graph.dst, "node_graph": b.graph.node_graph,
-                "num_nodes": b.graph.num_nodes, "pos": b.pos, "node_feats": b.node_feats,
-                "edge_feats": b.edge_feats, "y": b.y,
+                "src": b.graph.src,
+                "dst": b.graph.dst,
+                "node_graph": b.graph.node_graph,
+                "num_nodes": b.graph.num_nodes,
+                "pos": b.pos,
+                "node_feats": b.node_feats,
+                "edge_feats": b.edge_feats,
+                "y": b.y,
             }
-            print(f"{len(ds)} molecules from {raw} (every {every}th); batch {size}: {b.graph.num_nodes} atoms, {b.graph.num_edges} directed edges "
-                  f"({b.graph.num_edges / size:.1f} per molecule)")
+            print(
+                f"{len(ds)} molecules from {raw} (every {every}th); batch {size}: "
+                f"{b.graph.num_nodes} atoms, {b.graph.num_edges} directed edges "
+                f"({b.graph.num_edges / size:.1f} per molecule)"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".tmp")
     torch.save(batches, tmp_out)
@@ -113,15 +123,18 @@ def point(args) -> dict:
     from se3t.models.transformer import SE3TransformerPooled
     from se3t.so3.basis import compute_basis_flat
 
-    device = torch.device(args.device if args.device != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     torch.manual_seed(0)
     if args.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     batch = load_batch(Path(args.batches), args.size, device)
     model = SE3TransformerPooled(
-        fusion=args.path, low_memory=args.low_memory, pooling="max",
+        fusion=args.path,
+        low_memory=args.low_memory,
+        pooling="max",
     ).to(device)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -163,11 +176,20 @@ def point(args) -> dict:
     med = sorted(times)[len(times) // 2]
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "size": args.size, "path": args.path,
-        "fusion": model.fusion.value, "precision": args.precision, "low_memory": args.low_memory,
-        "basis": args.basis, "edges": batch.graph.num_edges, "params": params,
-        "step_s": med, "mol_per_s": args.size / med, "peak_bytes": peak,
-        "loss": float(loss), "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "path": args.path,
+        "fusion": model.fusion.value,
+        "precision": args.precision,
+        "low_memory": args.low_memory,
+        "basis": args.basis,
+        "edges": batch.graph.num_edges,
+        "params": params,
+        "step_s": med,
+        "mol_per_s": args.size / med,
+        "peak_bytes": peak,
+        "loss": float(loss),
+        "steps": args.steps,
     }
 
 
@@ -177,20 +199,47 @@ def run(args) -> None:
     rows = []
     combos = [
         (size, path, prec, lowmem, basis)
-        for size in args.sizes for path in args.paths for prec in args.precisions
-        for lowmem in args.low_memory for basis in args.basis
+        for size in args.sizes
+        for path in args.paths
+        for prec in args.precisions
+        for lowmem in args.low_memory
+        for basis in args.basis
     ]
     for size, path, prec, lowmem, basis in combos:
-        cmd = [sys.executable, __file__, "point", "--batches", args.batches, "--size", str(size),
-               "--path", path, "--precision", prec, "--basis", basis, "--device", args.device,
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "point",
+            "--batches",
+            args.batches,
+            "--size",
+            str(size),
+            "--path",
+            path,
+            "--precision",
+            prec,
+            "--basis",
+            basis,
+            "--device",
+            args.device,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+        ]
         if lowmem == "on":
             cmd.append("--low-memory")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
-            row = {"size": size, "path": path, "precision": prec, "low_memory": lowmem == "on",
-                   "basis": basis, "error": tail[0] if tail else f"exit {proc.returncode}"}
+            row = {
+                "size": size,
+                "path": path,
+                "precision": prec,
+                "low_memory": lowmem == "on",
+                "basis": basis,
+                "error": tail[0] if tail else f"exit {proc.returncode}",
+            }
         else:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append(row)
@@ -202,47 +251,82 @@ def run(args) -> None:
 
 def format_row(r: dict) -> str:
     if "error" in r:
-        return f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} lowmem={r['low_memory']} {r['basis']}: {r['error']}"
-    return (f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} lowmem={r['low_memory']!s:5} "
-            f"basis={r['basis']:>3} {r['mol_per_s']:8.2f} mol/s  peak {r['peak_bytes'] / 2**30:6.2f} GiB")
+        return (
+            f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} "
+            f"lowmem={r['low_memory']} {r['basis']}: {r['error']}"
+        )
+    return (
+        f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} lowmem={r['low_memory']!s:5} "
+        f"basis={r['basis']:>3} {r['mol_per_s']:8.2f} mol/s  "
+        f"peak {r['peak_bytes'] / 2**30:6.2f} GiB"
+    )
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| batch | path | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) |",
-             "|---:|---|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| batch | path | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) |",
+        "|---:|---|---|---|---|---:|---:|---:|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['size']} | {r['path']} | {r['precision']} | {r['low_memory']} | "
-                         f"{r['basis']} | failed: {r['error']} | | |")
+            lines.append(
+                f"| {r['size']} | {r['path']} | {r['precision']} | {r['low_memory']} | "
+                f"{r['basis']} | failed: {r['error']} | | |"
+            )
         else:
-            lines.append(f"| {r['size']} | {r['path']} | {r['precision']} | "
-                         f"{'on' if r['low_memory'] else 'off'} | {r['basis']} | "
-                         f"{r['mol_per_s']:.2f} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**30:.2f} |")
+            lines.append(
+                f"| {r['size']} | {r['path']} | {r['precision']} | "
+                f"{'on' if r['low_memory'] else 'off'} | {r['basis']} | "
+                f"{r['mol_per_s']:.2f} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**30:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make-batches", help="save batches of real QM9 molecules as a .pt file")
     m.add_argument("out", type=Path)
-    m.add_argument("--raw", type=Path, default=None,
-                   help="qm9pack CSV folder (default: qm9pack's full data, else tests/data/qm9/qm9pack)")
-    m.add_argument("--every", type=int, default=None,
-                   help="keep every N-th molecule (default: 109 for qm9pack's full data, else 1)")
+    m.add_argument(
+        "--raw",
+        type=Path,
+        default=None,
+        help="qm9pack CSV folder (default: qm9pack's full data, else tests/data/qm9/qm9pack)",
+    )
+    m.add_argument(
+        "--every",
+        type=int,
+        default=None,
+        help="keep every N-th molecule (default: 109 for qm9pack's full data, else 1)",
+    )
     for name in ("point", "run"):
-        q = sub.add_parser(name, help="one point in this process" if name == "point" else "the table, a fresh process per point")
+        q = sub.add_parser(
+            name,
+            help="one point in this process"
+            if name == "point"
+            else "the table, a fresh process per point",
+        )
         q.add_argument("--batches", required=True, help="the .pt made by make-batches")
         q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
         q.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
         q.add_argument("--warmup", type=int, default=2, help="untimed steps first")
         if name == "point":
             q.add_argument("--size", type=int, default=100, help="molecules per batch")
-            q.add_argument("--path", default="full", help="fusion: pairwise, per_output, per_input, full")
+            q.add_argument(
+                "--path", default="full", help="fusion: pairwise, per_output, per_input, full"
+            )
             q.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
-            q.add_argument("--low-memory", action="store_true", help="activation checkpointing per layer")
-            q.add_argument("--basis", default="otf", choices=["otf", "pre"],
-                           help="bases computed in the forward pass (otf) or precomputed (pre)")
+            q.add_argument(
+                "--low-memory", action="store_true", help="activation checkpointing per layer"
+            )
+            q.add_argument(
+                "--basis",
+                default="otf",
+                choices=["otf", "pre"],
+                help="bases computed in the forward pass (otf) or precomputed (pre)",
+            )
         else:
             q.add_argument("--sizes", type=int, nargs="+", default=[100])
             q.add_argument("--paths", nargs="+", default=["pairwise", "full"])
@@ -250,7 +334,11 @@ def main(argv=None) -> None:
             q.add_argument("--low-memory", nargs="+", default=["off"], choices=["off", "on"])
             q.add_argument("--basis", nargs="+", default=["otf"], choices=["otf", "pre"])
             q.add_argument("--timeout", type=int, default=1800, help="seconds per point")
-            q.add_argument("--out", default="results/bench_train_step", help="folder for results.json and table.md")
+            q.add_argument(
+                "--out",
+                default="results/bench_train_step",
+                help="folder for results.json and table.md",
+            )
     args = p.parse_args(argv)
     if args.cmd == "make-batches":
         make_batches(args.out, args.raw, args.every)

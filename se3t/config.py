@@ -98,7 +98,7 @@ class ModelConfig:
     norm: bool = True
     layer_norm: bool = True
     pooling: str = "max"  # max | mean
-    fusion: str = "auto"  # auto | pairwise
+    fusion: str = "auto"  # auto (= full) | pairwise (reference) | per_output | per_input | full
     low_memory: bool = False
     radial_hidden: int = 32
     node_features: int = 6  # one-hot H, C, N, O, F + atomic number
@@ -198,7 +198,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "basis.compressor": ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip"),
     "basis.read": ("auto", "memory", "chunks"),
     "model.pooling": ("max", "mean"),
-    "model.fusion": ("auto", "pairwise"),
+    "model.fusion": ("auto", "pairwise", "per_output", "per_input", "full"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("cosine", "constant"),
     "train.precision": ("fp32", "tf32", "fp16", "bf16"),

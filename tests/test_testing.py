@@ -2,7 +2,13 @@ import pytest
 import torch
 from e3nn import o3
 
-from se3t.testing import assert_equivariant, random_batch, random_rotation, rotate_features, wigner_D
+from se3t.testing import (
+    assert_equivariant,
+    random_batch,
+    random_rotation,
+    rotate_features,
+    wigner_D,
+)
 
 
 def test_wigner_D_is_exact_representation():
@@ -10,12 +16,17 @@ def test_wigner_D_is_exact_representation():
     assert torch.allclose(R1 @ R1.T, torch.eye(3, dtype=torch.float64), atol=1e-12)
     for d in range(5):
         D = wigner_D(d, R1)
-        torch.testing.assert_close(D @ D.T, torch.eye(2 * d + 1, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            D @ D.T, torch.eye(2 * d + 1, dtype=torch.float64), atol=1e-12, rtol=0
+        )
         torch.testing.assert_close(wigner_D(d, R1 @ R2), D @ wigner_D(d, R2), atol=1e-12, rtol=0)
         x = torch.randn(4, 3, dtype=torch.float64)
         torch.testing.assert_close(
-            o3.spherical_harmonics(d, x @ R1.T, True), o3.spherical_harmonics(d, x, True) @ D.T,
-            atol=1e-12, rtol=0)
+            o3.spherical_harmonics(d, x @ R1.T, True),
+            o3.spherical_harmonics(d, x, True) @ D.T,
+            atol=1e-12,
+            rtol=0,
+        )
 
 
 def test_assert_equivariant_catches_a_broken_layer():

@@ -873,7 +873,9 @@ class BasisStore:
         self.chunk_mols = np.asarray(group["chunk_mols"][:], dtype=np.int64)
         self.molecule_chunk = self.row_start // self.chunk_edges  # [M] chunk of each molecule
         self.cache_chunks = max(1, int(cache_chunks))
-        self._lru: OrderedDict[int, Tensor] = OrderedDict()
+        self._lru: OrderedDict[int, int] = OrderedDict()  # chunk -> slab slot, LRU first
+        self._slab: Tensor | None = None
+        self._free: list[int] = []
         self._full: Tensor | None = None
         self._warned = False
         nbytes = meta["num_rows"] * self.basis_size * torch.empty((), dtype=self.dtype).itemsize
@@ -918,20 +920,43 @@ class BasisStore:
         return (f"chunk {c} (file {_unit_file(u)}, molecule rows {int(self.chunk_mols[c])}.."
                 f"{int(self.chunk_mols[c + 1]) - 1})")
 
+    def _slots(self, needed: list[int]) -> dict[int, int] | None:
+        """Slab slots of the chunks ``needed``, decoding missing ones into the slots of the
+        least recently used chunks not needed now; None when they cannot all be held at once.
+
+        The chunk cache is one ``[cache_chunks * chunk_edges, S]`` slab, so a batch is a single
+        ``index_select`` from it (one copy, as in ``read=memory``)."""
+        ce = self.chunk_edges
+        if len(needed) > self.cache_chunks:
+            return None
+        if self._slab is None or self._slab.shape[0] != self.cache_chunks * ce:
+            self._slab = torch.empty((self.cache_chunks * ce, self.basis_size), dtype=self.dtype)
+            self._lru.clear()
+            self._free = list(range(self.cache_chunks))
+        want = set(needed)
+        for c in needed:
+            if c in self._lru:
+                self._lru.move_to_end(c)
+        for c in needed:
+            if c in self._lru:
+                continue
+            if self._free:
+                slot = self._free.pop()
+            else:
+                victim = next(k for k in self._lru if k not in want)
+                slot = self._lru.pop(victim)
+            self._slab[slot * ce : (slot + 1) * ce] = self._read_rows(
+                c * ce, (c + 1) * ce, what=self.chunk_name(c))
+            self._lru[c] = slot
+        return {c: self._lru[c] for c in needed}
+
     def chunk(self, c: int) -> Tensor:
-        """[chunk_edges, S] decoded chunk ``c`` (cached)."""
+        """[chunk_edges, S] decoded chunk ``c`` (a view of the cache, or of the whole store)."""
+        ce = self.chunk_edges
         if self._full is not None:
-            return self._full[c * self.chunk_edges : (c + 1) * self.chunk_edges]
-        hit = self._lru.get(c)
-        if hit is not None:
-            self._lru.move_to_end(c)
-            return hit
-        data = self._read_rows(c * self.chunk_edges, (c + 1) * self.chunk_edges,
-                               what=self.chunk_name(c))
-        self._lru[c] = data
-        if len(self._lru) > self.cache_chunks:
-            self._lru.popitem(last=False)
-        return data
+            return self._full[c * ce : (c + 1) * ce]
+        slot = self._slots([c])[c]  # type: ignore[index]
+        return self._slab[slot * ce : (slot + 1) * ce]  # type: ignore[index]
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """[E_batch] store rows of the molecules' edges, in collate's order."""
@@ -954,25 +979,35 @@ class BasisStore:
         rows = self.rows(idx)
         if self._full is not None:
             return self._full.index_select(0, torch.from_numpy(rows))
-        out = torch.empty((len(rows), self.basis_size), dtype=self.dtype)
+        ce = self.chunk_edges
         counts = self.edge_count[idx]
-        ends = np.cumsum(counts)
         mol_chunk = self.molecule_chunk[idx]
         needed = np.unique(mol_chunk).tolist()
-        misses = sum(c not in self._lru for c in needed)
-        if misses > self.cache_chunks and not self._warned:
+        slots = self._slots(needed)
+        if slots is not None:
+            slot = np.empty(len(idx), dtype=np.int64)
+            for c, sl in slots.items():
+                slot[mol_chunk == c] = sl
+            # row r of chunk c sits at slot(c) * ce + (r - c * ce) in the slab
+            src = rows + np.repeat((slot - mol_chunk) * ce, counts)
+            return self._slab.index_select(0, torch.from_numpy(src))  # type: ignore[union-attr]
+        # more chunks than the cache holds: decode each for this batch only
+        if not self._warned:
             self._warned = True
             log.warning(
-                "basis store %s: one batch needed %d chunks not in the cache (read=chunks, "
-                "cache_chunks=%d): random batches over a chunked store decode a chunk per "
-                "molecule; use BasisStore.batch_sampler or read=memory (docs/basis.md)",
-                self.where, misses, self.cache_chunks,
+                "basis store %s: one batch needed %d chunks, more than the cache holds "
+                "(read=chunks, cache_chunks=%d): random batches over a chunked store decode a "
+                "chunk per molecule; use BasisStore.batch_sampler or read=memory "
+                "(docs/basis.md)", self.where, len(needed), self.cache_chunks,
             )
+        out = torch.empty((len(rows), self.basis_size), dtype=self.dtype)
+        ends = np.cumsum(counts)
         for c in needed:
             sel = np.nonzero(mol_chunk == c)[0]
             pos = np.concatenate([np.arange(ends[k] - counts[k], ends[k]) for k in sel])
-            local = torch.from_numpy(rows[pos] - c * self.chunk_edges)
-            out[torch.from_numpy(pos)] = self.chunk(c).index_select(0, local)
+            block = self._read_rows(c * ce, (c + 1) * ce, what=self.chunk_name(c))
+            out[torch.from_numpy(pos)] = block.index_select(
+                0, torch.from_numpy(rows[pos] - c * ce))
         return out
 
     def batch_sampler(self, indices: np.ndarray | Sequence[int], batch_size: int, **kw: Any):

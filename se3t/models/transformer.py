@@ -52,25 +52,43 @@ class SE3Transformer(nn.Module):
     ):
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"SE3Transformer: num_layers must be a positive int, got {num_layers!r}")
+            raise ValueError(
+                f"SE3Transformer: num_layers must be a positive int, got {num_layers!r}"
+            )
         self.fiber_in, self.fiber_hidden = Fiber(fiber_in), Fiber(fiber_hidden)
         self.fiber_out = Fiber(fiber_out)
         self.fiber_edge = Fiber(fiber_edge) if fiber_edge else None
         if max_degree is None:
-            max_degree = max(f.max_degree for f in (self.fiber_in, self.fiber_hidden, self.fiber_out))
+            max_degree = max(
+                f.max_degree for f in (self.fiber_in, self.fiber_hidden, self.fiber_out)
+            )
         self.max_degree, self.low_memory = max_degree, low_memory
-        common = dict(max_degree=max_degree, layer_norm=layer_norm, radial_hidden=radial_hidden,
-                      fusion=fusion, chunk_elements=chunk_elements)
+        common = dict(
+            max_degree=max_degree,
+            layer_norm=layer_norm,
+            radial_hidden=radial_hidden,
+            fusion=fusion,
+            chunk_elements=chunk_elements,
+        )
         blocks = []
         f = self.fiber_in
         for _ in range(num_layers):
-            att = AttentionBlockSE3(f, self.fiber_hidden, self.fiber_edge, num_heads=num_heads,
-                                    channels_div=channels_div, **common)
-            blocks.append(nn.ModuleList([att, NormSE3(self.fiber_hidden) if norm else nn.Identity()]))
+            att = AttentionBlockSE3(
+                f,
+                self.fiber_hidden,
+                self.fiber_edge,
+                num_heads=num_heads,
+                channels_div=channels_div,
+                **common,
+            )
+            blocks.append(
+                nn.ModuleList([att, NormSE3(self.fiber_hidden) if norm else nn.Identity()])
+            )
             f = self.fiber_hidden
         self.blocks = nn.ModuleList(blocks)
-        self.conv_out = ConvSE3(f, self.fiber_out, self.fiber_edge, pool=True, self_interaction=True,
-                                **common)
+        self.conv_out = ConvSE3(
+            f, self.fiber_out, self.fiber_edge, pool=True, self_interaction=True, **common
+        )
 
     @property
     def fusion(self) -> Fusion:
@@ -92,8 +110,17 @@ class SE3Transformer(nn.Module):
         [E, F_edge + 1]`` -> ``{d: [N, C_out, 2d+1]}``."""
         for att, norm in self.blocks:
             if self.low_memory and torch.is_grad_enabled():
-                feats = checkpoint(self._block, att, norm, feats, graph, basis, edge_scalars,
-                                   edge_feats, use_reentrant=False)
+                feats = checkpoint(
+                    self._block,
+                    att,
+                    norm,
+                    feats,
+                    graph,
+                    basis,
+                    edge_scalars,
+                    edge_feats,
+                    use_reentrant=False,
+                )
             else:
                 feats = self._block(att, norm, feats, graph, basis, edge_scalars, edge_feats)
         return self.conv_out(feats, graph, basis, edge_scalars, edge_feats)
@@ -128,20 +155,35 @@ class SE3TransformerPooled(nn.Module):
         chunk_elements: int | None = None,
     ):
         super().__init__()
-        for name, v in (("node_features", node_features), ("edge_features", edge_features),
-                        ("out_dim", out_dim), ("channels", channels)):
+        for name, v in (
+            ("node_features", node_features),
+            ("edge_features", edge_features),
+            ("out_dim", out_dim),
+            ("channels", channels),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"SE3TransformerPooled: {name} must be a positive int, got {v!r}")
-        self.node_features, self.edge_features, self.max_degree = node_features, edge_features, max_degree
+        self.node_features, self.edge_features, self.max_degree = (
+            node_features,
+            edge_features,
+            max_degree,
+        )
         c_out = (max_degree + 1) * channels
         self.transformer = SE3Transformer(
             Fiber({0: node_features}),
             Fiber.create(max_degree + 1, channels),
             Fiber({0: c_out}),
             Fiber({0: edge_features}),
-            num_layers=num_layers, num_heads=num_heads, channels_div=channels_div, norm=norm,
-            layer_norm=layer_norm, radial_hidden=radial_hidden, max_degree=max_degree,
-            fusion=fusion, low_memory=low_memory, chunk_elements=chunk_elements,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            channels_div=channels_div,
+            norm=norm,
+            layer_norm=layer_norm,
+            radial_hidden=radial_hidden,
+            max_degree=max_degree,
+            fusion=fusion,
+            low_memory=low_memory,
+            chunk_elements=chunk_elements,
         )
         self.pooling = GraphPooling(pooling)
         self.mlp = nn.Sequential(nn.Linear(c_out, c_out), nn.ReLU(), nn.Linear(c_out, out_dim))
@@ -168,11 +210,13 @@ class SE3TransformerPooled(nn.Module):
         N, E = graph.num_nodes, graph.num_edges
         if tuple(batch.node_feats.shape) != (N, self.node_features):
             raise ValueError(
-                f"batch.node_feats: expected [{N}, {self.node_features}], got {list(batch.node_feats.shape)}"
+                f"batch.node_feats: expected [{N}, {self.node_features}], "
+                f"got {list(batch.node_feats.shape)}"
             )
         if tuple(batch.edge_feats.shape) != (E, self.edge_features):
             raise ValueError(
-                f"batch.edge_feats: expected [{E}, {self.edge_features}], got {list(batch.edge_feats.shape)}"
+                f"batch.edge_feats: expected [{E}, {self.edge_features}], "
+                f"got {list(batch.edge_feats.shape)}"
             )
         dtype = self.mlp[0].weight.dtype
         basis = self.prepare_basis(batch, basis)  # [E, basis_size]

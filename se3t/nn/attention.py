@@ -28,27 +28,39 @@ class AttentionSE3(nn.Module):
 
     def __init__(self, num_heads: int, key_fiber: Fiber, value_fiber: Fiber):
         super().__init__()
-        self.num_heads, self.key_fiber, self.value_fiber = num_heads, Fiber(key_fiber), Fiber(value_fiber)
+        self.num_heads, self.key_fiber, self.value_fiber = (
+            num_heads,
+            Fiber(key_fiber),
+            Fiber(value_fiber),
+        )
         for name, f in (("key", self.key_fiber), ("value", self.value_fiber)):
             bad = {d: c for d, c in f.items() if c % num_heads}
             if bad:
-                raise ValueError(f"AttentionSE3: {name} channels {bad} not divisible by {num_heads} heads")
+                raise ValueError(
+                    f"AttentionSE3: {name} channels {bad} not divisible by {num_heads} heads"
+                )
 
     def _heads(self, feats: dict[int, Tensor]) -> Tensor:
         # {d: [X, C, 2d+1]} -> [X, heads, F / heads]
         return torch.cat(
-            [feats[d].reshape(feats[d].shape[0], self.num_heads, -1) for d in self.key_fiber], dim=-1
+            [feats[d].reshape(feats[d].shape[0], self.num_heads, -1) for d in self.key_fiber],
+            dim=-1,
         )
 
     def forward(self, value, key, query, graph: Graph) -> dict[int, Tensor]:
         k = self._heads(key)  # [E, H, F/H]
         q = self._heads(query)  # [N, H, F/H]
-        logits = (k * gather(q, graph.dst).to(k.dtype)).sum(-1) / self.key_fiber.num_features**0.5  # [E, H]
+        logits = (k * gather(q, graph.dst).to(k.dtype)).sum(
+            -1
+        ) / self.key_fiber.num_features**0.5  # [E, H]
         alpha = edge_softmax(logits, graph.dst, graph.num_nodes)  # [E, H]
         out = {}
         for d, v in value.items():
             E, C, M = v.shape
-            weighted = v.view(E, self.num_heads, C // self.num_heads, M) * alpha.to(v.dtype)[..., None, None]
+            weighted = (
+                v.view(E, self.num_heads, C // self.num_heads, M)
+                * alpha.to(v.dtype)[..., None, None]
+            )
             out[d] = scatter_sum(weighted.view(E, C, M), graph.dst, graph.num_nodes)  # [N, C, 2d+1]
         return out
 
@@ -75,7 +87,9 @@ class AttentionBlockSE3(nn.Module):
         super().__init__()
         self.fiber_in, self.fiber_out = Fiber(fiber_in), Fiber(fiber_out)
         if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(f"AttentionBlockSE3: num_heads must be a positive int, got {num_heads!r}")
+            raise ValueError(
+                f"AttentionBlockSE3: num_heads must be a positive int, got {num_heads!r}"
+            )
         self.value_fiber = self.fiber_out.scaled(channels_div)
         self.key_fiber = Fiber({d: c for d, c in self.value_fiber.items() if d in self.fiber_in})
         self.to_key_value = ConvSE3(
@@ -98,7 +112,9 @@ class AttentionBlockSE3(nn.Module):
         return f"{self.fiber_in} -> {self.fiber_out}, heads={self.attention.num_heads}"
 
     def forward(self, feats, graph: Graph, basis: Tensor, edge_scalars: Tensor, edge_feats=None):
-        kv = self.to_key_value(feats, graph, basis, edge_scalars, edge_feats)  # {d: [E, Cv+Ck, 2d+1]}
+        kv = self.to_key_value(
+            feats, graph, basis, edge_scalars, edge_feats
+        )  # {d: [E, Cv+Ck, 2d+1]}
         value = {d: kv[d][:, : self.value_fiber[d]] for d in self.value_fiber}
         key = {d: kv[d][:, self.value_fiber[d] :] for d in self.key_fiber}
         query = self.to_query(feats)  # {d: [N, Ck, 2d+1]}

@@ -123,7 +123,8 @@ class ConvSE3(nn.Module):
         for d in self.edge_hi:
             if d not in self.fiber_in or d > max_degree:
                 raise ValueError(
-                    f"ConvSE3: edge feature degree {d} has no matching input degree in {self.fiber_in}"
+                    f"ConvSE3: edge feature degree {d} has no matching input degree "
+                    f"in {self.fiber_in}"
                 )
         self.fiber_msg_in = self.fiber_in + Fiber(self.edge_hi) if self.edge_hi else self.fiber_in
 
@@ -174,7 +175,9 @@ class ConvSE3(nn.Module):
             x = (edge_feats or {}).get(d)
             if x is None or tuple(x.shape) != (E, c, 2 * d + 1):
                 got = None if x is None else list(x.shape)
-                raise ValueError(f"ConvSE3 edge_feats[{d}]: expected [{E}, {c}, {2 * d + 1}], got {got}")
+                raise ValueError(
+                    f"ConvSE3 edge_feats[{d}]: expected [{E}, {c}, {2 * d + 1}], got {got}"
+                )
 
     def forward(
         self,
@@ -200,7 +203,7 @@ class ConvSE3(nn.Module):
         msgs: dict[int, Tensor] = {}
         if self.fusion is Fusion.PAIRWISE:
             views = unflatten_basis(basis, self.max_degree)
-            for spec, radial in zip(self.specs, self.radial):
+            for spec, radial in zip(self.specs, self.radial, strict=True):
                 (di, ci), (do, co) = spec.ins[0], spec.outs[0]
                 nf, m = num_freq(di, do), 2 * do + 1
                 x_src = gather(xs[di], src)  # [E, C_i, 2 d_in + 1]
@@ -210,11 +213,13 @@ class ConvSE3(nn.Module):
                 msg = torch.bmm(R, T.to(R.dtype))  # [E, C_o, m_o]
                 msgs[do] = msg if do not in msgs else msgs[do] + msg
         else:
-            for spec, radial in zip(self.specs, self.radial):
+            for spec, radial in zip(self.specs, self.radial, strict=True):
                 z = radial.hidden(edge_scalars)  # [E, H]
                 xl = [xs[d] for d, _ in spec.ins]
                 chunk = spec.chunk_size(self.chunk_elements) if self.chunk_elements else None
-                for do, msg in fused_tfn(spec, z, radial.last.weight, basis, src, xl, chunk).items():
+                for do, msg in fused_tfn(
+                    spec, z, radial.last.weight, basis, src, xl, chunk
+                ).items():
                     msgs[do] = msg if do not in msgs else msgs[do] + msg  # [E, C_o, 2 d_out + 1]
         if not self.pool:
             return msgs  # {d: [E, C_o, 2d+1]}

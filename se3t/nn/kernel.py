@@ -86,7 +86,7 @@ class _FusedTFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, weight, basis, src, spec, chunk, *xs):
         E = z.shape[0]
-        x_of = {di: x for (di, _), x in zip(spec.ins, xs)}
+        x_of = {di: x for (di, _), x in zip(spec.ins, xs, strict=True)}
         outs = {do: z.new_empty(E, co, 2 * do + 1) for do, co in spec.outs}
         for s in range(0, E, chunk):
             e = slice(s, s + chunk)
@@ -100,7 +100,9 @@ class _FusedTFN(torch.autograd.Function):
                 for k, (di, ci) in enumerate(spec.ins):
                     nf = num_freq(di, do)
                     # [c, C_i, 2 d_in+1] @ [c, 2 d_in+1, nf (2 d_out+1)] -> [c, C_i nf, 2 d_out+1]
-                    T = torch.bmm(xs_e[di], spec.basis_pair(b_e, di, do)).view(c, ci * nf, 2 * do + 1)
+                    T = torch.bmm(xs_e[di], spec.basis_pair(b_e, di, do)).view(
+                        c, ci * nf, 2 * do + 1
+                    )
                     Rp = _pair_radial(R, spec, di, ci, do, co)  # [c, C_o, C_i nf]
                     if k == 0:
                         torch.bmm(Rp, T, out=acc)
@@ -116,13 +118,19 @@ class _FusedTFN(torch.autograd.Function):
         spec, chunk = ctx.spec, ctx.chunk
         need_z, need_w, need_b = ctx.needs_input_grad[:3]
         need_x = ctx.needs_input_grad[6:]
-        grad_of = {do: (g.contiguous() if g is not None else None) for (do, _), g in zip(spec.outs, grads)}
-        x_of = {di: x for (di, _), x in zip(spec.ins, xs)}
+        grad_of = {
+            do: (g.contiguous() if g is not None else None)
+            for (do, _), g in zip(spec.outs, grads, strict=True)
+        }
+        x_of = {di: x for (di, _), x in zip(spec.ins, xs, strict=True)}
         acc = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
         gz = torch.zeros_like(z) if need_z else None
         gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         gb = torch.zeros_like(basis) if need_b else None
-        gx_of = {di: torch.zeros_like(x) if n else None for (di, _), x, n in zip(spec.ins, xs, need_x)}
+        gx_of = {
+            di: torch.zeros_like(x) if n else None
+            for (di, _), x, n in zip(spec.ins, xs, need_x, strict=True)
+        }
         for s in range(0, z.shape[0], chunk):
             e = slice(s, s + chunk)
             src_e, z_e, b_e = src[e], z[e], basis[e]
@@ -188,4 +196,4 @@ def fused_tfn(
     xs = [x.to(dt) for x in xs]
     with torch.autocast(device_type, enabled=False):
         out = _FusedTFN.apply(z, weight, basis, src, spec, chunk or spec.chunk_size(), *xs)
-    return {do: o for (do, _), o in zip(spec.outs, out)}
+    return {do: o for (do, _), o in zip(spec.outs, out, strict=True)}

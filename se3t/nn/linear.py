@@ -1,4 +1,4 @@
-"""``LinearSE3``: per-degree channel mixing ``y_d = W_d x_d`` (equivariant: acts on channels only)."""
+"""``LinearSE3``: per-degree channel mixing ``y_d = W_d x_d`` (equivariant: acts on channels)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class LinearSE3(nn.Module):
         missing = [d for d in self.fiber_out if d not in self.fiber_in]
         if missing:
             raise ValueError(
-                f"LinearSE3: output degrees {missing} of {self.fiber_out} not in input {self.fiber_in}"
+                f"LinearSE3: output degrees {missing} of {self.fiber_out} "
+                f"not in input {self.fiber_in}"
             )
         self.weights = nn.ParameterDict(
             {

@@ -19,19 +19,25 @@ NORM_CLAMP = 2**-24
 
 
 class NormSE3(nn.Module):
-    def __init__(self, fiber: Fiber, nonlinearity: nn.Module | None = None, fused: bool | None = None):
+    def __init__(
+        self, fiber: Fiber, nonlinearity: nn.Module | None = None, fused: bool | None = None
+    ):
         super().__init__()
         self.fiber = Fiber(fiber)
         self.nonlinearity = nonlinearity if nonlinearity is not None else nn.ReLU()
         uniform = self.fiber.uniform_channels is not None
         if fused and not uniform:
-            raise ValueError(f"NormSE3: the fused path needs equal channels per degree, got {self.fiber}")
+            raise ValueError(
+                f"NormSE3: the fused path needs equal channels per degree, got {self.fiber}"
+            )
         self.fused = uniform if fused is None else fused
         if self.fused:
             n = len(self.fiber)
             self.group_norm = nn.GroupNorm(n, n * self.fiber.uniform_channels)
         else:
-            self.layer_norms = nn.ModuleDict({str(d): nn.LayerNorm(c) for d, c in self.fiber.items()})
+            self.layer_norms = nn.ModuleDict(
+                {str(d): nn.LayerNorm(c) for d, c in self.fiber.items()}
+            )
 
     def extra_repr(self) -> str:
         return f"{self.fiber}, fused={self.fused}"
@@ -44,7 +50,7 @@ class NormSE3(nn.Module):
             stacked = torch.cat([norms[d].squeeze(-1) for d in degrees], dim=1)  # [N, D*C]
             new = self.nonlinearity(self.group_norm(stacked))
             new = new.unsqueeze(-1).split(self.fiber.uniform_channels, dim=1)  # D x [N, C, 1]
-            new = dict(zip(degrees, new))
+            new = dict(zip(degrees, new, strict=True))
         else:
             new = {
                 d: self.nonlinearity(self.layer_norms[str(d)](norms[d].squeeze(-1))).unsqueeze(-1)

@@ -20,12 +20,22 @@ class RadialProfile(nn.Module):
     :meth:`hidden` and apply ``last.weight`` themselves, chunk by chunk.
     """
 
-    def __init__(self, in_features: int, out_features: int, hidden: int = 32, layer_norm: bool = True):
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int = 32, layer_norm: bool = True
+    ):
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features), ("hidden", hidden)):
+        for name, v in (
+            ("in_features", in_features),
+            ("out_features", out_features),
+            ("hidden", hidden),
+        ):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"RadialProfile: {name} must be a positive int, got {v!r}")
-        self.in_features, self.out_features, self.hidden_features = in_features, out_features, hidden
+        self.in_features, self.out_features, self.hidden_features = (
+            in_features,
+            out_features,
+            hidden,
+        )
         self.net = nn.Sequential(
             nn.Linear(in_features, hidden),
             nn.LayerNorm(hidden) if layer_norm else nn.Identity(),

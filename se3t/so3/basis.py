@@ -68,7 +68,7 @@ def _in_block_cols(d_in: int, max_degree: int) -> int:
     return sum(num_freq(d_in, d_out) * (2 * d_out + 1) for d_out in range(max_degree + 1))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pair_offsets(max_degree: int) -> dict[tuple[int, int], tuple[int, int, int]]:
     """``(d_in, d_out) -> (block_start, block_cols, col_start)`` in the flat layout.
 
@@ -92,9 +92,7 @@ def pair_offsets(max_degree: int) -> dict[tuple[int, int], tuple[int, int, int]]
 def basis_size(max_degree: int) -> int:
     """Number of basis values per edge: ``sum (2 d_in+1)(2 min+1)(2 d_out+1)`` (1092 for 3)."""
     _check_degree(max_degree)
-    return sum(
-        (2 * d_in + 1) * _in_block_cols(d_in, max_degree) for d_in in range(max_degree + 1)
-    )
+    return sum((2 * d_in + 1) * _in_block_cols(d_in, max_degree) for d_in in range(max_degree + 1))
 
 
 def _sh(edge_vec: Tensor, max_degree: int) -> Tensor:
@@ -110,10 +108,14 @@ def clebsch_gordan(J: int, d_in: int, d_out: int, dtype=torch.float64, device=No
     """``Q_J`` as ``[2 d_out+1, 2 d_in+1, 2 J+1]`` (e3nn's Wigner 3j, NVIDIA's index order)."""
     from e3nn import o3
 
-    return o3.wigner_3j(J, d_in, d_out, dtype=torch.float64).permute(2, 1, 0).to(dtype=dtype, device=device)
+    return (
+        o3.wigner_3j(J, d_in, d_out, dtype=torch.float64)
+        .permute(2, 1, 0)
+        .to(dtype=dtype, device=device)
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _projection64(max_degree: int) -> Tensor:
     # [num_sh, basis_size] float64 on CPU: column c of the flat basis is Y_all @ P[:, c]
     size = basis_size(max_degree)
@@ -224,5 +226,5 @@ def flatten_basis(basis: dict[tuple[int, int], Tensor], max_degree: int) -> Tens
 def compute_basis(
     edge_vec: Tensor, max_degree: int, dtype: torch.dtype | None = None
 ) -> dict[tuple[int, int], Tensor]:
-    """Per-pair bases ``(d_in, d_out) -> [E, 2 d_in+1, num_freq, 2 d_out+1]`` (views of the flat)."""
+    """Per-pair bases ``(d_in, d_out) -> [E, 2 d_in+1, num_freq, 2 d_out+1]`` (flat views)."""
     return unflatten_basis(compute_basis_flat(edge_vec, max_degree, dtype), max_degree)

@@ -28,7 +28,9 @@ class Fiber(Mapping):
         try:
             items = list(items)
         except TypeError:
-            raise ValueError(f"Fiber: expected a mapping degree -> channels, got {structure!r}") from None
+            raise ValueError(
+                f"Fiber: expected a mapping degree -> channels, got {structure!r}"
+            ) from None
         for item in items:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise ValueError(f"Fiber: bad entry {item!r} in {structure!r}")

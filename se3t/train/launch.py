@@ -53,6 +53,9 @@ class TrainJob:
             D.shutdown()
         if summary["status"] == "stopped":
             self._requeue(summary, dist_env.rank)
+        # training is over: a preemption or time-limit signal arriving now must neither kill the
+        # task (the job would read as failed) nor requeue finished work
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         return summary
 
     def _requeue(self, summary: dict[str, Any], rank: int) -> None:

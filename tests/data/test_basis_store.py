@@ -358,3 +358,17 @@ def test_random_batches_over_chunks_warn_once(built, caplog):
         store.gather(torch.arange(1, 275, 3))
     warnings = [r for r in caplog.records if "batch_sampler" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_chunk_cache_evicts_and_reuses_slots(built):
+    """read=chunks keeps decoded chunks in a slab; batches that fit it are one index_select
+    from the slab, with least recently used chunks evicted: same values as read=memory."""
+    ref = _open(built, read="memory")
+    store = _open(built, read="chunks", cache_chunks=2)
+    cm = store.chunk_mols
+    rng = np.random.default_rng(0)
+    for pair in [(0, 1), (2, 3), (1, 2), (0, 4), (4,), (3, 0), (5, 6), (6,)]:
+        mols = np.concatenate([np.arange(cm[c], cm[c + 1]) for c in pair])
+        mols = rng.permutation(mols)[: max(1, len(mols) // 2)]
+        torch.testing.assert_close(store.gather(mols), ref.gather(mols), rtol=0, atol=0)
+        assert set(store._lru) >= set(pair) and len(store._lru) <= 2

@@ -35,8 +35,15 @@ def test_pooled_output_invariant_under_rotation_and_translation(batch64, fusion)
 
 
 def test_degree1_head_equivariant(batch64):
-    net = SE3Transformer(Fiber({0: 6}), Fiber.create(3, 4), Fiber({0: 2, 1: 2}), Fiber({0: 4}),
-                         num_layers=2, num_heads=2, radial_hidden=8).double()
+    net = SE3Transformer(
+        Fiber({0: 6}),
+        Fiber.create(3, 4),
+        Fiber({0: 2, 1: 2}),
+        Fiber({0: 4}),
+        num_layers=2,
+        num_heads=2,
+        radial_hidden=8,
+    ).double()
     g = batch64.graph
     _, es = edge_inputs(batch64, 2)
 
@@ -51,7 +58,7 @@ def test_fused_model_equals_pairwise_reference(batch64):
     model = tiny(fusion="full")
     ref = tiny(fusion="full")
     ref.load_state_dict(model.state_dict())
-    for name, mod in list(ref.named_modules()):
+    for _name, mod in list(ref.named_modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, ConvSE3):
                 setattr(mod, child_name, pairwise_reference(child))
@@ -60,7 +67,9 @@ def test_fused_model_equals_pairwise_reference(batch64):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     a.sum().backward()
     b.sum().backward()
-    torch.testing.assert_close(model.mlp[0].weight.grad, ref.mlp[0].weight.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        model.mlp[0].weight.grad, ref.mlp[0].weight.grad, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_permutation_invariance_and_batch_equals_single(batch64):
@@ -72,7 +81,9 @@ def test_permutation_invariance_and_batch_equals_single(batch64):
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(g.num_nodes)
     edge_perm = torch.randperm(g.num_edges)
-    pg = Graph(inv[g.src][edge_perm], inv[g.dst][edge_perm], g.node_graph[perm], g.num_nodes, g.num_graphs)
+    pg = Graph(
+        inv[g.src][edge_perm], inv[g.dst][edge_perm], g.node_graph[perm], g.num_nodes, g.num_graphs
+    )
     pb = Batch(pg, batch64.pos[perm], batch64.node_feats[perm], batch64.edge_feats[edge_perm])
     torch.testing.assert_close(model(pb), out, rtol=1e-9, atol=1e-12)
     # each molecule alone
@@ -80,7 +91,13 @@ def test_permutation_invariance_and_batch_equals_single(batch64):
         nodes = (g.node_graph == i).nonzero().squeeze(1)
         edges = (g.node_graph[g.src] == i).nonzero().squeeze(1)
         first = int(nodes[0])
-        sg = Graph(g.src[edges] - first, g.dst[edges] - first, torch.zeros(len(nodes), dtype=torch.long), len(nodes), 1)
+        sg = Graph(
+            g.src[edges] - first,
+            g.dst[edges] - first,
+            torch.zeros(len(nodes), dtype=torch.long),
+            len(nodes),
+            1,
+        )
         single = Batch(sg, batch64.pos[nodes], batch64.node_feats[nodes], batch64.edge_feats[edges])
         torch.testing.assert_close(model(single), out[i : i + 1], rtol=1e-9, atol=1e-12)
 
@@ -107,7 +124,7 @@ def test_low_memory_same_gradients(batch64):
     torch.testing.assert_close(la, lb)
     la.backward()
     lb.backward()
-    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=n)
 
 
@@ -143,7 +160,7 @@ def test_default_model_trains_on_real_molecules(qm9_store):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -25,7 +25,11 @@ def batch64():
 def test_scatter_ops_match_loops():
     index = torch.tensor([0, 2, 2, 0, 3])
     src = torch.randn(5, 2, 3, dtype=torch.float64)
-    s, mx, mean = scatter_sum(src, index, 5), scatter_max(src, index, 5), scatter_mean(src, index, 5)
+    s, mx, mean = (
+        scatter_sum(src, index, 5),
+        scatter_max(src, index, 5),
+        scatter_mean(src, index, 5),
+    )
     for i in range(5):
         rows = src[index == i]
         if len(rows) == 0:
@@ -41,7 +45,9 @@ def test_edge_softmax_sums_to_one_and_gradcheck():
     dst = torch.tensor([0, 0, 1, 1, 1, 3])
     logits = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
     alpha = edge_softmax(logits, dst, 4)
-    torch.testing.assert_close(scatter_sum(alpha, dst, 4)[[0, 1, 3]], torch.ones(3, 2, dtype=torch.float64))
+    torch.testing.assert_close(
+        scatter_sum(alpha, dst, 4)[[0, 1, 3]], torch.ones(3, 2, dtype=torch.float64)
+    )
     torch.testing.assert_close(alpha[:2, 0], torch.softmax(logits[:2, 0], 0))
     assert torch.autograd.gradcheck(lambda x: edge_softmax(x, dst, 4), (logits,))
     # large logits stay finite (max subtracted), half precision computed in float32
@@ -91,7 +97,9 @@ def test_linear_equivariant_and_checks():
         lin({0: torch.randn(6, 3, 1), 1: torch.randn(6, 3, 3), 2: torch.randn(6, 4, 5)})
 
 
-@pytest.mark.parametrize("fiber", [Fiber({0: 4, 1: 4, 2: 4}), Fiber({0: 3, 1: 2, 3: 5})], ids=["fused", "layer_norm"])
+@pytest.mark.parametrize(
+    "fiber", [Fiber({0: 4, 1: 4, 2: 4}), Fiber({0: 3, 1: 2, 3: 5})], ids=["fused", "layer_norm"]
+)
 def test_norm_equivariant(fiber):
     norm = NormSE3(fiber).double()
     assert norm.fused == (fiber.uniform_channels is not None)
@@ -120,8 +128,9 @@ def test_norm_fused_group_norm_equals_per_degree_layer_norm():
 @pytest.mark.parametrize("fusion", ["pairwise", "full"])
 def test_attention_block_equivariant(batch64, fusion):
     fin, fout = Fiber({0: 4, 1: 2}), Fiber({0: 4, 1: 4, 2: 4})
-    att = AttentionBlockSE3(fin, fout, Fiber({0: 4}), num_heads=2, channels_div=2, max_degree=2,
-                            fusion=fusion).double()
+    att = AttentionBlockSE3(
+        fin, fout, Fiber({0: 4}), num_heads=2, channels_div=2, max_degree=2, fusion=fusion
+    ).double()
     assert att.to_key_value.fiber_out == Fiber({0: 4, 1: 4, 2: 2})  # value + key channels
     g = batch64.graph
     _, es = edge_inputs(batch64, 2)

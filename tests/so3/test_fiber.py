@@ -18,8 +18,14 @@ def test_fiber_basics():
 
 @pytest.mark.parametrize(
     "bad, match",
-    [({-1: 3}, "degree must be an int >= 0"), ({0: 0}, "channels must be an int >= 1"),
-     ({0: 1.5}, "channels"), ({}, "at least one"), ([(0, 1), (0, 2)], "given twice"), (5, "expected a mapping")],
+    [
+        ({-1: 3}, "degree must be an int >= 0"),
+        ({0: 0}, "channels must be an int >= 1"),
+        ({0: 1.5}, "channels"),
+        ({}, "at least one"),
+        ([(0, 1), (0, 2)], "given twice"),
+        (5, "expected a mapping"),
+    ],
 )
 def test_bad_fiber_names_the_problem(bad, match):
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The model's GPU table in ONE call of a few minutes: training steps of the SE(3)-Transformer
+# (paper hyperparameters) on real QM9 batches carried in benchmarks/batches.pt, each point in a
+# fresh process (peak memory = torch.cuda.max_memory_allocated of that point alone).
+#
+#   benchmarks/gpu.sh [--out DIR] [--python PY] [--cpu]
+#
+#   --out DIR     where results.json and table.md go (default: results/bench_gpu, or $OUT/gpu
+#                 when the device tool's $OUT is set)
+#   --python PY   interpreter (default: python3); needs only torch and e3nn — no zarr,
+#                 omegaconf or rdkit: the batches are plain tensors made on the dev machine by
+#                 `python benchmarks/train_step.py make-batches benchmarks/batches.pt`
+#   --cpu         the CPU smoke mode (one small point per path) that shows the script works
+#                 where no GPU is present
+#
+# Points (GPU): batch 240 pairwise/fused in tf32, fused in bf16 and fp16 (AMP): the throughput
+# table; batch 100 fused fp16 with and without low-memory mode: peak memory vs NVIDIA's
+# 3.8 / 3.0 GB; batch 1000 fused fp16: that a batch of 1000 molecules trains.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=python3
+OUTDIR="${OUT:+$OUT/gpu}"
+OUTDIR="${OUTDIR:-results/bench_gpu}"
+CPU=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUTDIR="$2"; shift 2 ;;
+    --python) PY="$2"; shift 2 ;;
+    --cpu) CPU=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+BATCHES=benchmarks/batches.pt
+if [ ! -f "$BATCHES" ]; then
+  echo "gpu.sh: $BATCHES missing; make it with: python benchmarks/train_step.py make-batches $BATCHES" >&2
+  exit 2
+fi
+mkdir -p "$OUTDIR"
+RUN=("$PY" benchmarks/train_step.py run --batches "$BATCHES")
+"$PY" - <<'PYEOF'
+import torch, e3nn
+print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, cuda {torch.cuda.is_available()}",
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+PYEOF
+if [ "$CPU" = 1 ]; then
+  "${RUN[@]}" --device cpu --sizes 32 --paths pairwise full --precisions fp32 \
+    --warmup 0 --steps 1 --out "$OUTDIR/cpu"
+  cat "$OUTDIR/cpu/table.md" > "$OUTDIR/table.md"
+  exit 0
+fi
+if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "gpu.sh: no CUDA device (use --cpu for the smoke mode)" >&2
+  exit 2
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+G=(--device cuda --warmup 3 --steps 10)
+"${RUN[@]}" "${G[@]}" --sizes 240 --paths pairwise full --precisions tf32 --out "$OUTDIR/tf32"
+"${RUN[@]}" "${G[@]}" --sizes 240 --paths full --precisions bf16 fp16 --out "$OUTDIR/amp"
+"${RUN[@]}" "${G[@]}" --sizes 100 --paths full --precisions fp16 --low-memory off on --out "$OUTDIR/mem100"
+"${RUN[@]}" "${G[@]}" --sizes 1000 --paths full --precisions fp16 --out "$OUTDIR/b1000"
+{
+  echo "### GPU: $("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
+  for part in tf32 amp mem100 b1000; do tail -n +3 "$OUTDIR/$part/table.md" ; done \
+    | { echo "| batch | path | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) |"; echo "|---:|---|---|---|---|---:|---:|---:|"; cat; }
+} > "$OUTDIR/table.md"
+cat "$OUTDIR/table.md"

@@ -1,0 +1,1 @@
+"""Optional adapters to other graph libraries (imported only when used)."""
