@@ -563,11 +563,14 @@ def precompute(
     settings = settings or BasisSettings()
     backend = backend or default_backend()
     i, n = _parse_shard(shard)
-    ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
     t_start = time.perf_counter()
     from se3t.data.store import fingerprint
 
-    fp = fingerprint(dataset)  # the attributes only: a complete store needs nothing more
+    try:
+        fp = fingerprint(dataset)  # the attributes only: a complete store needs nothing more
+    except InputError:
+        ensure_writable_cache(cache)  # an unusable cache is reported first
+        raise
     key = basis_key(fp, settings.max_degree, settings.dtype, backend=backend)
     path = local_path(store_path(cache, key))
     receipt: dict[str, Any] = {
@@ -582,8 +585,9 @@ def precompute(
         total = sum(_unit_range(meta, u)[1] - _unit_range(meta, u)[0] for u in units)
         receipt.update(chunks_total=total, chunks_reused=total, complete=True,
                        seconds=time.perf_counter() - t_start, edges_per_s=0.0)
-        return receipt
+        return receipt  # nothing to write: a complete store in a read-only cache is fine
 
+    ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
     geom = _load_geometry(dataset)
     if not path.is_dir():
         edge_count = np.diff(geom.edge_offsets).astype(np.int32)

@@ -299,10 +299,11 @@ def test_cache_that_is_a_file_fails_before_any_work(tmp_path):
         precompute(tmp_path / "missing.zarr", blocker, settings(), progress=False)
 
 
-def test_immutable_cache_fails_before_any_work(tmp_path):
-    """Root ignores permission bits; an immutable folder (chattr +i) stops root too."""
+def test_immutable_cache_fails_before_any_work(qm9_store, tmp_path):
+    """Root ignores permission bits; an immutable folder (chattr +i) stops root too. A store
+    already complete there is still reused: a read-only shared cache serves its stores."""
     cache = tmp_path / "cache"
-    (cache / "basis").mkdir(parents=True)
+    build(qm9_store, cache, max_degree=1)
     if shutil.which("chattr") is None:
         pytest.skip("chattr not installed")
     if subprocess.run(["chattr", "+i", str(cache / "basis")], capture_output=True).returncode:
@@ -310,6 +311,10 @@ def test_immutable_cache_fails_before_any_work(tmp_path):
     try:
         with pytest.raises(InputError, match="basis cache .* is not writable: Operation not"):
             precompute(tmp_path / "missing.zarr", cache, settings(), progress=False)
+        with pytest.raises(InputError, match="basis cache .* is not writable: Operation not"):
+            precompute(qm9_store, cache, settings(max_degree=2), progress=False)
+        reused = precompute(qm9_store, cache, settings(max_degree=1), progress=False)
+        assert reused["complete"] and reused["chunks_computed"] == 0
     finally:
         subprocess.run(["chattr", "-i", str(cache / "basis")], check=True)
 
