@@ -19,7 +19,12 @@ def register(subparsers) -> None:
             "default RUN_DIR/submitit). Streams rank 0's log while waiting; exits 0 when the "
             "job completes, 1 with the tail of its log when it fails. On preemption or time "
             "limit (SIGUSR2) the job checkpoints and requeues itself, and resumes from "
-            "RUN_DIR/last.pt. CONFIG may be a run folder (its config.yaml)."
+            "RUN_DIR/last.pt. CONFIG may be a run folder (its config.yaml).\n\n"
+            "One job per run folder: the submitted job is recorded in RUN_DIR/launch.json; "
+            "launching again while that SLURM job is still pending or running (say after the "
+            "waiting launcher or Snakemake was killed) attaches to it (streams its log, waits, "
+            "returns its outcome) instead of submitting a second job; once it has ended, a new "
+            "job is submitted and resumes from RUN_DIR/last.pt."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -28,7 +33,8 @@ def register(subparsers) -> None:
                    help="config overrides, e.g. launch.cluster=slurm launch.partition=gpu "
                    "launch.gpus_per_node=4 launch.time=240 train.epochs=100")
     p.add_argument("--no-wait", action="store_true",
-                   help="print the job id and return right after submission")
+                   help="print the job id and return right after submission (or right "
+                   "after attaching to the run folder's job that is still running)")
     p.set_defaults(func=_run)
 
 

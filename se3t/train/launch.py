@@ -13,19 +13,41 @@ time-outs (preemptions do not count).
 The launcher checks every input first (as ``se3t train`` would: dataset, basis store, the
 checkpoint to resume), submits, streams rank 0's log while waiting, and returns 0 on success;
 on failure it prints the tail of the job's log and returns 1.
+
+One job per run folder. Right after submission the launcher records the job (id, cluster,
+submitit folder, tasks) in ``run.dir/launch.json`` (written atomically). A later launch for the
+same run folder, say after Snakemake or the user killed the waiting launcher, reads it first: if
+that SLURM job is still queued or running (PENDING, RUNNING, REQUEUED, ...) it attaches to it
+(streams its log, waits, returns its outcome) instead of submitting a second job into the same
+folder; if it ended (completed, failed, cancelled, unknown to SLURM) it submits a new job, which
+resumes from ``last.pt``. A lock file (``run.dir/.launch.lock``, ``flock``) makes the
+check-and-submit atomic between launchers started at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from se3t.config import Config, from_dict, to_dict
+from se3t.errors import InputError
 
-__all__ = ["TrainJob", "launch", "make_executor"]
+__all__ = ["ACTIVE_STATES", "TrainJob", "launch", "make_executor", "read_record", "slurm_state"]
+
+RECORD = "launch.json"
+# SLURM states of a job that will still run (or runs): a new launch attaches to it
+ACTIVE_STATES = frozenset({
+    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+    "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
+})  # fmt: skip
 
 
 class TrainJob:
@@ -151,18 +173,108 @@ class _Follower:
         sys.stderr.flush()
 
 
+def slurm_state(job_id: str) -> str:
+    """The SLURM job's state: squeue (the controller's view, current), else sacct (the
+    accounting record of a job that left the queue); '' when neither knows it."""
+    for cmd in (["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+                ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"]):  # fmt: skip
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = [x.strip() for x in out.stdout.splitlines() if x.strip()]
+        if out.returncode == 0 and lines:
+            return lines[-1].split()[0]  # "CANCELLED by 0" -> CANCELLED
+    return ""
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_dir/launch.json``: the last job submitted for this run folder (None if none, or
+    unreadable: a launch then submits as if there were none)."""
+    path = Path(run_dir) / RECORD
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("job_id") else None
+
+
+def _write_record(run_dir: Path, rec: dict[str, Any]) -> None:
+    """Atomic: a temporary file in the folder, fsync, rename."""
+    tmp = run_dir / f".{RECORD}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(rec, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, run_dir / RECORD)
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Exclusive between launchers of one run folder (``flock``; released when the process
+    dies, so a killed launcher never leaves it held)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".launch.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _active_job(cfg: Config, run_dir: Path):
+    """The recorded SLURM job of this run folder when it is still queued or running, else
+    None. Raises InputError when it runs but this launch asks for another cluster."""
+    rec = read_record(run_dir)
+    if rec is None or rec.get("cluster") != "slurm":
+        return None  # local/debug jobs end with (or are children of) their launcher
+    state = slurm_state(rec["job_id"])
+    if state not in ACTIVE_STATES:
+        if state:
+            print(f"se3t launch: the run's previous job {rec['job_id']} is {state}; submitting "
+                  "a new one (it resumes from last.pt)", file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    if cfg.launch.cluster != "slurm":
+        raise InputError(
+            f"run folder {str(run_dir)!r}: SLURM job {rec['job_id']} ({RECORD}) is still "
+            f"{state}; wait for it or scancel it before launching on {cfg.launch.cluster!r}"
+        )
+    from submitit.slurm.slurm import SlurmJob
+
+    job = SlurmJob(folder=rec["folder"], job_id=str(rec["job_id"]),
+                   tasks=tuple(range(int(rec.get("tasks", 1)))))  # fmt: skip
+    print(f"se3t launch: job {job.job_id} of this run folder is {state} (submitted "
+          f"{rec.get('submitted', '?')}): attaching to it instead of submitting; this "
+          f"command's overrides do not apply to it", file=sys.stderr, flush=True)  # fmt: skip
+    return job
+
+
 def launch(cfg: Config, *, wait: bool = True, poll_s: float = 2.0) -> int:
-    """Check the inputs, submit the training job, stream its progress and wait for it.
+    """Check the inputs, submit the training job (or attach to the run folder's job that is
+    still queued or running, see the module docstring), stream its progress and wait for it.
 
     Returns 0 when every task finished, 1 when the job failed (its log tail printed), and with
     ``wait=False`` 0 right after submission (the job id printed)."""
     from se3t.train.loop import check_inputs
 
-    check_inputs(cfg, world_size=1, model=True)  # bad input fails here, before submission
-    executor = make_executor(cfg)
-    job = executor.submit(_checkpointable()(), to_dict(cfg))
-    print(f"se3t launch: submitted job {job.job_id} ({cfg.launch.cluster}); logs in "
-          f"{job.paths.folder}", file=sys.stderr, flush=True)  # fmt: skip
+    run_dir = Path(cfg.run.dir).absolute()
+    with _run_lock(run_dir):
+        job = _active_job(cfg, run_dir)
+        if job is None:
+            check_inputs(cfg, world_size=1, model=True)  # bad input fails before submission
+            executor = make_executor(cfg)
+            job = executor.submit(_checkpointable()(), to_dict(cfg))
+            lc = cfg.launch
+            tasks = lc.nodes * (lc.gpus_per_node if lc.gpus_per_node > 0 else lc.tasks_per_node)
+            _write_record(run_dir, {
+                "job_id": str(job.job_id), "cluster": lc.cluster,
+                "folder": str(Path(job.paths.folder).absolute()), "tasks": tasks,
+                "name": f"se3t-{cfg.run.name}",
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })  # fmt: skip
+            print(f"se3t launch: submitted job {job.job_id} ({lc.cluster}); logs in "
+                  f"{job.paths.folder}", file=sys.stderr, flush=True)  # fmt: skip
     if not wait:
         print(job.job_id)
         return 0

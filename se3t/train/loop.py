@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import platform
 import resource
 import signal
 import sys
@@ -52,10 +53,10 @@ from se3t.train.checkpoint import (
     save_checkpoint,
     warn_if_model_code_changed,
 )
-from se3t.train.sampler import ResumableBatchSampler
+from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
 
-__all__ = ["Inputs", "Trainer", "check_inputs", "train"]
+__all__ = ["Inputs", "Trainer", "check_inputs", "device_name", "train"]
 
 log = logging.getLogger("se3t.train")
 
@@ -103,6 +104,12 @@ def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> In
                 "config key 'train.tensorboard': the tensorboard package is not installed"
             ) from err
     basis_store = _open_basis(cfg, fingerprint)
+    if basis_store is not None and basis_store.read == "chunks" and t.batch_size % world_size:
+        raise InputError(
+            f"config key 'train.batch_size': {t.batch_size} is not a multiple of the "
+            f"{world_size} ranks of this job, which chunk-aware sampling (basis.read=chunks) "
+            "needs"
+        )
     cfg = replace(cfg, model=replace(cfg.model, out_dim=len(train_set.targets)))
     resume_path = Path(cfg.run.dir).absolute() / "last.pt"
     state = None
@@ -134,7 +141,8 @@ def _open_basis(cfg: Config, fingerprint):
     from se3t.data.basis_store import open_basis
 
     return open_basis(b.manifest, dataset_fingerprint=fingerprint(cfg.data.path),
-                      max_degree=cfg.model.max_degree, dtype=b.dtype)  # fmt: skip
+                      max_degree=cfg.model.max_degree, dtype=b.dtype, read=b.read,
+                      cache_chunks=b.cache_chunks)  # fmt: skip
 
 
 def _check_resume_config(cfg: Config, old: Config, path: Path) -> None:
@@ -171,6 +179,7 @@ class Trainer:
         self.run_dir = Path(cfg.run.dir).absolute()
         t = cfg.train
         self.device = self._device(t.device)
+        self.device_name = device_name(self.device, self.env.world_size)
         inputs = check_inputs(cfg, world_size=self.env.world_size)
         self.cfg = cfg = inputs.cfg
         self.train_set, self.val_set = inputs.train_set, inputs.val_set
@@ -200,10 +209,21 @@ class Trainer:
         else:
             self.ddp = self.model
 
-        self.sampler = ResumableBatchSampler(
-            len(self.train_set), t.batch_size, shuffle=True, seed=t.seed,
-            rank=self.env.rank, world_size=self.env.world_size,
-        )  # fmt: skip
+        self.sampler_kind = self._sampler_kind()
+        if self.sampler_kind == "chunks":
+            # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
+            # (se3t.data.basis_sampler: the effect on sampling is documented there)
+            self.sampler = ChunkResumableBatchSampler(
+                self.basis_store, self.train_set.indices, t.batch_size,
+                buffer_chunks=cfg.basis.buffer_chunks, seed=t.seed, rank=self.env.rank,
+                world_size=self.env.world_size,
+            )  # fmt: skip
+        else:
+            self.sampler = ResumableBatchSampler(
+                len(self.train_set), t.batch_size, shuffle=True, seed=t.seed,
+                rank=self.env.rank, world_size=self.env.world_size,
+            )  # fmt: skip
+        # epochs -> steps with epoch 0's length (chunk sampling under DDP varies it by a batch)
         self.micro_per_epoch = len(self.sampler)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.accumulate)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
@@ -221,6 +241,14 @@ class Trainer:
             self._restore(self.resume_state)
 
     # ---- setup helpers -------------------------------------------------------------------
+    def _sampler_kind(self) -> str:
+        """``chunks`` when the basis store is read chunk by chunk on any rank (``read=auto``
+        decides per process, from its free memory: the ranks must agree), else ``random``."""
+        chunks = torch.tensor([int(self.basis_store is not None
+                                   and self.basis_store.read == "chunks")])  # fmt: skip
+        D.all_reduce_(chunks, op="max")
+        return "chunks" if int(chunks) else "random"
+
     def _device(self, name: str) -> torch.device:
         if name == "cuda" and not torch.cuda.is_available():
             raise InputError("config key 'train.device': cuda requested but no CUDA device")
@@ -239,6 +267,11 @@ class Trainer:
         if s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
         self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
+        was = (s.get("sampler") or {}).get("kind", "random")
+        if was != self.sampler_kind:
+            log.warning("%s was written with %s sampling, this run samples %s (basis.read): the "
+                        "rest of epoch %d is not the batches the run had left", self.resume_path,
+                        was, self.sampler_kind, self.epoch)  # fmt: skip
         self.best_val = s["best_val"]
         if s.get("train_sums") is not None:
             self.train_sums = s["train_sums"].to(torch.float64)
@@ -253,6 +286,9 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "sampler": {"kind": self.sampler_kind, "epoch": self.epoch,
+                        "start": self.batch_in_epoch,
+                        "buffer_chunks": int(self.cfg.basis.buffer_chunks)},
             "step": self.step,
             "best_val": self.best_val,
             "train_sums": self.train_sums.clone(),
@@ -292,8 +328,10 @@ class Trainer:
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)  # fmt: skip
 
-    def _global_size(self, i: int) -> int:
-        """Molecules in global micro-batch ``i`` of the epoch."""
+    def _global_size(self, i: int, local: int) -> int:
+        """Molecules in global micro-batch ``i`` of the epoch (``local`` on this rank)."""
+        if isinstance(self.sampler, ChunkResumableBatchSampler):
+            return self.sampler.global_size(local)
         return min(self.cfg.train.batch_size, len(self.train_set) - i * self.cfg.train.batch_size)
 
     def _peak_mem(self) -> int:
@@ -306,6 +344,9 @@ class Trainer:
         """MAE per target in target units over ``dataset`` (ranks split it and reduce)."""
         self.model.eval()
         positions = list(range(self.env.rank, len(dataset), self.env.world_size))
+        if self.sampler_kind == "chunks":  # chunk by chunk: each chunk decoded once
+            chunk = self.basis_store.molecule_chunk[dataset.indices]
+            positions.sort(key=lambda p: int(chunk[p]))
         bs = self.cfg.eval.batch_size
         batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
         sums = torch.zeros(2, len(dataset.targets), dtype=torch.float64)
@@ -395,6 +436,7 @@ class Trainer:
         t = self.cfg.train
         start = self.batch_in_epoch
         self.sampler.set_epoch(self.epoch, start=start)
+        self.micro_per_epoch = len(self.sampler)
         show = self.env.is_main and (self.progress if self.progress is not None else True)
         bar = tqdm(total=self.micro_per_epoch, initial=start, disable=not show, file=sys.stderr,
                    desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True,
@@ -414,7 +456,8 @@ class Trainer:
                     with self._autocast():
                         pred = self.ddp(batch, self._basis(batch))  # [b, T]
                     per_mol = (pred.float() - batch.y).abs()  # [b, T] standardized units
-                    scale = self.env.world_size / (self._global_size(i) * n_acc)
+                    scale = self.env.world_size / (self._global_size(i, per_mol.shape[0])
+                                                   * n_acc)
                     loss = per_mol.mean(1).sum() * scale
                     self.scaler.scale(loss).backward()
                 with torch.no_grad():
@@ -456,7 +499,8 @@ class Trainer:
         rec = {"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss,
                "lr": lr,
                "mol_per_s": float(window[1]) / max(now - tick, 1e-9),
-               "peak_mem_bytes": self._peak_mem(), "time": time.time()}  # fmt: skip
+               "peak_mem_bytes": self._peak_mem(), "device_name": self.device_name,
+               "time": time.time()}  # fmt: skip
         metrics.write(rec)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
         window.zero_()
@@ -474,7 +518,8 @@ class Trainer:
         rec = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
                "loss": float((mae / std).mean()),
                "lr": self.optimizer.param_groups[0]["lr"], "peak_mem_bytes": self._peak_mem(),
-               "train_mae": train_mae, "val_mae": val_mae, "time": time.time()}  # fmt: skip
+               "train_mae": train_mae, "val_mae": val_mae, "device_name": self.device_name,
+               "time": time.time()}  # fmt: skip
         metrics.write(rec)
         if self.env.is_main:
             log.info("epoch %d (step %d): train MAE %s, val MAE %s", self.epoch, self.step,
@@ -516,6 +561,28 @@ class Trainer:
         if int(flag) and self.stop_requested is None:
             self.stop_requested = int(flag)
         return bool(int(flag))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def device_name(device: torch.device, world_size: int = 1) -> str:
+    """What ``metrics.jsonl`` records as ``device_name`` (the report's device column): the
+    GPU's name (``torch.cuda.get_device_name``) or the CPU model with the threads torch uses,
+    prefixed with ``N x`` when N ranks train together (``mol_per_s`` is theirs together)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    return name if world_size == 1 else f"{world_size} x {name}"
 
 
 def _fmt(d: dict[str, float]) -> str:

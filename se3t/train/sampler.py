@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableBatchSampler"]
+__all__ = ["ChunkResumableBatchSampler", "ResumableBatchSampler"]
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -61,3 +61,50 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         for b in self.global_batches()[self.start :]:
             yield b[self.rank :: self.world_size].tolist()
+
+
+class ChunkResumableBatchSampler(Sampler[list[int]]):
+    """The basis store's chunk-aware sampler (``BasisStore.batch_sampler``,
+    :class:`se3t.data.basis_sampler.ChunkShuffleBatchSampler`) made resumable like
+    :class:`ResumableBatchSampler`: ``set_epoch(e, start=k)`` skips the epoch's first ``k``
+    batches. Its order is a pure function of ``(seed, epoch)`` too, so a resumed run replays it.
+
+    Each rank draws its own chunks and yields batches of ``batch_size // world_size`` molecules
+    (``world_size > 1`` drops every rank's last, short batch so all ranks make the same number
+    of steps): the global batch is ``world_size`` local batches, and its size is
+    ``len(local batch) * world_size`` (:meth:`global_size`).
+    """
+
+    def __init__(self, store, indices, batch_size: int, *, buffer_chunks: int = 16,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not a multiple of world size "
+                             f"{world_size}")  # fmt: skip
+        self.inner = store.batch_sampler(indices, batch_size // world_size, shuffle=True,
+                                         buffer_chunks=buffer_chunks, seed=seed, rank=rank,
+                                         world_size=world_size)  # fmt: skip
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+        self._len: tuple[int, int] | None = None  # (epoch, len) cache
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+        self.inner.set_epoch(epoch)
+
+    def global_size(self, local: int) -> int:
+        return local * self.world_size
+
+    def __len__(self) -> int:
+        """Batches of the current epoch (every rank the same; may vary by one between epochs),
+        ignoring ``start``."""
+        if self._len is None or self._len[0] != self.epoch:
+            self.inner.set_epoch(self.epoch)
+            self._len = (self.epoch, len(self.inner))
+        return self._len[1]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self.inner.set_epoch(self.epoch)
+        for k, b in enumerate(self.inner):
+            if k >= self.start:
+                yield b

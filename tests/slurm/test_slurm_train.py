@@ -167,3 +167,74 @@ def test_srun_two_tasks_train_as_ddp_ranks(slurm_cluster, qm9_store, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world size 2 (slurm)" in (run / "train.log").read_text()
     assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == [1, 2, 3]
+
+
+def _sacct_ids(name: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return sorted({x.strip() for x in out.split() if x.strip()})
+
+
+def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9_store, tmp_path):
+    """Snakemake (or the user) killed while ``se3t launch`` waits: the job goes on; the same
+    command again attaches to it (one job in sacct) instead of submitting a second job into the
+    run folder. Once that job has ended, a new launch submits a new job that resumes."""
+    run = tmp_path / "run"
+    name = f"once-{uuid.uuid4().hex[:6]}"
+    common = {"train.max_steps": 6, "train.checkpoint_every": 1}
+    # held by SLURM (sbatch --hold): certainly still PENDING when launched again
+    args = [str(empty_config(tmp_path)),
+            *_launch_args(slurm_cluster, qm9_store, run, name,
+                          **{**common, "launch.extra": "{hold: true}"})]  # fmt: skip
+    first = _se3t_launch(args)
+    procs, job = [first], None
+    try:
+        job = _job_id(name, first)
+        end = time.monotonic() + 60
+        while not (run / "launch.json").is_file() and time.monotonic() < end:
+            time.sleep(0.1)
+        first.kill()  # SIGKILL, as Snakemake's cancel or a lost terminal would
+        first.communicate(timeout=60)
+        record = json.loads((run / "launch.json").read_text())
+        assert record["job_id"] == job and record["cluster"] == "slurm"
+        assert Path(record["folder"]).is_dir() and record["tasks"] == 1
+        assert slurm_cluster.job_state(job) == "PENDING"
+        # the same command with --no-wait: attaches (prints the same id), submits nothing
+        again = subprocess.run([sys.executable, "-m", "se3t.cli", "launch", "--no-wait", *args],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.split() == [job] and "attaching" in again.stderr
+        # the same command, waiting: attaches, streams, returns the job's outcome
+        waiting = _se3t_launch(args)
+        procs.append(waiting)
+        time.sleep(3)
+        subprocess.run(["scontrol", "release", job], check=True, capture_output=True)
+        out, err = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, err[-3000:]
+        assert "attaching" in err and "submitted job" not in err and "done: step 6" in err
+        assert slurm_cluster.wait_state(job, {"COMPLETED"}, timeout=60) == "COMPLETED"
+        assert _sacct_ids(f"se3t-{name}") == [job]
+        assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == list(range(1, 7))
+        # the job has ended: a new launch submits a new job, which resumes from last.pt
+        args_free = [str(empty_config(tmp_path)),
+                     *_launch_args(slurm_cluster, qm9_store, run, name, **common)]  # fmt: skip
+        last = _se3t_launch(args_free)
+        procs.append(last)
+        out, err = last.communicate(timeout=300)
+        assert last.returncode == 0, err[-3000:]
+        assert f"previous job {job} is COMPLETED" in err and "submitted job" in err
+        second = err.split("submitted job ")[1].split()[0]
+        assert second != job and json.loads((run / "launch.json").read_text())["job_id"] == second
+        assert "resuming from" in (run / "train.log").read_text()
+        assert slurm_cluster.wait_state(second, {"COMPLETED"}, timeout=60) == "COMPLETED"
+        assert _sacct_ids(f"se3t-{name}") == sorted([job, second])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+        rec = json.loads((run / "launch.json").read_text()) if (run / "launch.json").is_file() \
+            else {}
+        for jid in {job, rec.get("job_id")} - {None}:
+            if slurm_cluster.job_state(jid) in ("PENDING", "RUNNING"):
+                slurm_cluster.cancel(jid)

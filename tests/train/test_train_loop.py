@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from train_helpers import metrics, tiny_cfg, weights
@@ -39,6 +41,20 @@ def test_short_run_writes_the_run_folder(qm9_store, tmp_path):
     assert not model.training and cfg.model.out_dim == 1
     assert torch.is_tensor(stats["mean"]) and stats["std"].shape == (1,)
     assert "starting" in (run / "train.log").read_text()
+    # every record names the device (the report's device column reads it from here)
+    from types import SimpleNamespace
+
+    from se3t.eval.report import _training_device
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                if ln.startswith("model name")), None)  # fmt: skip
+    names = {r["device_name"] for r in recs}
+    assert len(names) == 1 and names.pop().endswith(f"({torch.get_num_threads()} threads)")
+    if cpu:
+        assert recs[0]["device_name"].startswith(cpu)
+    assert _training_device(SimpleNamespace(records=recs, folder=run, config={})) == \
+        recs[0]["device_name"]
 
 
 @pytest.mark.slow

@@ -156,3 +156,43 @@ def test_checkpoint_records_model_code_and_warns_when_it_changed(tmp_path):
     state["model_code"] = "0" * 16
     with pytest.warns(UserWarning, match="other model code"):
         assert warn_if_model_code_changed(state, path)
+
+
+def test_chunk_sampler_resumes_and_splits_the_global_batch_over_ranks(qm9_store, tmp_path):
+    """The training wrapper of the basis store's chunk-aware sampler: skipping ``start``
+    batches replays the rest of the epoch; each of 2 ranks yields half-size batches, as many
+    as the other, from its own chunks; every batch draws from at most 2 windows of chunks."""
+    from se3t.data import QM9Dataset
+    from se3t.data.basis_store import BasisSettings, finalize, open_basis, precompute
+    from se3t.data.store import fingerprint
+    from se3t.train.sampler import ChunkResumableBatchSampler
+
+    receipt = precompute(qm9_store, tmp_path / "cache",
+                         BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
+                         progress=False)  # fmt: skip
+    finalize(receipt["store"])
+    store = open_basis(receipt["store"], dataset_fingerprint=fingerprint(qm9_store),
+                       max_degree=1, dtype="float32", read="chunks", cache_chunks=2)  # fmt: skip
+    assert store.read == "chunks"
+    idx = QM9Dataset(qm9_store, split="train").indices
+    one = ChunkResumableBatchSampler(store, idx, 32, buffer_chunks=2, seed=3)
+    one.set_epoch(1)
+    full = list(one)
+    assert len(full) == len(one) == -(-len(idx) // 32)
+    assert sorted(p for b in full for p in b) == list(range(len(idx)))  # each molecule once
+    chunk = store.molecule_chunk[idx]
+    assert max(len(set(chunk[b].tolist())) for b in full) <= 4  # 2 windows of 2 chunks
+    one.set_epoch(1, start=3)
+    assert list(one) == full[3:]
+    one.set_epoch(2)
+    assert list(one) != full  # a new order every epoch
+    ranks = [ChunkResumableBatchSampler(store, idx, 32, buffer_chunks=2, seed=3, rank=r,
+                                        world_size=2) for r in range(2)]  # fmt: skip
+    for s in ranks:
+        s.set_epoch(1)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert len(a) == len(b) == len(ranks[0]) > 0
+    assert all(len(x) == 16 for x in a + b) and ranks[0].global_size(16) == 32
+    assert not {p for x in a for p in x} & {p for x in b for p in x}
+    with pytest.raises(ValueError, match="multiple of world size"):
+        ChunkResumableBatchSampler(store, idx, 31, world_size=2)
