@@ -430,6 +430,10 @@ def save(cfg: Config | DictConfig, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        # mkstemp creates 0600; a saved config is for the whole group to read
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

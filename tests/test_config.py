@@ -75,3 +75,4 @@ def test_save_and_reload_round_trip(tmp_path):
     assert C.to_dict(again) == C.to_dict(cfg)
     assert C.from_dict(C.to_dict(cfg)) == cfg
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    assert out.stat().st_mode & 0o044 == 0o044  # readable by group and others, as umask 022 says
