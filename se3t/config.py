@@ -11,13 +11,14 @@ Sections: ``data``, ``basis``, ``model``, ``train``, ``run``, ``launch``, ``eval
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from se3t.io import write_text
 
 __all__ = [
     "BasisConfig",
@@ -423,19 +424,5 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def save(cfg: Config | DictConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML atomically (temporary file in the same folder, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        # mkstemp creates 0600; a saved config is for the whole group to read
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)

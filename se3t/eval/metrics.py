@@ -26,10 +26,10 @@ from tqdm.auto import tqdm
 
 from se3t.errors import InputError
 from se3t.eval import plots
-from se3t.eval._io import atomic_write, write_json
 from se3t.eval.environment import describe_environment, resolve_device
 from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, METRICS_SCHEMA_VERSION, validate
+from se3t.io import atomic_write, write_json
 
 __all__ = [
     "compute_metrics",

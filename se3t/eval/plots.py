@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from se3t.eval._io import atomic_write  # noqa: E402
+from se3t.io import atomic_write  # noqa: E402
 
 __all__ = [
     "plot_errors",

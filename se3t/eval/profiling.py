@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from se3t.config import Config, ConfigError, to_dict
 from se3t.eval import plots
-from se3t.eval._io import write_json
 from se3t.eval.environment import describe_environment, resolve_device
 from se3t.eval.schema import PROFILE_SCHEMA, PROFILE_SCHEMA_VERSION, validate
+from se3t.io import write_json
 
 __all__ = ["BASE_MODES", "PATHS", "largest_batch", "parse_mode", "profile"]
 

@@ -37,10 +37,10 @@ import yaml
 
 from se3t.errors import InputError
 from se3t.eval import plots
-from se3t.eval._io import write_bytes, write_text
 from se3t.eval.environment import describe_environment
 from se3t.eval.references import PUBLISHED_MAE, THROUGHPUT_REFERENCES, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, PROFILE_SCHEMA, validate
+from se3t.io import write_bytes, write_text
 
 __all__ = ["RunResults", "build_report", "find_runs", "load_run"]
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from se3t.nn.graph_ops import gather
 from se3t.so3.basis import num_freq, pair_offsets
 
-__all__ = ["KernelSpec", "fused_tfn"]
+__all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
 
 # radial outputs held at once per chunk (elements): 128 MB in float32, i.e. ~2000 edges of the
 # paper model (whole batches up to ~50 molecules). Larger chunks are faster on CPU (fewer,
@@ -84,6 +84,31 @@ def _pair_radial(R: Tensor, spec: KernelSpec, di: int, ci: int, do: int, co: int
     return R[:, off : off + co * ci * num_freq(di, do)].view(R.shape[0], co, ci * num_freq(di, do))
 
 
+_WORKSPACE: dict[tuple, Tensor] = {}
+
+
+def _scratch(slot: str, numel: int, like: Tensor) -> Tensor:
+    """A flat scratch buffer of ``numel`` elements, reused across chunks, layers and steps.
+
+    On CPU a fresh multi-MB tensor is a fresh ``mmap``: its pages fault in on first write,
+    which made the big radial GEMMs ~3x slower than writing into memory already mapped.
+    The op's temporaries (radial weights, ``T``, their gradients) are never returned or saved,
+    so one buffer per slot, grown on demand, serves every call; callers must not hold a
+    view of a slot across another ``_scratch`` call of the same slot.
+    """
+    key = (slot, like.dtype, like.device)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < numel:
+        _WORKSPACE.pop(key, None)  # free the old buffer before allocating the larger one
+        buf = _WORKSPACE[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+    return buf[:numel]
+
+
+def release_workspace() -> None:
+    """Free the fused op's scratch buffers (they are otherwise kept for the next call)."""
+    _WORKSPACE.clear()
+
+
 class _FusedTFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, weight, basis, src, spec, chunk, *xs):
@@ -97,14 +122,19 @@ class _FusedTFN(torch.autograd.Function):
             c = z_e.shape[0]
             for do, co in spec.outs:
                 first, rows = spec.do_rows[do]
-                R = z_e @ weight[first : first + rows].t()  # [c, rows]: radial weights of d_out
+                # [c, rows]: radial weights of d_out, into reused scratch (no page faults)
+                R = torch.mm(
+                    z_e,
+                    weight[first : first + rows].t(),
+                    out=_scratch("R", c * rows, z).view(c, rows),
+                )
                 acc = outs[do][e]
                 for k, (di, ci) in enumerate(spec.ins):
                     nf = num_freq(di, do)
                     # [c, C_i, 2 d_in+1] @ [c, 2 d_in+1, nf (2 d_out+1)] -> [c, C_i nf, 2 d_out+1]
-                    T = torch.bmm(xs_e[di], spec.basis_pair(b_e, di, do)).view(
-                        c, ci * nf, 2 * do + 1
-                    )
+                    T = _scratch("T", c * ci * nf * (2 * do + 1), z).view(c, ci, nf * (2 * do + 1))
+                    torch.bmm(xs_e[di], spec.basis_pair(b_e, di, do), out=T)
+                    T = T.view(c, ci * nf, 2 * do + 1)
                     Rp = _pair_radial(R, spec, di, ci, do, co)  # [c, C_o, C_i nf]
                     if k == 0:
                         torch.bmm(Rp, T, out=acc)
@@ -126,6 +156,7 @@ class _FusedTFN(torch.autograd.Function):
         }
         x_of = {di: x for (di, _), x in zip(spec.ins, xs, strict=True)}
         acc = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        same = acc == weight.dtype  # accumulate the weight gradient in place (addmm_)
         gz = torch.zeros_like(z) if need_z else None
         gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         gb = torch.zeros_like(basis) if need_b else None
@@ -137,6 +168,7 @@ class _FusedTFN(torch.autograd.Function):
             e = slice(s, s + chunk)
             src_e, z_e, b_e = src[e], z[e], basis[e]
             c = z_e.shape[0]
+            gz_e = gz[e] if gz is not None else None
             xs_e = {di: gather(x, src_e) for di, x in x_of.items()}
             gxs_e = {di: None for di in x_of}
             for do, co in spec.outs:
@@ -146,22 +178,35 @@ class _FusedTFN(torch.autograd.Function):
                 g = g[e]  # [c, C_o, 2 d_out + 1]
                 first, rows = spec.do_rows[do]
                 W = weight[first : first + rows]
-                R = z_e @ W.t()  # recomputed, [c, rows]
+                R = torch.mm(z_e, W.t(), out=_scratch("R", c * rows, z).view(c, rows))  # recomputed
                 for di, ci in spec.ins:
                     nf, m = num_freq(di, do), 2 * do + 1
                     rows_p = slice(spec.w_off[(di, do)], spec.w_off[(di, do)] + co * ci * nf)
                     Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
-                    T = torch.bmm(xs_e[di], Bp).view(c, ci * nf, m)
-                    gR = torch.bmm(g, T.transpose(1, 2)).view(c, -1)  # [c, C_o C_i nf]
-                    if need_w:
-                        gw[rows_p] += (gR.t() @ z_e).to(acc)
-                    if need_z:
-                        gz[e] += gR @ weight[rows_p]
-                    gT = torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g)
+                    T = _scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
+                    torch.bmm(xs_e[di], Bp, out=T)
+                    T = T.view(c, ci * nf, m)
+                    if need_w or need_z:
+                        gR = _scratch("gR", c * co * ci * nf, z).view(c, co, ci * nf)
+                        torch.bmm(g, T.transpose(1, 2), out=gR)
+                        gR = gR.view(c, -1)  # [c, C_o C_i nf]
+                        if need_w:
+                            if same:
+                                gw[rows_p].addmm_(gR.t(), z_e)
+                            else:
+                                gw[rows_p] += (gR.t() @ z_e).to(acc)
+                        if need_z:
+                            gz_e.addmm_(gR, weight[rows_p])
+                    if gx_of[di] is None and not need_b:
+                        continue
+                    gT = _scratch("gT", c * ci * nf * m, z).view(c, ci * nf, m)
+                    torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g, out=gT)
                     gT = gT.view(c, ci, nf * m)  # [c, C_i, nf m]
                     if gx_of[di] is not None:
-                        gx = torch.bmm(gT, Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
-                        gxs_e[di] = gx if gxs_e[di] is None else gxs_e[di].add_(gx)
+                        if gxs_e[di] is None:
+                            gxs_e[di] = torch.bmm(gT, Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
+                        else:
+                            gxs_e[di].baddbmm_(gT, Bp.transpose(1, 2))
                     if need_b:
                         spec.basis_pair(gb[e], di, do).add_(torch.bmm(xs_e[di].transpose(1, 2), gT))
             for di, gx in gxs_e.items():

@@ -1,4 +1,4 @@
-"""Atomic file output: write to a temporary file in the target folder, then rename.
+"""Atomic file output for every stage: a temporary file in the target folder, then a rename.
 
 A crash (or Ctrl-C) never leaves a half-written ``metrics.json``, CSV or PNG behind: readers see
 either the previous file or the complete new one.
