@@ -30,10 +30,12 @@ from se3t.so3.basis import num_freq, pair_offsets
 
 __all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
 
-# radial outputs held at once per chunk (elements): 128 MB in float32, i.e. ~2000 edges of the
-# paper model (whole batches up to ~50 molecules). Larger chunks are faster on CPU (fewer,
-# bigger GEMMs); memory stays bounded by one chunk instead of the whole graph per layer.
-DEFAULT_CHUNK_ELEMENTS = 1 << 25
+# radial outputs held at once per chunk (elements): 8 MB in float32, i.e. 128 edges of the
+# paper model's widest output degree. Small enough that the chunk's radial weights stay in the
+# CPU's L2/L3 cache between the GEMM that writes them and the bmm calls that read them (at
+# 1 << 25, 2048 edges, every chunk streamed 128 MB through DRAM and a conv's fwd+bwd was ~3x
+# slower on the 2-core dev box); large enough that per-chunk op overhead stays small.
+DEFAULT_CHUNK_ELEMENTS = 1 << 21
 
 
 class KernelSpec:
@@ -179,24 +181,17 @@ class _FusedTFN(torch.autograd.Function):
                 first, rows = spec.do_rows[do]
                 W = weight[first : first + rows]
                 R = torch.mm(z_e, W.t(), out=_scratch("R", c * rows, z).view(c, rows))  # recomputed
+                # gradient of the radial weights of d_out, [c, rows]: pair blocks filled by bmm,
+                # then ONE GEMM each for the weight and z gradients (not one per pair)
+                gR = _scratch("gR", c * rows, z).view(c, rows) if need_w or need_z else None
                 for di, ci in spec.ins:
                     nf, m = num_freq(di, do), 2 * do + 1
-                    rows_p = slice(spec.w_off[(di, do)], spec.w_off[(di, do)] + co * ci * nf)
                     Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
-                    T = _scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
-                    torch.bmm(xs_e[di], Bp, out=T)
-                    T = T.view(c, ci * nf, m)
-                    if need_w or need_z:
-                        gR = _scratch("gR", c * co * ci * nf, z).view(c, co, ci * nf)
-                        torch.bmm(g, T.transpose(1, 2), out=gR)
-                        gR = gR.view(c, -1)  # [c, C_o C_i nf]
-                        if need_w:
-                            if same:
-                                gw[rows_p].addmm_(gR.t(), z_e)
-                            else:
-                                gw[rows_p] += (gR.t() @ z_e).to(acc)
-                        if need_z:
-                            gz_e.addmm_(gR, weight[rows_p])
+                    if gR is not None:
+                        T = _scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
+                        torch.bmm(xs_e[di], Bp, out=T)
+                        T = T.view(c, ci * nf, m)
+                        torch.bmm(g, T.transpose(1, 2), out=_pair_radial(gR, spec, di, ci, do, co))
                     if gx_of[di] is None and not need_b:
                         continue
                     gT = _scratch("gT", c * ci * nf * m, z).view(c, ci * nf, m)
@@ -209,6 +204,13 @@ class _FusedTFN(torch.autograd.Function):
                             gxs_e[di].baddbmm_(gT, Bp.transpose(1, 2))
                     if need_b:
                         spec.basis_pair(gb[e], di, do).add_(torch.bmm(xs_e[di].transpose(1, 2), gT))
+                if need_w:
+                    if same:
+                        gw[first : first + rows].addmm_(gR.t(), z_e)
+                    else:
+                        gw[first : first + rows] += (gR.t() @ z_e).to(acc)
+                if need_z:
+                    gz_e.addmm_(gR, W)
             for di, gx in gxs_e.items():
                 if gx is not None:
                     t = gx_of[di]
