@@ -467,6 +467,27 @@ def _unit_exists(path: Path, u: int) -> bool:
     return (path / _unit_file(u)).is_file()
 
 
+def _keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed blocks of up to 32 MB instead of returning them to the
+    kernel at once (process-wide; no effect elsewhere than glibc).
+
+    Every chunk's compressed output (up to ``chunk_edges * S`` bytes, 17.9 MB for float32) is a
+    fresh allocation; by default glibc serves it with a new ``mmap`` and unmaps it on free, so
+    each chunk pays ~4,000 page faults: 1.6 GB of zeroed pages and ~1 s of system time for the
+    20,000-molecule subset (BENCHMARKS.md). Raising the mmap and trim thresholds lets the same
+    memory be reused; at most a few such blocks per thread stay mapped."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (32 MB: glibc's upper bound)
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl): keep the defaults
+        pass
+
+
 def _compute_chunk(
     geom: _Geometry, meta: dict[str, Any], chunk_mols: np.ndarray, c: int, backend: BasisBackend,
     block: Tensor,
@@ -496,8 +517,8 @@ def _compute_chunk(
     return n
 
 
-class _UnitWriter:
-    """Writes one unit (shard) file in the exact bytes Zarr's sharding codec writes, faster.
+class _ShardCodec:
+    """Writes and reads unit (shard) files in the exact bytes of Zarr's sharding codec, faster.
 
     Zarr's own path (``arr[r0:r1] = data``) copies every chunk several times through its async
     codec pipeline (0.78 s for a 143 MB shard here, of which half is page-fault system time).
@@ -509,7 +530,12 @@ class _UnitWriter:
     shard are left empty in the index, as Zarr leaves them.
     ``tests/data/test_basis_store.py`` checks the files are byte-identical to Zarr's.
 
-    ``supported`` is False for codec chains it does not know; callers then write through Zarr.
+    Reading (:meth:`read_into`) is the reverse for one chunk: the shard index (read once per
+    shard, its CRC32C checked), one ``pread`` of the chunk's bytes, its CRC32C checked, then
+    decompressed straight into the caller's buffer (a slot of the chunk cache, or the rows of
+    the whole store), with no intermediate array.
+
+    ``supported`` is False for codec chains it does not know; callers then go through Zarr.
     """
 
     def __init__(self, arr: zarr.Array, path: Path, meta: dict[str, Any]) -> None:
@@ -527,16 +553,20 @@ class _UnitWriter:
               and np.dtype(meta["dtype"]).byteorder in ("=", "<", "|")
               and sys.byteorder == "little")
         self._compress: Callable[[np.ndarray], bytes] | None = None
+        self._decompress: Callable[..., Any] | None = None
+        self._index: dict[int, np.ndarray] = {}  # unit -> [cps, 2] (offset, length), read once
         if ok and len(inner) == 3:
             comp = inner[1]
             if isinstance(comp, BloscCodec):
-                self._compress = comp._blosc_codec.encode
+                num = comp._blosc_codec
             elif isinstance(comp, ZstdCodec):
-                self._compress = comp._zstd_codec.encode
+                num = comp._zstd_codec
             elif isinstance(comp, GzipCodec):
-                self._compress = comp._gzip_codec.encode
+                num = comp._gzip_codec
             else:
                 ok = False
+            if ok:
+                self._compress, self._decompress = num.encode, num.decode
         if ok and self.sharded:
             sc = codecs[0]
             idx = tuple(sc.index_codecs)
@@ -556,6 +586,53 @@ class _UnitWriter:
         data = self._compress(raw) if self._compress is not None else raw
         crc = np.array([google_crc32c.value(data)], dtype=np.uint32).tobytes()
         return [data, crc]
+
+    def _shard_index(self, u: int) -> np.ndarray:
+        import google_crc32c
+
+        index = self._index.get(u)
+        if index is None:
+            nbytes = self.cps * 16 + 4
+            with open(self.path / _unit_file(u), "rb") as fh:
+                fh.seek(-nbytes, os.SEEK_END)
+                raw = fh.read(nbytes)
+            if len(raw) != nbytes or np.frombuffer(raw[-4:], dtype="<u4")[0] != (
+                    google_crc32c.value(raw[:-4])):
+                raise ValueError("the shard index fails its CRC32C")
+            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.cps, 2)
+            self._index[u] = index
+        return index
+
+    def read_into(self, c: int, out: np.ndarray) -> None:
+        """Decode chunk ``c`` into ``out`` ([ce, S], C-contiguous, the array's dtype). Raises
+        (OSError, ValueError, RuntimeError) on a missing file or a damaged chunk."""
+        import google_crc32c
+
+        u, k = divmod(c, self.cps) if self.sharded else (c, 0)
+        if self.sharded:
+            offset, length = (int(x) for x in self._shard_index(u)[k])
+            if offset == 2**64 - 1:  # never written: the fill value
+                out[...] = 0
+                return
+        else:
+            offset, length = 0, (self.path / _unit_file(u)).stat().st_size
+        fd = os.open(self.path / _unit_file(u), os.O_RDONLY)
+        try:
+            data = os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        if len(data) != length or length < 4:
+            raise ValueError(f"chunk is {len(data)} bytes, the index says {length}")
+        body = np.frombuffer(data, dtype=np.uint8)[:-4]  # a view (CRC32C takes no memoryview)
+        if np.frombuffer(data[-4:], dtype="<u4")[0] != google_crc32c.value(body):
+            raise ValueError("Stored and computed CRC32C checksums do not match")
+        dest = out.reshape(-1).view(np.uint8)
+        if self._decompress is None:
+            if len(body) != dest.nbytes:
+                raise ValueError(f"chunk holds {len(body)} bytes, expected {dest.nbytes}")
+            dest[:] = np.frombuffer(body, dtype=np.uint8)
+        else:
+            self._decompress(body, out=dest)
 
     def write(self, u: int, chunks: list[list[Any]]) -> int:
         """Write unit ``u`` from its encoded chunks (``encode`` of each, in order, at most
@@ -746,7 +823,7 @@ def precompute(
 
     bar = tqdm(total=total_edges, unit="edge", unit_scale=True, disable=not progress,
                desc=f"basis {key[:8]} shard {i}/{n}", mininterval=1.0)
-    unit_writer = _UnitWriter(arr, path, meta)
+    unit_writer = _ShardCodec(arr, path, meta)
     # Chunk-level parallelism: each worker computes a chunk with one torch thread and encodes
     # it (torch, blosc, zstd and crc32c release the GIL). Independent chunks never wait on each
     # other, unlike torch's intra-op threads, whose barriers crawl when a shared machine
@@ -793,6 +870,7 @@ def precompute(
         flush()  # the previous unit, while the workers compute this one
         inflight.append((u, futures, buf[: (c1 - c0) * ce].numpy()))
 
+    _keep_freed_memory()
     torch.set_num_threads(1)
     try:
         deferred = []
@@ -1006,6 +1084,7 @@ class BasisStore:
         self._slab: Tensor | None = None
         self._free: list[int] = []
         self._full: Tensor | None = None
+        self._out: Tensor | None = None  # gather's output buffer, reused when released
         self._warned = False
         nbytes = meta["num_rows"] * self.basis_size * torch.empty((), dtype=self.dtype).itemsize
         self.nbytes = nbytes
@@ -1016,8 +1095,39 @@ class BasisStore:
         if read not in ("memory", "chunks"):
             raise InputError(f"basis read mode {read!r} is not one of ['auto', 'memory', 'chunks']")
         self.read = read
+        codec = None if is_url(where) else _ShardCodec(self._array, Path(where), meta)
+        self._codec = codec if codec is not None and codec.supported else None
         if read == "memory":
-            self._full = self._read_rows(0, meta["num_rows"], what="the store")
+            self._full = self._read_all()
+
+    def _read_all(self) -> Tensor:
+        """[num_rows, S] the whole store: chunks decoded straight into one tensor by
+        ``torch.get_num_threads()`` threads (the decompressors release the GIL)."""
+        if self._codec is None:
+            return self._read_rows(0, self.meta["num_rows"], what="the store")
+        full = torch.empty((self.meta["num_rows"], self.basis_size), dtype=self.dtype)
+        ce = self.chunk_edges
+        with cf.ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            for _ in pool.map(lambda c: self._read_chunk_into(c, full[c * ce : (c + 1) * ce]),
+                              range(self.meta["num_chunks"])):
+                pass
+        return full
+
+    def _read_chunk_into(self, c: int, out: Tensor) -> None:
+        """Decode chunk ``c`` into ``out`` ([chunk_edges, S]); a damaged chunk raises
+        InputError naming it."""
+        ce = self.chunk_edges
+        if self._codec is None:
+            out.copy_(self._read_rows(c * ce, (c + 1) * ce, what=self.chunk_name(c)))
+            return
+        try:
+            self._codec.read_into(c, out.numpy())
+        except Exception as err:  # CRC32C mismatch, truncated file, failed decompression
+            raise InputError(
+                f"basis store {self.where!r}: {self.chunk_name(c)} cannot be read "
+                f"({type(err).__name__}: {err}); the store is corrupt, run se3t basis verify on "
+                "it and rebuild"
+            ) from err
 
     def __repr__(self) -> str:
         return (f"BasisStore({self.where!r}, key={self.key}, degree={self.max_degree}, "
@@ -1074,8 +1184,7 @@ class BasisStore:
             else:
                 victim = next(k for k in self._lru if k not in want)
                 slot = self._lru.pop(victim)
-            self._slab[slot * ce : (slot + 1) * ce] = self._read_rows(
-                c * ce, (c + 1) * ce, what=self.chunk_name(c))
+            self._read_chunk_into(c, self._slab[slot * ce : (slot + 1) * ce])
             self._lru[c] = slot
         return {c: self._lru[c] for c in needed}
 
@@ -1107,7 +1216,8 @@ class BasisStore:
             )
         rows = self.rows(idx)
         if self._full is not None:
-            return self._full.index_select(0, torch.from_numpy(rows))
+            return torch.index_select(self._full, 0, torch.from_numpy(rows),
+                                      out=self._output(len(rows)))
         ce = self.chunk_edges
         counts = self.edge_count[idx]
         mol_chunk = self.molecule_chunk[idx]
@@ -1119,7 +1229,8 @@ class BasisStore:
                 slot[mol_chunk == c] = sl
             # row r of chunk c sits at slot(c) * ce + (r - c * ce) in the slab
             src = rows + np.repeat((slot - mol_chunk) * ce, counts)
-            return self._slab.index_select(0, torch.from_numpy(src))  # type: ignore[union-attr]
+            return torch.index_select(self._slab, 0, torch.from_numpy(src),  # type: ignore[arg-type]
+                                      out=self._output(len(rows)))
         # more chunks than the cache holds: decode each for this batch only
         if not self._warned:
             self._warned = True
@@ -1129,15 +1240,30 @@ class BasisStore:
                 "chunk per molecule; use BasisStore.batch_sampler or read=memory "
                 "(docs/basis.md)", self.where, len(needed), self.cache_chunks,
             )
-        out = torch.empty((len(rows), self.basis_size), dtype=self.dtype)
+        out = self._output(len(rows))
         ends = np.cumsum(counts)
         for c in needed:
             sel = np.nonzero(mol_chunk == c)[0]
             pos = np.concatenate([np.arange(ends[k] - counts[k], ends[k]) for k in sel])
-            block = self._read_rows(c * ce, (c + 1) * ce, what=self.chunk_name(c))
+            block = torch.empty((ce, self.basis_size), dtype=self.dtype)
+            self._read_chunk_into(c, block)
             out[torch.from_numpy(pos)] = block.index_select(
                 0, torch.from_numpy(rows[pos] - c * ce))
         return out
+
+    def _output(self, n: int) -> Tensor:
+        """[n, S] rows for a batch's bases: the buffer of an earlier batch when nothing holds it
+        any more (no tensor, view, NumPy array or autograd graph: its storage's use count is
+        back to this object's alone), else a new one.
+
+        A fresh ~35 MB tensor per batch of 240 costs ~8,500 page faults, two thirds of gather's
+        time (BENCHMARKS.md); reusing the buffer avoids them without ever overwriting bases a
+        caller still has."""
+        buf = self._out
+        if buf is not None and buf.shape[0] >= n and _sole_owner(buf):
+            return buf[:n]
+        self._out = buf = torch.empty((n + n // 4, self.basis_size), dtype=self.dtype)
+        return buf[:n]
 
     def batch_sampler(self, indices: np.ndarray | Sequence[int], batch_size: int, **kw: Any):
         """A chunk-aware batch sampler over dataset positions (see
@@ -1149,6 +1275,14 @@ class BasisStore:
         # a batch at the seam of two windows touches both: keep two windows decoded
         self.cache_chunks = max(self.cache_chunks, 2 * sampler.buffer_chunks)
         return sampler
+
+
+def _sole_owner(t: Tensor) -> bool:
+    """True when only ``t`` itself refers to its storage (no view of it lives anywhere)."""
+    try:  # ``t``'s own reference + the temporary storage object of this call
+        return torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2
+    except (AttributeError, RuntimeError):  # not in this torch: never reuse
+        return False
 
 
 def _dtype_name(dtype: str | torch.dtype) -> str:

@@ -138,20 +138,21 @@ def test_float16_and_degree_settings(qm9_store, tmp_path, compressor):
 ])
 def test_fast_shard_writer_writes_zarrs_bytes(qm9_store, tmp_path, monkeypatch, compressor,
                                               chunks_per_shard, dtype):
-    """The direct shard writer (fast path) against Zarr's own write path (the reference):
-    every shard file byte-identical, including the partial last shard (15 chunks)."""
+    """The direct shard writer and reader (fast paths) against Zarr's own write and read paths
+    (the reference): every shard file byte-identical, including the partial last shard (15
+    chunks), and the same rows read back."""
     from se3t.data import basis_store
 
     s = settings(compressor=compressor, chunks_per_shard=chunks_per_shard, dtype=dtype)
     fast = precompute(qm9_store, tmp_path / "fast", s, progress=False)
-    real_init = basis_store._UnitWriter.__init__
+    real_init = basis_store._ShardCodec.__init__
 
     def zarr_only(self, *a, **kw):
         real_init(self, *a, **kw)
         assert self.supported  # every compressor of BasisSettings has the fast path
         self.supported = False
 
-    monkeypatch.setattr(basis_store._UnitWriter, "__init__", zarr_only)
+    monkeypatch.setattr(basis_store._ShardCodec, "__init__", zarr_only)
     ref = precompute(qm9_store, tmp_path / "ref", s, progress=False)
     fast_files, ref_files = shard_files(fast["store"]), shard_files(ref["store"])
     assert len(fast_files) == len(ref_files) == -(-15 // chunks_per_shard)
@@ -162,7 +163,15 @@ def test_fast_shard_writer_writes_zarrs_bytes(qm9_store, tmp_path, monkeypatch, 
         else:
             assert a.read_bytes() == b.read_bytes(), a
     assert not list(Path(fast["store"]).rglob("*.partial"))
-    np.testing.assert_array_equal(stored_rows(fast["store"]), stored_rows(ref["store"]))
+    reference = stored_rows(ref["store"])  # read back through Zarr
+    np.testing.assert_array_equal(stored_rows(fast["store"]), reference)
+    # the direct chunk reader (read=memory decodes every chunk with it) against Zarr's reader
+    monkeypatch.undo()
+    finalize(fast["store"])
+    b = open_basis(fast["store"], dataset_fingerprint=fingerprint(qm9_store), max_degree=3,
+                   dtype=dtype, read="memory")
+    assert b._codec is not None
+    np.testing.assert_array_equal(b._full.numpy(), reference)
 
 
 def test_second_run_reuses_the_store(built, qm9_store):
@@ -410,3 +419,30 @@ def test_chunk_cache_evicts_and_reuses_slots(built):
         mols = rng.permutation(mols)[: max(1, len(mols) // 2)]
         torch.testing.assert_close(store.gather(mols), ref.gather(mols), rtol=0, atol=0)
         assert set(store._lru) >= set(pair) and len(store._lru) <= 2
+
+
+@pytest.mark.parametrize("read", ["memory", "chunks"])
+def test_gather_reuses_its_buffer_only_once_released(built, read):
+    """gather's output buffer is reused for a later batch only when no tensor, view or NumPy
+    array of it is alive: bases a caller still holds are never overwritten."""
+    store = _open(built, read=read)
+    full = _open(built, read="memory")._full
+
+    def expect(index):
+        return full.index_select(0, torch.from_numpy(store.rows(np.asarray(index))))
+
+    a = store.gather(torch.arange(0, 20))
+    b = store.gather(torch.arange(20, 40))  # a is held: another buffer
+    assert a.data_ptr() != b.data_ptr()
+    torch.testing.assert_close(a, expect(range(0, 20)), rtol=0, atol=0)
+    view, ptr = b[:5].numpy(), b.data_ptr()
+    del b
+    c = store.gather(torch.arange(40, 50))  # a NumPy view of b lives: b's buffer is not reused
+    assert c.data_ptr() != ptr
+    np.testing.assert_array_equal(view, expect(range(20, 40))[:5].numpy())
+    ptr = c.data_ptr()
+    del c
+    d = store.gather(torch.arange(50, 55))  # nothing holds c any more: its buffer is reused
+    assert d.data_ptr() == ptr
+    torch.testing.assert_close(d, expect(range(50, 55)), rtol=0, atol=0)
+    torch.testing.assert_close(a, expect(range(0, 20)), rtol=0, atol=0)
