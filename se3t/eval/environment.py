@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-__all__ = ["describe_environment", "resolve_device"]
+__all__ = ["cpu_model", "describe_environment", "resolve_device"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -18,7 +18,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _cpu_name() -> str:
+def cpu_model() -> str:
+    """The host CPU's model name (what figures measured on the CPU name as their machine)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -26,7 +27,7 @@ def _cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return platform.processor() or platform.machine() or "CPU"
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict:
@@ -41,7 +42,7 @@ def describe_environment(device: torch.device | str | None = None) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device.type,

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import platform
 import resource
 import signal
 import sys
@@ -43,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from se3t.config import Config, save, to_dict
 from se3t.errors import InputError
+from se3t.eval.environment import cpu_model
 from se3t.train import distributed as D
 from se3t.train.checkpoint import (
     capture_rng,
@@ -563,17 +563,6 @@ class Trainer:
         return bool(int(flag))
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
-
-
 def device_name(device: torch.device, world_size: int = 1) -> str:
     """What ``metrics.jsonl`` records as ``device_name`` (the report's device column): the
     GPU's name (``torch.cuda.get_device_name``) or the CPU model with the threads torch uses,
@@ -581,7 +570,7 @@ def device_name(device: torch.device, world_size: int = 1) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+        name = f"{cpu_model()} ({torch.get_num_threads()} threads)"
     return name if world_size == 1 else f"{world_size} x {name}"
 
 
