@@ -188,7 +188,7 @@ def point(args) -> dict:
         "step_s": med,
         "mol_per_s": args.size / med,
         "peak_bytes": peak,
-        "loss": float(loss),
+        "loss": loss.item(),
         "steps": args.steps,
     }
 

@@ -149,18 +149,18 @@ class BasisBackend:
 
 
 def _so3_code_version() -> str:
-    """sha256 over the sources of ``se3t/so3/*.py`` and e3nn's version: any change to the basis
-    maths (or the package it takes spherical harmonics and Clebsch-Gordan tensors from) gives
-    new keys. Conservative on purpose: a stale basis silently reused is worse than a recompute."""
+    """sha256 over the source of ``se3t/so3/basis.py`` (the module every stored value comes
+    from) and e3nn's version: any change to the basis maths (or the package it takes spherical
+    harmonics and Clebsch-Gordan tensors from) gives new keys. Conservative on purpose: a stale
+    basis silently reused is worse than a recompute. Layouts derived from the flat basis at run
+    time (``se3t.so3.blocks``) and ``Fiber`` are not hashed: they do not change stored values."""
     import e3nn
 
-    import se3t.so3
+    from se3t.so3 import basis as so3_basis
 
     h = hashlib.sha256()
-    for base in sorted(se3t.so3.__path__):
-        for f in sorted(Path(base).glob("*.py")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
+    h.update(b"basis.py")
+    h.update(Path(so3_basis.__file__).read_bytes())
     h.update(f"e3nn={e3nn.__version__}".encode())
     return h.hexdigest()[:16]
 

@@ -18,15 +18,31 @@ keeps it: the forward pass runs edge chunk by edge chunk, and the backward pass 
 ``R`` and ``T`` per chunk from the saved ``z``, ``W``, node features and basis. Saved memory per
 layer is O(E * H + N * C * 16) instead of O(E * C_o * K); the price is one extra GEMM
 (``z @ W^T``) in backward. Gradients flow to ``z``, ``W``, the node features and the basis.
+
+Two evaluations of the same sums:
+
+- **degree-concatenated** (:class:`_ConcatTFN`, used when every input degree of the group has
+  the same channel count, as in every hidden layer of the paper's model): node features of all
+  input degrees are concatenated along ``m`` (``[N, C, sum (2 d_in + 1)]``) and the basis is laid
+  out per output degree as a block matrix ``[E, sum (2 d_in + 1), sum_{d_in} num_freq (2 d_out
+  + 1)]`` (zero off the diagonal blocks, :func:`se3t.so3.basis.block_basis`). Then ``T`` of
+  ALL input degrees is one bmm and the message to ``d_out`` another, with the radial weights'
+  rows permuted to ``(c_o, c_i, d_in, J)`` so that ``K`` runs over every input degree at once:
+  8 bmm per edge chunk instead of 32, each with larger matrices. On CPU, where ``torch.bmm``
+  runs one small GEMM per batch element, this is what makes the op ~1.4x faster.
+- **per pair** (:class:`_FusedTFN`, any fibers): one bmm per ``(d_in, d_out)`` pair.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import Tensor
 
 from se3t.nn.graph_ops import gather
 from se3t.so3.basis import num_freq, pair_offsets
+from se3t.so3.blocks import block_basis
 
 __all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
 
@@ -35,7 +51,7 @@ __all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
 # CPU's L2/L3 cache between the GEMM that writes them and the bmm calls that read them (at
 # 1 << 25, 2048 edges, every chunk streamed 128 MB through DRAM and a conv's fwd+bwd was ~3x
 # slower on the 2-core dev box); large enough that per-chunk op overhead stays small.
-DEFAULT_CHUNK_ELEMENTS = 1 << 21
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 
 class KernelSpec:
@@ -63,6 +79,49 @@ class KernelSpec:
                 self.basis_cols[(di, do)] = po[(di, do)]
             self.do_rows[do] = (first, o - first)
         self.num_radial = o
+
+        # degree-concatenated evaluation needs one channel count across the input degrees
+        self.concat = len({ci for _, ci in self.ins}) == 1
+        self._perm: dict[tuple[int, bool], Tensor] = {}
+        # rows of each d_out's block in the stacked block basis (se3t.so3.blocks)
+        self.block_rows: dict[int, tuple[int, int]] = {}
+        r = 0
+        for do, _ in self.outs:
+            n = (2 * do + 1) * sum(num_freq(di, do) for di, _ in self.ins)
+            self.block_rows[do] = (r, r + n)
+            r += n
+
+    @property
+    def in_degrees(self) -> tuple[int, ...]:
+        return tuple(di for di, _ in self.ins)
+
+    @property
+    def out_degrees(self) -> tuple[int, ...]:
+        return tuple(do for do, _ in self.outs)
+
+    def concat_perm(self, do: int, channels_first: bool = False) -> Tensor:
+        """Rows of the radial last layer of ``d_out``, relative to its first row, in the order
+        the degree-concatenated op reads them in: ``(K, c_o)`` with ``K = (d_in, J, c_i)``, or
+        ``(c_o, K)`` with ``channels_first``. A permutation of the stored ``(d_in, c_o, c_i,
+        J)`` order, so the parameter layout is the same for every evaluation and for
+        :func:`se3t.nn.conv.pairwise_reference`."""
+        perm = self._perm.get((do, channels_first))
+        if perm is None:
+            co, ci = dict(self.outs)[do], self.ins[0][1]
+            k = ci * sum(num_freq(di, do) for di in self.in_degrees)
+            perm = torch.empty(co * k, dtype=torch.long)
+            o, i = torch.arange(co).view(1, 1, co), torch.arange(ci).view(1, ci, 1)
+            j0 = 0
+            for di in self.in_degrees:
+                nf = num_freq(di, do)
+                j = torch.arange(nf).view(nf, 1, 1)
+                base = self.w_off[(di, do)] - self.do_rows[do][0]
+                kk = (j0 + j) * ci + i  # position in K
+                pos = o * k + kk if channels_first else kk * co + o
+                perm[pos.flatten()] = (base + (o * ci + i) * nf + j).flatten()
+                j0 += nf
+            self._perm[(do, channels_first)] = perm
+        return perm
 
     def pairs(self):
         for do, co in self.outs:
@@ -220,6 +279,152 @@ class _FusedTFN(torch.autograd.Function):
         return (gz, gw, gb, None, None, None, *(gx_of[di] for di, _ in spec.ins))
 
 
+class _ConcatTFN(torch.autograd.Function):
+    """The degree-concatenated evaluation (module docstring): inputs ``z [E, H]``, ``weight``
+    (stored row order), ``x_all [N, sum (2 d_in + 1), C]`` (channels last), ``src``, and the
+    stacked block basis of the group's output degrees (:func:`se3t.so3.blocks.block_basis`).
+    Every per-edge operand of the three big batched matmuls (message, radial-weight gradient,
+    ``T`` gradient) is laid out so that MKL reads it contiguously: the messages come out as
+    ``[E, 2 d_out + 1, C_o]`` and are returned as a transposed view. With the radial weights
+    ``R[e]`` as ``[K, C_o]`` (``K = (d_in, J, c_i)``) and ``T[e]`` as ``[2 d_out + 1, K]``:
+
+        msg^T = T @ R        dR = T^T @ dmsg^T        dT = dmsg^T @ R^T
+
+    where the backward pass recomputes ``R`` directly as ``R^T`` (``[C_o, K]``, the
+    ``channels_first`` row order) so that ``dT``'s operands are contiguous too. ``T`` (and its
+    gradient, and the node-feature gradient) of all output degrees is one bmm per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, z, weight, x_all, src, spec, chunk, block):
+        E, C, nb = z.shape[0], x_all.shape[2], block.shape[1]
+        wts = _permuted_weights(spec, weight)  # {d_out: [H, rows]}, rows (d_in, J, c_i, c_o)
+        outs = [z.new_empty(E, 2 * do + 1, co) for do, co in spec.outs]
+        for s in range(0, E, chunk):
+            e = slice(s, s + chunk)
+            z_e = z[e]
+            c = z_e.shape[0]
+            x_e = gather(x_all, src[e])  # [c, sum (2 d_in + 1), C]
+            # T of every degree pair at once: [c, sum_{d_out} (m_out, d_in, J), C]
+            T = torch.bmm(block[e], x_e, out=_scratch("T", c * nb * C, z).view(c, nb, C))
+            for k, (do, co) in enumerate(spec.outs):
+                r0, r1 = spec.block_rows[do]
+                rows, m = wts[do].shape[1], 2 * do + 1
+                R = torch.mm(z_e, wts[do], out=_scratch("R", c * rows, z).view(c, rows))
+                T_do = T[:, r0:r1].view(c, m, -1)  # [c, m_out, K]
+                torch.bmm(T_do, R.view(c, rows // co, co), out=outs[k][e])
+        ctx.spec, ctx.chunk = spec, chunk
+        ctx.save_for_backward(z, weight, x_all, src, block)
+        return tuple(o.transpose(1, 2) for o in outs)  # [E, C_o, 2 d_out + 1]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        z, weight, x_all, src, block = ctx.saved_tensors
+        spec, chunk = ctx.spec, ctx.chunk
+        need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
+        C, nb = x_all.shape[2], block.shape[1]
+        wts = _permuted_weights(spec, weight)
+        wts_cf = None
+        if need_x or need_b:
+            wts_cf = _permuted_weights(spec, weight, channels_first=True)
+        acc = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+        # [E, m, C_o], contiguous (free when the incoming gradient is a transposed view)
+        grads_t = [None if g is None else g.transpose(1, 2).contiguous() for g in grads]
+        gz = torch.zeros_like(z) if need_z else None
+        gx = torch.zeros_like(x_all) if need_x else None
+        gwts = {do: torch.zeros(w.shape, dtype=acc, device=w.device) for do, w in wts.items()}
+        gb = torch.zeros_like(block) if need_b else None
+        for s in range(0, z.shape[0], chunk):
+            e = slice(s, s + chunk)
+            z_e = z[e]
+            c = z_e.shape[0]
+            x_e = gather(x_all, src[e])
+            T = torch.bmm(block[e], x_e, out=_scratch("T", c * nb * C, z).view(c, nb, C))
+            gT = None
+            if need_x or need_b:
+                gT = _scratch("gT", c * nb * C, z).view(c, nb, C)
+            for k, (do, co) in enumerate(spec.outs):
+                r0, r1 = spec.block_rows[do]
+                if grads_t[k] is None:
+                    if gT is not None:
+                        gT[:, r0:r1].zero_()
+                    continue
+                g = grads_t[k][e]  # [c, m, C_o]
+                rows, m = wts[do].shape[1], 2 * do + 1
+                T_do = T[:, r0:r1].view(c, m, -1)  # [c, m, K]
+                if need_w or need_z:
+                    gR = _scratch("gR", c * rows, z).view(c, rows // co, co)
+                    torch.bmm(T_do.transpose(1, 2), g, out=gR)
+                    gR = gR.view(c, rows)
+                    if need_w:
+                        if acc == z.dtype:
+                            gwts[do].addmm_(z_e.t(), gR)
+                        else:
+                            gwts[do] += (z_e.t() @ gR).to(acc)
+                    if need_z:
+                        gz[e].addmm_(gR, wts[do].t())
+                if gT is None:
+                    continue  # e.g. the first layer: no gradient to its inputs, no recompute
+                Rt = torch.mm(z_e, wts_cf[do], out=_scratch("R", c * rows, z).view(c, rows))
+                gT_do = _scratch("gTd", c * m * (rows // co), z).view(c, m, rows // co)
+                torch.bmm(g, Rt.view(c, co, rows // co), out=gT_do)
+                gT[:, r0:r1] = gT_do.view(c, r1 - r0, C)
+            if gT is None:
+                continue
+            if need_x:
+                gx_e = torch.bmm(block[e].transpose(1, 2), gT)  # [c, sum (2 d_in + 1), C]
+                gx.view(gx.shape[0], -1).index_add_(0, src[e], gx_e.view(c, -1))
+            if need_b:
+                torch.bmm(gT, x_e.transpose(1, 2), out=gb[e])
+        gw = None
+        if need_w:
+            gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            for do, g in gwts.items():
+                first = spec.do_rows[do][0]
+                gw.index_copy_(0, first + spec.concat_perm(do).to(gw.device), g.t())
+            gw = gw.to(weight.dtype)
+        return (gz, gw, gx, None, None, None, gb)
+
+
+def _permuted_weights(
+    spec: KernelSpec, weight: Tensor, channels_first: bool = False
+) -> dict[int, Tensor]:
+    """``{d_out: [H, rows]}``: the radial last layer's rows of ``d_out`` in the concatenated
+    order, transposed and contiguous (``z @ W^T`` runs ~20 % faster with ``W^T`` stored than
+    with a transposed view on this CPU's MKL)."""
+    out = {}
+    for do, _ in spec.outs:
+        first = spec.do_rows[do][0]
+        perm = spec.concat_perm(do, channels_first).to(weight.device)
+        rows = weight.index_select(0, first + perm)
+        out[do] = rows.t().contiguous()
+    return out
+
+
+# block bases per flat basis tensor, shared by every layer of one forward pass: keyed by the
+# basis's id, checked against a weak reference and its version counter, dropped when it dies
+_BLOCKS: dict[int, tuple[weakref.ref, int, dict]] = {}
+
+
+def _block_basis(basis: Tensor, dt: torch.dtype, spec: KernelSpec) -> Tensor:
+    def build():
+        return block_basis(basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree)
+
+    if basis.requires_grad and torch.is_grad_enabled():
+        # its autograd graph belongs to one forward pass: never reuse it across passes
+        return build()
+    key = id(basis)
+    entry = _BLOCKS.get(key)
+    if entry is None or entry[0]() is not basis or entry[1] != basis._version:
+        entry = (weakref.ref(basis, lambda _, k=key: _BLOCKS.pop(k, None)), basis._version, {})
+        _BLOCKS[key] = entry
+    cache = entry[2]
+    k = (dt, spec.in_degrees, spec.out_degrees)
+    if k not in cache:
+        cache[k] = build()
+    return cache[k]
+
+
 def fused_tfn(
     spec: KernelSpec,
     z: Tensor,
@@ -241,8 +446,14 @@ def fused_tfn(
         dt = torch.get_autocast_dtype(device_type)
     else:
         dt = z.dtype
-    z, weight, basis = z.to(dt), weight.to(dt), basis.to(dt)
+    z, weight = z.to(dt), weight.to(dt)
     xs = [x.to(dt) for x in xs]
+    chunk = chunk or spec.chunk_size()
     with torch.autocast(device_type, enabled=False):
-        out = _FusedTFN.apply(z, weight, basis, src, spec, chunk or spec.chunk_size(), *xs)
+        if spec.concat:
+            x_all = torch.cat([x.transpose(1, 2) for x in xs], dim=1)  # [N, sum (2d+1), C]
+            block = _block_basis(basis, dt, spec)
+            out = _ConcatTFN.apply(z, weight, x_all, src, spec, chunk, block)
+        else:
+            out = _FusedTFN.apply(z, weight, basis.to(dt), src, spec, chunk, *xs)
     return {do: o for (do, _), o in zip(spec.outs, out, strict=True)}

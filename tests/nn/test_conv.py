@@ -128,6 +128,55 @@ def test_edge_features_of_higher_degree(batch64):
     assert_equivariant(fn, batch64.pos, random_features(fin, g.num_nodes))
 
 
+def test_both_fused_evaluations_are_covered():
+    # uniform input channels take the degree-concatenated op, mixed ones the per-pair op:
+    # test_fused_equals_pairwise_float64 checks both against the reference
+    uniform = ConvSE3(*FIBERS["uniform"], max_degree=3, fusion="full")
+    mixed = ConvSE3(*FIBERS["mixed"], max_degree=3, fusion="full")
+    assert [s.concat for s in uniform.specs] == [True]
+    assert [s.concat for s in mixed.specs] == [False]
+
+
+@pytest.mark.parametrize("fibers", ["uniform", "scalar_in"])
+def test_fused_without_input_gradient_equals_pairwise(batch64, fibers):
+    # a first layer's inputs need no gradient: the op then skips recomputing the radial
+    # weights, and the parameter gradients must still be the reference's
+    fin, fout = FIBERS[fibers]
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3, chunk_elements=2000).double()
+    ref = pairwise_reference(conv)
+    basis, es = edge_inputs(batch64)
+    x = random_features(fin, batch64.graph.num_nodes)
+    _loss(conv(x, batch64.graph, basis, es)).backward()
+    _loss(ref(x, batch64.graph, basis, es)).backward()
+    expected = _expected_param_grads(conv, ref)
+    for n, p in conv.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_block_basis_cache_follows_the_basis_tensor(batch64):
+    # the stacked block basis is built once per flat-basis tensor and shared by the layers;
+    # an in-place change of the basis must not be served from the cache
+    from se3t.nn import kernel
+
+    fin, fout = FIBERS["uniform"]
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3).double()
+    basis, es = edge_inputs(batch64)
+    x = random_features(fin, batch64.graph.num_nodes)
+    with torch.no_grad():
+        first = conv(x, batch64.graph, basis, es)
+        assert len(kernel._BLOCKS[id(basis)][2]) == 1
+        again = conv(x, batch64.graph, basis, es)
+        basis.mul_(-1.0)
+        flipped = conv(x, batch64.graph, basis, es)
+        fresh = conv(x, batch64.graph, basis.clone(), es)
+    for d in first:
+        assert torch.equal(first[d], again[d])
+        torch.testing.assert_close(flipped[d], fresh[d], rtol=0, atol=0)
+        assert not torch.allclose(flipped[d], first[d])
+    del basis
+    assert not any(e[0]() is None for e in kernel._BLOCKS.values())  # dead entries dropped
+
+
 def test_float32_chunking_does_not_change_result():
     b = random_batch(num_graphs=4, dtype=torch.float32)
     fin, fout = FIBERS["uniform"]
