@@ -2,7 +2,7 @@
 and training steps with stored vs on-the-fly bases. Figures go to BENCHMARKS.md.
 
     .venv/bin/python benchmarks/basis_store.py --dataset DS.zarr --work /work/cache/bench \\
-        [--sections compute,compressors,loader,step] [--out results.json]
+        [--sections compute,precompute,compressors,loader,step] [--out results.json]
 
 Speeds are measured side by side in one run (the machine is shared: compare ratios).
 """
@@ -129,6 +129,51 @@ def bench_codecs(store: str, chunks: int = 4, rounds: int = 3) -> list[dict]:
     return out
 
 
+def bench_precompute(dataset: str, work: Path, runs: int = 2) -> list[dict]:
+    """End to end, as a user runs it: ``se3t basis precompute`` in a fresh process into an
+    empty cache (compute, compress, write), then ``finalize``, then a second precompute that
+    must reuse everything. Wall times include Python start-up; the receipt's edges/s is the
+    time inside ``precompute``."""
+    import resource
+    import subprocess
+    import sys
+
+    se3t = [sys.executable, "-m", "se3t.cli"]
+    rows = []
+    for k in range(runs):
+        cache = work / f"e2e-{k}"
+        shutil.rmtree(cache, ignore_errors=True)
+        receipt = work / f"e2e-{k}.json"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        subprocess.run([*se3t, "basis", "precompute", "--dataset", dataset, "--cache",
+                        str(cache), "--receipt", str(receipt), "--quiet"], check=True)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r = json.loads(receipt.read_text())
+        t = time.perf_counter()
+        subprocess.run([*se3t, "basis", "finalize", r["store"]], check=True,
+                       stdout=subprocess.DEVNULL)
+        fin = time.perf_counter() - t
+        again = work / f"e2e-{k}-again.json"
+        subprocess.run([*se3t, "basis", "precompute", "--dataset", dataset, "--cache",
+                        str(cache), "--receipt", str(again), "--quiet"], check=True)
+        r2 = json.loads(again.read_text())
+        assert r2["chunks_computed"] == 0 and r2["complete"], r2
+        size = sum(f.stat().st_size for f in Path(r["store"]).rglob("*") if f.is_file())
+        row = {"edges": r["edges_computed"], "chunks": r["chunks_computed"],
+               "wall_s": wall, "edges_per_s_wall": r["edges_computed"] / wall,
+               "edges_per_s_receipt": r["edges_per_s"],
+               "user_s": after.ru_utime - before.ru_utime,
+               "sys_s": after.ru_stime - before.ru_stime,
+               "finalize_s": fin, "bytes": size, "bytes_per_edge": size / r["edges_computed"],
+               "second_run_chunks_computed": r2["chunks_computed"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        shutil.rmtree(cache, ignore_errors=True)
+    return rows
+
+
 def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) -> dict:
     from se3t.data import QM9Dataset, collate
 
@@ -253,9 +298,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dataset", required=True, help="dataset store")
     ap.add_argument("--work", default="/work/cache/bench", help="scratch folder (big)")
-    ap.add_argument("--sections", default="compute,codecs,compressors,loader,step")
+    ap.add_argument("--sections", default="compute,precompute,codecs,compressors,loader,step")
     ap.add_argument("--store", default=None, help="a finalized basis store (codecs section)")
-    ap.add_argument("--loader-compressor", default="zstd")
+    ap.add_argument("--loader-compressor", default="blosc-lz4")
     ap.add_argument("--step-batch", type=int, default=32)
     ap.add_argument("--out", default=None, help="write the results as JSON")
     args = ap.parse_args()
@@ -267,6 +312,8 @@ def main() -> None:
     if "compute" in sections:
         results["compute"] = bench_compute(args.dataset)
         print(json.dumps(results["compute"]), flush=True)
+    if "precompute" in sections:
+        results["precompute"] = bench_precompute(args.dataset, work)
     if "compressors" in sections:
         results["compressors"] = bench_compressors(args.dataset, work)
     if "codecs" in sections:

@@ -83,6 +83,7 @@ class KernelSpec:
         # degree-concatenated evaluation needs one channel count across the input degrees
         self.concat = len({ci for _, ci in self.ins}) == 1
         self._perm: dict[tuple[int, bool], Tensor] = {}
+        self._rows: dict[tuple[int, bool, str], Tensor] = {}
         # rows of each d_out's block in the stacked block basis (se3t.so3.blocks)
         self.block_rows: dict[int, tuple[int, int]] = {}
         r = 0
@@ -122,6 +123,16 @@ class KernelSpec:
                 j0 += nf
             self._perm[(do, channels_first)] = perm
         return perm
+
+    def concat_rows(self, do: int, channels_first: bool, device: torch.device) -> Tensor:
+        """:meth:`concat_perm` as absolute row indices, cached per device (a host-to-GPU copy
+        per call would synchronize every step)."""
+        key = (do, channels_first, str(device))
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = (self.do_rows[do][0] + self.concat_perm(do, channels_first)).to(device)
+            self._rows[key] = rows
+        return rows
 
     def pairs(self):
         for do, co in self.outs:
@@ -380,8 +391,7 @@ class _ConcatTFN(torch.autograd.Function):
         if need_w:
             gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
             for do, g in gwts.items():
-                first = spec.do_rows[do][0]
-                gw.index_copy_(0, first + spec.concat_perm(do).to(gw.device), g.t())
+                gw.index_copy_(0, spec.concat_rows(do, False, gw.device), g.t())
             gw = gw.to(weight.dtype)
         return (gz, gw, gx, None, None, None, gb)
 
@@ -394,9 +404,7 @@ def _permuted_weights(
     with a transposed view on this CPU's MKL)."""
     out = {}
     for do, _ in spec.outs:
-        first = spec.do_rows[do][0]
-        perm = spec.concat_perm(do, channels_first).to(weight.device)
-        rows = weight.index_select(0, first + perm)
+        rows = weight.index_select(0, spec.concat_rows(do, channels_first, weight.device))
         out[do] = rows.t().contiguous()
     return out
 

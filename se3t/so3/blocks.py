@@ -70,6 +70,12 @@ def block_basis_index(
     return torch.cat(blocks).flatten()
 
 
+@functools.cache
+def _index_on(in_degrees, out_degrees, max_degree: int, device: str) -> Tensor:
+    # one copy per device: a host-to-GPU copy per call would synchronize every layer
+    return block_basis_index(in_degrees, out_degrees, max_degree).to(device)
+
+
 def block_basis(
     flat: Tensor, in_degrees: tuple[int, ...], out_degrees: tuple[int, ...], max_degree: int
 ) -> Tensor:
@@ -83,7 +89,7 @@ def block_basis(
             f"got {list(flat.shape)}"
         )
     in_degrees, out_degrees = tuple(in_degrees), tuple(out_degrees)
-    idx = block_basis_index(in_degrees, out_degrees, max_degree).to(flat.device)
+    idx = _index_on(in_degrees, out_degrees, max_degree, str(flat.device))
     padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
     cols = sum(2 * d + 1 for d in in_degrees)
     return padded.index_select(1, idx).view(flat.shape[0], -1, cols)
