@@ -1,0 +1,150 @@
+"""Sealing a basis store (:func:`finalize`: ``checksums.json``, read-only) and the run-folder
+manifests that point at a complete store (:func:`write_manifest`, :func:`read_manifest`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from se3t.data.basis_cache import CHECKSUMS_FILE, atomic_write_bytes, is_url, local_path, who
+from se3t.data.basis_store.layout import _iso, _open_group, _unit_exists, _unit_file, store_meta
+from se3t.data.basis_store.settings import MANIFEST_KIND, STORE_FORMAT
+from se3t.errors import InputError
+from se3t.io import write_text
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _make_read_only(path: Path) -> None:
+    for dirpath, dirs, files in os.walk(path):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            os.chmod(full, os.stat(full).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        del dirs
+    for dirpath, _dirs, _files in os.walk(path, topdown=False):
+        os.chmod(dirpath, os.stat(dirpath).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def finalize(store: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
+    """Seal a store: check every shard is present, write ``checksums.json`` (sha256 per shard
+    file), remove claims and temporary files, and make the store read-only. Idempotent: a
+    complete store is left as it is. Returns the checksums record."""
+    path = local_path(store)
+    group = _open_group(str(path))
+    meta = store_meta(group, str(path))
+    done = path / CHECKSUMS_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    missing = [u for u in range(meta["num_units"]) if not _unit_exists(path, u)]
+    if missing:
+        names = ", ".join(_unit_file(u) for u in missing[:5])
+        raise InputError(
+            f"basis store {str(path)!r} is incomplete: {len(missing)} of {meta['num_units']} "
+            f"shards missing ({names}{', ...' if len(missing) > 5 else ''}); run "
+            "se3t basis precompute (all --shard slices) before finalize"
+        )
+    shutil.rmtree(path / ".claims", ignore_errors=True)
+    for leftover in path.rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
+    from tqdm.auto import tqdm
+
+    files = {}
+    for u in tqdm(range(meta["num_units"]), desc="checksums", disable=not progress):
+        f = path / _unit_file(u)
+        files[_unit_file(u)] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
+    record = {
+        "key": meta["key"],
+        "algorithm": "sha256",
+        "files": files,
+        "total_bytes": sum(v["bytes"] for v in files.values()),
+        "finalized": _iso(),
+        "finalized_by": who(),
+    }
+    # exclusive: when two finalizers race, the first record stays (manifests point at its hash)
+    atomic_write_bytes(done, json.dumps(record, indent=1, sort_keys=True).encode(), exclusive=True)
+    _make_read_only(path)
+    return json.loads(done.read_text())
+
+
+def _canonical_sha(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _read_checksums_bytes(where: str) -> bytes | None:
+    try:
+        if is_url(where):
+            import fsspec
+
+            with fsspec.open(f"{where.rstrip('/')}/{CHECKSUMS_FILE}", "rb") as fh:
+                return fh.read()
+        return (local_path(where) / CHECKSUMS_FILE).read_bytes()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dict[str, Any]:
+    """Write the run-folder manifest that points at a complete store (what the workflow's basis
+    rule outputs): key, store path or URL, dataset fingerprint, settings, sizes, created, and
+    ``checksums_sha256`` (hash of the store's checksums file) plus ``manifest_sha256`` (hash of
+    this record), so readers notice a store or manifest changed since. Atomic write."""
+    where = str(store) if is_url(store) else os.path.abspath(local_path(store))
+    group = _open_group(where)
+    meta = store_meta(group, where)
+    checks = _read_checksums_bytes(where)
+    if checks is None:
+        raise InputError(
+            f"basis store {where!r} is not finalized (no {CHECKSUMS_FILE}); run se3t basis "
+            "finalize on it first"
+        )
+    sizes = json.loads(checks)
+    record = {
+        "kind": MANIFEST_KIND,
+        "store_format": STORE_FORMAT,
+        "key": meta["key"],
+        "store": where,
+        "dataset_fingerprint": meta["dataset_fingerprint"],
+        "dataset_path": meta.get("dataset_path"),
+        "settings": {k: meta[k] for k in (
+            "max_degree", "dtype", "basis_size", "layout_version", "code_version", "compressor",
+            "compression_level", "chunk_edges", "chunks_per_shard")},
+        "num_molecules": meta["num_molecules"],
+        "num_edges": meta["num_edges"],
+        "store_bytes": sizes.get("total_bytes"),
+        "store_created": meta.get("created"),
+        "created": _iso(),
+        "created_by": who(),
+        "checksums_sha256": hashlib.sha256(checks).hexdigest(),
+    }
+    record["manifest_sha256"] = _canonical_sha(record)
+    out = Path(manifest)
+    write_text(out, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """A run-folder manifest, checked for its kind and its own checksum."""
+    p = Path(path)
+    try:
+        record = json.loads(p.read_text())
+    except FileNotFoundError as err:
+        raise InputError(f"basis manifest {str(p)!r} does not exist") from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"basis manifest {str(p)!r} is not valid JSON: {err}") from err
+    if not isinstance(record, dict) or record.get("kind") != MANIFEST_KIND:
+        raise InputError(f"basis manifest {str(p)!r} is not a se3t basis manifest")
+    if record.get("manifest_sha256") != _canonical_sha(record):
+        raise InputError(f"basis manifest {str(p)!r}: field 'manifest_sha256' does not match its "
+                         "contents (edited or damaged); rerun se3t basis finalize --manifest")
+    return record
