@@ -89,7 +89,10 @@ def find_raw(raw: str | os.PathLike) -> RawSource:
         return RawSource("xyz-archive", [root], None, root.parent)
     unc = root / "uncharacterized.txt"
     unc_path = unc if unc.is_file() else None
-    csvs = sorted(root.glob("qm9_part*.csv")) or sorted(root.glob("*.csv"))
+    # hidden files are the temporaries of an interrupted atomic write (se3t.io), never input
+    csvs = sorted(root.glob("qm9_part*.csv")) or sorted(
+        p for p in root.glob("*.csv") if not p.name.startswith(".")
+    )
     if csvs:
         return RawSource("csv", csvs, unc_path, root)
     archives = sorted(

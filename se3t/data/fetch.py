@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from se3t.errors import InputError
+from se3t.io import atomic_write, replace, write_json
 
 __all__ = ["download", "fetch", "qm9pack_files"]
 
@@ -54,17 +55,15 @@ def _sha256(path: Path) -> str:
 
 def _copy(src: Path, dest: Path) -> str:
     """Copy ``src`` to ``dest`` atomically; returns the sha256 of what was written."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     h = hashlib.sha256()
-    try:
+
+    def writer(tmp: str) -> None:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             while chunk := fin.read(_BUF):
                 h.update(chunk)
                 fout.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(dest, writer)
     return h.hexdigest()
 
 
@@ -142,7 +141,8 @@ def download(
     fine). Attempts are retried up to ``retries`` times with sleeps of ``backoff * 2**k`` s; an
     HTTP 4xx other than 408/429 fails at once. When all bytes are in, the sha256 is checked
     (when given): a mismatch deletes the partial file and raises InputError; otherwise the file
-    is renamed to ``dest``. An existing ``dest`` with the expected sha256 is kept as it is.
+    is fsynced and renamed to ``dest`` (:func:`se3t.io.replace`). An existing ``dest`` with the
+    expected sha256 is kept as it is.
     """
     from tqdm import tqdm
 
@@ -177,7 +177,9 @@ def download(
             f"{url}: sha256 mismatch for {dest.name}: expected {sha256}, got {digest} "
             "(the downloaded file was deleted)"
         )
-    os.replace(part, dest)
+    # fsync: a large file renamed before its bytes reach the disk could survive a power loss
+    # as a complete-looking, truncated archive
+    replace(part, dest, fsync=True)
     return digest
 
 
@@ -244,18 +246,16 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
                              "from": str(p)}  # fmt: skip
     elif xyz:
         dest = out / "qm9_xyz.tar"
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        try:
+
+        def pack(tmp: str) -> None:
             with tarfile.open(tmp, "w") as tar:
                 for p in xyz:
                     data = p.read_bytes()
                     info = tarfile.TarInfo(str(p.relative_to(path)))
                     info.size, info.mtime, info.mode = len(data), 0, 0o644
                     tar.addfile(info, io.BytesIO(data))
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        atomic_write(dest, pack)
         files[dest.name] = {"sha256": _sha256(dest), "bytes": dest.stat().st_size,
                             "from": f"{path} ({len(xyz)} .xyz files)"}  # fmt: skip
     elif archives:
@@ -323,7 +323,5 @@ def fetch(
         "files": files,
         "fetched": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = manifest_path.with_name(f".{manifest_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    write_json(manifest_path, manifest)
     return manifest

@@ -14,6 +14,11 @@ and, when present, the run's profile ``memory.json`` (``se3t profile``; in the r
 an :class:`InputError` naming it and the command that makes it. All figures are redrawn from
 these data files, so the report never shows a stale picture.
 
+Paths inside the results folder (run folders, profiles, the evaluated checkpoint) are shown
+relative to it, so a report names no temporary folder of the machine that made it
+(:func:`shown_path`). A checkpoint recorded where training wrote the run (``run.dir`` of its
+config) is mapped to the run folder's place now: runs are often made elsewhere and copied in.
+
 The report sets each figure beside the published ones: NVIDIA's QM9 ``homo`` test MAE
 (0.0342-0.0346 eV after 100 epochs) and the paper's 35 meV; NVIDIA's training throughput
 (2.21 mol/ms TF32, 2.92 mol/ms AMP at batch 240 on one A100; 22.95 mol/ms on 8), with the device
@@ -42,7 +47,7 @@ from se3t.eval.references import PUBLISHED_MAE, THROUGHPUT_REFERENCES, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, PROFILE_SCHEMA, validate
 from se3t.io import write_bytes, write_text
 
-__all__ = ["RunResults", "build_report", "find_runs", "load_run"]
+__all__ = ["RunResults", "build_report", "find_runs", "load_run", "shown_path"]
 
 REQUIRED = {
     "config.yaml": "se3t train (the resolved config)",
@@ -82,6 +87,37 @@ def find_runs(results_dir: Path) -> list[Path]:
             "(from se3t train) in it, or in its sub-folders runs/* or *"
         )
     return found
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> str | None:
+    """``path`` relative to ``folder`` (POSIX, ``.`` for the folder itself) when it lies inside
+    it, compared as written after normalisation (no file need exist); else None. A relative
+    path never lies inside an absolute folder, nor the other way round: their bases differ."""
+    p, f = Path(os.path.normpath(path)), Path(os.path.normpath(folder))
+    if p.is_absolute() != f.is_absolute() or not p.is_relative_to(f):
+        return None
+    return p.relative_to(f).as_posix()
+
+
+def shown_path(
+    path: str | os.PathLike, results_dir: Path, run: RunResults | None = None
+) -> str:
+    """How the report names ``path``: relative to ``results_dir`` when inside it, else as given.
+
+    With ``run``, a path recorded inside the folder where the run was written (its config's
+    ``run.dir``, e.g. ``/tmp/x/run/best.pt``) or inside the run folder is first mapped to the run
+    folder's place now; ``results_dir`` and the run folder are taken from the current directory.
+    """
+    here = Path(path)
+    if run is not None:
+        written = (run.config.get("run") or {}).get("dir")
+        for origin in (os.path.abspath(run.folder), written):
+            rel = _inside(path, origin) if origin else None
+            if rel is not None:
+                here = Path(os.path.abspath(run.folder)) / rel
+                break
+    rel = _inside(os.path.abspath(here), os.path.abspath(results_dir))
+    return str(path) if rel is None else rel
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -259,10 +295,11 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}g}"
 
 
-def _metrics_section(doc: _Doc, run: RunResults) -> None:
+def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
     ev = run.evaluation
+    checkpoint = shown_path(ev["checkpoint"], results_dir, run)
     doc.para(
-        f"Split {ev['split']!r}: {ev['count']} molecules; checkpoint {ev['checkpoint']} "
+        f"Split {ev['split']!r}: {ev['count']} molecules; checkpoint {checkpoint} "
         f"(epoch {ev.get('epoch')}, step {ev.get('step')}); evaluated on "
         f"{ev['environment']['device_name']}."
     )
@@ -356,7 +393,7 @@ def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> Non
 
 
 def _profile_section(
-    doc: _Doc, profile: dict, source: Path, assets: Path, md_dir: Path, prefix: str = ""
+    doc: _Doc, profile: dict, source: str, assets: Path, md_dir: Path, prefix: str = ""
 ) -> None:
     env = profile["environment"]
     metric = {
@@ -429,7 +466,9 @@ def build_report(
     doc.html.append(f"<h1>{html.escape(title)}</h1>")
     doc.md.append(f"# {title}\n")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    doc.para(f"Built {now} from {results_dir} ({len(runs)} run(s)).")
+    doc.para(
+        f"Built {now} from {results_dir} ({len(runs)} run(s)); paths below are relative to it."
+    )
     here = describe_environment("cpu")
     for run in runs:
         prefix = f"{run.name}_" if len(runs) > 1 else ""
@@ -445,11 +484,11 @@ def build_report(
                 ["torch (evaluation)", eval_env["torch"]],
                 ["python (evaluation)", str(eval_env.get("python", "?"))],
                 ["report built with torch", here["torch"]],
-                ["run folder", str(run.folder)],
+                ["run folder", shown_path(run.folder, results_dir)],
             ],
         )
         doc.heading("Test metrics beside the published references", 3)
-        _metrics_section(doc, run)
+        _metrics_section(doc, run, results_dir)
         names = list(ev["targets"])
         pred = run.predictions
         by_target = {t: pred[pred["target"] == t] for t in names}
@@ -486,7 +525,8 @@ def build_report(
         _throughput_section(doc, run, run.profile or shared)
         doc.heading("Memory and throughput profile", 3)
         if run.profile is not None:
-            _profile_section(doc, run.profile, run.profile_path, assets, md_path.parent, prefix)
+            source = shown_path(run.profile_path, results_dir)
+            _profile_section(doc, run.profile, source, assets, md_path.parent, prefix)
         elif shared is not None:
             doc.para("See the shared profile below.")
         else:
@@ -495,7 +535,8 @@ def build_report(
         doc.code(yaml.safe_dump(run.config, sort_keys=False))
     if shared is not None:
         doc.heading("Memory and throughput profile (shared)")
-        _profile_section(doc, shared, shared_path, assets, md_path.parent, "shared_")
+        source = shown_path(shared_path, results_dir)
+        _profile_section(doc, shared, source, assets, md_path.parent, "shared_")
 
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -418,8 +418,9 @@ def _block_basis(basis: Tensor, dt: torch.dtype, spec: KernelSpec) -> Tensor:
     def build():
         return block_basis(basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree)
 
-    if basis.requires_grad and torch.is_grad_enabled():
-        # its autograd graph belongs to one forward pass: never reuse it across passes
+    if (basis.requires_grad and torch.is_grad_enabled()) or basis.is_inference():
+        # a graph-tracked block belongs to one forward pass: never reuse it across passes;
+        # inference tensors have no version counter to tell an in-place change (cheap to build)
         return build()
     key = id(basis)
     entry = _BLOCKS.get(key)

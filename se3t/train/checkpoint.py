@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 
 from se3t.config import Config, ConfigError, from_dict
 from se3t.errors import InputError
+from se3t.io import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -70,24 +70,10 @@ def warn_if_model_code_changed(state: dict[str, Any], path: str | os.PathLike) -
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
-    rename. A crash (or ``kill -9``) at any moment leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    rename, fsync of the folder (:func:`se3t.io.atomic_write` with ``fsync``). A crash (or
+    ``kill -9``, or a power loss) at any moment leaves either the old file or the new one."""
     state = {"format": FORMAT, "version": VERSION, "model_code": model_code_version(), **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from the team
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

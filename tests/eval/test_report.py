@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -105,6 +106,39 @@ def test_malformed_evaluation_is_a_one_line_cli_error(results_copy, tmp_path):
         build_report(empty)
 
 
+def test_paths_are_relative_to_the_results_folder(results_copy, evaluated_run):
+    """The run was trained and evaluated in a temporary folder, then copied to runs/tiny: the
+    report names the checkpoint at its place in the results folder, not the temporary one."""
+    recorded = json.loads((results_copy / "runs" / "tiny" / "metrics.json").read_text())
+    assert Path(recorded["checkpoint"]).parent == evaluated_run  # an absolute path elsewhere
+    html_path, md_path = build_report(results_copy)
+    md = md_path.read_text()
+    name = Path(recorded["checkpoint"]).name
+    assert f"checkpoint runs/tiny/{name} (epoch" in md
+    assert "| run folder | runs/tiny |" in md
+    assert "From runs/tiny/" in md or "From profile/memory.json" in md
+    metrics_para = next(line for line in md.splitlines() if line.startswith("Split "))
+    assert str(evaluated_run) not in metrics_para and str(results_copy) not in metrics_para
+    assert f"checkpoint runs/tiny/{name} (epoch" in html_path.read_text()
+    # the run folder itself as the results folder: the checkpoint is named within it
+    _, md_path = build_report(results_copy / "runs" / "tiny")
+    assert f"checkpoint {name} (epoch" in md_path.read_text()
+
+
+def test_shown_path_keeps_paths_outside_the_results_folder(tmp_path):
+    from se3t.eval.report import RunResults, shown_path
+
+    results = tmp_path / "results"
+    run = RunResults("r", results / "runs" / "r", {"run": {"dir": "/scratch/job/run"}}, [], {},
+                     None)  # fmt: skip
+    assert shown_path("/scratch/job/run/best.pt", results, run) == "runs/r/best.pt"
+    assert shown_path(results / "runs" / "r" / "last.pt", results, run) == "runs/r/last.pt"
+    assert shown_path("/scratch/job/run2/best.pt", results, run) == "/scratch/job/run2/best.pt"
+    assert shown_path("/other/best.pt", results) == "/other/best.pt"
+    assert shown_path(results / "profile" / "memory.json", results) == "profile/memory.json"
+    assert shown_path(results, results) == "."
+
+
 def test_report_without_profile_says_so(results_copy):
     shutil.rmtree(results_copy / "profile")
     html_path, md_path = build_report(results_copy / "runs" / "tiny")
@@ -120,3 +154,6 @@ def test_committed_example_report_is_whole_and_small():
     md = (folder / "report.md").read_text()
     assert all((folder / link).is_file() for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md))
     assert sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) < 1_000_000
+    # the run's own files are named within the results folder, not where the run was made
+    for text in (md, page):
+        assert "checkpoint runs/example/best.pt (epoch" in text and "checkpoint /tmp" not in text

@@ -177,6 +177,23 @@ def test_block_basis_cache_follows_the_basis_tensor(batch64):
     assert not any(e[0]() is None for e in kernel._BLOCKS.values())  # dead entries dropped
 
 
+def test_fused_under_inference_mode_equals_no_grad(batch64):
+    # evaluation runs under torch.inference_mode, whose tensors have no version counter
+    fin, fout = FIBERS["uniform"]
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3).double()
+    basis, es = edge_inputs(batch64)
+    x = random_features(fin, batch64.graph.num_nodes)
+    with torch.no_grad():
+        expected = conv(x, batch64.graph, basis, es)
+    with torch.inference_mode():
+        b = basis.clone()
+        out = conv(x, batch64.graph, b, es)
+        again = conv(x, batch64.graph, b, es)
+    for d in expected:
+        torch.testing.assert_close(out[d], expected[d], rtol=0, atol=0)
+        torch.testing.assert_close(again[d], expected[d], rtol=0, atol=0)
+
+
 def test_float32_chunking_does_not_change_result():
     b = random_batch(num_graphs=4, dtype=torch.float32)
     fin, fout = FIBERS["uniform"]
