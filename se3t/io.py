@@ -71,13 +71,16 @@ def atomic_write(
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
+    return atomic_write(
+        path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=fsync
+    )
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), fsync=fsync)
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+def write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = False) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return write_text(path, text, fsync=fsync)

@@ -129,7 +129,8 @@ def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dic
     }
     record["manifest_sha256"] = _canonical_sha(record)
     out = Path(manifest)
-    write_text(out, json.dumps(record, indent=2) + "\n")
+    # fsync: the workflow's DAG points at this file; it must survive a power loss once renamed
+    write_text(out, json.dumps(record, indent=2) + "\n", fsync=True)
     return record
 
 
