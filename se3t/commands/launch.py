@@ -24,7 +24,10 @@ def register(subparsers) -> None:
             "launching again while that SLURM job is still pending or running (say after the "
             "waiting launcher or Snakemake was killed) attaches to it (streams its log, waits, "
             "returns its outcome) instead of submitting a second job; once it has ended, a new "
-            "job is submitted and resumes from RUN_DIR/last.pt."
+            "job is submitted and resumes from RUN_DIR/last.pt. The intent to submit is "
+            "recorded before sbatch runs and every job carries a tag of its run folder in its "
+            "SLURM comment, so a launcher killed between sbatch and the record still leaves a "
+            "job the next launch finds (squeue) and attaches to."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -14,20 +14,30 @@ The launcher checks every input first (as ``se3t train`` would: dataset, basis s
 checkpoint to resume), submits, streams rank 0's log while waiting, and returns 0 on success;
 on failure it prints the tail of the job's log and returns 1.
 
-One job per run folder. Right after submission the launcher records the job (id, cluster,
-submitit folder, tasks) in ``run.dir/launch.json`` (written atomically). A later launch for the
-same run folder, say after Snakemake or the user killed the waiting launcher, reads it first: if
-that SLURM job is still queued or running (PENDING, RUNNING, REQUEUED, ...) it attaches to it
-(streams its log, waits, returns its outcome) instead of submitting a second job into the same
-folder; if it ended (completed, failed, cancelled, unknown to SLURM) it submits a new job, which
-resumes from ``last.pt``. A lock file (``run.dir/.launch.lock``, ``flock``) makes the
-check-and-submit atomic between launchers started at the same time.
+One job per run folder. Every SLURM job carries the run folder's tag in its comment
+(``se3t-run:<first 12 hex of sha256(real path of run.dir)>``, see :func:`run_tag`). Before
+``sbatch`` the launcher writes an intent record ``run.dir/launch.json`` (``"state":
+"submitting"``, the tag, no job id); right after submission it completes it (job id, cluster,
+submitit folder, tasks; ``"state": "submitted"``); both writes are atomic. A later launch for
+the same run folder, say after Snakemake or the user killed the waiting launcher, reads it
+first: if the recorded SLURM job is still queued or running (PENDING, RUNNING, REQUEUED, ...)
+it attaches to it (streams its log, waits, returns its outcome) instead of submitting a second
+job into the same folder; if it ended (completed, failed, cancelled, unknown to SLURM) it
+submits a new job, which resumes from ``last.pt``. When the record has no job id (a launcher
+killed between ``sbatch`` returning and the record being completed) or there is no record, it
+asks ``squeue`` for this user's live jobs carrying the tag (after a grace of
+:data:`SBATCH_GRACE_S` for a fresh intent record, whose launcher's ``sbatch`` may still be
+running), attaches to the one it finds (completes the record, and writes the job's submitit
+pickle if the dead launcher had not yet), and submits only when there is none. A lock file
+(``run.dir/.launch.lock``, ``flock``) makes the check-and-submit atomic between launchers
+started at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -38,11 +48,18 @@ from pathlib import Path
 from typing import Any
 
 from se3t.config import Config, from_dict, to_dict
-from se3t.errors import InputError
+from se3t.errors import InputError, Se3tError
+from se3t.io import atomic_write
 
-__all__ = ["ACTIVE_STATES", "TrainJob", "launch", "make_executor", "read_record", "slurm_state"]
+__all__ = [
+    "ACTIVE_STATES", "TrainJob", "launch", "live_jobs", "make_executor", "read_record", "run_tag",
+    "slurm_state",
+]  # fmt: skip
 
 RECORD = "launch.json"
+# an intent record younger than this may be from a launcher killed while its sbatch child was
+# still running (the child goes on and submits): wait that long before trusting squeue's "none"
+SBATCH_GRACE_S = 10.0
 # SLURM states of a job that will still run (or runs): a new launch attaches to it
 ACTIVE_STATES = frozenset({
     "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
@@ -114,7 +131,7 @@ def make_executor(cfg: Config):
     import submitit
 
     lc = cfg.launch
-    folder = Path(lc.folder or Path(cfg.run.dir) / "submitit").absolute()
+    folder = _submitit_folder(cfg)
     executor = submitit.AutoExecutor(folder=folder, cluster=lc.cluster,
                                      slurm_max_num_timeout=lc.max_num_timeout)  # fmt: skip
     # the executor behind (local too) counts time-outs before giving up
@@ -136,10 +153,32 @@ def make_executor(cfg: Config):
             value = getattr(lc, key)
             if value:
                 params[f"slurm_{key}"] = value
-        if lc.extra:
-            params["slurm_additional_parameters"] = dict(lc.extra)
+        extra = dict(lc.extra)
+        # the run folder's tag goes first in the comment (a comment of the user's follows it):
+        # a relaunch finds the job by it even when no job id was recorded
+        own = extra.pop("comment", None)
+        params["slurm_comment"] = f"{run_tag(cfg.run.dir)} {own}" if own else run_tag(cfg.run.dir)
+        if extra:
+            params["slurm_additional_parameters"] = extra
     executor.update_parameters(**params)
     return executor
+
+
+def _submitit_folder(cfg: Config) -> Path:
+    return Path(cfg.launch.folder or Path(cfg.run.dir) / "submitit").absolute()
+
+
+def _tasks(cfg: Config) -> int:
+    lc = cfg.launch
+    return lc.nodes * (lc.gpus_per_node if lc.gpus_per_node > 0 else lc.tasks_per_node)
+
+
+def run_tag(run_dir: str | Path) -> str:
+    """``se3t-run:<12 hex>``: the first 12 hex digits of sha256 of the run folder's real path
+    (symlinks resolved), put in the comment of every SLURM job of that folder. Deterministic,
+    so a launch finds the job that an earlier, killed launch submitted."""
+    real = os.path.realpath(Path(run_dir).absolute())
+    return "se3t-run:" + hashlib.sha256(real.encode()).hexdigest()[:12]
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -188,26 +227,51 @@ def slurm_state(job_id: str) -> str:
     return ""
 
 
-def read_record(run_dir: str | Path) -> dict[str, Any] | None:
-    """``run_dir/launch.json``: the last job submitted for this run folder (None if none, or
-    unreadable: a launch then submits as if there were none)."""
-    path = Path(run_dir) / RECORD
+def live_jobs(tag: str) -> list[tuple[str, str]]:
+    """``(job id, state)`` of this user's SLURM jobs that are queued or running (a state in
+    :data:`ACTIVE_STATES`) and whose comment carries ``tag`` (see :func:`run_tag`).
+
+    Raises :class:`Se3tError` when ``squeue`` cannot answer: the caller cannot tell then
+    whether such a job exists, and must not submit another one."""
+    cmd = ["squeue", "-h", "-u", str(os.getuid()), "-o", "%i|%T|%k"]
     try:
-        rec = json.loads(path.read_text())
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise Se3tError(f"cannot list SLURM jobs ({' '.join(cmd)}): {err}") from None
+    if out.returncode != 0:
+        raise Se3tError(f"cannot list SLURM jobs ({' '.join(cmd)}, exit {out.returncode}): "
+                        f"{out.stderr.strip() or out.stdout.strip()}")  # fmt: skip
+    jobs = []
+    for line in out.stdout.splitlines():
+        job_id, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")  # the comment last: it may hold '|'
+        if tag in comment.split() and state.strip() in ACTIVE_STATES:
+            jobs.append((job_id.strip(), state.strip()))
+    return jobs
+
+
+def _read_raw(run_dir: Path) -> dict[str, Any] | None:
+    """``launch.json`` as written, intent records (no job id) included; None if absent or
+    unreadable."""
+    try:
+        rec = json.loads((run_dir / RECORD).read_text())
     except (OSError, ValueError):
         return None
-    return rec if isinstance(rec, dict) and rec.get("job_id") else None
+    return rec if isinstance(rec, dict) else None
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_dir/launch.json``: the last job submitted for this run folder (None if none, if
+    unreadable, or if it is an intent record without a job id: see :func:`launch`)."""
+    rec = _read_raw(Path(run_dir))
+    return rec if rec is not None and rec.get("job_id") else None
 
 
 def _write_record(run_dir: Path, rec: dict[str, Any]) -> None:
-    """Atomic: a temporary file in the folder, fsync, rename."""
-    tmp = run_dir / f".{RECORD}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(rec, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, run_dir / RECORD)
+    """Atomic and durable (temporary file, fsync, rename, fsync of the folder): readers see the
+    old record or the new one, and an intent record survives a node reboot."""
+    text = json.dumps(rec, indent=1) + "\n"
+    atomic_write(run_dir / RECORD, lambda tmp: Path(tmp).write_text(text), fsync=True)
 
 
 @contextlib.contextmanager
@@ -224,10 +288,95 @@ def _run_lock(run_dir: Path):
 
 
 def _active_job(cfg: Config, run_dir: Path):
-    """The recorded SLURM job of this run folder when it is still queued or running, else
-    None. Raises InputError when it runs but this launch asks for another cluster."""
-    rec = read_record(run_dir)
-    if rec is None or rec.get("cluster") != "slurm":
+    """The SLURM job of this run folder when it is still queued or running, else None: the
+    recorded job, or (record without job id, or no record) the live job carrying the folder's
+    :func:`run_tag`, whose id is then written into the record. Raises InputError when such a
+    job runs but this launch asks for another cluster, or when several run."""
+    rec = _read_raw(run_dir)
+    if rec is not None and rec.get("job_id"):
+        return _recorded_job(cfg, run_dir, rec)
+    submitting = rec is not None and rec.get("state") == "submitting"
+    if submitting and rec.get("cluster") != "slurm":
+        return None  # local/debug: the job died with (or is a child of) its launcher
+    if not submitting and cfg.launch.cluster != "slurm":
+        return None  # no record and no SLURM in sight: nothing to ask
+    tag = run_tag(run_dir)
+    if submitting:
+        # we hold the lock, so the launcher that wrote it has died, perhaps inside sbatch
+        try:
+            age = time.time() - float(rec.get("submitting_at", 0))
+        except (TypeError, ValueError):
+            age = SBATCH_GRACE_S
+        if 0 <= age < SBATCH_GRACE_S:
+            print(f"se3t launch: {RECORD} shows a submission interrupted {age:.0f} s ago; "
+                  f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            time.sleep(SBATCH_GRACE_S - age)
+    try:
+        jobs = live_jobs(tag)
+    except Se3tError as err:
+        raise Se3tError(
+            f"run folder {str(run_dir)!r}: {err}; cannot tell whether a job of this folder "
+            f"(comment {tag}) is already queued or running, so none is submitted"
+        ) from None
+    if not jobs:
+        if submitting:
+            print(f"se3t launch: {RECORD} shows an interrupted submission (since "
+                  f"{rec.get('submitting', '?')}) and no job of this run folder ({tag}) is "
+                  "queued or running: submitting", file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    names = ", ".join(f"{j} ({st})" for j, st in jobs)
+    if len(jobs) > 1:
+        raise InputError(
+            f"run folder {str(run_dir)!r}: several SLURM jobs of it are queued or running "
+            f"({names}, comment {tag}); scancel all but one, then launch again"
+        )
+    job_id, state = jobs[0]
+    if cfg.launch.cluster != "slurm":
+        raise InputError(
+            f"run folder {str(run_dir)!r}: SLURM job {job_id} (comment {tag}) is still "
+            f"{state}; wait for it or scancel it before launching on {cfg.launch.cluster!r}"
+        )
+    base = rec if submitting else {}
+    rec = {
+        "job_id": job_id, "cluster": "slurm",
+        "folder": base.get("folder") or str(_submitit_folder(cfg)),
+        "tasks": int(base.get("tasks") or _tasks(cfg)), "tag": tag,
+        "name": base.get("name") or f"se3t-{cfg.run.name}",
+        "state": "submitted", "submitted": base.get("submitting", "?"),
+        "found": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+    job = _attach(rec, state)
+    _ensure_pickle(job, base.get("config") or to_dict(cfg))
+    _write_record(run_dir, rec)
+    print(f"se3t launch: {RECORD} had no job id, but SLURM job {job_id} of this run folder "
+          f"({tag}) is {state}: recorded it", file=sys.stderr, flush=True)  # fmt: skip
+    return job
+
+
+def _ensure_pickle(job, config: dict[str, Any]) -> None:
+    """Put the job's ``<id>_submitted.pkl`` in place when it is missing.
+
+    submitit pickles the call under a temporary name, runs sbatch, and only then renames the
+    pickle after the job id; a launcher killed in between leaves a job that, once started,
+    waits 60 s for its pickle and fails. The call is ``TrainJob()(config)`` with the config
+    the killed launcher submitted (kept in the intent record), so it is rebuilt from that."""
+    import submitit
+
+    path = Path(job.paths.submitted_pickle)
+    if path.exists():
+        return
+    cfg = from_dict(config)
+    delayed = submitit.helpers.DelayedSubmission(_checkpointable()(), config)
+    delayed.set_timeout(cfg.launch.time, cfg.launch.max_num_timeout)
+    atomic_write(path, delayed.dump, fsync=True)
+    print(f"se3t launch: job {job.job_id} had no {path.name} (its launcher died inside the "
+          "submission): wrote it", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _recorded_job(cfg: Config, run_dir: Path, rec: dict[str, Any]):
+    """The job of a complete record when it is still queued or running, else None."""
+    if rec.get("cluster") != "slurm":
         return None  # local/debug jobs end with (or are children of) their launcher
     state = slurm_state(rec["job_id"])
     if state not in ACTIVE_STATES:
@@ -240,6 +389,10 @@ def _active_job(cfg: Config, run_dir: Path):
             f"run folder {str(run_dir)!r}: SLURM job {rec['job_id']} ({RECORD}) is still "
             f"{state}; wait for it or scancel it before launching on {cfg.launch.cluster!r}"
         )
+    return _attach(rec, state)
+
+
+def _attach(rec: dict[str, Any], state: str):
     from submitit.slurm.slurm import SlurmJob
 
     job = SlurmJob(folder=rec["folder"], job_id=str(rec["job_id"]),
@@ -247,6 +400,36 @@ def _active_job(cfg: Config, run_dir: Path):
     print(f"se3t launch: job {job.job_id} of this run folder is {state} (submitted "
           f"{rec.get('submitted', '?')}): attaching to it instead of submitting; this "
           f"command's overrides do not apply to it", file=sys.stderr, flush=True)  # fmt: skip
+    return job
+
+
+def _submit(cfg: Config, run_dir: Path):
+    """Submit the training job. On SLURM the intent record goes first (state "submitting", the
+    folder's tag, no job id), so that a launcher killed inside ``sbatch`` or right after it
+    leaves a record the next launch resolves through ``squeue``; then the complete record."""
+    lc = cfg.launch
+    rec = {"cluster": lc.cluster, "folder": str(_submitit_folder(cfg)), "tasks": _tasks(cfg),
+           "name": f"se3t-{cfg.run.name}"}  # fmt: skip
+    executor = make_executor(cfg)
+    if lc.cluster == "slurm":
+        rec["tag"] = run_tag(run_dir)
+        rec["submitting"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        # the submitted config too: a job whose launcher died before submitit put its pickle
+        # in place gets it from here (see _ensure_pickle)
+        _write_record(run_dir, {**rec, "state": "submitting", "submitting_at": time.time(),
+                                "config": to_dict(cfg)})  # fmt: skip
+    try:
+        job = executor.submit(_checkpointable()(), to_dict(cfg))
+    except Exception as err:  # submitit: FailedJobError with sbatch's message
+        msg = " ".join(str(err).split())[:500]
+        if lc.cluster == "slurm":  # sbatch answered: no job (a later launch still asks squeue)
+            _write_record(run_dir, {**rec, "state": "failed", "error": msg})
+        raise Se3tError(f"run folder {str(run_dir)!r}: submitting job {rec['name']} "
+                        f"({lc.cluster}) failed: {msg}") from err  # fmt: skip
+    _write_record(run_dir, {"job_id": str(job.job_id), **rec, "state": "submitted",
+                            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
+    print(f"se3t launch: submitted job {job.job_id} ({lc.cluster}); logs in "
+          f"{job.paths.folder}", file=sys.stderr, flush=True)  # fmt: skip
     return job
 
 
@@ -263,18 +446,7 @@ def launch(cfg: Config, *, wait: bool = True, poll_s: float = 2.0) -> int:
         job = _active_job(cfg, run_dir)
         if job is None:
             check_inputs(cfg, world_size=1, model=True)  # bad input fails before submission
-            executor = make_executor(cfg)
-            job = executor.submit(_checkpointable()(), to_dict(cfg))
-            lc = cfg.launch
-            tasks = lc.nodes * (lc.gpus_per_node if lc.gpus_per_node > 0 else lc.tasks_per_node)
-            _write_record(run_dir, {
-                "job_id": str(job.job_id), "cluster": lc.cluster,
-                "folder": str(Path(job.paths.folder).absolute()), "tasks": tasks,
-                "name": f"se3t-{cfg.run.name}",
-                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })  # fmt: skip
-            print(f"se3t launch: submitted job {job.job_id} ({lc.cluster}); logs in "
-                  f"{job.paths.folder}", file=sys.stderr, flush=True)  # fmt: skip
+            job = _submit(cfg, run_dir)
     if not wait:
         print(job.job_id)
         return 0

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "train"))
-from train_helpers import as_args, empty_config, metrics, tiny_overrides  # noqa: E402
+from train_helpers import as_args, empty_config, metrics, sacct_ids, tiny_overrides  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -169,12 +169,6 @@ def test_srun_two_tasks_train_as_ddp_ranks(slurm_cluster, qm9_store, tmp_path):
     assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == [1, 2, 3]
 
 
-def _sacct_ids(name: str) -> list[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return sorted({x.strip() for x in out.split() if x.strip()})
-
-
 def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9_store, tmp_path):
     """Snakemake (or the user) killed while ``se3t launch`` waits: the job goes on; the same
     command again attaches to it (one job in sacct) instead of submitting a second job into the
@@ -213,7 +207,7 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
         assert waiting.returncode == 0, err[-3000:]
         assert "attaching" in err and "submitted job" not in err and "done: step 6" in err
         assert slurm_cluster.wait_state(job, {"COMPLETED"}, timeout=60) == "COMPLETED"
-        assert _sacct_ids(f"se3t-{name}") == [job]
+        assert sacct_ids(f"se3t-{name}") == [job]
         assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == list(range(1, 7))
         # the job has ended: a new launch submits a new job, which resumes from last.pt
         args_free = [str(empty_config(tmp_path)),
@@ -227,7 +221,7 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
         assert second != job and json.loads((run / "launch.json").read_text())["job_id"] == second
         assert "resuming from" in (run / "train.log").read_text()
         assert slurm_cluster.wait_state(second, {"COMPLETED"}, timeout=60) == "COMPLETED"
-        assert _sacct_ids(f"se3t-{name}") == sorted([job, second])
+        assert sacct_ids(f"se3t-{name}") == sorted([job, second])
     finally:
         for proc in procs:
             if proc.poll() is None:

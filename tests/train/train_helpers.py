@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -68,3 +69,15 @@ def empty_config(tmp_path: Path) -> Path:
     p = tmp_path / "empty.yaml"
     p.write_text("{}\n")
     return p
+
+
+def sacct_ids(name: str, timeout: float = 60) -> list[str]:
+    """Ids of the jobs SLURM's accounting knows by ``name`` (polled: it lags the queue)."""
+    end = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        ids = sorted({x.strip() for x in out.split() if x.strip()})
+        if ids or time.monotonic() > end:
+            return ids
+        time.sleep(0.5)
