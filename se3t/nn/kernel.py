@@ -83,7 +83,7 @@ class KernelSpec:
         # degree-concatenated evaluation needs one channel count across the input degrees
         self.concat = len({ci for _, ci in self.ins}) == 1
         self._perm: dict[tuple[int, bool], Tensor] = {}
-        self._rows: dict[tuple[int, bool, str], Tensor] = {}
+        self._rows: dict[tuple[int, bool | str, str], Tensor] = {}
         # rows of each d_out's block in the stacked block basis (se3t.so3.blocks)
         self.block_rows: dict[int, tuple[int, int]] = {}
         r = 0
@@ -123,6 +123,18 @@ class KernelSpec:
                 j0 += nf
             self._perm[(do, channels_first)] = perm
         return perm
+
+    def concat_inverse(self, do: int, device: torch.device) -> Tensor:
+        """The inverse of :meth:`concat_perm` (``channels_first=False``), per device: stored
+        row ``r`` of ``d_out``'s block is row ``inverse[r]`` of the concatenated order."""
+        key = (do, "inverse", str(device))
+        inv = self._rows.get(key)
+        if inv is None:
+            perm = self.concat_perm(do)
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(len(perm))
+            inv = self._rows[key] = inv.to(device)
+        return inv
 
     def concat_rows(self, do: int, channels_first: bool, device: torch.device) -> Tensor:
         """:meth:`concat_perm` as absolute row indices, cached per device (a host-to-GPU copy
@@ -325,6 +337,7 @@ class _ConcatTFN(torch.autograd.Function):
                 T_do = T[:, r0:r1].view(c, m, -1)  # [c, m_out, K]
                 torch.bmm(T_do, R.view(c, rows // co, co), out=outs[k][e])
         ctx.spec, ctx.chunk = spec, chunk
+        ctx.wts = wts  # 4 B x num_radial x H: cheaper to keep than to gather again
         ctx.save_for_backward(z, weight, x_all, src, block)
         return tuple(o.transpose(1, 2) for o in outs)  # [E, C_o, 2 d_out + 1]
 
@@ -334,7 +347,7 @@ class _ConcatTFN(torch.autograd.Function):
         spec, chunk = ctx.spec, ctx.chunk
         need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
         C, nb = x_all.shape[2], block.shape[1]
-        wts = _permuted_weights(spec, weight)
+        wts = ctx.wts
         wts_cf = None
         if need_x or need_b:
             wts_cf = _permuted_weights(spec, weight, channels_first=True)
@@ -389,9 +402,12 @@ class _ConcatTFN(torch.autograd.Function):
                 torch.bmm(gT, x_e.transpose(1, 2), out=gb[e])
         gw = None
         if need_w:
-            gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            # back to the stored row order; the output degrees' blocks cover every row
+            gw = torch.empty(weight.shape, dtype=acc, device=weight.device)
             for do, g in gwts.items():
-                gw.index_copy_(0, spec.concat_rows(do, False, gw.device), g.t())
+                first, rows = spec.do_rows[do]
+                inv = spec.concat_inverse(do, gw.device)
+                torch.index_select(g.t().contiguous(), 0, inv, out=gw[first : first + rows])
             gw = gw.to(weight.dtype)
         return (gz, gw, gx, None, None, None, gb)
 
