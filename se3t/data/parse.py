@@ -243,12 +243,24 @@ def iter_xyz_dir(path: str | Path) -> Iterator[Record | MoleculeError]:
 
 
 def read_uncharacterized(path: str | Path) -> set[int]:
-    """gdb ids listed in figshare's ``uncharacterized.txt`` (lines whose first token is an id)."""
+    """gdb ids listed in figshare's ``uncharacterized.txt``: the rows ``INDEX GDB17-SMILES
+    B3LYP-SMILES CORINA-SMILES D_IJ`` between the ``=`` separators; the prose header, the
+    ``#`` column header and the separators have no leading integer. A file with no row at all
+    (say an error page saved under that name) is an error, not an empty list."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err}") from err
     ids: set[int] = set()
-    for line in Path(path).read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         tok = line.split()
         if tok and tok[0].isdigit():
             ids.add(int(tok[0]))
+    if not ids:
+        raise InputError(
+            f"{path}: no molecule indices found (expected rows 'INDEX SMILES SMILES SMILES D_IJ' "
+            "as in figshare's uncharacterized.txt)"
+        )
     return ids
 
 

@@ -263,3 +263,18 @@ def test_uncharacterized_and_duplicates_dropped(tmp_path, members):
     _tar(raw / "extra.tar", {files_name: text for files_name, text in list(files.items())[:1]})
     out = _build(raw, tmp_path / "s2.zarr")
     assert out["report"]["dropped"] == {"duplicate_id": 1}
+
+
+def test_read_uncharacterized_real_layout():
+    # figshare's own file: prose header, '=' separators, a '#' column header, the rows, footer
+    ids = read_uncharacterized(QM9 / "figshare" / "uncharacterized_excerpt.txt")
+    assert ids == {58, 61, 80, 185, 186, 245, 3838, 133864, 133865, 133866}
+
+
+def test_read_uncharacterized_without_ids_names_the_file(tmp_path):
+    # e.g. an HTML error page saved under the name: never "0 molecules to drop" in silence
+    bad = tmp_path / "uncharacterized.txt"
+    bad.write_text("<html><body>Access denied</body></html>\n")
+    with pytest.raises(InputError, match="uncharacterized.txt.*no molecule indices"):
+        read_uncharacterized(bad)
+
