@@ -46,12 +46,18 @@ from se3t.so3.blocks import block_basis
 
 __all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
 
-# radial outputs held at once per chunk (elements): 8 MB in float32, i.e. 128 edges of the
-# paper model's widest output degree. Small enough that the chunk's radial weights stay in the
-# CPU's L2/L3 cache between the GEMM that writes them and the bmm calls that read them (at
+# radial outputs held at once per chunk (elements), on CPU: 16 MB in float32, i.e. 256 edges
+# of the paper model's widest output degree. Small enough that the chunk's radial weights stay
+# close to the cores between the GEMM that writes them and the bmm calls that read them (at
 # 1 << 25, 2048 edges, every chunk streamed 128 MB through DRAM and a conv's fwd+bwd was ~3x
-# slower on the 2-core dev box); large enough that per-chunk op overhead stays small.
+# slower on the 2-core dev box); large enough that per-chunk op overhead stays small
+# (1 << 21 to 1 << 24 measure within 5 %, 1 << 20 is 20 % slower).
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
+# on a GPU every op of the chunk loop is a kernel launch, and memory is plentiful: 64 M radial
+# values (128 MB in fp16, 4,096 edges of the widest output degree) keep a batch of 240 QM9
+# molecules (~9,000 edges) to three chunks while the op still never holds the whole layer's
+# radial output (0.3 GB in fp16 at that batch size, per output degree)
+DEFAULT_CHUNK_ELEMENTS_GPU = 1 << 26
 
 
 class KernelSpec:
@@ -473,7 +479,9 @@ def fused_tfn(
         dt = z.dtype
     z, weight = z.to(dt), weight.to(dt)
     xs = [x.to(dt) for x in xs]
-    chunk = chunk or spec.chunk_size()
+    if not chunk:
+        cpu = z.device.type == "cpu"
+        chunk = spec.chunk_size(DEFAULT_CHUNK_ELEMENTS if cpu else DEFAULT_CHUNK_ELEMENTS_GPU)
     with torch.autocast(device_type, enabled=False):
         if spec.concat:
             x_all = torch.cat([x.transpose(1, 2) for x in xs], dim=1)  # [N, sum (2d+1), C]
