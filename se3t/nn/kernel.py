@@ -42,7 +42,7 @@ from torch import Tensor
 
 from se3t.nn.graph_ops import gather
 from se3t.so3.basis import num_freq, pair_offsets
-from se3t.so3.blocks import block_basis
+from se3t.so3.blocks import block_basis, block_shape
 
 __all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
 
@@ -89,12 +89,12 @@ class KernelSpec:
         # degree-concatenated evaluation needs one channel count across the input degrees
         self.concat = len({ci for _, ci in self.ins}) == 1
         self._perm: dict[tuple[int, bool], Tensor] = {}
-        self._rows: dict[tuple[int, bool | str, str], Tensor] = {}
+        self._on_device: dict[tuple, Tensor] = {}  # index tensors per device (see _cached)
         # rows of each d_out's block in the stacked block basis (se3t.so3.blocks)
         self.block_rows: dict[int, tuple[int, int]] = {}
         r = 0
-        for do, _ in self.outs:
-            n = (2 * do + 1) * sum(num_freq(di, do) for di, _ in self.ins)
+        for do in self.out_degrees:
+            n = block_shape(self.in_degrees, do)[0]
             self.block_rows[do] = (r, r + n)
             r += n
 
@@ -130,27 +130,27 @@ class KernelSpec:
             self._perm[(do, channels_first)] = perm
         return perm
 
+    def _cached(self, key: tuple, device: torch.device, make) -> Tensor:
+        """``make()`` (a CPU index tensor) on ``device``, built once per device: a host-to-GPU
+        copy per call would synchronize every step."""
+        key = (*key, str(device))
+        t = self._on_device.get(key)
+        if t is None:
+            t = self._on_device[key] = make().to(device)
+        return t
+
     def concat_inverse(self, do: int, device: torch.device) -> Tensor:
         """The inverse of :meth:`concat_perm` (``channels_first=False``), per device: stored
         row ``r`` of ``d_out``'s block is row ``inverse[r]`` of the concatenated order."""
-        key = (do, "inverse", str(device))
-        inv = self._rows.get(key)
-        if inv is None:
-            perm = self.concat_perm(do)
-            inv = torch.empty_like(perm)
-            inv[perm] = torch.arange(len(perm))
-            inv = self._rows[key] = inv.to(device)
-        return inv
+        return self._cached(("inverse", do), device, lambda: torch.argsort(self.concat_perm(do)))
 
     def concat_rows(self, do: int, channels_first: bool, device: torch.device) -> Tensor:
-        """:meth:`concat_perm` as absolute row indices, cached per device (a host-to-GPU copy
-        per call would synchronize every step)."""
-        key = (do, channels_first, str(device))
-        rows = self._rows.get(key)
-        if rows is None:
-            rows = (self.do_rows[do][0] + self.concat_perm(do, channels_first)).to(device)
-            self._rows[key] = rows
-        return rows
+        """:meth:`concat_perm` as absolute row indices, per device."""
+        return self._cached(
+            ("rows", do, channels_first),
+            device,
+            lambda: self.do_rows[do][0] + self.concat_perm(do, channels_first),
+        )
 
     def pairs(self):
         for do, co in self.outs:

@@ -91,5 +91,5 @@ def block_basis(
     in_degrees, out_degrees = tuple(in_degrees), tuple(out_degrees)
     idx = _index_on(in_degrees, out_degrees, max_degree, str(flat.device))
     padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
-    cols = sum(2 * d + 1 for d in in_degrees)
+    cols = block_shape(in_degrees, out_degrees[0])[1]  # the same for every output degree
     return padded.index_select(1, idx).view(flat.shape[0], -1, cols)

@@ -49,7 +49,7 @@ from typing import Any
 
 from se3t.config import Config, from_dict, to_dict
 from se3t.errors import InputError, Se3tError
-from se3t.io import atomic_write
+from se3t.io import atomic_write, write_text
 
 __all__ = [
     "ACTIVE_STATES", "TrainJob", "launch", "live_jobs", "make_executor", "read_record", "run_tag",
@@ -270,8 +270,7 @@ def read_record(run_dir: str | Path) -> dict[str, Any] | None:
 def _write_record(run_dir: Path, rec: dict[str, Any]) -> None:
     """Atomic and durable (temporary file, fsync, rename, fsync of the folder): readers see the
     old record or the new one, and an intent record survives a node reboot."""
-    text = json.dumps(rec, indent=1) + "\n"
-    atomic_write(run_dir / RECORD, lambda tmp: Path(tmp).write_text(text), fsync=True)
+    write_text(run_dir / RECORD, json.dumps(rec, indent=1) + "\n", fsync=True)
 
 
 @contextlib.contextmanager
