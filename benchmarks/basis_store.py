@@ -23,8 +23,13 @@ from se3t.data.store import fingerprint, open_dataset
 from se3t.so3.basis import compute_basis_flat
 
 COMPRESSORS = [
-    ("none", None), ("zstd", 1), ("zstd", 3), ("zstd", 9), ("blosc-lz4", 5),
-    ("blosc-zstd", 3), ("gzip", 5),
+    ("none", None),
+    ("zstd", 1),
+    ("zstd", 3),
+    ("zstd", 9),
+    ("blosc-lz4", 5),
+    ("blosc-zstd", 3),
+    ("gzip", 5),
 ]
 
 
@@ -48,8 +53,12 @@ def bench_compute(dataset: str, repeats: int = 3) -> dict:
         t = time.perf_counter()
         compute_basis_flat(vec, 3, out=out)
         best = min(best, time.perf_counter() - t)
-    return {"edges": n, "seconds": best, "edges_per_s": n / best,
-            "threads": torch.get_num_threads()}
+    return {
+        "edges": n,
+        "seconds": best,
+        "edges_per_s": n / best,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def bench_compressors(dataset: str, work: Path) -> list[dict]:
@@ -65,21 +74,26 @@ def bench_compressors(dataset: str, work: Path) -> list[dict]:
         t_final = time.perf_counter() - t
         on_disk = sum(f.stat().st_size for f in Path(r["store"], "basis").rglob("*") if f.is_file())
         t = time.perf_counter()
-        b = open_basis(r["store"], dataset_fingerprint=fp, max_degree=3, dtype="float32",
-                       read="memory")
+        b = open_basis(
+            r["store"], dataset_fingerprint=fp, max_degree=3, dtype="float32", read="memory"
+        )
         t_read = time.perf_counter() - t
         raw = b.num_edges * b.basis_size * 4
-        rows.append({
-            "compressor": name, "level": level, "edges": r["edges_computed"],
-            "bytes_per_edge": on_disk / r["edges_computed"],
-            "ratio": raw / on_disk,
-            "precompute_edges_per_s": r["edges_per_s"],
-            "precompute_seconds": r["seconds"],
-            "write_MB_per_s": raw / 1e6 / r["seconds"],
-            "read_MB_per_s": b.nbytes / 1e6 / t_read,
-            "finalize_seconds": t_final,
-            "store_MB": on_disk / 1e6,
-        })
+        rows.append(
+            {
+                "compressor": name,
+                "level": level,
+                "edges": r["edges_computed"],
+                "bytes_per_edge": on_disk / r["edges_computed"],
+                "ratio": raw / on_disk,
+                "precompute_edges_per_s": r["edges_per_s"],
+                "precompute_seconds": r["seconds"],
+                "write_MB_per_s": raw / 1e6 / r["seconds"],
+                "read_MB_per_s": b.nbytes / 1e6 / t_read,
+                "finalize_seconds": t_final,
+                "store_MB": on_disk / 1e6,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         del b
         shutil.rmtree(cache, ignore_errors=True)
@@ -102,7 +116,10 @@ def bench_codecs(store: str, chunks: int = 4, rounds: int = 3) -> list[dict]:
     real_edges = int(counts[(rows // ce) < chunks].sum())
     raw = sum(d.nbytes for d in data)
     codecs = {
-        "none": None, "zstd-1": Zstd(level=1), "zstd-3": Zstd(level=3), "zstd-9": Zstd(level=9),
+        "none": None,
+        "zstd-1": Zstd(level=1),
+        "zstd-3": Zstd(level=3),
+        "zstd-9": Zstd(level=9),
         "blosc-lz4-5": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
         "blosc-zstd-3": Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE),
         "gzip-5": GZip(level=5),
@@ -121,10 +138,15 @@ def bench_codecs(store: str, chunks: int = 4, rounds: int = 3) -> list[dict]:
             times[name]["dec"].append(time.perf_counter() - t)
     out = []
     for name, t in times.items():
-        out.append({"codec": name, "bytes_per_edge": t["bytes"] / real_edges,
-                    "ratio": raw / t["bytes"],
-                    "encode_MB_per_s": raw / 1e6 / float(np.median(t["enc"])),
-                    "decode_MB_per_s": raw / 1e6 / float(np.median(t["dec"]))})
+        out.append(
+            {
+                "codec": name,
+                "bytes_per_edge": t["bytes"] / real_edges,
+                "ratio": raw / t["bytes"],
+                "encode_MB_per_s": raw / 1e6 / float(np.median(t["enc"])),
+                "decode_MB_per_s": raw / 1e6 / float(np.median(t["dec"])),
+            }
+        )
         print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -146,28 +168,61 @@ def bench_precompute(dataset: str, work: Path, runs: int = 2) -> list[dict]:
         receipt = work / f"e2e-{k}.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        subprocess.run([*se3t, "basis", "precompute", "--dataset", dataset, "--cache",
-                        str(cache), "--receipt", str(receipt), "--quiet"], check=True)
+        subprocess.run(
+            [
+                *se3t,
+                "basis",
+                "precompute",
+                "--dataset",
+                dataset,
+                "--cache",
+                str(cache),
+                "--receipt",
+                str(receipt),
+                "--quiet",
+            ],
+            check=True,
+        )
         wall = time.perf_counter() - t
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = json.loads(receipt.read_text())
         t = time.perf_counter()
-        subprocess.run([*se3t, "basis", "finalize", r["store"]], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*se3t, "basis", "finalize", r["store"]], check=True, stdout=subprocess.DEVNULL
+        )
         fin = time.perf_counter() - t
         again = work / f"e2e-{k}-again.json"
-        subprocess.run([*se3t, "basis", "precompute", "--dataset", dataset, "--cache",
-                        str(cache), "--receipt", str(again), "--quiet"], check=True)
+        subprocess.run(
+            [
+                *se3t,
+                "basis",
+                "precompute",
+                "--dataset",
+                dataset,
+                "--cache",
+                str(cache),
+                "--receipt",
+                str(again),
+                "--quiet",
+            ],
+            check=True,
+        )
         r2 = json.loads(again.read_text())
         assert r2["chunks_computed"] == 0 and r2["complete"], r2
         size = sum(f.stat().st_size for f in Path(r["store"]).rglob("*") if f.is_file())
-        row = {"edges": r["edges_computed"], "chunks": r["chunks_computed"],
-               "wall_s": wall, "edges_per_s_wall": r["edges_computed"] / wall,
-               "edges_per_s_receipt": r["edges_per_s"],
-               "user_s": after.ru_utime - before.ru_utime,
-               "sys_s": after.ru_stime - before.ru_stime,
-               "finalize_s": fin, "bytes": size, "bytes_per_edge": size / r["edges_computed"],
-               "second_run_chunks_computed": r2["chunks_computed"]}
+        row = {
+            "edges": r["edges_computed"],
+            "chunks": r["chunks_computed"],
+            "wall_s": wall,
+            "edges_per_s_wall": r["edges_computed"] / wall,
+            "edges_per_s_receipt": r["edges_per_s"],
+            "user_s": after.ru_utime - before.ru_utime,
+            "sys_s": after.ru_stime - before.ru_stime,
+            "finalize_s": fin,
+            "bytes": size,
+            "bytes_per_edge": size / r["edges_computed"],
+            "second_run_chunks_computed": r2["chunks_computed"],
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
         shutil.rmtree(cache, ignore_errors=True)
@@ -186,8 +241,7 @@ def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) ->
     rng = np.random.default_rng(0)
     for read in ("memory", "chunks"):
         t = time.perf_counter()
-        b = open_basis(r["store"], dataset_fingerprint=fp, max_degree=3, dtype="float32",
-                       read=read)
+        b = open_basis(r["store"], dataset_fingerprint=fp, max_degree=3, dtype="float32", read=read)
         out[f"{read}_open_seconds"] = time.perf_counter() - t
         if read == "memory":
             batches = [rng.choice(len(ds), batch, replace=False) for _ in range(len(ds) // batch)]
@@ -205,8 +259,9 @@ def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) ->
         for pos in batches[:50]:
             batch_ = collate([ds[i] for i in pos])
             b.gather(batch_.index)
-        out[f"{read}_collate_gather_mol_per_s"] = min(50, len(batches)) * batch / (
-            time.perf_counter() - t)
+        out[f"{read}_collate_gather_mol_per_s"] = (
+            min(50, len(batches)) * batch / (time.perf_counter() - t)
+        )
         print(json.dumps(out), flush=True)
         del b
     shutil.rmtree(cache, ignore_errors=True)
@@ -218,12 +273,18 @@ def bench_basis_per_batch(dataset: str, store: str, batch: int = 240, n: int = 2
     vs computed from the edge vectors (what the forward pass would do), interleaved."""
     from se3t.data import QM9Dataset, collate
 
-    b = open_basis(store, dataset_fingerprint=fingerprint(dataset), max_degree=3,
-                   dtype="float32", read="memory")
+    b = open_basis(
+        store,
+        dataset_fingerprint=fingerprint(dataset),
+        max_degree=3,
+        dtype="float32",
+        read="memory",
+    )
     ds = QM9Dataset(dataset, split="all")
     rng = np.random.default_rng(0)
-    batches = [collate([ds[i] for i in rng.choice(len(ds), batch, replace=False)])
-               for _ in range(n)]
+    batches = [
+        collate([ds[i] for i in rng.choice(len(ds), batch, replace=False)]) for _ in range(n)
+    ]
     compute_basis_flat(batches[0].edge_vec, 3)
     t_g, t_c = [], []
     for bt in batches:
@@ -234,8 +295,12 @@ def bench_basis_per_batch(dataset: str, store: str, batch: int = 240, n: int = 2
         c = compute_basis_flat(bt.edge_vec, 3)
         t_c.append(time.perf_counter() - t)
         torch.testing.assert_close(g, c, rtol=1e-5, atol=1e-6)
-    out = {"batch": batch, "edges_per_batch": float(np.mean([x.graph.num_edges for x in batches])),
-           "gather_ms": 1e3 * float(np.median(t_g)), "compute_ms": 1e3 * float(np.median(t_c))}
+    out = {
+        "batch": batch,
+        "edges_per_batch": float(np.mean([x.graph.num_edges for x in batches])),
+        "gather_ms": 1e3 * float(np.median(t_g)),
+        "compute_ms": 1e3 * float(np.median(t_c)),
+    }
     out["gather_mol_per_s"] = batch / (out["gather_ms"] / 1e3)
     out["compute_mol_per_s"] = batch / (out["compute_ms"] / 1e3)
     print(json.dumps(out), flush=True)
@@ -252,15 +317,22 @@ def bench_step(dataset: str, work: Path, batch: int = 32, steps: int = 5) -> dic
     cache = work / "step"
     r = precompute(dataset, cache, BasisSettings(), progress=False)
     finalize(r["store"])
-    b = open_basis(r["store"], dataset_fingerprint=fingerprint(dataset), max_degree=3,
-                   dtype="float32", read="memory")
+    b = open_basis(
+        r["store"],
+        dataset_fingerprint=fingerprint(dataset),
+        max_degree=3,
+        dtype="float32",
+        read="memory",
+    )
     ds = QM9Dataset(dataset, split="all")
     torch.manual_seed(0)
     model = build(ModelConfig())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
-    batches = [collate([ds[i] for i in rng.choice(len(ds), batch, replace=False)])
-               for _ in range(steps + 1)]
+    batches = [
+        collate([ds[i] for i in rng.choice(len(ds), batch, replace=False)])
+        for _ in range(steps + 1)
+    ]
     out = {"batch": batch, "steps": steps}
     times: dict[str, list[float]] = {"stored": [], "computed": []}
     basis_times = {"gather": [], "compute": []}
@@ -306,8 +378,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = {"dataset": args.dataset, "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                             time.gmtime())}
+    results = {"dataset": args.dataset, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     sections = args.sections.split(",")
     if "compute" in sections:
         results["compute"] = bench_compute(args.dataset)

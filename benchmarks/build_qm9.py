@@ -58,9 +58,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="results/qm9_full", help="folder for raw/ and qm9.zarr")
     p.add_argument(
-        "--fresh", action="store_true",
+        "--fresh",
+        action="store_true",
         help="fetch into an emptied raw/ and rebuild the store (replaced atomically when done)",
-    )  # fmt: skip
+    )
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--check-smiles", action="store_true")
     args = p.parse_args()
@@ -69,17 +70,31 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(raw, ignore_errors=True)
     t_fetch = _run([SE3T, "data", "fetch", "--source", "qm9pack", "--out", str(raw), "--quiet"])
-    t_build = _run([SE3T, "data", "build", "--raw", str(raw), "--out", str(store),
-                    "--processes", str(args.processes), "--quiet"]
-                   + (["--force"] if args.fresh else []))  # fmt: skip
+    t_build = _run(
+        [
+            SE3T,
+            "data",
+            "build",
+            "--raw",
+            str(raw),
+            "--out",
+            str(store),
+            "--processes",
+            str(args.processes),
+            "--quiet",
+        ]
+        + (["--force"] if args.fresh else [])
+    )
     from se3t.data.store import open_dataset
 
     s = open_dataset(store)
     report = {k: v for k, v in s.parse_report.items() if not k.endswith("_ids")}
     homo = s.targets[:, s.target_names.index("homo")]
     print(f"fetch {t_fetch:.1f} s, build {t_build:.1f} s, total {t_fetch + t_build:.1f} s")
-    print(f"{len(s)} molecules, {len(s.species)} atoms, {len(s.src)} directed edges; "
-          f"homo {homo.min():.2f} .. {homo.max():.2f} eV (mean {homo.mean():.3f})")  # fmt: skip
+    print(
+        f"{len(s)} molecules, {len(s.species)} atoms, {len(s.src)} directed edges; "
+        f"homo {homo.min():.2f} .. {homo.max():.2f} eV (mean {homo.mean():.3f})"
+    )
     print("parse report:", json.dumps(report))
     if args.check_smiles:
         stats: collections.Counter = collections.Counter()

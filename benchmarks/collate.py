@@ -62,8 +62,10 @@ def main() -> None:
     r_fast = _rate(fast, batches, args.repeat)
     r_ref = _rate(reference, batches[: max(1, args.batches // 20)], 1)
     print(f"store {args.store}: {len(ds)} training molecules, batch {args.batch_size}, 1 core")
-    print(f"collate (getitem + collate): {r_fast:,.0f} mol/s "
-          f"({1e3 * args.batch_size / r_fast:.2f} ms/batch)")  # fmt: skip
+    print(
+        f"collate (getitem + collate): {r_fast:,.0f} mol/s "
+        f"({1e3 * args.batch_size / r_fast:.2f} ms/batch)"
+    )
     print(f"reference per-molecule collate: {r_ref:,.0f} mol/s; speed-up {r_fast / r_ref:.1f}x")
 
 

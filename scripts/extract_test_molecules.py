@@ -83,11 +83,22 @@ def to_xyz(row: dict[str, str]) -> str:
     n = int(row["N_atoms"])
     assert len(elements) == n and len(coords) == 3 * n and len(charges) == n, row["XYZ_file"]
     props = [
-        "RotA_GHz", "RotB_GHz", "RotC_GHz", "Dipole_debye", "Polarizability_bohr3", "HOMO_au",
-        "LUMO_au", "HOMO_LUMO_gap_au", "R2_bohr2", "ZPVE_au", "InternalEnergy_0K_au",
-        "InternalEnergy_298K_au", "Enthalphy_298K_au", "GibbsFreeEnergy_298K_au",
+        "RotA_GHz",
+        "RotB_GHz",
+        "RotC_GHz",
+        "Dipole_debye",
+        "Polarizability_bohr3",
+        "HOMO_au",
+        "LUMO_au",
+        "HOMO_LUMO_gap_au",
+        "R2_bohr2",
+        "ZPVE_au",
+        "InternalEnergy_0K_au",
+        "InternalEnergy_298K_au",
+        "Enthalphy_298K_au",
+        "GibbsFreeEnergy_298K_au",
         "Heatcapacity_Cv_cal_mol_K",
-    ]  # fmt: skip
+    ]
     lines = [str(n), "gdb " + row["Index"] + "\t" + "\t".join(mathematica(row[p]) for p in props)]
     lines[1] += "\t"
     for i, el in enumerate(elements):
@@ -151,8 +162,16 @@ def main() -> None:
 
 def _csv_line(header: list[str], row: list[str]) -> str:
     # qm9pack quotes the text columns and leaves the numbers bare; reproduce that exactly
-    quoted = {"XYZ_file", "SMILES", "InChi", "Stoichiometry", "Elements", "XYZ_Ang",
-              "Mulliken_pop", "Harmonic_Freq_cmi"}  # fmt: skip
+    quoted = {
+        "XYZ_file",
+        "SMILES",
+        "InChi",
+        "Stoichiometry",
+        "Elements",
+        "XYZ_Ang",
+        "Mulliken_pop",
+        "Harmonic_Freq_cmi",
+    }
     return ",".join(f'"{v}"' if h in quoted else v for h, v in zip(header, row, strict=True))
 
 

@@ -8,4 +8,5 @@ VENV=${VENV:-.venv}
 # the workflow tests call `se3t` and `snakemake` as a user would: put the venv first on PATH
 export PATH="$PWD/$VENV/bin:$PATH"
 "$VENV/bin/ruff" check se3t tests benchmarks
+"$VENV/bin/ruff" format --check se3t tests benchmarks
 exec "$VENV/bin/python" -m pytest "$@"

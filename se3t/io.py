@@ -72,9 +72,7 @@ def atomic_write(
 
 
 def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
-    return atomic_write(
-        path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=fsync
-    )
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=fsync)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:

@@ -15,10 +15,18 @@ _OVERRIDES_HELP = (
 
 
 def _common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="config YAML (default: built-in defaults); overrides apply on top")
-    p.add_argument("--cache", metavar="CACHE", default=None,
-                   help="cache folder holding basis/KEY.zarr (default: basis.cache)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="config YAML (default: built-in defaults); overrides apply on top",
+    )
+    p.add_argument(
+        "--cache",
+        metavar="CACHE",
+        default=None,
+        help="cache folder holding basis/KEY.zarr (default: basis.cache)",
+    )
     if overrides:
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
@@ -38,19 +46,27 @@ def register(subparsers) -> None:
     sub = top.add_subparsers(dest="basis_command", metavar="ACTION")
     sub.required = True
 
-    p = sub.add_parser("key", help="print the store key for a dataset and settings",
-                       description="Print the content-addressed key of the basis store that "
-                       "precompute would write for this dataset and settings.",
-                       formatter_class=fmt)
-    p.add_argument("--dataset", metavar="PATH", default=None,
-                   help="dataset store (default: data.path)")
-    p.add_argument("--path", action="store_true",
-                   help="print the store path CACHE/basis/KEY.zarr instead of the key")
+    p = sub.add_parser(
+        "key",
+        help="print the store key for a dataset and settings",
+        description="Print the content-addressed key of the basis store that "
+        "precompute would write for this dataset and settings.",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
+    )
+    p.add_argument(
+        "--path",
+        action="store_true",
+        help="print the store path CACHE/basis/KEY.zarr instead of the key",
+    )
     _common(p)
     p.set_defaults(func=_key)
 
     p = sub.add_parser(
-        "precompute", help="compute the bases of a dataset into the cache (resumable)",
+        "precompute",
+        help="compute the bases of a dataset into the cache (resumable)",
         description=(
             "Compute the bases of every edge of the dataset into CACHE/basis/KEY.zarr. Shards "
             "already present are reused: a rerun after a crash computes only the missing ones, "
@@ -60,19 +76,28 @@ def register(subparsers) -> None:
         ),
         formatter_class=fmt,
     )
-    p.add_argument("--dataset", metavar="PATH", default=None,
-                   help="dataset store (default: data.path)")
-    p.add_argument("--shard", metavar="I/N", default=None,
-                   help="compute only slice I of N (0-based) of the store's shards")
-    p.add_argument("--receipt", metavar="FILE", default=None,
-                   help="write a JSON receipt: key, store, shard, chunks computed and reused, "
-                   "edges/s")
+    p.add_argument(
+        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="compute only slice I of N (0-based) of the store's shards",
+    )
+    p.add_argument(
+        "--receipt",
+        metavar="FILE",
+        default=None,
+        help="write a JSON receipt: key, store, shard, chunks computed and reused, edges/s",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(p)
     p.set_defaults(func=_precompute)
 
     p = sub.add_parser(
-        "finalize", help="check completeness, write checksums, seal read-only, write a manifest",
+        "finalize",
+        help="check completeness, write checksums, seal read-only, write a manifest",
         description=(
             "Check that every shard of the store is present, write checksums.json (sha256 per "
             "shard file; its presence marks the store complete), remove claim and temporary "
@@ -83,14 +108,19 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument("store", metavar="KEY|PATH", help="store key (looked up in the cache) or path")
-    p.add_argument("--manifest", metavar="FILE", default=None,
-                   help="write the run-folder manifest pointing at the store here")
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        default=None,
+        help="write the run-folder manifest pointing at the store here",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(p)
     p.set_defaults(func=_finalize)
 
     p = sub.add_parser(
-        "verify", help="check checksums and recompute a random sample of edges",
+        "verify",
+        help="check checksums and recompute a random sample of edges",
         description=(
             "Check every shard file against checksums.json and recompute --sample random edges "
             "from the dataset, comparing them with the stored values. Names every bad file or "
@@ -98,19 +128,30 @@ def register(subparsers) -> None:
         ),
         formatter_class=fmt,
     )
-    p.add_argument("store", metavar="KEY|PATH",
-                   help="store key (looked up in the cache), path or fsspec URL")
-    p.add_argument("--sample", metavar="N", type=int, default=1000,
-                   help="random edges to recompute (0: checksums only)")
-    p.add_argument("--dataset", metavar="PATH", default=None,
-                   help="dataset store to recompute from (default: the one the store records)")
+    p.add_argument(
+        "store", metavar="KEY|PATH", help="store key (looked up in the cache), path or fsspec URL"
+    )
+    p.add_argument(
+        "--sample",
+        metavar="N",
+        type=int,
+        default=1000,
+        help="random edges to recompute (0: checksums only)",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="PATH",
+        default=None,
+        help="dataset store to recompute from (default: the one the store records)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the edge sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _common(p, overrides=False)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
-        "ls", help="list the stores of a cache",
+        "ls",
+        help="list the stores of a cache",
         description="List the basis stores of a cache: key, dataset, degree, dtype, compressor, "
         "size on disk, complete or shards present, created when and by whom.",
         formatter_class=fmt,
@@ -120,7 +161,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_ls)
 
     p = sub.add_parser(
-        "gc", help="remove stale incomplete stores and, on request, unreferenced ones",
+        "gc",
+        help="remove stale incomplete stores and, on request, unreferenced ones",
         description=(
             "Remove incomplete stores (and temporary folders of interrupted processes) not "
             "modified for --older-than. With --unreferenced, also remove complete stores that "
@@ -128,12 +170,24 @@ def register(subparsers) -> None:
         ),
         formatter_class=fmt,
     )
-    p.add_argument("--older-than", metavar="AGE", default="24h",
-                   help="age of incomplete stores to remove: seconds or 30m, 24h, 7d")
-    p.add_argument("--unreferenced", action="store_true",
-                   help="also remove complete stores that no manifest references")
-    p.add_argument("--manifests", metavar="PATH", nargs="+", default=None,
-                   help="manifest files, or folders searched recursively for them")
+    p.add_argument(
+        "--older-than",
+        metavar="AGE",
+        default="24h",
+        help="age of incomplete stores to remove: seconds or 30m, 24h, 7d",
+    )
+    p.add_argument(
+        "--unreferenced",
+        action="store_true",
+        help="also remove complete stores that no manifest references",
+    )
+    p.add_argument(
+        "--manifests",
+        metavar="PATH",
+        nargs="+",
+        default=None,
+        help="manifest files, or folders searched recursively for them",
+    )
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     _common(p, overrides=False)
     p.set_defaults(func=_gc)
@@ -174,11 +228,18 @@ def _precompute(args: argparse.Namespace) -> int:
     )
     if args.receipt:
         atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
-    state = "complete store reused" if receipt["complete"] else (
-        f"{receipt['chunks_computed']} chunks computed, {receipt['chunks_reused']} reused, "
-        f"{receipt['chunks_by_others']} by other processes")
-    print(f"{receipt['key']} shard {receipt['shard']}: {state}; "
-          f"{receipt['edges_per_s']:,.0f} edges/s -> {receipt['store']}")
+    state = (
+        "complete store reused"
+        if receipt["complete"]
+        else (
+            f"{receipt['chunks_computed']} chunks computed, {receipt['chunks_reused']} reused, "
+            f"{receipt['chunks_by_others']} by other processes"
+        )
+    )
+    print(
+        f"{receipt['key']} shard {receipt['shard']}: {state}; "
+        f"{receipt['edges_per_s']:,.0f} edges/s -> {receipt['store']}"
+    )
     return 0
 
 
@@ -189,8 +250,10 @@ def _finalize(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     where = resolve_store(args.store, _cache(args, cfg))
     record = finalize(where, progress=not args.quiet)
-    print(f"{record['key']}: complete, {len(record['files'])} shard files, "
-          f"{record['total_bytes'] / 1e6:,.1f} MB, read-only -> {where}")
+    print(
+        f"{record['key']}: complete, {len(record['files'])} shard files, "
+        f"{record['total_bytes'] / 1e6:,.1f} MB, read-only -> {where}"
+    )
     if args.manifest:
         write_manifest(where, args.manifest)
         print(f"manifest -> {args.manifest}")
@@ -203,8 +266,13 @@ def _verify(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     where = resolve_store(args.store, _cache(args, cfg))
-    report = verify(where, sample=args.sample, dataset=args.dataset, seed=args.seed,
-                    progress=sys.stderr.isatty())
+    report = verify(
+        where,
+        sample=args.sample,
+        dataset=args.dataset,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -212,9 +280,11 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"{where}: INCOMPLETE (not finalized)")
         for line in report.bad_files + report.bad_chunks:
             print(f"BAD {line}")
-        print(f"{report.key}: {'OK' if report.ok else 'FAILED'}: {report.files_checked} files "
-              f"checked, {report.edges_sampled} edges recomputed (max |error| "
-              f"{report.max_abs_error:.2e})")
+        print(
+            f"{report.key}: {'OK' if report.ok else 'FAILED'}: {report.files_checked} files "
+            f"checked, {report.edges_sampled} edges recomputed (max |error| "
+            f"{report.max_abs_error:.2e})"
+        )
     return 0 if report.ok else 1
 
 
@@ -229,13 +299,17 @@ def _ls(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no basis stores in {_cache(args, cfg)}/basis")
         return 0
-    print(f"{'KEY':24}  {'DATASET':12}  {'DEG':>3}  {'DTYPE':7}  {'COMPRESSOR':10}  "
-          f"{'SIZE':>9}  {'STATE':14}  CREATED               BY")
+    print(
+        f"{'KEY':24}  {'DATASET':12}  {'DEG':>3}  {'DTYPE':7}  {'COMPRESSOR':10}  "
+        f"{'SIZE':>9}  {'STATE':14}  CREATED               BY"
+    )
     for r in rows:
         state = "complete" if r["complete"] else f"{r['units_present']}/{r['num_units']} shards"
-        print(f"{r['key']:24}  {str(r['dataset_fingerprint'])[:12]:12}  {r['max_degree']!s:>3}  "
-              f"{r['dtype']!s:7}  {r['compressor']!s:10}  {r['bytes_on_disk'] / 1e6:>7.1f}MB  "
-              f"{state:14}  {r['created']!s:20}  {r['created_by']}")
+        print(
+            f"{r['key']:24}  {str(r['dataset_fingerprint'])[:12]:12}  {r['max_degree']!s:>3}  "
+            f"{r['dtype']!s:7}  {r['compressor']!s:10}  {r['bytes_on_disk'] / 1e6:>7.1f}MB  "
+            f"{state:14}  {r['created']!s:20}  {r['created_by']}"
+        )
     return 0
 
 
@@ -252,11 +326,17 @@ def _gc(args: argparse.Namespace) -> int:
     from se3t.data.basis_cache import gc
 
     cfg = _cfg(args)
-    removed = gc(_cache(args, cfg), older_than_s=_age(args.older_than),
-                 unreferenced=args.unreferenced, manifests=args.manifests, dry_run=args.dry_run)
+    removed = gc(
+        _cache(args, cfg),
+        older_than_s=_age(args.older_than),
+        unreferenced=args.unreferenced,
+        manifests=args.manifests,
+        dry_run=args.dry_run,
+    )
     verb = "would remove" if args.dry_run else "removed"
     for r in removed:
         print(f"{verb} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
-    print(f"{verb} {len(removed)} store(s), "
-          f"{sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB")
+    print(
+        f"{verb} {len(removed)} store(s), {sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB"
+    )
     return 0

@@ -32,12 +32,19 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", metavar="CONFIG", help="config YAML, or a run folder to resume")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. launch.cluster=slurm launch.partition=gpu "
-                   "launch.gpus_per_node=4 launch.time=240 train.epochs=100")
-    p.add_argument("--no-wait", action="store_true",
-                   help="print the job id and return right after submission (or right "
-                   "after attaching to the run folder's job that is still running)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. launch.cluster=slurm launch.partition=gpu "
+        "launch.gpus_per_node=4 launch.time=240 train.epochs=100",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="print the job id and return right after submission (or right "
+        "after attaching to the run folder's job that is still running)",
+    )
     p.set_defaults(func=_run)
 
 

@@ -39,14 +39,23 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="CONFIG",
-                   help="config YAML, or a run folder to resume (its config.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="config overrides, e.g. train.epochs=10 train.lr=1e-3 "
-                   "run.dir=results/runs/a train.precision=bf16")
+    p.add_argument(
+        "config", metavar="CONFIG", help="config YAML, or a run folder to resume (its config.yaml)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.epochs=10 train.lr=1e-3 "
+        "run.dir=results/runs/a train.precision=bf16",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--summary", metavar="FILE", default=None,
-                   help="also write the final summary (JSON) to FILE")
+    p.add_argument(
+        "--summary",
+        metavar="FILE",
+        default=None,
+        help="also write the final summary (JSON) to FILE",
+    )
     p.set_defaults(func=_run)
 
 
@@ -60,7 +69,10 @@ def _run(args) -> int:
         Path(args.summary).write_text(text + "\n")
     print(text)
     if summary["status"] != "completed":
-        print(f"se3t train: stopped by signal {summary['signal']}; resume with "
-              f"se3t train {summary['run_dir']}", file=sys.stderr)
+        print(
+            f"se3t train: stopped by signal {summary['signal']}; resume with "
+            f"se3t train {summary['run_dir']}",
+            file=sys.stderr,
+        )
         return 3
     return 0

@@ -92,7 +92,8 @@ class ChunkShuffleBatchSampler(Sampler[list[int]]):
     def _positions(self) -> tuple[np.ndarray, int]:
         rngs = (
             [np.random.default_rng([self.seed, self.epoch]) for _ in range(self.world_size)]
-            if self.shuffle else [None] * self.world_size
+            if self.shuffle
+            else [None] * self.world_size
         )
         # every rank derives every rank's count from the same permutation: equal batch counts
         per_rank = [self._rank_positions(rngs[r], r) for r in range(self.world_size)]

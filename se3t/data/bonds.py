@@ -82,11 +82,15 @@ def _prune_overbonded(mol, pos: np.ndarray) -> int:
         if not over:
             return removed
         stretch, i, j = max(
-            (float(np.linalg.norm(pos[a.GetIdx()] - pos[b.GetOtherAtomIdx(a.GetIdx())]))
-             / (radius[a.GetIdx()] + radius[b.GetOtherAtomIdx(a.GetIdx())]),
-             a.GetIdx(), b.GetOtherAtomIdx(a.GetIdx()))
-            for a in over for b in a.GetBonds()
-        )  # fmt: skip
+            (
+                float(np.linalg.norm(pos[a.GetIdx()] - pos[b.GetOtherAtomIdx(a.GetIdx())]))
+                / (radius[a.GetIdx()] + radius[b.GetOtherAtomIdx(a.GetIdx())]),
+                a.GetIdx(),
+                b.GetOtherAtomIdx(a.GetIdx()),
+            )
+            for a in over
+            for b in a.GetBonds()
+        )
         mol.RemoveBond(i, j)
         removed += 1
 

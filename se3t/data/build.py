@@ -96,10 +96,13 @@ def find_raw(raw: str | os.PathLike) -> RawSource:
     if csvs:
         return RawSource("csv", csvs, unc_path, root)
     archives = sorted(
-        p for p in root.iterdir()
-        if p.is_file() and any(p.name.endswith(s) for s in (".tar", ".tar.bz2", ".tar.gz",
-                                                            ".tar.xz", ".tgz", ".tbz2"))
-    )  # fmt: skip
+        p
+        for p in root.iterdir()
+        if p.is_file()
+        and any(
+            p.name.endswith(s) for s in (".tar", ".tar.bz2", ".tar.gz", ".tar.xz", ".tgz", ".tbz2")
+        )
+    )
     if archives:
         return RawSource("xyz-archive", archives, unc_path, root)
     if any(root.rglob("*.xyz")):
@@ -116,8 +119,10 @@ def _perceive(task: tuple[list[tuple[np.ndarray, np.ndarray]], str, float]):
 
 
 def build_key(source: RawSource, settings: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    files = {str(p.relative_to(source.root)) if p.is_relative_to(source.root) else str(p):
-             sha256_file(p) for p in _hashable(source)}  # fmt: skip
+    files = {
+        str(p.relative_to(source.root)) if p.is_relative_to(source.root) else str(p): sha256_file(p)
+        for p in _hashable(source)
+    }
     h = hashlib.sha256(
         json.dumps(
             {
@@ -170,8 +175,12 @@ def build_dataset(
         except InputError:
             attrs = {}
         if attrs.get("build_key") == key:
-            return {"path": str(out), "skipped": True, "report": attrs.get("parse_report", {}),
-                    "fingerprint": attrs["fingerprint"]}  # fmt: skip
+            return {
+                "path": str(out),
+                "skipped": True,
+                "report": attrs.get("parse_report", {}),
+                "fingerprint": attrs["fingerprint"],
+            }
 
     dropped: Counter[str] = Counter()
     examples: list[str] = []
@@ -247,10 +256,12 @@ def build_dataset(
     kept = [kept[i] for i in order]
     graphs = [graphs[i] for i in order]
 
-    fallback_ids = [int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True)
-                    if how == "fallback"]  # fmt: skip
-    pruned_ids = [int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True)
-                  if how == "pruned"]  # fmt: skip
+    fallback_ids = [
+        int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True) if how == "fallback"
+    ]
+    pruned_ids = [
+        int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True) if how == "pruned"
+    ]
     arrays = _assemble(kept, [g for g, _ in graphs])
     report = {
         "read": n_read,
@@ -277,8 +288,12 @@ def build_dataset(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_dataset(out, arrays, attrs)
-    return {"path": str(out), "skipped": False, "report": report,
-            "fingerprint": read_attrs(out)["fingerprint"]}  # fmt: skip
+    return {
+        "path": str(out),
+        "skipped": False,
+        "report": report,
+        "fingerprint": read_attrs(out)["fingerprint"],
+    }
 
 
 def _assemble(records: list[Record], edges: list) -> dict[str, np.ndarray]:

@@ -82,9 +82,12 @@ class QM9Dataset(torch.utils.data.Dataset):
         cols = [names.index(t) for t in self.targets]
         self.split = split
         splits = split_indices(
-            len(self.store), seed=split_seed, n_train=n_train,
-            test_fraction=test_fraction, train_fraction=train_fraction,
-        )  # fmt: skip
+            len(self.store),
+            seed=split_seed,
+            n_train=n_train,
+            test_fraction=test_fraction,
+            train_fraction=train_fraction,
+        )
         if split == "all":
             self.indices = np.arange(len(self.store), dtype=np.int64)
         elif split in splits:
@@ -115,10 +118,14 @@ class QM9Dataset(torch.utils.data.Dataset):
         config, so a mismatch would feed the model graphs unlike its training data.
         """
         ds = cls(
-            data_cfg.path, split=split, targets=tuple(data_cfg.targets),
-            split_seed=data_cfg.split_seed, n_train=data_cfg.n_train,
-            test_fraction=data_cfg.test_fraction, train_fraction=data_cfg.train_fraction,
-        )  # fmt: skip
+            data_cfg.path,
+            split=split,
+            targets=tuple(data_cfg.targets),
+            split_seed=data_cfg.split_seed,
+            n_train=data_cfg.n_train,
+            test_fraction=data_cfg.test_fraction,
+            train_fraction=data_cfg.train_fraction,
+        )
         built = ds.store.graph
         want_cutoff = float(data_cfg.cutoff) if data_cfg.graph == "radius" else None
         if built.get("kind") != data_cfg.graph or built.get("cutoff") != want_cutoff:
@@ -140,9 +147,15 @@ class QM9Dataset(torch.utils.data.Dataset):
         e0, e1 = self._eo[r], self._eo[r + 1]
         s = self.store
         return MoleculeSample(
-            s.pos[a0:a1], s.species[a0:a1], s.src[e0:e1], s.dst[e0:e1], s.bond_type[e0:e1],
-            self._y[r], self._ids[r], r,
-        )  # fmt: skip
+            s.pos[a0:a1],
+            s.species[a0:a1],
+            s.src[e0:e1],
+            s.dst[e0:e1],
+            s.bond_type[e0:e1],
+            self._y[r],
+            self._ids[r],
+            r,
+        )
 
     def destandardize(self, y: Tensor) -> Tensor:
         """[B, T] standardized values -> target units: ``y * std + mean``."""

@@ -209,10 +209,17 @@ def _download_once(url: str, part: Path, timeout: float, tqdm, progress: bool) -
         else:
             have, mode = 0, "wb"  # the server sends the whole file
         received = 0
-        with open(part, mode) as fh, tqdm(
-            total=(total + have) if total is not None else None, initial=have, unit="B",
-            unit_scale=True, desc=part.name.removesuffix(".part"), disable=not progress,
-        ) as bar:  # fmt: skip
+        with (
+            open(part, mode) as fh,
+            tqdm(
+                total=(total + have) if total is not None else None,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+            ) as bar,
+        ):
             while True:
                 chunk = resp.read(_BUF)
                 if not chunk:
@@ -242,8 +249,11 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
     archives = sorted(p for p in path.iterdir() if p.is_file() and ".tar" in p.name)
     if csvs:
         for p in csvs:
-            files[p.name] = {"sha256": _copy(p, out / p.name), "bytes": p.stat().st_size,
-                             "from": str(p)}  # fmt: skip
+            files[p.name] = {
+                "sha256": _copy(p, out / p.name),
+                "bytes": p.stat().st_size,
+                "from": str(p),
+            }
     elif xyz:
         dest = out / "qm9_xyz.tar"
 
@@ -256,18 +266,27 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
                     tar.addfile(info, io.BytesIO(data))
 
         atomic_write(dest, pack)
-        files[dest.name] = {"sha256": _sha256(dest), "bytes": dest.stat().st_size,
-                            "from": f"{path} ({len(xyz)} .xyz files)"}  # fmt: skip
+        files[dest.name] = {
+            "sha256": _sha256(dest),
+            "bytes": dest.stat().st_size,
+            "from": f"{path} ({len(xyz)} .xyz files)",
+        }
     elif archives:
         for p in archives:
-            files[p.name] = {"sha256": _copy(p, out / p.name), "bytes": p.stat().st_size,
-                             "from": str(p)}  # fmt: skip
+            files[p.name] = {
+                "sha256": _copy(p, out / p.name),
+                "bytes": p.stat().st_size,
+                "from": str(p),
+            }
     else:
         raise InputError(f"{path}: no .xyz files, tar archives or qm9pack CSVs in the folder")
     unc = path / UNCHARACTERIZED_NAME
     if unc.is_file():
-        files[unc.name] = {"sha256": _copy(unc, out / unc.name), "bytes": unc.stat().st_size,
-                           "from": str(unc)}  # fmt: skip
+        files[unc.name] = {
+            "sha256": _copy(unc, out / unc.name),
+            "bytes": unc.stat().st_size,
+            "from": str(unc),
+        }
     return files
 
 
@@ -304,17 +323,29 @@ def fetch(
         files = _fetch_qm9pack(out, previous)
     elif source == "figshare":
         if not figshare_url or not uncharacterized_url:
-            raise InputError("source 'figshare': data.figshare_url and "
-                             "data.uncharacterized_url must be set")  # fmt: skip
+            raise InputError(
+                "source 'figshare': data.figshare_url and data.uncharacterized_url must be set"
+            )
         files = {}
         for url, name, digest in (
             (figshare_url, ARCHIVE_NAME, figshare_sha256),
             (uncharacterized_url, UNCHARACTERIZED_NAME, uncharacterized_sha256),
         ):
-            got = download(url, out / name, sha256=digest, retries=retries, backoff=backoff,
-                           timeout=timeout, progress=progress)  # fmt: skip
-            files[name] = {"sha256": got, "bytes": (out / name).stat().st_size, "from": url,
-                           "sha256_checked": digest is not None}  # fmt: skip
+            got = download(
+                url,
+                out / name,
+                sha256=digest,
+                retries=retries,
+                backoff=backoff,
+                timeout=timeout,
+                progress=progress,
+            )
+            files[name] = {
+                "sha256": got,
+                "bytes": (out / name).stat().st_size,
+                "from": url,
+                "sha256_checked": digest is not None,
+            }
     else:
         files = _fetch_path(Path(source), out)
     manifest = {

@@ -88,9 +88,11 @@ def check_geometry(species: np.ndarray, pos: np.ndarray, where: str) -> None:
     if bad.any():
         atom = int(np.nonzero(bad.any(axis=1))[0][0])
         raise MoleculeError(
-            where, f"atom {atom + 1} coordinates", f"{pos[atom].tolist()} is not finite",
+            where,
+            f"atom {atom + 1} coordinates",
+            f"{pos[atom].tolist()} is not finite",
             "non_finite_coordinate",
-        )  # fmt: skip
+        )
     n = len(species)
     if n > 1:
         d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=-1)
@@ -99,10 +101,11 @@ def check_geometry(species: np.ndarray, pos: np.ndarray, where: str) -> None:
         if d[i, j] < MIN_DISTANCE:
             i, j = sorted((int(i), int(j)))
             raise MoleculeError(
-                where, f"atoms {i + 1} and {j + 1} coordinates",
+                where,
+                f"atoms {i + 1} and {j + 1} coordinates",
                 f"the atoms lie {d[i, j]:.3g} Å apart (< {MIN_DISTANCE} Å): same position",
                 "coincident_atoms",
-            )  # fmt: skip
+            )
 
 
 def _species(symbols: list[str], where: str) -> np.ndarray:
@@ -111,9 +114,11 @@ def _species(symbols: list[str], where: str) -> np.ndarray:
         z = ELEMENTS.get(s)
         if z is None:
             raise MoleculeError(
-                where, f"atom {k + 1} element",
-                f"{s!r} is not a QM9 element (one of {', '.join(ELEMENTS)})", "unknown_element",
-            )  # fmt: skip
+                where,
+                f"atom {k + 1} element",
+                f"{s!r} is not a QM9 element (one of {', '.join(ELEMENTS)})",
+                "unknown_element",
+            )
         out[k] = z
     return out
 
@@ -146,19 +151,22 @@ def parse_xyz(text: str, where: str, *, qm9: bool | None = None) -> Record:
     atom_lines = lines[2 : 2 + n]
     if len(lines) != expected or any(len(a.split()) < 4 for a in atom_lines):
         raise MoleculeError(
-            where, "atom count",
+            where,
+            "atom count",
             f"line 1 says {n} atoms but the file has {len(lines)} lines "
             f"({'QM9' if is_qm9 else 'plain'} XYZ needs {expected})",
             "atom_count",
-        )  # fmt: skip
+        )
     mol_id: int | None = None
     targets = None
     if is_qm9:
         if len(header) < 17 or header[0] != "gdb":
             raise MoleculeError(
-                where, "properties", "line 2 must be 'gdb ID A B C' and the 12 properties",
+                where,
                 "properties",
-            )  # fmt: skip
+                "line 2 must be 'gdb ID A B C' and the 12 properties",
+                "properties",
+            )
         try:
             mol_id = int(header[1])
         except ValueError:
@@ -336,10 +344,11 @@ def _csv_record(row: list[str], col: dict[str, int], tcols: list[int], where: st
     coords = _split_list(row[col["XYZ_Ang"]])
     if len(symbols) != n or len(coords) != 3 * n:
         raise MoleculeError(
-            where, "N_atoms",
+            where,
+            "N_atoms",
             f"says {n} atoms but Elements has {len(symbols)} and XYZ_Ang {len(coords)} numbers",
             "atom_count",
-        )  # fmt: skip
+        )
     species = _species(symbols, where)
     flat = np.empty(3 * n, dtype=np.float64)
     for k, c in enumerate(coords):

@@ -34,8 +34,15 @@ import numpy as np
 
 from se3t.errors import InputError
 
-__all__ = ["ARRAYS", "FORMAT", "FORMAT_VERSION", "DatasetStore", "fingerprint", "open_dataset",
-           "write_dataset"]  # fmt: skip
+__all__ = [
+    "ARRAYS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DatasetStore",
+    "fingerprint",
+    "open_dataset",
+    "write_dataset",
+]
 
 FORMAT = "se3t.qm9-dataset"
 FORMAT_VERSION = 1

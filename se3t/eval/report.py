@@ -99,9 +99,7 @@ def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> str | None:
     return p.relative_to(f).as_posix()
 
 
-def shown_path(
-    path: str | os.PathLike, results_dir: Path, run: RunResults | None = None
-) -> str:
+def shown_path(path: str | os.PathLike, results_dir: Path, run: RunResults | None = None) -> str:
     """How the report names ``path``: relative to ``results_dir`` when inside it, else as given.
 
     With ``run``, a path recorded inside the folder where the run was written (its config's

@@ -42,8 +42,10 @@ def block_basis_index(
     """Flat-basis column of every entry of the stacked block basis, ``basis_size(max_degree)``
     for the zeros (a padding column appended to the flat basis), as a ``[rows * cols]`` long
     tensor; rows are the blocks of ``out_degrees`` in order."""
-    if not in_degrees or not out_degrees or any(
-        d > max_degree for d in (*in_degrees, *out_degrees)
+    if (
+        not in_degrees
+        or not out_degrees
+        or any(d > max_degree for d in (*in_degrees, *out_degrees))
     ):
         raise ValueError(
             f"block basis: degrees {in_degrees} -> {out_degrees} must be non-empty and <= "

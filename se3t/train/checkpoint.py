@@ -60,9 +60,11 @@ def warn_if_model_code_changed(state: dict[str, Any], path: str | os.PathLike) -
     saved = state.get("model_code")
     if saved is None or saved == model_code_version():
         return False
-    msg = (f"checkpoint {str(path)!r} was written by other model code (model_code {saved}, "
-           f"now {model_code_version()}): if the change altered what the weights mean, its "
-           "predictions are wrong; retrain or use the se3t version it was trained with")
+    msg = (
+        f"checkpoint {str(path)!r} was written by other model code (model_code {saved}, "
+        f"now {model_code_version()}): if the change altered what the weights mean, its "
+        "predictions are wrong; retrain or use the se3t version it was trained with"
+    )
     warnings.warn(msg, stacklevel=2)
     logging.getLogger("se3t.train").warning(msg)
     return True
@@ -177,9 +179,14 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(
-        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
-    )  # fmt: skip
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     cuda = state.get("cuda") or []

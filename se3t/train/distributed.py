@@ -45,8 +45,13 @@ class DistEnv:
 
 def _first_host(nodelist: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, timeout=30, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return out.stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return nodelist.split(",")[0].split("[")[0]

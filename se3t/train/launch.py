@@ -52,19 +52,37 @@ from se3t.errors import InputError, Se3tError
 from se3t.io import atomic_write, write_text
 
 __all__ = [
-    "ACTIVE_STATES", "TrainJob", "launch", "live_jobs", "make_executor", "read_record", "run_tag",
+    "ACTIVE_STATES",
+    "TrainJob",
+    "launch",
+    "live_jobs",
+    "make_executor",
+    "read_record",
+    "run_tag",
     "slurm_state",
-]  # fmt: skip
+]
 
 RECORD = "launch.json"
 # an intent record younger than this may be from a launcher killed while its sbatch child was
 # still running (the child goes on and submits): wait that long before trusting squeue's "none"
 SBATCH_GRACE_S = 10.0
 # SLURM states of a job that will still run (or runs): a new launch attaches to it
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-    "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
-})  # fmt: skip
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "RESV_DEL_HOLD",
+    }
+)
 
 
 class TrainJob:
@@ -132,8 +150,9 @@ def make_executor(cfg: Config):
 
     lc = cfg.launch
     folder = _submitit_folder(cfg)
-    executor = submitit.AutoExecutor(folder=folder, cluster=lc.cluster,
-                                     slurm_max_num_timeout=lc.max_num_timeout)  # fmt: skip
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster=lc.cluster, slurm_max_num_timeout=lc.max_num_timeout
+    )
     # the executor behind (local too) counts time-outs before giving up
     executor._executor.max_num_timeout = lc.max_num_timeout
     tasks = lc.gpus_per_node if lc.gpus_per_node > 0 else lc.tasks_per_node
@@ -215,8 +234,10 @@ class _Follower:
 def slurm_state(job_id: str) -> str:
     """The SLURM job's state: squeue (the controller's view, current), else sacct (the
     accounting record of a job that left the queue); '' when neither knows it."""
-    for cmd in (["squeue", "-h", "-j", str(job_id), "-o", "%T"],
-                ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"]):  # fmt: skip
+    for cmd in (
+        ["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+        ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
+    ):
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired):
@@ -239,8 +260,10 @@ def live_jobs(tag: str) -> list[tuple[str, str]]:
     except (OSError, subprocess.TimeoutExpired) as err:
         raise Se3tError(f"cannot list SLURM jobs ({' '.join(cmd)}): {err}") from None
     if out.returncode != 0:
-        raise Se3tError(f"cannot list SLURM jobs ({' '.join(cmd)}, exit {out.returncode}): "
-                        f"{out.stderr.strip() or out.stdout.strip()}")  # fmt: skip
+        raise Se3tError(
+            f"cannot list SLURM jobs ({' '.join(cmd)}, exit {out.returncode}): "
+            f"{out.stderr.strip() or out.stdout.strip()}"
+        )
     jobs = []
     for line in out.stdout.splitlines():
         job_id, _, rest = line.strip().partition("|")
@@ -307,9 +330,12 @@ def _active_job(cfg: Config, run_dir: Path):
         except (TypeError, ValueError):
             age = SBATCH_GRACE_S
         if 0 <= age < SBATCH_GRACE_S:
-            print(f"se3t launch: {RECORD} shows a submission interrupted {age:.0f} s ago; "
-                  f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"se3t launch: {RECORD} shows a submission interrupted {age:.0f} s ago; "
+                f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish",
+                file=sys.stderr,
+                flush=True,
+            )
             time.sleep(SBATCH_GRACE_S - age)
     try:
         jobs = live_jobs(tag)
@@ -320,9 +346,13 @@ def _active_job(cfg: Config, run_dir: Path):
         ) from None
     if not jobs:
         if submitting:
-            print(f"se3t launch: {RECORD} shows an interrupted submission (since "
-                  f"{rec.get('submitting', '?')}) and no job of this run folder ({tag}) is "
-                  "queued or running: submitting", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"se3t launch: {RECORD} shows an interrupted submission (since "
+                f"{rec.get('submitting', '?')}) and no job of this run folder ({tag}) is "
+                "queued or running: submitting",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
     names = ", ".join(f"{j} ({st})" for j, st in jobs)
     if len(jobs) > 1:
@@ -338,18 +368,25 @@ def _active_job(cfg: Config, run_dir: Path):
         )
     base = rec if submitting else {}
     rec = {
-        "job_id": job_id, "cluster": "slurm",
+        "job_id": job_id,
+        "cluster": "slurm",
         "folder": base.get("folder") or str(_submitit_folder(cfg)),
-        "tasks": int(base.get("tasks") or _tasks(cfg)), "tag": tag,
+        "tasks": int(base.get("tasks") or _tasks(cfg)),
+        "tag": tag,
         "name": base.get("name") or f"se3t-{cfg.run.name}",
-        "state": "submitted", "submitted": base.get("submitting", "?"),
+        "state": "submitted",
+        "submitted": base.get("submitting", "?"),
         "found": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
+    }
     job = _attach(rec, state)
     _ensure_pickle(job, base.get("config") or to_dict(cfg))
     _write_record(run_dir, rec)
-    print(f"se3t launch: {RECORD} had no job id, but SLURM job {job_id} of this run folder "
-          f"({tag}) is {state}: recorded it", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"se3t launch: {RECORD} had no job id, but SLURM job {job_id} of this run folder "
+        f"({tag}) is {state}: recorded it",
+        file=sys.stderr,
+        flush=True,
+    )
     return job
 
 
@@ -369,8 +406,12 @@ def _ensure_pickle(job, config: dict[str, Any]) -> None:
     delayed = submitit.helpers.DelayedSubmission(_checkpointable()(), config)
     delayed.set_timeout(cfg.launch.time, cfg.launch.max_num_timeout)
     atomic_write(path, delayed.dump, fsync=True)
-    print(f"se3t launch: job {job.job_id} had no {path.name} (its launcher died inside the "
-          "submission): wrote it", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"se3t launch: job {job.job_id} had no {path.name} (its launcher died inside the "
+        "submission): wrote it",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _recorded_job(cfg: Config, run_dir: Path, rec: dict[str, Any]):
@@ -380,8 +421,12 @@ def _recorded_job(cfg: Config, run_dir: Path, rec: dict[str, Any]):
     state = slurm_state(rec["job_id"])
     if state not in ACTIVE_STATES:
         if state:
-            print(f"se3t launch: the run's previous job {rec['job_id']} is {state}; submitting "
-                  "a new one (it resumes from last.pt)", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"se3t launch: the run's previous job {rec['job_id']} is {state}; submitting "
+                "a new one (it resumes from last.pt)",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
     if cfg.launch.cluster != "slurm":
         raise InputError(
@@ -394,11 +439,18 @@ def _recorded_job(cfg: Config, run_dir: Path, rec: dict[str, Any]):
 def _attach(rec: dict[str, Any], state: str):
     from submitit.slurm.slurm import SlurmJob
 
-    job = SlurmJob(folder=rec["folder"], job_id=str(rec["job_id"]),
-                   tasks=tuple(range(int(rec.get("tasks", 1)))))  # fmt: skip
-    print(f"se3t launch: job {job.job_id} of this run folder is {state} (submitted "
-          f"{rec.get('submitted', '?')}): attaching to it instead of submitting; this "
-          f"command's overrides do not apply to it", file=sys.stderr, flush=True)  # fmt: skip
+    job = SlurmJob(
+        folder=rec["folder"],
+        job_id=str(rec["job_id"]),
+        tasks=tuple(range(int(rec.get("tasks", 1)))),
+    )
+    print(
+        f"se3t launch: job {job.job_id} of this run folder is {state} (submitted "
+        f"{rec.get('submitted', '?')}): attaching to it instead of submitting; this "
+        f"command's overrides do not apply to it",
+        file=sys.stderr,
+        flush=True,
+    )
     return job
 
 
@@ -407,28 +459,46 @@ def _submit(cfg: Config, run_dir: Path):
     folder's tag, no job id), so that a launcher killed inside ``sbatch`` or right after it
     leaves a record the next launch resolves through ``squeue``; then the complete record."""
     lc = cfg.launch
-    rec = {"cluster": lc.cluster, "folder": str(_submitit_folder(cfg)), "tasks": _tasks(cfg),
-           "name": f"se3t-{cfg.run.name}"}  # fmt: skip
+    rec = {
+        "cluster": lc.cluster,
+        "folder": str(_submitit_folder(cfg)),
+        "tasks": _tasks(cfg),
+        "name": f"se3t-{cfg.run.name}",
+    }
     executor = make_executor(cfg)
     if lc.cluster == "slurm":
         rec["tag"] = run_tag(run_dir)
         rec["submitting"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         # the submitted config too: a job whose launcher died before submitit put its pickle
         # in place gets it from here (see _ensure_pickle)
-        _write_record(run_dir, {**rec, "state": "submitting", "submitting_at": time.time(),
-                                "config": to_dict(cfg)})  # fmt: skip
+        _write_record(
+            run_dir,
+            {**rec, "state": "submitting", "submitting_at": time.time(), "config": to_dict(cfg)},
+        )
     try:
         job = executor.submit(_checkpointable()(), to_dict(cfg))
     except Exception as err:  # submitit: FailedJobError with sbatch's message
         msg = " ".join(str(err).split())[:500]
         if lc.cluster == "slurm":  # sbatch answered: no job (a later launch still asks squeue)
             _write_record(run_dir, {**rec, "state": "failed", "error": msg})
-        raise Se3tError(f"run folder {str(run_dir)!r}: submitting job {rec['name']} "
-                        f"({lc.cluster}) failed: {msg}") from err  # fmt: skip
-    _write_record(run_dir, {"job_id": str(job.job_id), **rec, "state": "submitted",
-                            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
-    print(f"se3t launch: submitted job {job.job_id} ({lc.cluster}); logs in "
-          f"{job.paths.folder}", file=sys.stderr, flush=True)  # fmt: skip
+        raise Se3tError(
+            f"run folder {str(run_dir)!r}: submitting job {rec['name']} "
+            f"({lc.cluster}) failed: {msg}"
+        ) from err
+    _write_record(
+        run_dir,
+        {
+            "job_id": str(job.job_id),
+            **rec,
+            "state": "submitted",
+            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    )
+    print(
+        f"se3t launch: submitted job {job.job_id} ({lc.cluster}); logs in {job.paths.folder}",
+        file=sys.stderr,
+        flush=True,
+    )
     return job
 
 
@@ -457,16 +527,20 @@ def launch(cfg: Config, *, wait: bool = True, poll_s: float = 2.0) -> int:
         follow.poll()
         results = job.results()
     except KeyboardInterrupt:
-        print(f"se3t launch: interrupted; job {job.job_id} keeps running (scancel it to stop)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"se3t launch: interrupted; job {job.job_id} keeps running (scancel it to stop)",
+            file=sys.stderr,
+        )
         raise
     except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
-        print(f"se3t launch: job {job.job_id} failed: {str(err).splitlines()[0]}",
-              file=sys.stderr)  # fmt: skip
+        print(f"se3t launch: job {job.job_id} failed: {str(err).splitlines()[0]}", file=sys.stderr)
         print(f"---- last lines of {job.paths.stderr} ----", file=sys.stderr)
         print(_tail(Path(job.paths.stderr)), file=sys.stderr)
         return 1
     summary = results[0] if results else {}
-    print(f"se3t launch: job {job.job_id} done: step {summary.get('step')}, epoch "
-          f"{summary.get('epoch')}, val MAE {summary.get('val_mae')}", file=sys.stderr)  # fmt: skip
+    print(
+        f"se3t launch: job {job.job_id} done: step {summary.get('step')}, epoch "
+        f"{summary.get('epoch')}, val MAE {summary.get('val_mae')}",
+        file=sys.stderr,
+    )
     return 0

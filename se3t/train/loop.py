@@ -140,18 +140,27 @@ def _open_basis(cfg: Config, fingerprint):
         )
     from se3t.data.basis_store import open_basis
 
-    return open_basis(b.manifest, dataset_fingerprint=fingerprint(cfg.data.path),
-                      max_degree=cfg.model.max_degree, dtype=b.dtype, read=b.read,
-                      cache_chunks=b.cache_chunks)  # fmt: skip
+    return open_basis(
+        b.manifest,
+        dataset_fingerprint=fingerprint(cfg.data.path),
+        max_degree=cfg.model.max_degree,
+        dtype=b.dtype,
+        read=b.read,
+        cache_chunks=b.cache_chunks,
+    )
 
 
 def _check_resume_config(cfg: Config, old: Config, path: Path) -> None:
     new, before = to_dict(cfg.model), to_dict(old.model)
-    diff = [f"model.{k}={before[k]!r} there, {new[k]!r} here"
-            for k in new if k in before and before[k] != new[k]]  # fmt: skip
+    diff = [
+        f"model.{k}={before[k]!r} there, {new[k]!r} here"
+        for k in new
+        if k in before and before[k] != new[k]
+    ]
     if diff:
         raise InputError(
-            f"checkpoint {str(path)!r} was trained with another model: " + "; ".join(diff[:4])
+            f"checkpoint {str(path)!r} was trained with another model: "
+            + "; ".join(diff[:4])
             + " (use another run.dir, or train.resume=false to start over)"
         )
     if list(old.data.targets) != list(cfg.data.targets):
@@ -214,22 +223,31 @@ class Trainer:
             # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
             # (se3t.data.basis_sampler: the effect on sampling is documented there)
             self.sampler = ChunkResumableBatchSampler(
-                self.basis_store, self.train_set.indices, t.batch_size,
-                buffer_chunks=cfg.basis.buffer_chunks, seed=t.seed, rank=self.env.rank,
+                self.basis_store,
+                self.train_set.indices,
+                t.batch_size,
+                buffer_chunks=cfg.basis.buffer_chunks,
+                seed=t.seed,
+                rank=self.env.rank,
                 world_size=self.env.world_size,
-            )  # fmt: skip
+            )
         else:
             self.sampler = ResumableBatchSampler(
-                len(self.train_set), t.batch_size, shuffle=True, seed=t.seed,
-                rank=self.env.rank, world_size=self.env.world_size,
-            )  # fmt: skip
+                len(self.train_set),
+                t.batch_size,
+                shuffle=True,
+                seed=t.seed,
+                rank=self.env.rank,
+                world_size=self.env.world_size,
+            )
         # epochs -> steps with epoch 0's length (chunk sampling under DDP varies it by a batch)
         self.micro_per_epoch = len(self.sampler)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.accumulate)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.optimizer = build_optimizer(self.model.parameters(), t)
-        self.scheduler = build_scheduler(self.optimizer, t, steps_per_epoch=self.steps_per_epoch,
-                                         total_steps=self.total_steps)  # fmt: skip
+        self.scheduler = build_scheduler(
+            self.optimizer, t, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
 
         self.epoch = 0
@@ -244,8 +262,9 @@ class Trainer:
     def _sampler_kind(self) -> str:
         """``chunks`` when the basis store is read chunk by chunk on any rank (``read=auto``
         decides per process, from its free memory: the ranks must agree), else ``random``."""
-        chunks = torch.tensor([int(self.basis_store is not None
-                                   and self.basis_store.read == "chunks")])  # fmt: skip
+        chunks = torch.tensor(
+            [int(self.basis_store is not None and self.basis_store.read == "chunks")]
+        )
         D.all_reduce_(chunks, op="max")
         return "chunks" if int(chunks) else "random"
 
@@ -269,9 +288,14 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
         was = (s.get("sampler") or {}).get("kind", "random")
         if was != self.sampler_kind:
-            log.warning("%s was written with %s sampling, this run samples %s (basis.read): the "
-                        "rest of epoch %d is not the batches the run had left", self.resume_path,
-                        was, self.sampler_kind, self.epoch)  # fmt: skip
+            log.warning(
+                "%s was written with %s sampling, this run samples %s (basis.read): the "
+                "rest of epoch %d is not the batches the run had left",
+                self.resume_path,
+                was,
+                self.sampler_kind,
+                self.epoch,
+            )
         self.best_val = s["best_val"]
         if s.get("train_sums") is not None:
             self.train_sums = s["train_sums"].to(torch.float64)
@@ -286,9 +310,12 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "sampler": {"kind": self.sampler_kind, "epoch": self.epoch,
-                        "start": self.batch_in_epoch,
-                        "buffer_chunks": int(self.cfg.basis.buffer_chunks)},
+            "sampler": {
+                "kind": self.sampler_kind,
+                "epoch": self.epoch,
+                "start": self.batch_in_epoch,
+                "buffer_chunks": int(self.cfg.basis.buffer_chunks),
+            },
             "step": self.step,
             "best_val": self.best_val,
             "train_sums": self.train_sums.clone(),
@@ -317,16 +344,22 @@ class Trainer:
     def _basis(self, batch):
         if self.basis_store is None:
             return None
-        return self.basis_store.gather(batch.index).to(self.device, torch.float32,
-                                                       non_blocking=True)  # fmt: skip
+        return self.basis_store.gather(batch.index).to(
+            self.device, torch.float32, non_blocking=True
+        )
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
         from se3t.data import collate
 
         workers = self.cfg.data.num_workers
-        return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
-                          num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)  # fmt: skip
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=collate,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def _global_size(self, i: int, local: int) -> int:
         """Molecules in global micro-batch ``i`` of the epoch (``local`` on this rank)."""
@@ -366,8 +399,9 @@ class Trainer:
     def _score(self, val_mae: dict[str, float]) -> float:
         """Model selection: mean over targets of MAE / training std (unit-free)."""
         std = self.train_set.std.double()
-        return float(sum(val_mae[t] / std[k] for k, t in enumerate(self.train_set.targets))
-                     / len(val_mae))  # fmt: skip
+        return float(
+            sum(val_mae[t] / std[k] for k, t in enumerate(self.train_set.targets)) / len(val_mae)
+        )
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -384,11 +418,21 @@ class Trainer:
         if self.resume_state is not None:
             where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
         if main:
-            log.info("%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
-                     "world size %d (%s), device %s, precision %s, bases %s", self.run_dir, where,
-                     len(self.train_set), len(self.val_set), self.steps_per_epoch,
-                     self.total_steps, self.env.world_size, self.env.source, self.device,
-                     t.precision, "from store" if self.basis_store else "computed")  # fmt: skip
+            log.info(
+                "%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
+                "world size %d (%s), device %s, precision %s, bases %s",
+                self.run_dir,
+                where,
+                len(self.train_set),
+                len(self.val_set),
+                self.steps_per_epoch,
+                self.total_steps,
+                self.env.world_size,
+                self.env.source,
+                self.device,
+                t.precision,
+                "from store" if self.basis_store else "computed",
+            )
         self.resume_state = None  # free it
         self.model.train()
         previous = self._install_signals()
@@ -413,8 +457,11 @@ class Trainer:
         if status == "stopped":
             self.save("last.pt")
             D.barrier()
-            log.warning("stopped by signal %s at step %d: checkpoint written",
-                        self.stop_requested, self.step)
+            log.warning(
+                "stopped by signal %s at step %d: checkpoint written",
+                self.stop_requested,
+                self.step,
+            )
         elif main:
             log.info("done: step %d, epoch %d, val MAE %s", self.step, self.epoch, val_mae)
         return {
@@ -438,9 +485,16 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, start=start)
         self.micro_per_epoch = len(self.sampler)
         show = self.env.is_main and (self.progress if self.progress is not None else True)
-        bar = tqdm(total=self.micro_per_epoch, initial=start, disable=not show, file=sys.stderr,
-                   desc=f"epoch {self.epoch}", unit="batch", dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 10.0)  # fmt: skip
+        bar = tqdm(
+            total=self.micro_per_epoch,
+            initial=start,
+            disable=not show,
+            file=sys.stderr,
+            desc=f"epoch {self.epoch}",
+            unit="batch",
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 10.0,
+        )
         window = torch.zeros(3, dtype=torch.float64)  # loss sum, molecules, micro-batches
         tick = time.perf_counter()
         group_start = start
@@ -456,8 +510,7 @@ class Trainer:
                     with self._autocast():
                         pred = self.ddp(batch, self._basis(batch))  # [b, T]
                     per_mol = (pred.float() - batch.y).abs()  # [b, T] standardized units
-                    scale = self.env.world_size / (self._global_size(i, per_mol.shape[0])
-                                                   * n_acc)
+                    scale = self.env.world_size / (self._global_size(i, per_mol.shape[0]) * n_acc)
                     loss = per_mol.mean(1).sum() * scale
                     self.scaler.scale(loss).backward()
                 with torch.no_grad():
@@ -496,11 +549,17 @@ class Trainer:
         D.all_reduce_(window)
         now = time.perf_counter()
         loss = float(window[0] / window[1].clamp(min=1))
-        rec = {"kind": "step", "epoch": self.epoch, "step": self.step, "loss": loss,
-               "lr": lr,
-               "mol_per_s": float(window[1]) / max(now - tick, 1e-9),
-               "peak_mem_bytes": self._peak_mem(), "device_name": self.device_name,
-               "time": time.time()}  # fmt: skip
+        rec = {
+            "kind": "step",
+            "epoch": self.epoch,
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "mol_per_s": float(window[1]) / max(now - tick, 1e-9),
+            "peak_mem_bytes": self._peak_mem(),
+            "device_name": self.device_name,
+            "time": time.time(),
+        }
         metrics.write(rec)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
         window.zero_()
@@ -515,15 +574,27 @@ class Trainer:
         if finished or (self.epoch + 1) % t.eval_every == 0:
             val_mae = self.evaluate(self.val_set)
         std = self.train_set.std.double()
-        rec = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
-               "loss": float((mae / std).mean()),
-               "lr": self.optimizer.param_groups[0]["lr"], "peak_mem_bytes": self._peak_mem(),
-               "train_mae": train_mae, "val_mae": val_mae, "device_name": self.device_name,
-               "time": time.time()}  # fmt: skip
+        rec = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "step": self.step,
+            "loss": float((mae / std).mean()),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "peak_mem_bytes": self._peak_mem(),
+            "train_mae": train_mae,
+            "val_mae": val_mae,
+            "device_name": self.device_name,
+            "time": time.time(),
+        }
         metrics.write(rec)
         if self.env.is_main:
-            log.info("epoch %d (step %d): train MAE %s, val MAE %s", self.epoch, self.step,
-                     _fmt(train_mae), _fmt(val_mae) or "-")  # fmt: skip
+            log.info(
+                "epoch %d (step %d): train MAE %s, val MAE %s",
+                self.epoch,
+                self.step,
+                _fmt(train_mae),
+                _fmt(val_mae) or "-",
+            )
         if epoch_done:
             self.epoch += 1
             self.batch_in_epoch = 0
@@ -655,9 +726,12 @@ def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:
     ``signal`` (the stop signal, if any). Raises :class:`InputError` for bad input before
     any training work."""
     # process-wide switches that a run sets (deterministic algorithms, TF32) are put back
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # fmt: skip
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
     try:
         return Trainer(cfg, progress=progress).run()
     finally:

@@ -23,8 +23,16 @@ class ResumableBatchSampler(Sampler[list[int]]):
     """Batches of dataset positions for one rank; ``set_epoch(e, start=k)`` skips the epoch's
     first ``k`` global batches (the position a checkpoint stored)."""
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if n <= 0:
             raise ValueError(f"ResumableBatchSampler: empty split (n={n})")
         if batch_size < world_size:
@@ -75,14 +83,30 @@ class ChunkResumableBatchSampler(Sampler[list[int]]):
     ``len(local batch) * world_size`` (:meth:`global_size`).
     """
 
-    def __init__(self, store, indices, batch_size: int, *, buffer_chunks: int = 16,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store,
+        indices,
+        batch_size: int,
+        *,
+        buffer_chunks: int = 16,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not a multiple of world size "
-                             f"{world_size}")  # fmt: skip
-        self.inner = store.batch_sampler(indices, batch_size // world_size, shuffle=True,
-                                         buffer_chunks=buffer_chunks, seed=seed, rank=rank,
-                                         world_size=world_size)  # fmt: skip
+            raise ValueError(
+                f"batch size {batch_size} is not a multiple of world size {world_size}"
+            )
+        self.inner = store.batch_sampler(
+            indices,
+            batch_size // world_size,
+            shuffle=True,
+            buffer_chunks=buffer_chunks,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
         self.world_size = world_size
         self.epoch = 0
         self.start = 0

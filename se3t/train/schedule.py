@@ -26,8 +26,9 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)  # fmt: skip
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
@@ -48,8 +49,9 @@ class _Factor:
         self.warmup, self.total, self.kind, self.min_ratio = warmup, total, kind, min_ratio
 
     def __call__(self, step: int) -> float:
-        return lr_factor(step, warmup=self.warmup, total=self.total, kind=self.kind,
-                         min_ratio=self.min_ratio)  # fmt: skip
+        return lr_factor(
+            step, warmup=self.warmup, total=self.total, kind=self.kind, min_ratio=self.min_ratio
+        )
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, *, steps_per_epoch: int, total_steps: int):

@@ -65,16 +65,33 @@ def shard_files(store: str | os.PathLike) -> list[Path]:
 def spawn_worker(dataset, cache, receipt, *, delay: float, shard: str = "0/1") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__)), str(dataset), str(cache), str(receipt),
-         "--delay", str(delay), "--shard", shard],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(Path(__file__)),
+            str(dataset),
+            str(cache),
+            str(receipt),
+            "--delay",
+            str(delay),
+            "--shard",
+            shard,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def se3t(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real command line in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "se3t.cli", *args], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"se3t {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
@@ -90,8 +107,15 @@ def _main() -> None:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--shard", default="0/1")
     args = ap.parse_args()
-    receipt = precompute(args.dataset, args.cache, settings(), shard=args.shard,
-                         backend=slow_backend(args.delay), progress=False, poll_s=0.05)
+    receipt = precompute(
+        args.dataset,
+        args.cache,
+        settings(),
+        shard=args.shard,
+        backend=slow_backend(args.delay),
+        progress=False,
+        poll_s=0.05,
+    )
     Path(args.receipt).write_text(json.dumps(receipt))
 
 

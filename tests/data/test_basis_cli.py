@@ -30,8 +30,21 @@ def test_workflow_commands(qm9_store, tmp_path, capsys):
     receipts = []
     for i in range(2):  # two "cluster jobs"
         r = tmp_path / f"receipt{i}.json"
-        code, out, _ = _run(capsys, "basis", "precompute", "--dataset", str(qm9_store), "--cache",
-                            cache, "--shard", f"{i}/2", "--receipt", str(r), "--quiet", *SMALL)
+        code, out, _ = _run(
+            capsys,
+            "basis",
+            "precompute",
+            "--dataset",
+            str(qm9_store),
+            "--cache",
+            cache,
+            "--shard",
+            f"{i}/2",
+            "--receipt",
+            str(r),
+            "--quiet",
+            *SMALL,
+        )
         assert code == 0 and "chunks computed" in out
         receipts.append(json.loads(r.read_text()))
     assert {r["key"] for r in receipts} == {key}
@@ -41,13 +54,15 @@ def test_workflow_commands(qm9_store, tmp_path, capsys):
     assert code == 0 and key in out and "8/8 shards" in out
 
     manifest = tmp_path / "run" / "basis.json"
-    code, out, _ = _run(capsys, "basis", "finalize", key, "--cache", cache, "--manifest",
-                        str(manifest), "--quiet")
+    code, out, _ = _run(
+        capsys, "basis", "finalize", key, "--cache", cache, "--manifest", str(manifest), "--quiet"
+    )
     assert code == 0 and "read-only" in out
     record = json.loads(manifest.read_text())
     assert record["key"] == key and record["settings"]["max_degree"] == 3
-    store = open_basis(manifest, dataset_fingerprint=fingerprint(qm9_store), max_degree=3,
-                       dtype="float32")
+    store = open_basis(
+        manifest, dataset_fingerprint=fingerprint(qm9_store), max_degree=3, dtype="float32"
+    )
     assert store.num_molecules == 275
 
     code, out, _ = _run(capsys, "basis", "verify", key, "--cache", cache, "--sample", "300")
@@ -57,8 +72,19 @@ def test_workflow_commands(qm9_store, tmp_path, capsys):
 
     # a rerun with the same settings and cache reuses the store
     r = tmp_path / "again.json"
-    code, out, _ = _run(capsys, "basis", "precompute", "--dataset", str(qm9_store), "--cache",
-                        cache, "--receipt", str(r), "--quiet", *SMALL)
+    code, out, _ = _run(
+        capsys,
+        "basis",
+        "precompute",
+        "--dataset",
+        str(qm9_store),
+        "--cache",
+        cache,
+        "--receipt",
+        str(r),
+        "--quiet",
+        *SMALL,
+    )
     assert code == 0 and json.loads(r.read_text())["chunks_computed"] == 0
 
     # verify names a corrupt file and exits 1
@@ -73,18 +99,36 @@ def test_workflow_commands(qm9_store, tmp_path, capsys):
     assert code == 1 and "BAD basis/c/5/0" in out
 
     # gc: nothing stale; the store referenced by the manifest stays
-    code, out, _ = _run(capsys, "basis", "gc", "--cache", cache, "--unreferenced", "--manifests",
-                        str(manifest.parent))
+    code, out, _ = _run(
+        capsys,
+        "basis",
+        "gc",
+        "--cache",
+        cache,
+        "--unreferenced",
+        "--manifests",
+        str(manifest.parent),
+    )
     assert code == 0 and "removed 0 store(s)" in out
     assert Path(record["store"]).exists()
 
 
 def test_user_errors_are_one_line(qm9_store, tmp_path, capsys):
-    code, _, err = _run(capsys, "basis", "finalize", "0123456789abcdef01234567", "--cache",
-                        str(tmp_path))
+    code, _, err = _run(
+        capsys, "basis", "finalize", "0123456789abcdef01234567", "--cache", str(tmp_path)
+    )
     assert code == 2 and "does not exist" in err and err.count("\n") == 1
-    code, _, err = _run(capsys, "basis", "precompute", "--dataset", str(qm9_store), "--shard",
-                        "3/2", "--cache", str(tmp_path))
+    code, _, err = _run(
+        capsys,
+        "basis",
+        "precompute",
+        "--dataset",
+        str(qm9_store),
+        "--shard",
+        "3/2",
+        "--cache",
+        str(tmp_path),
+    )
     assert code == 2 and "--shard 3/2" in err
     code, _, err = _run(capsys, "basis", "gc", "--cache", str(tmp_path), "--older-than", "soon")
     assert code == 2 and "--older-than 'soon'" in err

@@ -47,9 +47,19 @@ def test_kill_9_then_resume(qm9_store, tmp_path, reference):
     assert not (tmp_path / "r0.json").exists()
 
     # the real command line resumes: only the missing chunks are computed
-    se3t("basis", "precompute", "--dataset", str(qm9_store), "--cache", str(tmp_path),
-         "--receipt", str(tmp_path / "r1.json"), "--quiet", "basis.chunk_edges=512",
-         "basis.chunks_per_shard=2")
+    se3t(
+        "basis",
+        "precompute",
+        "--dataset",
+        str(qm9_store),
+        "--cache",
+        str(tmp_path),
+        "--receipt",
+        str(tmp_path / "r1.json"),
+        "--quiet",
+        "basis.chunk_edges=512",
+        "basis.chunks_per_shard=2",
+    )
     receipt = json.loads((tmp_path / "r1.json").read_text())
     assert receipt["chunks_reused"] == 2 * done
     assert receipt["chunks_computed"] == 15 - 2 * done
@@ -59,8 +69,9 @@ def test_kill_9_then_resume(qm9_store, tmp_path, reference):
 
 
 def test_two_concurrent_precomputes_of_one_key(qm9_store, tmp_path, reference):
-    procs = [spawn_worker(qm9_store, tmp_path, tmp_path / f"r{i}.json", delay=0.1)
-             for i in range(2)]
+    procs = [
+        spawn_worker(qm9_store, tmp_path, tmp_path / f"r{i}.json", delay=0.1) for i in range(2)
+    ]
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err  # neither fails
@@ -81,8 +92,9 @@ def test_two_concurrent_precomputes_of_one_key(qm9_store, tmp_path, reference):
 def test_cli_errors_are_one_line(qm9_store, tmp_path):
     blocker = tmp_path / "cache"
     blocker.write_text("x")
-    proc = se3t("basis", "precompute", "--dataset", str(qm9_store), "--cache", str(blocker),
-                check=False)
+    proc = se3t(
+        "basis", "precompute", "--dataset", str(qm9_store), "--cache", str(blocker), check=False
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "basis cache" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -54,8 +54,7 @@ def test_no_shuffle_is_dataset_order():
 
 def test_ranks_split_chunks_with_equal_batch_counts():
     chunk_of = _chunks(1000, 29)
-    ranks = [ChunkShuffleBatchSampler(chunk_of, 20, world_size=3, rank=r, seed=5)
-             for r in range(3)]
+    ranks = [ChunkShuffleBatchSampler(chunk_of, 20, world_size=3, rank=r, seed=5) for r in range(3)]
     counts = {len(list(r)) for r in ranks}
     assert len(counts) == 1
     seen = [np.concatenate(list(r)) for r in ranks]
@@ -67,10 +66,15 @@ def test_ranks_split_chunks_with_equal_batch_counts():
 
 def test_store_sampler_reads_each_chunk_once(qm9_store, tmp_path):
     store_path = build(qm9_store, tmp_path)
-    store = open_basis(store_path, dataset_fingerprint=fingerprint(qm9_store), max_degree=3,
-                       dtype="float32", read="chunks", cache_chunks=5)
-    ds = QM9Dataset(qm9_store, split="train", n_train=200, test_fraction=0.1,
-                    train_fraction=0.7)
+    store = open_basis(
+        store_path,
+        dataset_fingerprint=fingerprint(qm9_store),
+        max_degree=3,
+        dtype="float32",
+        read="chunks",
+        cache_chunks=5,
+    )
+    ds = QM9Dataset(qm9_store, split="train", n_train=200, test_fraction=0.1, train_fraction=0.7)
     reads = []
     real = store._read_rows
     store._read_rows = lambda r0, r1, what: reads.append(r0) or real(r0, r1, what=what)
@@ -78,8 +82,9 @@ def test_store_sampler_reads_each_chunk_once(qm9_store, tmp_path):
     n = 0
     for positions in sampler:
         batch = collate([ds[i] for i in positions])
-        torch.testing.assert_close(store.gather(batch.index),
-                                   compute_basis_flat(batch.edge_vec, 3), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            store.gather(batch.index), compute_basis_flat(batch.edge_vec, 3), rtol=1e-5, atol=1e-6
+        )
         n += len(positions)
     assert n == len(ds)
     assert len(reads) == len(set(reads))  # every chunk decoded once in the epoch

@@ -44,8 +44,9 @@ def built(qm9_store, tmp_path_factory):
 
 
 def _open(built, **kw):
-    return open_basis(built["manifest"], dataset_fingerprint=built["fp"], max_degree=3,
-                      dtype="float32", **kw)
+    return open_basis(
+        built["manifest"], dataset_fingerprint=built["fp"], max_degree=3, dtype="float32", **kw
+    )
 
 
 # ---------------------------------------------------------------------------------------- key
@@ -54,8 +55,17 @@ def _open(built, **kw):
 def test_key_depends_on_values_only():
     k = basis_key("abc", 3, "float32")
     assert k == basis_key("abc", 3, "float32") and len(k) == 24
-    assert len({k, basis_key("abd", 3, "float32"), basis_key("abc", 2, "float32"),
-                basis_key("abc", 3, "float16")}) == 4
+    assert (
+        len(
+            {
+                k,
+                basis_key("abd", 3, "float32"),
+                basis_key("abc", 2, "float32"),
+                basis_key("abc", 3, "float16"),
+            }
+        )
+        == 4
+    )
     other_code = dataclasses.replace(default_backend(), code_version="0" * 16)
     other_layout = dataclasses.replace(default_backend(), layout_version=99)
     assert basis_key("abc", 3, "float32", backend=other_code) != k
@@ -127,17 +137,26 @@ def test_float16_and_degree_settings(qm9_store, tmp_path, compressor):
     batch = collate([ds[i] for i in range(20)])
     got = b.gather(batch.index)
     assert got.dtype == torch.float16 and got.shape[1] == basis_size(1)
-    torch.testing.assert_close(got.float(), compute_basis_flat(batch.edge_vec, 1), atol=2e-3,
-                               rtol=1e-3)
+    torch.testing.assert_close(
+        got.float(), compute_basis_flat(batch.edge_vec, 1), atol=2e-3, rtol=1e-3
+    )
     assert verify(store, sample=200).ok
 
 
-@pytest.mark.parametrize("compressor,chunks_per_shard,dtype", [
-    ("blosc-lz4", 2, "float32"), ("blosc-lz4", 4, "float16"), ("zstd", 1, "float32"),
-    ("none", 2, "float64"), ("blosc-zstd", 2, "float32"), ("gzip", 2, "float32"),
-])
-def test_fast_shard_writer_writes_zarrs_bytes(qm9_store, tmp_path, monkeypatch, compressor,
-                                              chunks_per_shard, dtype):
+@pytest.mark.parametrize(
+    "compressor,chunks_per_shard,dtype",
+    [
+        ("blosc-lz4", 2, "float32"),
+        ("blosc-lz4", 4, "float16"),
+        ("zstd", 1, "float32"),
+        ("none", 2, "float64"),
+        ("blosc-zstd", 2, "float32"),
+        ("gzip", 2, "float32"),
+    ],
+)
+def test_fast_shard_writer_writes_zarrs_bytes(
+    qm9_store, tmp_path, monkeypatch, compressor, chunks_per_shard, dtype
+):
     """The direct shard writer and reader (fast paths) against Zarr's own write and read paths
     (the reference): every shard file byte-identical, including the partial last shard (15
     chunks), and the same rows read back."""
@@ -168,8 +187,13 @@ def test_fast_shard_writer_writes_zarrs_bytes(qm9_store, tmp_path, monkeypatch, 
     # the direct chunk reader (read=memory decodes every chunk with it) against Zarr's reader
     monkeypatch.undo()
     finalize(fast["store"])
-    b = open_basis(fast["store"], dataset_fingerprint=fingerprint(qm9_store), max_degree=3,
-                   dtype=dtype, read="memory")
+    b = open_basis(
+        fast["store"],
+        dataset_fingerprint=fingerprint(qm9_store),
+        max_degree=3,
+        dtype=dtype,
+        read="memory",
+    )
     assert b._codec is not None
     np.testing.assert_array_equal(b._full.numpy(), reference)
 
@@ -196,8 +220,10 @@ def test_resume_of_an_unfinished_store_computes_only_missing(qm9_store, tmp_path
 
 
 def test_shards_fill_one_store_equal_to_single_go(built, qm9_store, tmp_path):
-    receipts = [precompute(qm9_store, tmp_path, settings(), shard=f"{i}/3", progress=False)
-                for i in range(3)]
+    receipts = [
+        precompute(qm9_store, tmp_path, settings(), shard=f"{i}/3", progress=False)
+        for i in range(3)
+    ]
     assert sum(r["chunks_computed"] for r in receipts) == 15
     assert all(r["chunks_computed"] > 0 for r in receipts)
     finalize(receipts[0]["store"])
@@ -209,8 +235,11 @@ def test_shards_fill_one_store_equal_to_single_go(built, qm9_store, tmp_path):
 
 def test_store_for_other_settings_is_never_used(built, tmp_path):
     fp = built["fp"]
-    for kw, what in (({"dataset_fingerprint": "f" * 64}, "dataset"),
-                     ({"max_degree": 2}, "max degree"), ({"dtype": "float16"}, "dtype")):
+    for kw, what in (
+        ({"dataset_fingerprint": "f" * 64}, "dataset"),
+        ({"max_degree": 2}, "max degree"),
+        ({"dtype": "float16"}, "dtype"),
+    ):
         args = {"dataset_fingerprint": fp, "max_degree": 3, "dtype": "float32", **kw}
         with pytest.raises(InputError, match=f"built for {what}"):
             open_basis(built["store"], **args)
@@ -223,8 +252,7 @@ def test_store_for_other_settings_is_never_used(built, tmp_path):
         open_basis(moved, dataset_fingerprint="0" * 64, max_degree=3, dtype="float32")
     other_code = dataclasses.replace(default_backend(), code_version="0" * 16)
     with pytest.raises(InputError, match="code_version"):
-        open_basis(moved, dataset_fingerprint=fp, max_degree=3, dtype="float32",
-                   backend=other_code)
+        open_basis(moved, dataset_fingerprint=fp, max_degree=3, dtype="float32", backend=other_code)
 
 
 def test_incomplete_store_is_refused(qm9_store, tmp_path):
@@ -313,8 +341,9 @@ def test_read_through_fsspec_urls(built, qm9_store):
         expect = _open(built).gather(batch.index)
         for where in (url, f"file://{built['store']}"):
             for read in ("memory", "chunks"):
-                b = open_basis(where, dataset_fingerprint=built["fp"], max_degree=3,
-                               dtype="float32", read=read)
+                b = open_basis(
+                    where, dataset_fingerprint=built["fp"], max_degree=3, dtype="float32", read=read
+                )
                 torch.testing.assert_close(b.gather(batch.index), expect, rtol=0, atol=0)
         assert verify(url, sample=0).ok
         mem.rm("/se3t-test/basis.zarr/checksums.json")
@@ -366,8 +395,9 @@ def test_immutable_cache_fails_before_any_work(qm9_store, tmp_path):
 
 def test_ls_and_gc(qm9_store, tmp_path):
     complete = build(qm9_store, tmp_path)
-    partial = precompute(qm9_store, tmp_path, settings(dtype="float16"), shard="1/4",
-                         progress=False)["store"]
+    partial = precompute(
+        qm9_store, tmp_path, settings(dtype="float16"), shard="1/4", progress=False
+    )["store"]
     rows = {s.key: s for s in list_stores(tmp_path)}
     assert len(rows) == 2
     info = rows[Path(complete).name[:-5]].as_dict()

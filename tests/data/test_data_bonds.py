@@ -89,8 +89,12 @@ def test_radius_graph_matches_brute_force(records):
     for cutoff in (1.2, 2.5, 5.0):
         src, dst, bt = radius_graph(rec.pos, cutoff, bonds)
         n = len(rec.pos)
-        want = [(i, j) for i in range(n) for j in range(n)
-                if i != j and np.linalg.norm(rec.pos[i] - rec.pos[j]) < cutoff]  # fmt: skip
+        want = [
+            (i, j)
+            for i in range(n)
+            for j in range(n)
+            if i != j and np.linalg.norm(rec.pos[i] - rec.pos[j]) < cutoff
+        ]
         assert list(zip(src.tolist(), dst.tolist(), strict=True)) == want
         bonded = {(i, j): t for i, j, t in zip(*[b.tolist() for b in bonds], strict=True)}
         for i, j, t in zip(src.tolist(), dst.tolist(), bt.tolist(), strict=True):

@@ -17,16 +17,35 @@ QM9 = Path(__file__).parent / "qm9"
 
 def test_fetch_build_info(tmp_path, capsys):
     raw, out = tmp_path / "raw", tmp_path / "qm9.zarr"
-    assert main(["data", "fetch", "--source", str(QM9 / "qm9pack"), "--out", str(raw),
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(["data", "fetch", "--source", str(QM9 / "qm9pack"), "--out", str(raw), "--quiet"]) == 0
+    )
     assert (raw / "config.yaml").is_file() and (raw / "SOURCE.json").is_file()
-    assert main(["data", "build", "--raw", str(raw), "--out", str(out), "--limit", "50",
-                 "--processes", "1", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "--raw",
+                str(raw),
+                "--out",
+                str(out),
+                "--limit",
+                "50",
+                "--processes",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "written; 50 molecules kept" in text
     assert len(open_dataset(out)) == 50 and Path(f"{out}.config.yaml").is_file()
-    assert main(["data", "build", "--raw", str(raw), "--out", str(out), "--limit", "50",
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(["data", "build", "--raw", str(raw), "--out", str(out), "--limit", "50", "--quiet"])
+        == 0
+    )
     assert "up to date" in capsys.readouterr().out
     assert main(["data", "info", str(out), "--verify"]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -35,10 +54,16 @@ def test_fetch_build_info(tmp_path, capsys):
 
 def test_config_and_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data:\n  raw_dir: {QM9 / 'figshare'}\n  path: {tmp_path / 's.zarr'}\n"
-                   "  graph: radius\n  cutoff: 2.0\n")  # fmt: skip
-    assert main(["data", "build", "--config", str(cfg), "data.limit=12", "data.processes=1",
-                 "--quiet"]) == 0  # fmt: skip
+    cfg.write_text(
+        f"data:\n  raw_dir: {QM9 / 'figshare'}\n  path: {tmp_path / 's.zarr'}\n"
+        "  graph: radius\n  cutoff: 2.0\n"
+    )
+    assert (
+        main(
+            ["data", "build", "--config", str(cfg), "data.limit=12", "data.processes=1", "--quiet"]
+        )
+        == 0
+    )
     s = open_dataset(tmp_path / "s.zarr")
     assert len(s) == 12 and s.graph == {"kind": "radius", "cutoff": 2.0}
 
@@ -76,7 +101,8 @@ def test_bad_molecule_strict_names_record(tmp_path, capsys):
 
 def test_console_script_help():
     exe = Path(sys.executable).with_name("se3t")
-    out = subprocess.run([str(exe), "data", "build", "--help"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [str(exe), "data", "build", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for option in ("--raw", "--out", "--limit", "--graph", "--cutoff", "--processes", "--strict"):
         assert option in out

@@ -169,13 +169,16 @@ def test_collate_edges_follow_store_order(qm9_store):
     rows = batch.index.tolist()
     eo, ao = s.edge_offsets, s.atom_offsets
     store_src = np.concatenate([s.src[eo[r] : eo[r + 1]] for r in rows])
-    first = np.repeat(np.cumsum([0] + [ao[r + 1] - ao[r] for r in rows])[:-1],
-                      [eo[r + 1] - eo[r] for r in rows])  # fmt: skip
+    first = np.repeat(
+        np.cumsum([0] + [ao[r + 1] - ao[r] for r in rows])[:-1], [eo[r + 1] - eo[r] for r in rows]
+    )
     np.testing.assert_array_equal(batch.graph.src.numpy(), store_src + first)
-    store_vec = np.concatenate([
-        s.pos[ao[r] + s.dst[eo[r]:eo[r + 1]]] - s.pos[ao[r] + s.src[eo[r]:eo[r + 1]]]
-        for r in rows
-    ])  # fmt: skip
+    store_vec = np.concatenate(
+        [
+            s.pos[ao[r] + s.dst[eo[r] : eo[r + 1]]] - s.pos[ao[r] + s.src[eo[r] : eo[r + 1]]]
+            for r in rows
+        ]
+    )
     np.testing.assert_array_equal(batch.edge_vec.numpy(), store_vec)
 
 

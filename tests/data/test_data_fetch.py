@@ -69,8 +69,10 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.files = {"/dsgdb9nsd.xyz.tar.bz2": ARCHIVE.read_bytes(),
-                   "/uncharacterized.txt": UNCHARACTERIZED}  # fmt: skip
+    httpd.files = {
+        "/dsgdb9nsd.xyz.tar.bz2": ARCHIVE.read_bytes(),
+        "/uncharacterized.txt": UNCHARACTERIZED,
+    }
     httpd.log, httpd.cut, httpd.honor_range, httpd.fail_status = [], 0, True, []
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -91,22 +93,35 @@ FAST = {"backoff": 0.01, "timeout": 10.0, "progress": False}
 def test_figshare_fetch_then_build_equals_csv_build(server, tmp_path, qm9_store):
     raw = tmp_path / "raw"
     manifest = fetch(
-        "figshare", raw, figshare_url=server.url + "/dsgdb9nsd.xyz.tar.bz2", figshare_sha256=SHA,
+        "figshare",
+        raw,
+        figshare_url=server.url + "/dsgdb9nsd.xyz.tar.bz2",
+        figshare_sha256=SHA,
         uncharacterized_url=server.url + "/uncharacterized.txt",
-        uncharacterized_sha256=_sha(UNCHARACTERIZED), **FAST,
-    )  # fmt: skip
+        uncharacterized_sha256=_sha(UNCHARACTERIZED),
+        **FAST,
+    )
     assert manifest["files"]["dsgdb9nsd.xyz.tar.bz2"]["sha256"] == SHA
     assert json.loads((raw / "SOURCE.json").read_text())["source"] == "figshare"
     assert sorted(p.name for p in raw.iterdir()) == [
-        "SOURCE.json", "dsgdb9nsd.xyz.tar.bz2", "uncharacterized.txt"]  # fmt: skip
+        "SOURCE.json",
+        "dsgdb9nsd.xyz.tar.bz2",
+        "uncharacterized.txt",
+    ]
     out = build_dataset(raw, tmp_path / "s.zarr", processes=1, progress=False)
     assert out["fingerprint"] == fingerprint(qm9_store)  # both formats: the same dataset
     assert out["report"]["uncharacterized_listed"] == 1
     # fetched again: files with the expected sha256 are not downloaded again
     n = len(server.log)
-    fetch("figshare", raw, figshare_url=server.url + "/dsgdb9nsd.xyz.tar.bz2",
-          figshare_sha256=SHA, uncharacterized_url=server.url + "/uncharacterized.txt",
-          uncharacterized_sha256=_sha(UNCHARACTERIZED), **FAST)  # fmt: skip
+    fetch(
+        "figshare",
+        raw,
+        figshare_url=server.url + "/dsgdb9nsd.xyz.tar.bz2",
+        figshare_sha256=SHA,
+        uncharacterized_url=server.url + "/uncharacterized.txt",
+        uncharacterized_sha256=_sha(UNCHARACTERIZED),
+        **FAST,
+    )
     assert len(server.log) == n
 
 
@@ -115,8 +130,10 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     dest = tmp_path / "a.tar.bz2"
     assert download(server.url + "/dsgdb9nsd.xyz.tar.bz2", dest, sha256=SHA, **FAST) == SHA
     size = len(ARCHIVE.read_bytes())
-    assert server.log == [("/dsgdb9nsd.xyz.tar.bz2", None),
-                          ("/dsgdb9nsd.xyz.tar.bz2", f"bytes={size // 2}-")]  # fmt: skip
+    assert server.log == [
+        ("/dsgdb9nsd.xyz.tar.bz2", None),
+        ("/dsgdb9nsd.xyz.tar.bz2", f"bytes={size // 2}-"),
+    ]
     assert dest.read_bytes() == ARCHIVE.read_bytes()
     assert not dest.with_name(dest.name + ".part").exists()
 
@@ -224,9 +241,18 @@ def test_local_path_errors(tmp_path):
 def test_cli_figshare_with_overrides(server, tmp_path, capsys):
     from se3t.cli import main
 
-    argv = ["data", "fetch", "--source", "figshare", "--out", str(tmp_path / "raw"), "--quiet",
-            f"data.figshare_url={server.url}/dsgdb9nsd.xyz.tar.bz2", "data.retries=1",
-            f"data.uncharacterized_url={server.url}/uncharacterized.txt"]  # fmt: skip
+    argv = [
+        "data",
+        "fetch",
+        "--source",
+        "figshare",
+        "--out",
+        str(tmp_path / "raw"),
+        "--quiet",
+        f"data.figshare_url={server.url}/dsgdb9nsd.xyz.tar.bz2",
+        "data.retries=1",
+        f"data.uncharacterized_url={server.url}/uncharacterized.txt",
+    ]
     assert main([*argv, f"data.figshare_sha256={SHA}"]) == 0
     err = capsys.readouterr().err
     assert "uncharacterized.txt was not checked" in err and "dsgdb9nsd" not in err

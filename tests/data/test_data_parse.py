@@ -57,9 +57,15 @@ def _build(raw, out, **kw):
 
 @pytest.mark.parametrize(
     "text,value",
-    [("2.1997*^-6", 2.1997e-6), ("-3.1*^2", -310.0), ("0.", 0.0), ("1.", 1.0), ("-0.5", -0.5),
-     ("8.7582E-6", 8.7582e-6)],
-)  # fmt: skip
+    [
+        ("2.1997*^-6", 2.1997e-6),
+        ("-3.1*^2", -310.0),
+        ("0.", 0.0),
+        ("1.", 1.0),
+        ("-0.5", -0.5),
+        ("8.7582E-6", 8.7582e-6),
+    ],
+)
 def test_mathematica_numbers(text, value):
     assert parse_number(text, "f", "x") == pytest.approx(value, rel=1e-12)
 
@@ -83,8 +89,12 @@ def test_methane_record(members):
 
 
 def test_exponent_coordinates_parse(members):
-    hits = [(n, t) for n, t in members.items() if "*^" in t.splitlines()[2]
-            or any("*^" in line.split("\t")[1] for line in t.splitlines()[2:5])]  # fmt: skip
+    hits = [
+        (n, t)
+        for n, t in members.items()
+        if "*^" in t.splitlines()[2]
+        or any("*^" in line.split("\t")[1] for line in t.splitlines()[2:5])
+    ]
     assert hits
     name, text = hits[0]
     rec = parse_xyz(text, name)
@@ -277,4 +287,3 @@ def test_read_uncharacterized_without_ids_names_the_file(tmp_path):
     bad.write_text("<html><body>Access denied</body></html>\n")
     with pytest.raises(InputError, match="uncharacterized.txt.*no molecule indices"):
         read_uncharacterized(bad)
-

@@ -101,8 +101,15 @@ def test_parallel_build_equals_serial(tmp_path, monkeypatch):
 
 
 def test_radius_graph_store(tmp_path):
-    out = build_dataset(CSV_DIR, tmp_path / "r.zarr", graph="radius", cutoff=3.0, limit=30,
-                        processes=1, progress=False)  # fmt: skip
+    out = build_dataset(
+        CSV_DIR,
+        tmp_path / "r.zarr",
+        graph="radius",
+        cutoff=3.0,
+        limit=30,
+        processes=1,
+        progress=False,
+    )
     s = open_dataset(tmp_path / "r.zarr")
     assert s.graph == {"kind": "radius", "cutoff": 3.0}
     assert (s.bond_type == -1).any() and (s.bond_type >= 0).any()

@@ -68,9 +68,15 @@ def profiled(tiny_config_file, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("profile")
     profile(
-        load(tiny_config_file), out, batch_sizes=[4, 256, 1024, 6000, 12_000], modes=["fp32"],
-        paths=["pairwise"], steps=1, memory_limit=int(0.8 * 2**30), progress=False,
-    )  # fmt: skip
+        load(tiny_config_file),
+        out,
+        batch_sizes=[4, 256, 1024, 6000, 12_000],
+        modes=["fp32"],
+        paths=["pairwise"],
+        steps=1,
+        memory_limit=int(0.8 * 2**30),
+        progress=False,
+    )
     return out
 
 

@@ -91,15 +91,19 @@ def test_compute_metrics_by_hand():
 @pytest.mark.slow
 def test_cli_evaluates_the_val_split_into_another_folder(trained_run, tmp_path):
     out = tmp_path / "val"
-    proc = _cli("evaluate", str(trained_run / "last.pt"), "--split", "val", "--out", str(out),
-                "--quiet")  # fmt: skip
+    proc = _cli(
+        "evaluate", str(trained_run / "last.pt"), "--split", "val", "--out", str(out), "--quiet"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "homo: MAE" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["checkpoint"].endswith("last.pt")
     assert sorted(p.name for p in out.iterdir()) == [
-        "errors.png", "metrics.json", "parity.png", "predictions.csv",
-    ]  # fmt: skip
+        "errors.png",
+        "metrics.json",
+        "parity.png",
+        "predictions.csv",
+    ]
 
 
 @pytest.mark.slow

@@ -61,10 +61,19 @@ def test_files_predict_what_evaluate_predicts_for_the_same_molecules(
     files.append(_to_sdf(files[0]))
     out = tmp_path / "pred.csv"
     proc = subprocess.run(
-        [sys.executable, "-m", "se3t.cli", "predict", str(evaluated_run), *map(str, files),
-         "--out", str(out)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "se3t.cli",
+            "predict",
+            str(evaluated_run),
+            *map(str, files),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(out, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -91,8 +100,9 @@ def test_a_malformed_file_is_named(evaluated_run, tmp_path):
     bad.write_text("3\ncomment\nC 0.0 0.0\nH 1.0 0.0 0.0\n")
     proc = subprocess.run(
         [sys.executable, "-m", "se3t.cli", "predict", str(evaluated_run), str(good), str(bad)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(InputError, match="does not exist"):

@@ -27,11 +27,23 @@ window.addEventListener("load", () => {
 
 def _chromium(*args: str, profile_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile_dir}", *args],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile_dir}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_report_is_self_contained_with_its_markdown_twin(results_copy):
@@ -61,16 +73,24 @@ def test_report_renders_in_headless_chromium_with_every_image_decoded(results_co
     n_img = html_path.read_text().count("<img ")
     probe = tmp_path / "probe.html"
     probe.write_text(html_path.read_text().replace("</body>", MARKER_SCRIPT + "</body>"))
-    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
-                    profile_dir=tmp_path / "chrome1")  # fmt: skip
+    dom = _chromium(
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+        profile_dir=tmp_path / "chrome1",
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert f'data-images="{n_img}/{n_img}"' in dom.stdout, dom.stdout[:300]
     # the probe does catch a broken image: truncate one image's data and it counts one less
     head, _, tail = probe.read_text().partition('src="data:image/png;base64,')
     broken = tmp_path / "broken.html"
     broken.write_text(head + 'src="data:image/png;base64,iVBORw0KGgo' + tail[tail.index('"') :])
-    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", broken.as_uri(),
-                    profile_dir=tmp_path / "chrome3")  # fmt: skip
+    dom = _chromium(
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        broken.as_uri(),
+        profile_dir=tmp_path / "chrome3",
+    )
     assert f'data-images="{n_img - 1}/{n_img}"' in dom.stdout, dom.stdout[:300]
     shot = tmp_path / "report.png"
     proc = _chromium(
@@ -96,8 +116,11 @@ def test_a_results_folder_missing_a_file_is_named(results_copy, missing):
 @pytest.mark.slow
 def test_malformed_evaluation_is_a_one_line_cli_error(results_copy, tmp_path):
     (results_copy / "runs" / "tiny" / "metrics.json").write_text('{"kind": "se3t.evaluate"}')
-    proc = subprocess.run([sys.executable, "-m", "se3t.cli", "report", str(results_copy)],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", "report", str(results_copy)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "metrics.json" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     empty = tmp_path / "empty"
@@ -129,8 +152,9 @@ def test_shown_path_keeps_paths_outside_the_results_folder(tmp_path):
     from se3t.eval.report import RunResults, shown_path
 
     results = tmp_path / "results"
-    run = RunResults("r", results / "runs" / "r", {"run": {"dir": "/scratch/job/run"}}, [], {},
-                     None)  # fmt: skip
+    run = RunResults(
+        "r", results / "runs" / "r", {"run": {"dir": "/scratch/job/run"}}, [], {}, None
+    )
     assert shown_path("/scratch/job/run/best.pt", results, run) == "runs/r/best.pt"
     assert shown_path(results / "runs" / "r" / "last.pt", results, run) == "runs/r/last.pt"
     assert shown_path("/scratch/job/run2/best.pt", results, run) == "/scratch/job/run2/best.pt"

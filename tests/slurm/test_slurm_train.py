@@ -21,29 +21,45 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _launch_args(cluster, store, run_dir, name, **kw) -> list[str]:
-    over = tiny_overrides(store, run_dir, **{
-        "launch.cluster": "slurm", "launch.partition": cluster.partition,
-        "launch.account": cluster.account, "launch.cpus_per_task": 1, "launch.time": 60,
-        "run.name": name, **kw,
-    })  # fmt: skip
+    over = tiny_overrides(
+        store,
+        run_dir,
+        **{
+            "launch.cluster": "slurm",
+            "launch.partition": cluster.partition,
+            "launch.account": cluster.account,
+            "launch.cpus_per_task": 1,
+            "launch.time": 60,
+            "run.name": name,
+            **kw,
+        },
+    )
     return as_args(over)
 
 
 def _se3t_launch(args, **popen_kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "se3t.cli", "launch", *args], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen_kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "se3t.cli", "launch", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen_kw,
+    )
 
 
 def _job_id(name: str, proc, timeout: float = 300) -> str:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            pytest.fail(f"se3t launch ended before job se3t-{name} was seen:\n"
-                        f"{proc.stderr.read()[-3000:]}")  # fmt: skip
-        out = subprocess.run(["squeue", "-h", "-n", f"se3t-{name}", "-o", "%i"],
-                             capture_output=True, text=True).stdout.split()  # fmt: skip
+            pytest.fail(
+                f"se3t launch ended before job se3t-{name} was seen:\n{proc.stderr.read()[-3000:]}"
+            )
+        out = subprocess.run(
+            ["squeue", "-h", "-n", f"se3t-{name}", "-o", "%i"], capture_output=True, text=True
+        ).stdout.split()
         if out:
             return out[0]
         time.sleep(0.3)
@@ -52,9 +68,16 @@ def _job_id(name: str, proc, timeout: float = 300) -> str:
 
 def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
     run = tmp_path / "run"
-    args = [str(empty_config(tmp_path)),
-            *_launch_args(slurm_cluster, qm9_store, run, f"ddp-{uuid.uuid4().hex[:6]}",
-                          **{"launch.tasks_per_node": 2, "train.max_steps": 4})]  # fmt: skip
+    args = [
+        str(empty_config(tmp_path)),
+        *_launch_args(
+            slurm_cluster,
+            qm9_store,
+            run,
+            f"ddp-{uuid.uuid4().hex[:6]}",
+            **{"launch.tasks_per_node": 2, "train.max_steps": 4},
+        ),
+    ]
     proc = _se3t_launch(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -78,11 +101,21 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
     # long enough (checkpoints at every step) that an unloaded machine is still training when
     # the signal lands, about a second after the third step
     total = 60
-    args = [str(empty_config(tmp_path)),
-            *_launch_args(slurm_cluster, qm9_store, run, name,
-                          **{"train.max_steps": total, "train.batch_size": 16,
-                             "train.checkpoint_every": 1,
-                             "launch.partition": slurm_cluster.preemptable_partition})]  # fmt: skip
+    args = [
+        str(empty_config(tmp_path)),
+        *_launch_args(
+            slurm_cluster,
+            qm9_store,
+            run,
+            name,
+            **{
+                "train.max_steps": total,
+                "train.batch_size": 16,
+                "train.checkpoint_every": 1,
+                "launch.partition": slurm_cluster.preemptable_partition,
+            },
+        ),
+    ]
     proc = _se3t_launch(args)
     try:
         job = _job_id(name, proc)
@@ -101,11 +134,28 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
             slurm_cluster.signal(job, "USR2")
         else:
             urgent = subprocess.run(
-                ["sbatch", "--parsable", "-p", slurm_cluster.urgent_partition, "-A",
-                 slurm_cluster.account, "-n", str(slurm_cluster.idle_cpus() + 1), "-c", "1", "-J",
-                 f"se3t-urgent-{name}", "-o", str(tmp_path / "urgent.out"), "--wrap", "sleep 3"],
-                capture_output=True, text=True, check=True,
-            ).stdout.strip()  # fmt: skip
+                [
+                    "sbatch",
+                    "--parsable",
+                    "-p",
+                    slurm_cluster.urgent_partition,
+                    "-A",
+                    slurm_cluster.account,
+                    "-n",
+                    str(slurm_cluster.idle_cpus() + 1),
+                    "-c",
+                    "1",
+                    "-J",
+                    f"se3t-urgent-{name}",
+                    "-o",
+                    str(tmp_path / "urgent.out"),
+                    "--wrap",
+                    "sleep 3",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
         slurm_cluster.wait_state(job, {"PENDING"}, timeout=120)  # requeued, held ~120 s
         if urgent:
             slurm_cluster.wait_state(urgent, {"COMPLETED"}, timeout=120)
@@ -120,8 +170,9 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
     assert "stopped by signal 12" in log and "resuming from" in log
     steps = [r["step"] for r in metrics(run) if r["kind"] == "step"]
     assert steps == list(range(1, total + 1))  # same total, each step once
-    restarts = subprocess.run(["scontrol", "show", "job", job], capture_output=True,
-                              text=True).stdout  # fmt: skip
+    restarts = subprocess.run(
+        ["scontrol", "show", "job", job], capture_output=True, text=True
+    ).stdout
     assert "Restarts=1" in restarts, restarts
 
 
@@ -134,9 +185,16 @@ def _safe_metrics(run):
 
 def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
     # the launcher cannot know the compute node has no GPU; the job fails there
-    args = [str(empty_config(tmp_path)),
-            *_launch_args(slurm_cluster, qm9_store, tmp_path / "run",
-                          f"fail-{uuid.uuid4().hex[:6]}", **{"train.device": "cuda"})]  # fmt: skip
+    args = [
+        str(empty_config(tmp_path)),
+        *_launch_args(
+            slurm_cluster,
+            qm9_store,
+            tmp_path / "run",
+            f"fail-{uuid.uuid4().hex[:6]}",
+            **{"train.device": "cuda"},
+        ),
+    ]
     proc = _se3t_launch(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
@@ -145,8 +203,12 @@ def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
 
 
 def test_bad_input_fails_before_submission(slurm_cluster, tmp_path):
-    args = [str(empty_config(tmp_path)), f"data.path={tmp_path / 'none.zarr'}",
-            "launch.cluster=slurm", f"run.dir={tmp_path / 'run'}"]  # fmt: skip
+    args = [
+        str(empty_config(tmp_path)),
+        f"data.path={tmp_path / 'none.zarr'}",
+        "launch.cluster=slurm",
+        f"run.dir={tmp_path / 'run'}",
+    ]
     proc = _se3t_launch(args)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "none.zarr" in err and "submitted" not in err
@@ -158,12 +220,33 @@ def test_srun_two_tasks_train_as_ddp_ranks(slurm_cluster, qm9_store, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        ["srun", "-p", slurm_cluster.partition, "-A", slurm_cluster.account, "-n", "2", "-c", "1",
-         "--kill-on-bad-exit=1", "-J", f"se3t-srun-{uuid.uuid4().hex[:6]}", sys.executable,
-         "-m", "se3t.cli", "train", "--no-progress", str(empty_config(tmp_path)),
-         *as_args(tiny_overrides(qm9_store, run, **{"train.max_steps": 3}))],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            "srun",
+            "-p",
+            slurm_cluster.partition,
+            "-A",
+            slurm_cluster.account,
+            "-n",
+            "2",
+            "-c",
+            "1",
+            "--kill-on-bad-exit=1",
+            "-J",
+            f"se3t-srun-{uuid.uuid4().hex[:6]}",
+            sys.executable,
+            "-m",
+            "se3t.cli",
+            "train",
+            "--no-progress",
+            str(empty_config(tmp_path)),
+            *as_args(tiny_overrides(qm9_store, run, **{"train.max_steps": 3})),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world size 2 (slurm)" in (run / "train.log").read_text()
     assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == [1, 2, 3]
@@ -177,9 +260,12 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
     name = f"once-{uuid.uuid4().hex[:6]}"
     common = {"train.max_steps": 6, "train.checkpoint_every": 1}
     # held by SLURM (sbatch --hold): certainly still PENDING when launched again
-    args = [str(empty_config(tmp_path)),
-            *_launch_args(slurm_cluster, qm9_store, run, name,
-                          **{**common, "launch.extra": "{hold: true}"})]  # fmt: skip
+    args = [
+        str(empty_config(tmp_path)),
+        *_launch_args(
+            slurm_cluster, qm9_store, run, name, **{**common, "launch.extra": "{hold: true}"}
+        ),
+    ]
     first = _se3t_launch(args)
     procs, job = [first], None
     try:
@@ -194,8 +280,13 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
         assert Path(record["folder"]).is_dir() and record["tasks"] == 1
         assert slurm_cluster.job_state(job) == "PENDING"
         # the same command with --no-wait: attaches (prints the same id), submits nothing
-        again = subprocess.run([sys.executable, "-m", "se3t.cli", "launch", "--no-wait", *args],
-                               cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+        again = subprocess.run(
+            [sys.executable, "-m", "se3t.cli", "launch", "--no-wait", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.split() == [job] and "attaching" in again.stderr
         # the same command, waiting: attaches, streams, returns the job's outcome
@@ -210,8 +301,10 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
         assert sacct_ids(f"se3t-{name}") == [job]
         assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == list(range(1, 7))
         # the job has ended: a new launch submits a new job, which resumes from last.pt
-        args_free = [str(empty_config(tmp_path)),
-                     *_launch_args(slurm_cluster, qm9_store, run, name, **common)]  # fmt: skip
+        args_free = [
+            str(empty_config(tmp_path)),
+            *_launch_args(slurm_cluster, qm9_store, run, name, **common),
+        ]
         last = _se3t_launch(args_free)
         procs.append(last)
         out, err = last.communicate(timeout=300)
@@ -227,8 +320,9 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=60)
-        rec = json.loads((run / "launch.json").read_text()) if (run / "launch.json").is_file() \
-            else {}
+        rec = (
+            json.loads((run / "launch.json").read_text()) if (run / "launch.json").is_file() else {}
+        )
         for jid in {job, rec.get("job_id")} - {None}:
             if slurm_cluster.job_state(jid) in ("PENDING", "RUNNING"):
                 slurm_cluster.cancel(jid)

@@ -26,11 +26,23 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _cfg(cluster, store, run: Path, name: str, **kw):
-    return load(None, tiny_overrides(store, run, **{
-        "launch.cluster": "slurm", "launch.partition": cluster.partition,
-        "launch.account": cluster.account, "launch.cpus_per_task": 1, "launch.time": 60,
-        "run.name": name, "train.max_steps": 3, **kw,
-    }))  # fmt: skip
+    return load(
+        None,
+        tiny_overrides(
+            store,
+            run,
+            **{
+                "launch.cluster": "slurm",
+                "launch.partition": cluster.partition,
+                "launch.account": cluster.account,
+                "launch.cpus_per_task": 1,
+                "launch.time": 60,
+                "run.name": name,
+                "train.max_steps": 3,
+                **kw,
+            },
+        ),
+    )
 
 
 def _record(run: Path) -> dict:
@@ -45,8 +57,9 @@ def _intent(run: Path, rec: dict, age: float) -> None:
 
 def _squeue(tag: str) -> list[str]:
     """Ids of every job in the queue (any state) whose comment carries ``tag``."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i|%k"], capture_output=True, text=True, check=True
+    ).stdout
     return [i for i, _, c in (x.partition("|") for x in out.splitlines()) if tag in c.split()]
 
 
@@ -62,16 +75,36 @@ def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
     tag = run_tag(run)
     # the gap for real: `sbatch --wait --hold` submits the job (held: it stays PENDING) and then
     # blocks, so the launcher sits inside sbatch with a live job and no job id; kill it there
-    over = tiny_overrides(qm9_store, run, **{
-        "launch.cluster": "slurm", "launch.partition": slurm_cluster.partition,
-        "launch.account": slurm_cluster.account, "launch.cpus_per_task": 1, "launch.time": 60,
-        "run.name": name, "train.max_steps": 3, "launch.extra": "{hold: true, wait: true}",
-    })  # fmt: skip
+    over = tiny_overrides(
+        qm9_store,
+        run,
+        **{
+            "launch.cluster": "slurm",
+            "launch.partition": slurm_cluster.partition,
+            "launch.account": slurm_cluster.account,
+            "launch.cpus_per_task": 1,
+            "launch.time": 60,
+            "run.name": name,
+            "train.max_steps": 3,
+            "launch.extra": "{hold: true, wait: true}",
+        },
+    )
     first = subprocess.Popen(
-        [sys.executable, "-m", "se3t.cli", "launch", "--no-wait", str(empty_config(tmp_path)),
-         *as_args(over)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "se3t.cli",
+            "launch",
+            "--no-wait",
+            str(empty_config(tmp_path)),
+            *as_args(over),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    )
     held = _cfg(slurm_cluster, qm9_store, run, name, **{"launch.extra": {"hold": True}})
     try:
         end = time.monotonic() + 120
@@ -139,16 +172,22 @@ def test_interrupted_submission_without_a_live_job_submits_again(
         # ago): no job of the folder lives, so the next launch submits one (a comment of the
         # user's kept after the tag) and records it
         _intent(run, {k: v for k, v in rec.items() if k != "error"}, age=60)
-        held = _cfg(slurm_cluster, qm9_store, run, name,
-                    **{"launch.extra": {"hold": True, "comment": "mine"}})  # fmt: skip
+        held = _cfg(
+            slurm_cluster,
+            qm9_store,
+            run,
+            name,
+            **{"launch.extra": {"hold": True, "comment": "mine"}},
+        )
         assert launch(held, wait=False) == 0
         out, err = capsys.readouterr()
         job = out.split()[-1]
         assert "interrupted submission" in err and f"submitted job {job}" in err
         assert _record(run)["job_id"] == job and _record(run)["state"] == "submitted"
         assert _squeue(tag) == [job] and live_jobs(tag) == [(job, "PENDING")]
-        comment = subprocess.run(["squeue", "-h", "-j", job, "-o", "%k"], capture_output=True,
-                                 text=True, check=True).stdout.split()  # fmt: skip
+        comment = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%k"], capture_output=True, text=True, check=True
+        ).stdout.split()
         assert comment == [tag, "mine"]
     finally:
         _cancel_all(slurm_cluster, tag)

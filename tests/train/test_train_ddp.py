@@ -14,8 +14,12 @@ from train_helpers import REPO, as_args, empty_config, se3t, step_losses, tiny_o
 
 pytestmark = pytest.mark.slow
 
-RUN = {"train.max_steps": 6, "train.batch_size": 32, "train.deterministic": True,
-       "train.grad_clip": 5.0}  # fmt: skip
+RUN = {
+    "train.max_steps": 6,
+    "train.batch_size": 32,
+    "train.deterministic": True,
+    "train.grad_clip": 5.0,
+}
 # Tolerance: the two runs add the same per-molecule gradients in a different order (per rank,
 # then across ranks), so float32 rounding differs slightly and compounds over 6 Adam steps
 RTOL = 1e-4  # measured: 4e-7 on the losses, 1.3e-5 on the weights
@@ -29,16 +33,35 @@ def _free_port() -> int:
 
 def test_two_gloo_ranks_match_one_process(qm9_store, tmp_path):
     cfg = empty_config(tmp_path)
-    one = se3t("train", "--no-progress", str(cfg),
-               *as_args(tiny_overrides(qm9_store, tmp_path / "one", **RUN)))  # fmt: skip
+    one = se3t(
+        "train",
+        "--no-progress",
+        str(cfg),
+        *as_args(tiny_overrides(qm9_store, tmp_path / "one", **RUN)),
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-         f"--master-port={_free_port()}", "-m", "se3t.cli", "train", "--no-progress", str(cfg),
-         *as_args(tiny_overrides(qm9_store, tmp_path / "two", **RUN))],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc-per-node=2",
+            f"--master-port={_free_port()}",
+            "-m",
+            "se3t.cli",
+            "train",
+            "--no-progress",
+            str(cfg),
+            *as_args(tiny_overrides(qm9_store, tmp_path / "two", **RUN)),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     log = (tmp_path / "two" / "train.log").read_text()
     assert "world size 2" in log
@@ -54,11 +77,26 @@ def test_two_gloo_ranks_match_one_process(qm9_store, tmp_path):
 def _torchrun(cfg, overrides: dict) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-         f"--master-port={_free_port()}", "-m", "se3t.cli", "train", "--no-progress", str(cfg),
-         *as_args(overrides)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            "--nproc-per-node=2",
+            f"--master-port={_free_port()}",
+            "-m",
+            "se3t.cli",
+            "train",
+            "--no-progress",
+            str(cfg),
+            *as_args(overrides),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_two_ranks_with_chunk_aware_sampling_resume_exactly(qm9_store, tmp_path):
@@ -69,16 +107,26 @@ def test_two_ranks_with_chunk_aware_sampling_resume_exactly(qm9_store, tmp_path)
     from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
     from se3t.train.checkpoint import load_checkpoint
 
-    receipt = precompute(qm9_store, tmp_path / "cache",
-                         BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
-                         progress=False)  # fmt: skip
+    receipt = precompute(
+        qm9_store,
+        tmp_path / "cache",
+        BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
+        progress=False,
+    )
     finalize(receipt["store"])
     manifest = tmp_path / "manifest.json"
     write_manifest(receipt["store"], manifest)
     cfg = empty_config(tmp_path)
-    run = {"train.batch_size": 32, "train.deterministic": True, "train.scheduler": "constant",
-           "train.warmup_epochs": 0, "basis.use": "store", "basis.manifest": str(manifest),
-           "basis.read": "chunks", "basis.buffer_chunks": 2}  # fmt: skip
+    run = {
+        "train.batch_size": 32,
+        "train.deterministic": True,
+        "train.scheduler": "constant",
+        "train.warmup_epochs": 0,
+        "basis.use": "store",
+        "basis.manifest": str(manifest),
+        "basis.read": "chunks",
+        "basis.buffer_chunks": 2,
+    }
     ref = _torchrun(cfg, tiny_overrides(qm9_store, tmp_path / "ref", **run, **{"train.epochs": 2}))
     assert ref.returncode == 0, ref.stderr[-3000:]
     part = tmp_path / "part"

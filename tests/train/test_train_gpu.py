@@ -18,8 +18,12 @@ pytestmark = [
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "bf16"])
 def test_cuda_precisions_train_and_load_on_cpu(qm9_store, tmp_path, precision):
     run = tmp_path / precision
-    summary = train(tiny_cfg(qm9_store, run, train__max_steps=3, train__device="cuda",
-                             train__precision=precision), progress=False)  # fmt: skip
+    summary = train(
+        tiny_cfg(
+            qm9_store, run, train__max_steps=3, train__device="cuda", train__precision=precision
+        ),
+        progress=False,
+    )
     assert summary["step"] == 3 and all(v > 0 for v in summary["val_mae"].values())
     model, cfg, stats = load_model(run / "last.pt", map_location="cpu")
     assert next(model.parameters()).device.type == "cpu"

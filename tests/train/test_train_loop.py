@@ -17,11 +17,20 @@ from se3t.train.checkpoint import load_checkpoint
 @pytest.mark.slow
 def test_short_run_writes_the_run_folder(qm9_store, tmp_path):
     run = tmp_path / "run"
-    summary = train(tiny_cfg(qm9_store, run, train__max_steps=4, train__batch_size=24,
-                             train__warmup_epochs=0.4), progress=False)  # fmt: skip
+    summary = train(
+        tiny_cfg(
+            qm9_store, run, train__max_steps=4, train__batch_size=24, train__warmup_epochs=0.4
+        ),
+        progress=False,
+    )
     assert summary["status"] == "completed" and summary["step"] == 4
-    assert {p.name for p in run.iterdir()} >= {"config.yaml", "last.pt", "best.pt",
-                                                "metrics.jsonl", "train.log"}  # fmt: skip
+    assert {p.name for p in run.iterdir()} >= {
+        "config.yaml",
+        "last.pt",
+        "best.pt",
+        "metrics.jsonl",
+        "train.log",
+    }
     recs = metrics(run)
     steps = [r for r in recs if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
@@ -47,26 +56,36 @@ def test_short_run_writes_the_run_folder(qm9_store, tmp_path):
     from se3t.eval.report import _training_device
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                if ln.startswith("model name")), None)  # fmt: skip
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+        None,
+    )
     names = {r["device_name"] for r in recs}
     assert len(names) == 1 and names.pop().endswith(f"({torch.get_num_threads()} threads)")
     if cpu:
         assert recs[0]["device_name"].startswith(cpu)
-    assert _training_device(SimpleNamespace(records=recs, folder=run, config={})) == \
-        recs[0]["device_name"]
+    assert (
+        _training_device(SimpleNamespace(records=recs, folder=run, config={}))
+        == recs[0]["device_name"]
+    )
 
 
 @pytest.mark.slow
 def test_accumulation_equals_the_larger_batch(qm9_store, tmp_path):
     """2 micro-batches of 16 accumulated = 1 batch of 32 (same molecules, same update)."""
-    common = {"train__max_steps": 3, "train__optimizer": "sgd", "train__lr": 0.05,
-              "train__scheduler": "constant", "model__norm": False}  # fmt: skip
+    common = {
+        "train__max_steps": 3,
+        "train__optimizer": "sgd",
+        "train__lr": 0.05,
+        "train__scheduler": "constant",
+        "model__norm": False,
+    }
     # one epoch of 16-batches pairs up into the 32-batches only when 32 divides the split
-    big = train(tiny_cfg(qm9_store, tmp_path / "a", train__batch_size=32, **common),
-                progress=False)  # fmt: skip
-    acc = train(tiny_cfg(qm9_store, tmp_path / "b", train__batch_size=16, train__accumulate=2,
-                         **common), progress=False)  # fmt: skip
+    big = train(tiny_cfg(qm9_store, tmp_path / "a", train__batch_size=32, **common), progress=False)
+    acc = train(
+        tiny_cfg(qm9_store, tmp_path / "b", train__batch_size=16, train__accumulate=2, **common),
+        progress=False,
+    )
     assert big["step"] == acc["step"] == 3
     wa, wb = weights(tmp_path / "a" / "last.pt"), weights(tmp_path / "b" / "last.pt")
     for k in wa:
@@ -75,9 +94,16 @@ def test_accumulation_equals_the_larger_batch(qm9_store, tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32"])
 def test_precisions_train(qm9_store, tmp_path, precision):
-    summary = train(tiny_cfg(qm9_store, tmp_path / precision, train__max_steps=2,
-                             train__precision=precision, train__grad_clip=1.0),
-                    progress=False)  # fmt: skip
+    summary = train(
+        tiny_cfg(
+            qm9_store,
+            tmp_path / precision,
+            train__max_steps=2,
+            train__precision=precision,
+            train__grad_clip=1.0,
+        ),
+        progress=False,
+    )
     assert summary["step"] == 2
     state = load_checkpoint(tmp_path / precision / "last.pt")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -89,16 +115,23 @@ def test_precisions_train(qm9_store, tmp_path, precision):
 def test_bases_from_the_store_match_computed(qm9_store, tmp_path):
     from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
 
-    receipt = precompute(qm9_store, tmp_path / "cache",
-                         BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
-                         progress=False)  # fmt: skip
+    receipt = precompute(
+        qm9_store,
+        tmp_path / "cache",
+        BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
+        progress=False,
+    )
     finalize(receipt["store"])
     manifest = tmp_path / "manifest.json"
     write_manifest(receipt["store"], manifest)
     kw = {"train__max_steps": 3, "basis__dtype": "float32"}
     train(tiny_cfg(qm9_store, tmp_path / "computed", basis__use="compute", **kw), progress=False)
-    train(tiny_cfg(qm9_store, tmp_path / "stored", basis__use="store",
-                   basis__manifest=str(manifest), **kw), progress=False)  # fmt: skip
+    train(
+        tiny_cfg(
+            qm9_store, tmp_path / "stored", basis__use="store", basis__manifest=str(manifest), **kw
+        ),
+        progress=False,
+    )
     assert "from store" in (tmp_path / "stored" / "train.log").read_text()
     wa, wb = weights(tmp_path / "computed" / "last.pt"), weights(tmp_path / "stored" / "last.pt")
     for k in wa:
@@ -111,8 +144,7 @@ def test_resume_continues_in_process(qm9_store, tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg(qm9_store, run, train__epochs=1, train__batch_size=64), progress=False)
     first = load_checkpoint(run / "last.pt")["step"]
-    summary = train(tiny_cfg(qm9_store, run, train__epochs=2, train__batch_size=64),
-                    progress=False)  # fmt: skip
+    summary = train(tiny_cfg(qm9_store, run, train__epochs=2, train__batch_size=64), progress=False)
     assert summary["step"] == 2 * first and summary["epoch"] == 2
     assert "resuming from" in (run / "train.log").read_text()
     epochs = [r["epoch"] for r in metrics(run) if r["kind"] == "epoch"]
@@ -123,10 +155,13 @@ def test_resume_continues_in_process(qm9_store, tmp_path):
 
 
 def test_bad_config_values_are_named():
-    for override, key in [("train.lr=-1", "train.lr"), ("train.batch_size=0", "train.batch_size"),
-                          ("data.targets=[foo]", "data.targets"),
-                          ("train.optimzer=adam", "optimzer"),
-                          ("train.epochs=many", "train.epochs")]:  # fmt: skip
+    for override, key in [
+        ("train.lr=-1", "train.lr"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("data.targets=[foo]", "data.targets"),
+        ("train.optimzer=adam", "optimzer"),
+        ("train.epochs=many", "train.epochs"),
+    ]:
         with pytest.raises(ConfigError, match=key):
             load(None, [override])
 
@@ -139,8 +174,12 @@ def test_missing_dataset_is_named(tmp_path):
 
 
 def test_missing_basis_store_is_named(qm9_store, tmp_path):
-    cfg = tiny_cfg(qm9_store, tmp_path / "run", basis__use="store",
-                   basis__manifest=str(tmp_path / "manifest.json"))  # fmt: skip
+    cfg = tiny_cfg(
+        qm9_store,
+        tmp_path / "run",
+        basis__use="store",
+        basis__manifest=str(tmp_path / "manifest.json"),
+    )
     with pytest.raises(InputError, match="manifest.json"):
         train(cfg, progress=False)
     assert not (tmp_path / "run").exists()
@@ -163,8 +202,12 @@ def test_checkpoint_of_another_model_shape_is_named(qm9_store, tmp_path):
 def test_cli_reports_bad_input_in_one_line(qm9_store, tmp_path):
     from train_helpers import empty_config, se3t
 
-    proc = se3t("train", str(empty_config(tmp_path)), f"data.path={tmp_path / 'x.zarr'}",
-                f"run.dir={tmp_path / 'run'}")  # fmt: skip
+    proc = se3t(
+        "train",
+        str(empty_config(tmp_path)),
+        f"data.path={tmp_path / 'x.zarr'}",
+        f"run.dir={tmp_path / 'run'}",
+    )
     assert proc.returncode == 2
     assert "x.zarr" in proc.stderr and "Traceback" not in proc.stderr
     proc = se3t("train", str(empty_config(tmp_path)), "train.lr=-0.1")

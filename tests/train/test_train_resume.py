@@ -16,8 +16,13 @@ from train_helpers import REPO, as_args, empty_config, metrics, se3t, tiny_overr
 pytestmark = pytest.mark.slow
 
 # 3 epochs of 7 steps (220 training molecules, batch 32): the kill lands mid-epoch
-RUN = {"train.epochs": 3, "train.checkpoint_every": 1, "train.deterministic": True,
-       "train.warmup_epochs": 0.5, "train.grad_clip": 5.0}  # fmt: skip
+RUN = {
+    "train.epochs": 3,
+    "train.checkpoint_every": 1,
+    "train.deterministic": True,
+    "train.warmup_epochs": 0.5,
+    "train.grad_clip": 5.0,
+}
 
 
 def _wait_for_step(run_dir, step: int, proc, timeout: float = 240) -> None:
@@ -40,15 +45,23 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run_cfg = {**RUN, **extra}
     # uninterrupted reference
-    ref = se3t("train", "--no-progress", str(cfg),
-               *as_args(tiny_overrides(store, tmp_path / "ref", **run_cfg)))  # fmt: skip
+    ref = se3t(
+        "train",
+        "--no-progress",
+        str(cfg),
+        *as_args(tiny_overrides(store, tmp_path / "ref", **run_cfg)),
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     # the same run, SIGKILLed at step >= 10 (epoch 1, mid-epoch, maybe mid-checkpoint)
     run = tmp_path / "killed"
     args = as_args(tiny_overrides(store, run, **run_cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "se3t.cli", "train", "--no-progress",
-                             str(cfg), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "se3t.cli", "train", "--no-progress", str(cfg), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for_step(run, 10, proc)
         os.kill(proc.pid, signal.SIGKILL)
@@ -85,15 +98,26 @@ def test_kill_9_resume_with_chunk_aware_sampling(qm9_store, tmp_path):
     from se3t.train.checkpoint import load_checkpoint
 
     # ~25 molecules per chunk: the 220 training molecules span ~10 chunks, 2-chunk windows
-    receipt = precompute(store := qm9_store, tmp_path / "cache",
-                         BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
-                         progress=False)  # fmt: skip
+    receipt = precompute(
+        store := qm9_store,
+        tmp_path / "cache",
+        BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
+        progress=False,
+    )
     finalize(receipt["store"])
     manifest = tmp_path / "manifest.json"
     write_manifest(receipt["store"], manifest)
-    _kill_9_then_resume(store, tmp_path, **{
-        "basis.use": "store", "basis.manifest": str(manifest), "basis.read": "chunks",
-        "basis.cache_chunks": 2, "basis.buffer_chunks": 2})  # fmt: skip
+    _kill_9_then_resume(
+        store,
+        tmp_path,
+        **{
+            "basis.use": "store",
+            "basis.manifest": str(manifest),
+            "basis.read": "chunks",
+            "basis.cache_chunks": 2,
+            "basis.buffer_chunks": 2,
+        },
+    )
     state = load_checkpoint(tmp_path / "killed" / "last.pt")
     assert state["sampler"]["kind"] == "chunks" and state["sampler"]["buffer_chunks"] == 2
     assert "from store" in (tmp_path / "killed" / "train.log").read_text()

@@ -22,8 +22,7 @@ from se3t.train.schedule import lr_factor
 
 
 def _minimal_state():
-    return {"model": {"w": torch.ones(2)}, "config": {}, "target_stats": {}, "epoch": 0,
-            "step": 0}  # fmt: skip
+    return {"model": {"w": torch.ones(2)}, "config": {}, "target_stats": {}, "epoch": 0, "step": 0}
 
 
 def test_checkpoint_round_trip_and_atomic(tmp_path):
@@ -99,8 +98,9 @@ def test_rng_states_survive_a_checkpoint(tmp_path):
 def test_ranks_together_see_the_one_process_batches(n, batch, world):
     one = ResumableBatchSampler(n, batch, seed=5)
     one.set_epoch(2)
-    ranks = [ResumableBatchSampler(n, batch, seed=5, rank=r, world_size=world)
-             for r in range(world)]  # fmt: skip
+    ranks = [
+        ResumableBatchSampler(n, batch, seed=5, rank=r, world_size=world) for r in range(world)
+    ]
     for s in ranks:
         s.set_epoch(2)
     per_rank = [list(s) for s in ranks]
@@ -137,11 +137,25 @@ def test_lr_schedule_warmup_then_cosine_to_min():
 
 def test_detect_reads_torchrun_and_slurm_environments():
     assert detect({}).world_size == 1
-    env = detect({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "h",
-                  "MASTER_PORT": "1234"})  # fmt: skip
+    env = detect(
+        {
+            "RANK": "1",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "1234",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.master_port) == (1, 4, 1, 1234)
-    env = detect({"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
-                  "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node7"})  # fmt: skip
+    env = detect(
+        {
+            "SLURM_PROCID": "3",
+            "SLURM_NTASKS": "4",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_ID": "77",
+            "SLURM_JOB_NODELIST": "node7",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert env.master_addr == "node7" and env.master_port == 20077
 
@@ -167,12 +181,21 @@ def test_chunk_sampler_resumes_and_splits_the_global_batch_over_ranks(qm9_store,
     from se3t.data.store import fingerprint
     from se3t.train.sampler import ChunkResumableBatchSampler
 
-    receipt = precompute(qm9_store, tmp_path / "cache",
-                         BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
-                         progress=False)  # fmt: skip
+    receipt = precompute(
+        qm9_store,
+        tmp_path / "cache",
+        BasisSettings(max_degree=1, dtype="float32", chunk_edges=1024),
+        progress=False,
+    )
     finalize(receipt["store"])
-    store = open_basis(receipt["store"], dataset_fingerprint=fingerprint(qm9_store),
-                       max_degree=1, dtype="float32", read="chunks", cache_chunks=2)  # fmt: skip
+    store = open_basis(
+        receipt["store"],
+        dataset_fingerprint=fingerprint(qm9_store),
+        max_degree=1,
+        dtype="float32",
+        read="chunks",
+        cache_chunks=2,
+    )
     assert store.read == "chunks"
     idx = QM9Dataset(qm9_store, split="train").indices
     one = ChunkResumableBatchSampler(store, idx, 32, buffer_chunks=2, seed=3)
@@ -186,8 +209,10 @@ def test_chunk_sampler_resumes_and_splits_the_global_batch_over_ranks(qm9_store,
     assert list(one) == full[3:]
     one.set_epoch(2)
     assert list(one) != full  # a new order every epoch
-    ranks = [ChunkResumableBatchSampler(store, idx, 32, buffer_chunks=2, seed=3, rank=r,
-                                        world_size=2) for r in range(2)]  # fmt: skip
+    ranks = [
+        ChunkResumableBatchSampler(store, idx, 32, buffer_chunks=2, seed=3, rank=r, world_size=2)
+        for r in range(2)
+    ]
     for s in ranks:
         s.set_epoch(1)
     a, b = list(ranks[0]), list(ranks[1])

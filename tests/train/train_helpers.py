@@ -48,8 +48,15 @@ def as_args(overrides: dict) -> list[str]:
 def se3t(*args: str, env: dict | None = None, timeout: float = 300, **kw):
     """Run ``python -m se3t.cli ARGS`` (the installed command) and return the process."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "se3t.cli", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "se3t.cli", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -75,8 +82,12 @@ def sacct_ids(name: str, timeout: float = 60) -> list[str]:
     """Ids of the jobs SLURM's accounting knows by ``name`` (polled: it lags the queue)."""
     end = time.monotonic() + timeout
     while True:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID"],
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "--name", name, "-o", "JobID"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         ids = sorted({x.strip() for x in out.split() if x.strip()})
         if ids or time.monotonic() > end:
             return ids

@@ -46,11 +46,19 @@ class _ShardCodec:
         codecs = tuple(arr.metadata.codecs)
         self.sharded = len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
         inner = codecs[0].codecs if self.sharded else codecs
-        little = lambda c: isinstance(c, BytesCodec) and str(  # noqa: E731
-            getattr(c.endian, "value", c.endian)) == "little"
-        ok = (len(inner) in (2, 3) and little(inner[0]) and isinstance(inner[-1], Crc32cCodec)
-              and np.dtype(meta["dtype"]).byteorder in ("=", "<", "|")
-              and sys.byteorder == "little")
+
+        def little(c: Any) -> bool:
+            return (
+                isinstance(c, BytesCodec) and str(getattr(c.endian, "value", c.endian)) == "little"
+            )
+
+        ok = (
+            len(inner) in (2, 3)
+            and little(inner[0])
+            and isinstance(inner[-1], Crc32cCodec)
+            and np.dtype(meta["dtype"]).byteorder in ("=", "<", "|")
+            and sys.byteorder == "little"
+        )
         self._compress: Callable[[np.ndarray], bytes] | None = None
         self._decompress: Callable[..., Any] | None = None
         self._index: dict[int, np.ndarray] = {}  # unit -> [cps, 2] (offset, length), read once
@@ -69,10 +77,14 @@ class _ShardCodec:
         if ok and self.sharded:
             sc = codecs[0]
             idx = tuple(sc.index_codecs)
-            ok = (tuple(sc.chunk_shape) == (self.ce, self.S)
-                  and tuple(arr.metadata.chunk_grid.chunk_shape) == (self.ce * self.cps, self.S)
-                  and str(getattr(sc.index_location, "value", sc.index_location)) == "end"
-                  and len(idx) == 2 and little(idx[0]) and isinstance(idx[1], Crc32cCodec))
+            ok = (
+                tuple(sc.chunk_shape) == (self.ce, self.S)
+                and tuple(arr.metadata.chunk_grid.chunk_shape) == (self.ce * self.cps, self.S)
+                and str(getattr(sc.index_location, "value", sc.index_location)) == "end"
+                and len(idx) == 2
+                and little(idx[0])
+                and isinstance(idx[1], Crc32cCodec)
+            )
         self.supported = ok
 
     def encode(self, block: np.ndarray) -> list[Any]:
@@ -96,7 +108,8 @@ class _ShardCodec:
                 fh.seek(-nbytes, os.SEEK_END)
                 raw = fh.read(nbytes)
             if len(raw) != nbytes or np.frombuffer(raw[-4:], dtype="<u4")[0] != (
-                    google_crc32c.value(raw[:-4])):
+                google_crc32c.value(raw[:-4])
+            ):
                 raise ValueError("the shard index fails its CRC32C")
             index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.cps, 2)
             self._index[u] = index

@@ -67,14 +67,18 @@ def _codecs(settings: BasisSettings, itemsize: int) -> list[Any]:
     elif settings.compressor == "blosc-lz4":
         comp = [
             BloscCodec(
-                cname="lz4", clevel=5 if level is None else level, shuffle="shuffle",
+                cname="lz4",
+                clevel=5 if level is None else level,
+                shuffle="shuffle",
                 typesize=itemsize,
             )
         ]
     elif settings.compressor == "blosc-zstd":
         comp = [
             BloscCodec(
-                cname="zstd", clevel=3 if level is None else level, shuffle="shuffle",
+                cname="zstd",
+                clevel=3 if level is None else level,
+                shuffle="shuffle",
                 typesize=itemsize,
             )
         ]
@@ -121,8 +125,12 @@ def _unit_range(meta: dict[str, Any], u: int) -> tuple[int, int]:
 
 
 def _create_skeleton(
-    path: Path, meta: dict[str, Any], chunk_mols: np.ndarray, row_start: np.ndarray,
-    edge_count: np.ndarray, settings: BasisSettings,
+    path: Path,
+    meta: dict[str, Any],
+    chunk_mols: np.ndarray,
+    row_start: np.ndarray,
+    edge_count: np.ndarray,
+    settings: BasisSettings,
 ) -> bool:
     """Create the empty store by building it in a temporary folder and renaming it into place.
     Returns False when another process created it first (the rename finds a full folder)."""

@@ -116,9 +116,20 @@ def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dic
         "store": where,
         "dataset_fingerprint": meta["dataset_fingerprint"],
         "dataset_path": meta.get("dataset_path"),
-        "settings": {k: meta[k] for k in (
-            "max_degree", "dtype", "basis_size", "layout_version", "code_version", "compressor",
-            "compression_level", "chunk_edges", "chunks_per_shard")},
+        "settings": {
+            k: meta[k]
+            for k in (
+                "max_degree",
+                "dtype",
+                "basis_size",
+                "layout_version",
+                "code_version",
+                "compressor",
+                "compression_level",
+                "chunk_edges",
+                "chunks_per_shard",
+            )
+        },
         "num_molecules": meta["num_molecules"],
         "num_edges": meta["num_edges"],
         "store_bytes": sizes.get("total_bytes"),
@@ -146,6 +157,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("kind") != MANIFEST_KIND:
         raise InputError(f"basis manifest {str(p)!r} is not a se3t basis manifest")
     if record.get("manifest_sha256") != _canonical_sha(record):
-        raise InputError(f"basis manifest {str(p)!r}: field 'manifest_sha256' does not match its "
-                         "contents (edited or damaged); rerun se3t basis finalize --manifest")
+        raise InputError(
+            f"basis manifest {str(p)!r}: field 'manifest_sha256' does not match its "
+            "contents (edited or damaged); rerun se3t basis finalize --manifest"
+        )
     return record

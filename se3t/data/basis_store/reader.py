@@ -42,8 +42,15 @@ class BasisStore:
       batches chunk by chunk (see its docstring for the effect on sampling).
     """
 
-    def __init__(self, where: str, group: zarr.Group, meta: dict[str, Any], *,
-                 read: str = "auto", cache_chunks: int = 32) -> None:
+    def __init__(
+        self,
+        where: str,
+        group: zarr.Group,
+        meta: dict[str, Any],
+        *,
+        read: str = "auto",
+        cache_chunks: int = 32,
+    ) -> None:
         self.where = where
         self.meta = meta
         self.key: str = meta["key"]
@@ -87,8 +94,10 @@ class BasisStore:
         full = torch.empty((self.meta["num_rows"], self.basis_size), dtype=self.dtype)
         ce = self.chunk_edges
         with cf.ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-            for _ in pool.map(lambda c: self._read_chunk_into(c, full[c * ce : (c + 1) * ce]),
-                              range(self.meta["num_chunks"])):
+            for _ in pool.map(
+                lambda c: self._read_chunk_into(c, full[c * ce : (c + 1) * ce]),
+                range(self.meta["num_chunks"]),
+            ):
                 pass
         return full
 
@@ -109,8 +118,10 @@ class BasisStore:
             ) from err
 
     def __repr__(self) -> str:
-        return (f"BasisStore({self.where!r}, key={self.key}, degree={self.max_degree}, "
-                f"dtype={self.meta['dtype']}, molecules={self.num_molecules}, read={self.read})")
+        return (
+            f"BasisStore({self.where!r}, key={self.key}, degree={self.max_degree}, "
+            f"dtype={self.meta['dtype']}, molecules={self.num_molecules}, read={self.read})"
+        )
 
     def _read_rows(self, r0: int, r1: int, *, what: str) -> Tensor:
         try:
@@ -135,8 +146,10 @@ class BasisStore:
     def chunk_name(self, c: int) -> str:
         """``chunk C (shard file basis/c/U/0, molecules a..b)``: how errors name a chunk."""
         u = c // self.meta["chunks_per_shard"]
-        return (f"chunk {c} (file {_unit_file(u)}, molecule rows {int(self.chunk_mols[c])}.."
-                f"{int(self.chunk_mols[c + 1]) - 1})")
+        return (
+            f"chunk {c} (file {_unit_file(u)}, molecule rows {int(self.chunk_mols[c])}.."
+            f"{int(self.chunk_mols[c + 1]) - 1})"
+        )
 
     def _slots(self, needed: list[int]) -> dict[int, int] | None:
         """Slab slots of the chunks ``needed``, decoding missing ones into the slots of the
@@ -195,8 +208,9 @@ class BasisStore:
             )
         rows = self.rows(idx)
         if self._full is not None:
-            return torch.index_select(self._full, 0, torch.from_numpy(rows),
-                                      out=self._output(len(rows)))
+            return torch.index_select(
+                self._full, 0, torch.from_numpy(rows), out=self._output(len(rows))
+            )
         ce = self.chunk_edges
         counts = self.edge_count[idx]
         mol_chunk = self.molecule_chunk[idx]
@@ -208,8 +222,12 @@ class BasisStore:
                 slot[mol_chunk == c] = sl
             # row r of chunk c sits at slot(c) * ce + (r - c * ce) in the slab
             src = rows + np.repeat((slot - mol_chunk) * ce, counts)
-            return torch.index_select(self._slab, 0, torch.from_numpy(src),  # type: ignore[arg-type]
-                                      out=self._output(len(rows)))
+            return torch.index_select(
+                self._slab,
+                0,
+                torch.from_numpy(src),  # type: ignore[arg-type]
+                out=self._output(len(rows)),
+            )
         # more chunks than the cache holds: decode each for this batch only
         if not self._warned:
             self._warned = True
@@ -217,7 +235,10 @@ class BasisStore:
                 "basis store %s: one batch needed %d chunks, more than the cache holds "
                 "(read=chunks, cache_chunks=%d): random batches over a chunked store decode a "
                 "chunk per molecule; use BasisStore.batch_sampler or read=memory "
-                "(docs/basis.md)", self.where, len(needed), self.cache_chunks,
+                "(docs/basis.md)",
+                self.where,
+                len(needed),
+                self.cache_chunks,
             )
         out = self._output(len(rows))
         ends = np.cumsum(counts)
@@ -226,8 +247,7 @@ class BasisStore:
             pos = np.concatenate([np.arange(ends[k] - counts[k], ends[k]) for k in sel])
             block = torch.empty((ce, self.basis_size), dtype=self.dtype)
             self._read_chunk_into(c, block)
-            out[torch.from_numpy(pos)] = block.index_select(
-                0, torch.from_numpy(rows[pos] - c * ce))
+            out[torch.from_numpy(pos)] = block.index_select(0, torch.from_numpy(rows[pos] - c * ce))
         return out
 
     def _output(self, n: int) -> Tensor:
@@ -310,8 +330,11 @@ def open_basis(
             )
     checks = _read_checksums_bytes(where)
     if checks is None:
-        present = (None if is_url(where) else
-                   sum(_unit_exists(Path(where), u) for u in range(meta["num_units"])))
+        present = (
+            None
+            if is_url(where)
+            else sum(_unit_exists(Path(where), u) for u in range(meta["num_units"]))
+        )
         raise InputError(
             f"basis store {where!r} is incomplete ({present} of {meta['num_units']} shards, not "
             "finalized); finish it with se3t basis precompute and se3t basis finalize"

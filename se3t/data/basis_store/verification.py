@@ -41,9 +41,22 @@ class VerifyReport:
         return self.complete and not self.bad_files and not self.bad_chunks
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, **{k: getattr(self, k) for k in (
-            "store", "key", "complete", "files_checked", "bad_files", "edges_sampled",
-            "max_abs_error", "bad_chunks")}}
+        return {
+            "ok": self.ok,
+            **{
+                k: getattr(self, k)
+                for k in (
+                    "store",
+                    "key",
+                    "complete",
+                    "files_checked",
+                    "bad_files",
+                    "edges_sampled",
+                    "max_abs_error",
+                    "bad_chunks",
+                )
+            },
+        }
 
 
 def verify(
@@ -70,11 +83,9 @@ def verify(
     import fsspec
     from tqdm.auto import tqdm
 
-    fs, root = (fsspec.core.url_to_fs(where) if is_url(where)
-                else (fsspec.filesystem("file"), where))
+    fs, root = fsspec.core.url_to_fs(where) if is_url(where) else (fsspec.filesystem("file"), where)
     bad_units = set()
-    for name, info in tqdm(sorted(record["files"].items()), desc="checksums",
-                           disable=not progress):
+    for name, info in tqdm(sorted(record["files"].items()), desc="checksums", disable=not progress):
         report.files_checked += 1
         full = f"{root.rstrip('/')}/{name}"
         try:
@@ -108,22 +119,27 @@ def verify(
                 f"se3t has {backend.code_version}: recomputation cannot verify it"
             )
         rng = random.Random(seed)
-        edges = np.asarray(sorted(rng.sample(range(meta["num_edges"]),
-                                             min(sample, meta["num_edges"]))), dtype=np.int64)
+        edges = np.asarray(
+            sorted(rng.sample(range(meta["num_edges"]), min(sample, meta["num_edges"]))),
+            dtype=np.int64,
+        )
         row_start = np.asarray(group["row_start"][:])
         mol = np.searchsorted(geom.edge_offsets, edges, side="right") - 1
         rows = row_start[mol] + edges - geom.edge_offsets[mol]
         compute_dtype = torch.float64 if meta["dtype"] == "float64" else torch.float32
         with torch.no_grad():
-            expect = backend.compute(geom.edge_vec_of(edges, compute_dtype), meta["max_degree"],
-                                     dtype=compute_dtype).to(torch.float64)
+            expect = backend.compute(
+                geom.edge_vec_of(edges, compute_dtype), meta["max_degree"], dtype=compute_dtype
+            ).to(torch.float64)
         arr = group["basis"]
         ce, cps = meta["chunk_edges"], meta["chunks_per_shard"]
         chunk_of = rows // ce
         for c in np.unique(chunk_of).tolist():
             sel = np.nonzero(chunk_of == c)[0]
-            name = (f"chunk {c} (file {_unit_file(c // cps)}, molecule rows "
-                    f"{int(group['chunk_mols'][c])}..)")
+            name = (
+                f"chunk {c} (file {_unit_file(c // cps)}, molecule rows "
+                f"{int(group['chunk_mols'][c])}..)"
+            )
             try:
                 block = torch.from_numpy(np.asarray(arr[c * ce : (c + 1) * ce]))
             except Exception as err:

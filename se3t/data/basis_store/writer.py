@@ -63,7 +63,11 @@ def _keep_freed_memory() -> None:
 
 
 def _compute_chunk(
-    geom: _Geometry, meta: dict[str, Any], chunk_mols: np.ndarray, c: int, backend: BasisBackend,
+    geom: _Geometry,
+    meta: dict[str, Any],
+    chunk_mols: np.ndarray,
+    c: int,
+    backend: BasisBackend,
     block: Tensor,
 ) -> int:
     """Fill ``block`` ([chunk_edges, S], a view of a unit buffer) with the padded rows of chunk
@@ -91,12 +95,21 @@ def _compute_chunk(
     return n
 
 
-_KEY_CHECK = ("key", "dataset_fingerprint", "max_degree", "dtype", "basis_size",
-              "layout_version", "code_version")
+_KEY_CHECK = (
+    "key",
+    "dataset_fingerprint",
+    "max_degree",
+    "dtype",
+    "basis_size",
+    "layout_version",
+    "code_version",
+)
 
 
 def _check_same_store(
-    meta: dict[str, Any], existing: dict[str, Any], where: str,
+    meta: dict[str, Any],
+    existing: dict[str, Any],
+    where: str,
     fields: Sequence[str] = (*_KEY_CHECK, "num_molecules", "num_edges"),
 ) -> None:
     for k in fields:
@@ -163,17 +176,32 @@ def precompute(
     key = basis_key(fp, settings.max_degree, settings.dtype, backend=backend)
     path = local_path(store_path(cache, key))
     receipt: dict[str, Any] = {
-        "key": key, "store": str(path), "shard": f"{i}/{n}", "chunks_computed": 0,
-        "chunks_reused": 0, "chunks_by_others": 0, "edges_computed": 0, "complete": False,
+        "key": key,
+        "store": str(path),
+        "shard": f"{i}/{n}",
+        "chunks_computed": 0,
+        "chunks_reused": 0,
+        "chunks_by_others": 0,
+        "edges_computed": 0,
+        "complete": False,
     }
     if (path / CHECKSUMS_FILE).is_file():
         meta = store_meta(_open_group(str(path)), str(path))
-        _check_same_store({**_key_fields(fp, settings.max_degree, settings.dtype, backend),
-                           "key": key}, meta, str(path), fields=_KEY_CHECK)
+        _check_same_store(
+            {**_key_fields(fp, settings.max_degree, settings.dtype, backend), "key": key},
+            meta,
+            str(path),
+            fields=_KEY_CHECK,
+        )
         units = range(meta["num_units"] * i // n, meta["num_units"] * (i + 1) // n)
         total = sum(_unit_range(meta, u)[1] - _unit_range(meta, u)[0] for u in units)
-        receipt.update(chunks_total=total, chunks_reused=total, complete=True,
-                       seconds=time.perf_counter() - t_start, edges_per_s=0.0)
+        receipt.update(
+            chunks_total=total,
+            chunks_reused=total,
+            complete=True,
+            seconds=time.perf_counter() - t_start,
+            edges_per_s=0.0,
+        )
         return receipt  # nothing to write: a complete store in a read-only cache is fine
 
     ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
@@ -203,19 +231,29 @@ def precompute(
     group = _open_group(str(path))
     meta = store_meta(group, str(path))
     _check_same_store(
-        {**_key_fields(geom.fingerprint, settings.max_degree, settings.dtype, backend),
-         "key": key, "num_molecules": geom.num_molecules, "num_edges": geom.num_edges},
-        meta, str(path),
+        {
+            **_key_fields(geom.fingerprint, settings.max_degree, settings.dtype, backend),
+            "key": key,
+            "num_molecules": geom.num_molecules,
+            "num_edges": geom.num_edges,
+        },
+        meta,
+        str(path),
     )
     num_units = meta["num_units"]
     u_lo, u_hi = num_units * i // n, num_units * (i + 1) // n
-    receipt["chunks_total"] = sum(_unit_range(meta, u)[1] - _unit_range(meta, u)[0]
-                                  for u in range(u_lo, u_hi))
+    receipt["chunks_total"] = sum(
+        _unit_range(meta, u)[1] - _unit_range(meta, u)[0] for u in range(u_lo, u_hi)
+    )
     nchunks = lambda u: _unit_range(meta, u)[1] - _unit_range(meta, u)[0]  # noqa: E731
 
     if (path / CHECKSUMS_FILE).is_file():  # finalized meanwhile by another process
-        receipt.update(chunks_reused=receipt["chunks_total"], complete=True,
-                       seconds=time.perf_counter() - t_start, edges_per_s=0.0)
+        receipt.update(
+            chunks_reused=receipt["chunks_total"],
+            complete=True,
+            seconds=time.perf_counter() - t_start,
+            edges_per_s=0.0,
+        )
         return receipt
 
     chunk_mols = np.asarray(group["chunk_mols"][:])
@@ -225,15 +263,23 @@ def precompute(
     todo_set = set(todo)
     receipt["chunks_reused"] = sum(nchunks(u) for u in range(u_lo, u_hi) if u not in todo_set)
     total_edges = sum(
-        int(geom.edge_offsets[chunk_mols[_unit_range(meta, u)[1]]]
-            - geom.edge_offsets[chunk_mols[_unit_range(meta, u)[0]]])
+        int(
+            geom.edge_offsets[chunk_mols[_unit_range(meta, u)[1]]]
+            - geom.edge_offsets[chunk_mols[_unit_range(meta, u)[0]]]
+        )
         for u in todo
     )
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_edges, unit="edge", unit_scale=True, disable=not progress,
-               desc=f"basis {key[:8]} shard {i}/{n}", mininterval=1.0)
+    bar = tqdm(
+        total=total_edges,
+        unit="edge",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"basis {key[:8]} shard {i}/{n}",
+        mininterval=1.0,
+    )
     unit_writer = _ShardCodec(arr, path, meta)
     # Chunk-level parallelism: each worker computes a chunk with one torch thread and encodes
     # it (torch, blosc, zstd and crc32c release the GIL). Independent chunks never wait on each
@@ -244,8 +290,10 @@ def precompute(
     torch_threads = torch.get_num_threads()
     pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="basis")
     ce, S = meta["chunk_edges"], meta["basis_size"]
-    buffers = [torch.empty((meta["chunks_per_shard"] * ce, S), dtype=_DTYPES[meta["dtype"]])
-               for _ in range(2)]
+    buffers = [
+        torch.empty((meta["chunks_per_shard"] * ce, S), dtype=_DTYPES[meta["dtype"]])
+        for _ in range(2)
+    ]
     turn = 0
     inflight: list[tuple[int, list[cf.Future], np.ndarray]] = []  # at most one unit waits
 
@@ -276,8 +324,9 @@ def precompute(
         c0, c1 = _unit_range(meta, u)
         buf = buffers[turn]  # free: the unit that last used it was written by flush()
         turn = 1 - turn
-        futures = [pool.submit(chunk_job, c, buf[(c - c0) * ce : (c - c0 + 1) * ce])
-                   for c in range(c0, c1)]
+        futures = [
+            pool.submit(chunk_job, c, buf[(c - c0) * ce : (c - c0 + 1) * ce]) for c in range(c0, c1)
+        ]
         flush()  # the previous unit, while the workers compute this one
         inflight.append((u, futures, buf[: (c1 - c0) * ce].numpy()))
 
