@@ -32,6 +32,7 @@ __all__ = [
     "TrainConfig",
     "WorkflowConfig",
     "QM9_TARGETS",
+    "data_format",
     "load",
     "save",
     "to_dict",
@@ -70,6 +71,20 @@ class DataConfig:
     timeout: float = 60.0  # seconds without data before a download attempt is given up
     processes: int = 2  # worker processes for bond perception in `se3t data build`
     strict: bool = False  # a bad molecule stops the build instead of being dropped and reported
+    # ---- users' own molecules (docs/data.md, "Training on your own molecules") ----
+    # auto: from data.source (qm9pack/figshare/a QM9 folder or tar -> qm9, .extxyz/.xyz ->
+    # extxyz, .sdf/.sd -> sdf, .csv -> smiles, a folder with data.properties -> xyz_dir)
+    format: str = "auto"  # auto | qm9 | extxyz | sdf | xyz_dir | smiles
+    properties: str | None = None  # CSV of ids and properties for format=xyz_dir
+    id_column: str | None = None  # id: CSV column, SD property or extxyz info key (else index)
+    smiles_column: str = "smiles"  # format=smiles
+    units: dict[str, str] = field(default_factory=dict)  # target -> unit, recorded in the store
+    elements: list[str] = field(default_factory=list)  # one-hot elements besides those present
+    split: str = "random"  # random (split_seed) | column (split_column) | scaffold (Bemis-Murcko)
+    split_column: str | None = None  # input column / SD property / info key with train|val|test
+    max_neighbors: int | None = None  # radius graph: keep each atom's nearest N neighbours
+    conformer_seed: int = 42  # format=smiles: ETKDG random seed (embedding is deterministic)
+    mmff_iterations: int = 2000  # format=smiles: MMFF94 optimisation steps after ETKDG
 
 
 @dataclass
@@ -194,6 +209,8 @@ class Config:
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "data.graph": ("bond", "radius"),
+    "data.format": ("auto", "qm9", "extxyz", "sdf", "xyz_dir", "smiles"),
+    "data.split": ("random", "column", "scaffold"),
     "basis.dtype": ("float16", "float32", "float64"),
     "basis.use": ("auto", "store", "compute"),
     "basis.compressor": ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip"),
@@ -213,6 +230,7 @@ _POSITIVE = (
     "data.cutoff",
     "data.timeout",
     "data.processes",
+    "data.mmff_iterations",
     "basis.shards",
     "basis.chunk_edges",
     "basis.chunks_per_shard",
@@ -293,8 +311,14 @@ def validate(cfg: Config | DictConfig) -> None:
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         raise ConfigError(f"config key 'train.grad_clip': must be > 0, got {cfg.train.grad_clip}")
     if not cfg.data.targets:
-        raise ConfigError("config key 'data.targets': give at least one QM9 target")
-    for target in cfg.data.targets:
+        raise ConfigError("config key 'data.targets': give at least one target")
+    if cfg.data.max_neighbors is not None and cfg.data.max_neighbors <= 0:
+        raise ConfigError(
+            f"config key 'data.max_neighbors': must be > 0 or null, got {cfg.data.max_neighbors}"
+        )
+    if len(set(cfg.data.targets)) != len(cfg.data.targets):
+        raise ConfigError(f"config key 'data.targets': {list(cfg.data.targets)} has duplicates")
+    for target in cfg.data.targets if data_format(cfg.data) == "qm9" else ():
         if target not in QM9_TARGETS:
             raise ConfigError(
                 f"config key 'data.targets': {target!r} is not a QM9 target; "
@@ -312,11 +336,28 @@ def validate(cfg: Config | DictConfig) -> None:
         )
 
 
+def data_format(data: DataConfig | DictConfig) -> str:
+    """``data.format``, with ``auto`` resolved from ``data.source`` (see DataConfig)."""
+    if data.format != "auto":
+        return str(data.format)
+    source = str(data.source)
+    suffix = Path(source).suffix.lower()
+    if source in ("qm9pack", "figshare"):
+        return "qm9"
+    if suffix in (".extxyz", ".xyz"):
+        return "extxyz"
+    if suffix in (".sdf", ".sd"):
+        return "sdf"
+    if suffix == ".csv":
+        return "smiles"
+    return "xyz_dir" if data.properties else "qm9"
+
+
 def _structured() -> DictConfig:
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)
     # free-form mappings take any key; everything else is closed
-    for free in (schema.launch.extra, schema.workflow.runs):
+    for free in (schema.launch.extra, schema.workflow.runs, schema.data.units):
         OmegaConf.set_struct(free, False)
     return schema
 
@@ -400,7 +441,7 @@ def _check_key(node: DictConfig, dotted: str) -> None:
             cur = cur[part]
             continue
         # free-form mappings (launch.extra, workflow.runs) accept any key below them
-        if i > 0 and ".".join(parts[:i]) in ("launch.extra", "workflow.runs"):
+        if i > 0 and ".".join(parts[:i]) in ("launch.extra", "workflow.runs", "data.units"):
             return
         raise ConfigError(f"config key {dotted!r} is unknown ({part!r} is not a key there)")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from se3t import config as C
 
@@ -104,6 +105,14 @@ def _fetch(args) -> int:
 
     cfg = _cfg(args, source=args.source, raw_dir=args.out)
     d = cfg.data
+    if C.data_format(d) != "qm9":
+        from se3t.data.sources.build import fetch_molecules
+
+        manifest = fetch_molecules(d, d.raw_dir)
+        C.save(cfg, f"{d.raw_dir}/config.yaml")
+        for name, f in manifest["files"].items():
+            print(f"{d.raw_dir}/{name}  {f['bytes']} bytes  sha256 {f['sha256']}")
+        return 0
     manifest = fetch(
         d.source,
         d.raw_dir,
@@ -142,6 +151,8 @@ def _build(args) -> int:
         strict=args.strict,
     )
     d = cfg.data
+    if C.data_format(d) != "qm9":
+        return _build_own(cfg, args)
     result = build_dataset(
         d.raw_dir,
         d.path,
@@ -160,6 +171,28 @@ def _build(args) -> int:
         f"{r['dropped_total']}{' ' + str(r['dropped']) if r['dropped'] else ''}; "
         f"uncharacterized {r['uncharacterized']}; bond orders pruned {r.get('bond_pruned', 0)}, "
         f"fallbacks {r['bond_fallbacks']}; fingerprint {result['fingerprint'][:16]}"
+    )
+    if not result["skipped"]:
+        C.save(cfg, f"{d.path}.config.yaml")
+    return 0
+
+
+def _build_own(cfg: C.Config, args) -> int:
+    from se3t.data.sources.build import build_molecules
+
+    d = cfg.data
+    # --raw given (the workflow's fetched copy) or data.raw_dir holding one: read that copy
+    raw = d.raw_dir if args.raw is not None or Path(d.raw_dir, "SOURCE.json").is_file() else None
+    result = build_molecules(
+        d, d.path, raw=raw, processes=d.processes, progress=not args.quiet, force=args.force
+    )
+    r = result["report"]
+    state = "up to date" if result["skipped"] else "written"
+    print(
+        f"{d.path}: {state}; {r['kept']} molecules kept of {r['read']} read ({r['format']}); "
+        f"dropped {r['dropped_total']}{' ' + str(r['dropped']) if r['dropped'] else ''}; "
+        f"missing values {r['missing_values']}; bonds {r['bonds'] or '-'}; "
+        f"fingerprint {result['fingerprint'][:16]}"
     )
     if not result["skipped"]:
         C.save(cfg, f"{d.path}.config.yaml")

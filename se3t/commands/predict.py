@@ -9,11 +9,14 @@ import sys
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="predict the trained targets for new molecules (XYZ or SDF files)",
+        help="predict the trained targets for new molecules (XYZ, extended XYZ, SDF, SMILES)",
         description=(
-            "Predict the targets a model was trained on for molecules given as XYZ (QM9 or "
-            "plain) or SDF files; bonds are perceived as in the dataset build. Writes CSV "
-            "(file, target, unit, prediction, prediction_mev) to --out or to stdout."
+            "Predict the targets a model was trained on for new molecules: XYZ (QM9's format "
+            "or plain), extended XYZ (any number of frames), SDF (any number of records) or a "
+            "CSV of SMILES (conformers made as in the build). Each molecule gets the graph and "
+            "element encoding the model was trained with; an element it never saw is an error "
+            "naming the molecule. Writes CSV (file, id, target, unit, prediction, "
+            "prediction_mev) to --out or to stdout."
         ),
     )
     p.add_argument(
@@ -21,7 +24,12 @@ def register(subparsers) -> None:
         metavar="CHECKPOINT",
         help="a checkpoint file or a run folder (its best.pt, else last.pt)",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="XYZ or SDF files, one molecule each")
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help=".xyz, .extxyz, .sdf/.mol or .csv (SMILES) files",
+    )
     p.add_argument("--out", metavar="CSV", default=None, help="CSV file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=64, help="molecules per batch (default: 64)")
     p.add_argument(
@@ -46,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(text)
     else:
-        print(f"{len(args.files)} molecule(s) -> {args.out}", file=sys.stderr)
+        n = frame[["file", "id"]].drop_duplicates().shape[0]
+        print(f"{n} molecule(s) from {len(args.files)} file(s) -> {args.out}", file=sys.stderr)
     return 0

@@ -78,7 +78,12 @@ def _prune_overbonded(mol, pos: np.ndarray) -> int:
     radius = [table.GetRcovalent(a.GetAtomicNum()) for a in mol.GetAtoms()]
     removed = 0
     while True:
-        over = [a for a in mol.GetAtoms() if a.GetDegree() > MAX_DEGREE[a.GetAtomicNum()]]
+        # elements beyond QM9's (users' own molecules) have no fixed bound and are not pruned
+        over = [
+            a
+            for a in mol.GetAtoms()
+            if a.GetDegree() > MAX_DEGREE.get(a.GetAtomicNum(), a.GetDegree())
+        ]
         if not over:
             return removed
         stretch, i, j = max(
@@ -97,14 +102,16 @@ def _prune_overbonded(mol, pos: np.ndarray) -> int:
 
 def perceive(species: np.ndarray, pos: np.ndarray):
     """(RDKit molecule with the perceived bonds, how) — see :func:`bond_graph`."""
-    if not all(int(z) in MAX_DEGREE for z in species.tolist()):
-        raise ValueError(f"bond_graph: atomic numbers must be among {sorted(MAX_DEGREE)}")
     from rdkit import RDLogger
     from rdkit.Chem import rdDetermineBonds
 
     RDLogger.DisableLog("rdApp.*")
     mol = _rdkit_mol(species, pos)
-    rdDetermineBonds.DetermineConnectivity(mol)
+    try:
+        rdDetermineBonds.DetermineConnectivity(mol)
+    except (ValueError, RuntimeError):
+        # an element without a covalent radius in RDKit's table: no bonds can be perceived
+        return _rdkit_mol(species, pos), "fallback"
     how = "pruned" if _prune_overbonded(mol, pos) else "ok"
     pairs = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in mol.GetBonds()]
     try:
@@ -132,12 +139,26 @@ def bond_graph(species: np.ndarray, pos: np.ndarray) -> tuple[EdgeList, str]:
     return _directed(pairs), how
 
 
-def radius_graph(pos: np.ndarray, cutoff: float, bonds: EdgeList | None = None) -> EdgeList:
-    """All ordered pairs i != j with |pos_j - pos_i| < cutoff; bond types from ``bonds``."""
+def radius_graph(
+    pos: np.ndarray,
+    cutoff: float,
+    bonds: EdgeList | None = None,
+    max_neighbors: int | None = None,
+) -> EdgeList:
+    """All ordered pairs i != j with |pos_j - pos_i| < cutoff; bond types from ``bonds``.
+
+    ``max_neighbors``: keep only the nearest ``max_neighbors`` sources of each destination atom
+    (ties by index), so the messages an atom receives are bounded in large molecules.
+    """
     n = len(pos)
     d = np.linalg.norm(pos[None, :, :] - pos[:, None, :], axis=-1)
     mask = d < cutoff
     mask[np.arange(n), np.arange(n)] = False
+    if max_neighbors is not None and n - 1 > max_neighbors:
+        # per destination column j, rank the sources by distance (stable: ties by index)
+        dd = np.where(mask, d, np.inf)
+        rank = np.argsort(np.argsort(dd, axis=0, kind="stable"), axis=0, kind="stable")
+        mask &= rank < max_neighbors
     src, dst = np.nonzero(mask)  # row-major: sorted by (src, dst)
     types = np.full(len(src), -1, dtype=np.int8)
     if bonds is not None and len(bonds[0]):

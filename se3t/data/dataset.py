@@ -21,9 +21,10 @@ from torch import Tensor
 
 from se3t.config import QM9_TARGETS
 from se3t.data.bonds import molecule_graph
+from se3t.data.elements import Encoding
 from se3t.data.parse import MoleculeError, check_geometry, parse_xyz
 from se3t.data.qm9 import ELEMENTS
-from se3t.data.splits import split_indices
+from se3t.data.splits import store_splits
 from se3t.data.store import DatasetStore, open_dataset
 from se3t.errors import InputError
 
@@ -43,6 +44,8 @@ class MoleculeSample:
     mol_id: int | None = None  # QM9 gdb id
     index: int | None = None  # row in the dataset store
     name: str | None = None  # the file a read_molecule sample came from
+    # the dataset's node/edge encoding (None: QM9's); a shared reference, collate reads it
+    encoding: Encoding | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -66,6 +69,7 @@ class QM9Dataset(torch.utils.data.Dataset):
         n_train: int = 100_000,
         test_fraction: float = 0.1,
         train_fraction: float = 0.8,
+        split_method: str = "random",
     ):
         self.store = path if isinstance(path, DatasetStore) else open_dataset(path)
         if isinstance(targets, str):
@@ -81,8 +85,9 @@ class QM9Dataset(torch.utils.data.Dataset):
                 )
         cols = [names.index(t) for t in self.targets]
         self.split = split
-        splits = split_indices(
-            len(self.store),
+        splits = store_splits(
+            self.store,
+            split_method,
             seed=split_seed,
             n_train=n_train,
             test_fraction=test_fraction,
@@ -96,8 +101,19 @@ class QM9Dataset(torch.utils.data.Dataset):
             raise ValueError(f"QM9Dataset: split must be train, val, test or all, got {split!r}")
         raw = self.store.targets[:, cols]  # [M, T] float64, target units
         train = raw[splits["train"]]
-        mean = train.mean(axis=0)
-        std = train.std(axis=0)
+        if np.isnan(train).any():
+            # missing values (NaN) are left out of the statistics, as of the loss and metrics
+            present = (~np.isnan(train)).sum(axis=0)
+            if (present == 0).any():
+                t = self.targets[int(np.argmin(present))]
+                raise InputError(
+                    f"{self.store.path}: target {t!r} has no value in the training split"
+                )
+            mean = np.nanmean(train, axis=0)
+            std = np.nanstd(train, axis=0)
+        else:
+            mean = train.mean(axis=0)
+            std = train.std(axis=0)
         std[std == 0] = 1.0
         self.mean: Tensor = torch.from_numpy(mean.astype(np.float32))
         self.std: Tensor = torch.from_numpy(std.astype(np.float32))
@@ -108,6 +124,7 @@ class QM9Dataset(torch.utils.data.Dataset):
         self._eo = self.store.edge_offsets.tolist()
         self._ids = self.store.mol_id.tolist()
         self._rows = self.indices.tolist()
+        self.encoding: Encoding = self.store.encoding
 
     @classmethod
     def from_config(cls, data_cfg, split: str = "train") -> QM9Dataset:
@@ -125,6 +142,7 @@ class QM9Dataset(torch.utils.data.Dataset):
             n_train=data_cfg.n_train,
             test_fraction=data_cfg.test_fraction,
             train_fraction=data_cfg.train_fraction,
+            split_method=data_cfg.split,
         )
         built = ds.store.graph
         want_cutoff = float(data_cfg.cutoff) if data_cfg.graph == "radius" else None
@@ -155,6 +173,8 @@ class QM9Dataset(torch.utils.data.Dataset):
             self._y[r],
             self._ids[r],
             r,
+            None,
+            self.encoding,
         )
 
     def destandardize(self, y: Tensor) -> Tensor:

@@ -5,9 +5,11 @@ the store's order (``src/dst[edge_offsets[r]:edge_offsets[r+1]]``), so the preco
 a batch are ``concat(basis[edge_offsets[r]:edge_offsets[r+1]] for r in batch.index)``. Local
 atom indices become global by adding the molecule's first node index.
 
-Features: ``node_feats [N, 6]`` = one-hot(H, C, N, O, F) and the atomic number Z;
-``edge_feats [E, 4]`` = one-hot(single, double, triple, aromatic), all zero for a non-bonded
-pair of a radius graph.
+Features follow the samples' :class:`~se3t.data.elements.Encoding` (QM9's when they carry
+none): ``node_feats [N, len(elements) + 1]`` = one-hot over the dataset's elements and the atomic
+number Z (QM9: H, C, N, O, F, Z); ``edge_feats [E, 4]`` = one-hot(single, double, triple,
+aromatic), all zero for a non-bonded pair of a radius graph, or ``[E, 0]`` for a dataset whose
+radius graph has no bond types.
 """
 
 from __future__ import annotations
@@ -18,20 +20,13 @@ import numpy as np
 import torch
 
 from se3t.data.dataset import MoleculeSample
+from se3t.data.elements import QM9_ENCODING
 from se3t.graph import Batch, Graph
 
 __all__ = ["EDGE_FEATURES", "NODE_FEATURES", "collate", "make_loader"]
 
 NODE_FEATURES = ("H", "C", "N", "O", "F", "Z")
 EDGE_FEATURES = ("single", "double", "triple", "aromatic")
-
-# row Z of _NODE_TABLE is atom Z's feature vector; row t+1 of _EDGE_TABLE is bond type t's
-_NODE_TABLE = np.zeros((10, 6), dtype=np.float32)
-for _col, _z in enumerate((1, 6, 7, 8, 9)):
-    _NODE_TABLE[_z, _col] = 1.0
-    _NODE_TABLE[_z, 5] = _z
-_EDGE_TABLE = np.zeros((5, 4), dtype=np.float32)
-_EDGE_TABLE[1:, :] = np.eye(4, dtype=np.float32)
 
 
 def collate(samples: Sequence[MoleculeSample]) -> Batch:
@@ -55,6 +50,9 @@ def collate(samples: Sequence[MoleculeSample]) -> Batch:
     node_graph = np.repeat(np.arange(b, dtype=np.int64), n_atoms)
     num_nodes = int(first[-1] + n_atoms[-1])
 
+    enc = samples[0].encoding or QM9_ENCODING
+    if any((s.encoding or QM9_ENCODING) != enc for s in samples[1:]):
+        raise ValueError("collate: the samples come from datasets with different encodings")
     y = index = mol_ids = None
     if all(s.y is not None for s in samples):
         y = torch.from_numpy(np.stack([s.y for s in samples]).astype(np.float32, copy=False))
@@ -72,8 +70,8 @@ def collate(samples: Sequence[MoleculeSample]) -> Batch:
     return Batch(
         graph=graph,
         pos=torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float32)),
-        node_feats=torch.from_numpy(_NODE_TABLE[species]),
-        edge_feats=torch.from_numpy(_EDGE_TABLE[bond_type.astype(np.int64) + 1]),
+        node_feats=torch.from_numpy(enc.node_features_of(species)),
+        edge_feats=torch.from_numpy(enc.edge_features_of(bond_type)),
         y=y,
         mol_ids=mol_ids,
         index=index,

@@ -16,6 +16,14 @@ Attributes: ``format``, ``format_version``, ``source`` (kind, files with sha256)
 and settings: rebuilding with the same ones is a no-op) and ``fingerprint`` (sha256 of the
 content: arrays and graph settings; what the basis store's key uses).
 
+Stores built from users' own molecules (``se3t.data.sources``) also have ``encoding`` (the
+elements of the one-hot node features, edge features, bond origin: se3t.data.elements),
+``ids`` (each row's molecule id as text), ``scaffold`` (Bemis-Murcko scaffold SMILES per row,
+when bonds are known), ``split_label`` (the input's split column per row, when given) and
+``hashed_attrs`` (the names of these attributes, which the fingerprint covers too). QM9 stores
+have ``encoding`` recorded but not hashed: QM9's encoding is fixed, and leaving it out keeps
+the fingerprints (and so the basis stores) of QM9 builds what they were.
+
 A store is written under a temporary name beside its destination and renamed when complete, so
 a path that exists is a finished store.
 """
@@ -60,11 +68,16 @@ ARRAYS: dict[str, np.dtype] = {
 _CHUNK_ROWS = 1 << 18
 
 
-def content_hash(arrays: dict[str, np.ndarray], graph: dict[str, Any]) -> str:
-    """sha256 over the arrays (name, dtype, shape, bytes, in ARRAYS order) and graph settings."""
+def content_hash(
+    arrays: dict[str, np.ndarray], graph: dict[str, Any], extra: dict[str, Any] | None = None
+) -> str:
+    """sha256 over the arrays (name, dtype, shape, bytes, in ARRAYS order), graph settings and,
+    when given, the ``extra`` attributes (a store's ``hashed_attrs``)."""
     h = hashlib.sha256()
     h.update(f"{FORMAT}/{FORMAT_VERSION}".encode())
     h.update(json.dumps(graph, sort_keys=True).encode())
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True).encode())
     for name, dtype in ARRAYS.items():
         a = np.ascontiguousarray(arrays[name], dtype=dtype)
         h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
@@ -108,7 +121,7 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
         num_molecules=int(len(arrays["mol_id"])),
         num_atoms=int(len(arrays["species"])),
         num_edges=int(len(arrays["src"])),
-        fingerprint=content_hash(arrays, attrs["graph"]),
+        fingerprint=content_hash(arrays, attrs["graph"], hashed_extra(attrs)),
     )
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
@@ -134,6 +147,14 @@ def _replace_dir(tmp: Path, path: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def hashed_extra(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The attributes beyond the arrays that a store's fingerprint covers (None for QM9's)."""
+    names = attrs.get("hashed_attrs")
+    if not names:
+        return None
+    return {name: attrs.get(name) for name in names}
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -218,6 +239,19 @@ class DatasetStore:
         return dict(self.attrs["graph"])
 
     @property
+    def encoding(self):
+        """The node/edge :class:`~se3t.data.elements.Encoding` (QM9's when none is recorded)."""
+        from se3t.data.elements import Encoding
+
+        return Encoding.from_dict(self.attrs.get("encoding"))
+
+    @property
+    def ids(self) -> list[str]:
+        """Each row's molecule id as text (QM9: the gdb index)."""
+        ids = self.attrs.get("ids")
+        return list(ids) if ids is not None else [str(i) for i in self.mol_id.tolist()]
+
+    @property
     def parse_report(self) -> dict[str, Any]:
         return dict(self.attrs.get("parse_report", {}))
 
@@ -229,7 +263,7 @@ class DatasetStore:
 
     def verify(self) -> None:
         """Recompute the content hash; InputError when it disagrees with the recorded one."""
-        actual = content_hash(self.arrays(), self.graph)
+        actual = content_hash(self.arrays(), self.graph, hashed_extra(self.attrs))
         if actual != self.fingerprint:
             raise InputError(
                 f"{self.path}: content hash {actual[:16]}... disagrees with the recorded "

@@ -81,6 +81,7 @@ def run(spec: dict) -> dict:
     from se3t.data import QM9Dataset, collate
     from se3t.eval.profiling import PATHS, parse_mode
     from se3t.models import build
+    from se3t.train.loss import masked_abs_error
 
     mode, path, b = spec["mode"], spec["path"], int(spec["batch_size"])
     point = {
@@ -120,6 +121,9 @@ def run(spec: dict) -> dict:
     cfg.model.out_dim = len(cfg.data.targets)
 
     data = QM9Dataset.from_config(cfg.data, "train")
+    # input widths from the dataset's encoding (QM9: 6 node, 4 edge features)
+    cfg.model.node_features = data.encoding.node_features
+    cfg.model.edge_features = data.encoding.edge_features
     if len(data) == 0:
         raise RuntimeError(f"the training split of {cfg.data.path} has no molecules")
     rows = np.random.default_rng(int(spec.get("seed", 0))).permutation(len(data))
@@ -152,7 +156,7 @@ def run(spec: dict) -> dict:
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 out = model(batch, basis=basis)  # [B, T]
-                loss = torch.nn.functional.l1_loss(out.float(), batch.y.float())
+                loss = masked_abs_error(out.float(), batch.y.float())[0].mean()
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

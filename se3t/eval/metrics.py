@@ -39,7 +39,16 @@ __all__ = [
     "target_stats",
 ]
 
-PREDICTION_COLUMNS = ("mol_id", "row", "target", "unit", "reference", "prediction", "error")
+PREDICTION_COLUMNS = (
+    "mol_id",
+    "row",
+    "target",
+    "unit",
+    "reference",
+    "prediction",
+    "error",
+    "id",
+)
 
 
 def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
@@ -95,10 +104,18 @@ def compute_metrics(
     prediction = np.asarray(prediction, dtype=np.float64)
     out = {}
     for j, name in enumerate(targets):
-        err = prediction[:, j] - reference[:, j]
+        # missing references (NaN: a property some molecules lack) are left out and counted
+        present = ~np.isnan(reference[:, j])
+        if not present.any():
+            raise InputError(
+                f"target {name!r}: no molecule of the split has a reference value "
+                f"({int(present.size)} missing)"
+            )
+        err = prediction[present, j] - reference[present, j]
         entry = {
             "unit": units.get(name) or UNITS.get(name, ""),
             "count": int(err.size),
+            "missing": int((~present).sum()),
             "mae": float(np.mean(np.abs(err))),
             "rmse": float(np.sqrt(np.mean(err**2))),
             "max_abs_error": float(np.max(np.abs(err))),
@@ -208,6 +225,7 @@ def evaluate(
             "reference": reference.reshape(-1),
             "prediction": prediction.reshape(-1),
             "error": (prediction - reference).reshape(-1),
+            "id": np.repeat(np.asarray(store.ids, dtype=object)[row], t),
         },
         columns=list(PREDICTION_COLUMNS),
     )
@@ -221,6 +239,7 @@ def evaluate(
         "step": ckpt_meta.get("step"),
         "split": split,
         "dataset": str(data_cfg.path),
+        "dataset_source": _source_kind(store),
         "count": int(n),
         "targets": list(names),
         "metrics": compute_metrics(reference, prediction, list(names), units),
@@ -232,15 +251,16 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(frame, out_dir / f"predictions.{predictions_format}")
     title = f"{split} split, {n} molecules, {ckpt.name}"
+    has = ~np.isnan(reference)  # [M, T] missing references are not plotted
     plots.plot_parity(
-        {x: reference[:, j] for j, x in enumerate(names)},
-        {x: prediction[:, j] for j, x in enumerate(names)},
+        {x: reference[has[:, j], j] for j, x in enumerate(names)},
+        {x: prediction[has[:, j], j] for j, x in enumerate(names)},
         units,
         out_dir / "parity.png",
         title,
     )
     plots.plot_errors(
-        {x: prediction[:, j] - reference[:, j] for j, x in enumerate(names)},
+        {x: (prediction - reference)[has[:, j], j] for j, x in enumerate(names)},
         units,
         out_dir / "errors.png",
         title,
@@ -248,6 +268,12 @@ def evaluate(
     # metrics.json last: its presence means the other outputs are complete
     write_json(out_dir / "metrics.json", doc)
     return doc
+
+
+def _source_kind(store) -> str:
+    """The dataset's input format: qm9, or one of users' formats (se3t.data.sources)."""
+    kind = (store.attrs.get("source") or {}).get("kind", "")
+    return kind if kind in ("extxyz", "sdf", "xyz_dir", "smiles") else "qm9"
 
 
 def _checkpoint_meta(path: Path) -> dict:

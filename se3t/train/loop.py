@@ -53,6 +53,7 @@ from se3t.train.checkpoint import (
     save_checkpoint,
     warn_if_model_code_changed,
 )
+from se3t.train.loss import masked_abs_error
 from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
 
@@ -110,7 +111,17 @@ def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> In
             f"{world_size} ranks of this job, which chunk-aware sampling (basis.read=chunks) "
             "needs"
         )
-    cfg = replace(cfg, model=replace(cfg.model, out_dim=len(train_set.targets)))
+    # the input widths follow the dataset's encoding (QM9: 6 node, 4 edge features)
+    enc = train_set.encoding
+    cfg = replace(
+        cfg,
+        model=replace(
+            cfg.model,
+            out_dim=len(train_set.targets),
+            node_features=enc.node_features,
+            edge_features=enc.edge_features,
+        ),
+    )
     resume_path = Path(cfg.run.dir).absolute() / "last.pt"
     state = None
     if t.resume and resume_path.is_file():
@@ -327,6 +338,7 @@ class Trainer:
                 "std": self.train_set.std.clone(),
             },
             "world_size": self.env.world_size,
+            "encoding": self.train_set.encoding.to_dict(),
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -388,9 +400,10 @@ class Trainer:
             batch = batch.to(self.device, non_blocking=True)
             with self._autocast():
                 pred = self.model(batch, self._basis(batch))  # [B, T]
-            err = ((pred.float() - batch.y) * std).abs()  # [B, T] target units
+            err, present = masked_abs_error(pred.float(), batch.y)
+            err = err * std  # [B, T] target units, 0 where the target is missing
             sums[0] += err.sum(0).double().cpu()
-            sums[1] += err.shape[0]
+            sums[1] += present.sum(0).double().cpu()
         D.all_reduce_(sums)
         self.model.train()
         mae = sums[0] / sums[1].clamp(min=1)
@@ -509,13 +522,14 @@ class Trainer:
                 with sync:
                     with self._autocast():
                         pred = self.ddp(batch, self._basis(batch))  # [b, T]
-                    per_mol = (pred.float() - batch.y).abs()  # [b, T] standardized units
+                    # [b, T] standardized units; missing targets (NaN) give 0
+                    per_mol, present = masked_abs_error(pred.float(), batch.y)
                     scale = self.env.world_size / (self._global_size(i, per_mol.shape[0]) * n_acc)
                     loss = per_mol.mean(1).sum() * scale
                     self.scaler.scale(loss).backward()
                 with torch.no_grad():
                     self.train_sums[0] += (per_mol.detach() * std).sum(0).double().cpu()
-                    self.train_sums[1] += per_mol.shape[0]
+                    self.train_sums[1] += present.sum(0).double().cpu()
                     window[0] += float(per_mol.detach().mean(1).sum())
                     window[1] += per_mol.shape[0]
                     window[2] += 1

@@ -89,7 +89,8 @@ def test_files_predict_what_evaluate_predicts_for_the_same_molecules(
 def test_stdout_when_no_out(evaluated_run, tmp_path, qm9_store):
     files = _extract([1, 2], tmp_path)
     frame = predict(evaluated_run / "best.pt", files, progress=False)
-    assert list(frame.columns) == ["file", "target", "unit", "prediction", "prediction_mev"]
+    assert list(frame.columns) == ["file", "id", "target", "unit", "prediction", "prediction_mev"]
+    assert frame["id"].tolist() == ["1", "2"]  # the gdb ids of QM9's XYZ files
     assert len(frame) == 2 and frame["prediction"].notna().all()
 
 
