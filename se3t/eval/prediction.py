@@ -68,7 +68,8 @@ def _molecules(path: Path, data) -> list[tuple]:
     suffix = path.suffix.lower()
     if suffix == ".xyz":
         lines = path.read_text(errors="replace").splitlines()
-        if len(lines) > 1 and lines[1].split()[:1] == ["gdb"]:  # QM9's own XYZ format
+        head = lines[1].split() if len(lines) > 1 else []
+        if len(head) >= 17 and head[0] == "gdb":  # QM9's own XYZ format (gdb id, properties)
             rec = parse_xyz("\n".join(lines), str(path), qm9=True)
             return [(str(rec.mol_id), rec.species, rec.pos, None, str(path))]
     if suffix in (".xyz", ".extxyz"):

@@ -161,8 +161,11 @@ class SE3TransformerPooled(nn.Module):
             ("out_dim", out_dim),
             ("channels", channels),
         ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"SE3TransformerPooled: {name} must be a positive int, got {v!r}")
+            # edge_features may be 0: a radius graph without bond types (the radial profiles
+            # then see the edge length alone)
+            low = 0 if name == "edge_features" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"SE3TransformerPooled: {name} must be an int >= {low}, got {v!r}")
         self.node_features, self.edge_features, self.max_degree = (
             node_features,
             edge_features,
@@ -173,7 +176,7 @@ class SE3TransformerPooled(nn.Module):
             Fiber({0: node_features}),
             Fiber.create(max_degree + 1, channels),
             Fiber({0: c_out}),
-            Fiber({0: edge_features}),
+            Fiber({0: edge_features}) if edge_features else None,
             num_layers=num_layers,
             num_heads=num_heads,
             channels_div=channels_div,
