@@ -48,18 +48,24 @@ def embed(smiles: str, seed: int, iterations: int) -> dict[str, Any]:
     from rdkit.Chem import AllChem
 
     RDLogger.DisableLog("rdApp.*")
+    if not smiles:
+        return {"error": ("smiles", "empty", "bad_smiles")}
     mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
+    if mol is None or mol.GetNumAtoms() == 0:
         return {"error": ("smiles", f"{smiles!r} is not a SMILES RDKit can parse", "bad_smiles")}
     mol = Chem.AddHs(mol)
     params = AllChem.ETKDGv3()
     params.randomSeed = int(seed)
     params.numThreads = 1
-    if AllChem.EmbedMolecule(mol, params) != 0:
-        # a second try from random coordinates, still seeded (large rings, cages)
-        params.useRandomCoords = True
+    failed = {"error": ("conformer", f"ETKDG cannot embed {smiles!r} in 3D", "embed_failed")}
+    try:
         if AllChem.EmbedMolecule(mol, params) != 0:
-            return {"error": ("conformer", f"ETKDG cannot embed {smiles!r} in 3D", "embed_failed")}
+            # a second try from random coordinates, still seeded (large rings, cages)
+            params.useRandomCoords = True
+            if AllChem.EmbedMolecule(mol, params) != 0:
+                return failed
+    except (ValueError, RuntimeError):
+        return failed
     if AllChem.MMFFHasAllMoleculeParams(mol):
         AllChem.MMFFOptimizeMolecule(mol, maxIters=int(iterations))
         force_field = "MMFF94"
