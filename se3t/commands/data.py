@@ -219,6 +219,8 @@ def _info(args) -> int:
         "verified": bool(args.verify),
         "source": a.get("source"),
         "units": a.get("units"),
+        "targets": store.target_names,
+        "encoding": store.encoding.to_dict(),
         "parse_report": report,
         "created": a.get("created"),
     }

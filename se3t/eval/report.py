@@ -296,7 +296,11 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
     ev = run.evaluation
     checkpoint = shown_path(ev["checkpoint"], results_dir, run)
+    dataset = shown_path(ev["dataset"], results_dir, run) if ev.get("dataset") else "?"
     doc.para(
+        f"Dataset {dataset} ({ev.get('dataset_source', 'qm9')}), targets "
+        + ", ".join(f"{t} [{m['unit'] or '-'}]" for t, m in ev["metrics"].items())
+        + ". "
         f"Split {ev['split']!r}: {ev['count']} molecules; checkpoint {checkpoint} "
         f"(epoch {ev.get('epoch')}, step {ev.get('step')}); evaluated on "
         f"{ev['environment']['device_name']}."
@@ -304,7 +308,9 @@ def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
     rows = []
     for target, m in ev["metrics"].items():
         unit = m["unit"]
-        refs = PUBLISHED_MAE.get(target, [])
+        # published figures are QM9's: not beside another dataset's property of the same name
+        qm9 = ev.get("dataset_source", "qm9") == "qm9"
+        refs = PUBLISHED_MAE.get(target, []) if qm9 else []
         ref_text = (
             "; ".join(
                 (f"{r['low']:g}" if r["low"] == r["high"] else f"{r['low']:g}–{r['high']:g}")
@@ -325,7 +331,7 @@ def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
                 _fmt(m["mae"]),
                 _fmt(m.get("mae_mev"), 4) if "mae_mev" in m else "—",
                 _fmt(m["rmse"]),
-                str(m["count"]),
+                str(m["count"]) + (f" ({m['missing']} missing)" if m.get("missing") else ""),
                 ref_text,
                 ratio,
             ]
@@ -489,8 +495,9 @@ def build_report(
         _metrics_section(doc, run, results_dir)
         names = list(ev["targets"])
         pred = run.predictions
-        by_target = {t: pred[pred["target"] == t] for t in names}
-        units = {t: UNITS.get(t, "") for t in names}
+        # molecules without a reference value (missing properties) are not plotted
+        by_target = {t: pred[(pred["target"] == t) & pred["reference"].notna()] for t in names}
+        units = {t: ev["metrics"].get(t, {}).get("unit") or UNITS.get(t, "") for t in names}
         parity = assets / f"{prefix}parity.png"
         errors = assets / f"{prefix}errors.png"
         curves = assets / f"{prefix}learning_curves.png"

@@ -34,6 +34,7 @@ if (Path(_BIN) / "se3t").exists() and _BIN not in os.environ.get("PATH", "").spl
 PER_RUN_KEYS = (
     "data.targets",
     "data.split_seed",
+    "data.split",
     "data.n_train",
     "data.test_fraction",
     "data.train_fraction",
