@@ -185,6 +185,7 @@ def evaluate(
         if isinstance(err, InputError):
             raise
         raise InputError(f"dataset {data_cfg.path!r}: split {split!r}: {err}") from err
+    _check_encoding(ckpt, data)
     if len(data) == 0:
         raise InputError(
             f"dataset {data_cfg.path!r}: split {split!r} has no molecules "
@@ -268,6 +269,20 @@ def evaluate(
     # metrics.json last: its presence means the other outputs are complete
     write_json(out_dir / "metrics.json", doc)
     return doc
+
+
+def _check_encoding(ckpt: Path, data) -> None:
+    """The dataset's element encoding must be the one the model was trained with."""
+    from se3t.data.elements import Encoding
+    from se3t.train.checkpoint import load_checkpoint
+
+    trained = Encoding.from_dict(load_checkpoint(ckpt, map_location="cpu").get("encoding"))
+    if trained != data.encoding:
+        raise InputError(
+            f"dataset {data.store.path!r}: its encoding {data.encoding.to_dict()['symbols']} "
+            f"({data.encoding.edges} edges) is not the one checkpoint {str(ckpt)!r} was "
+            f"trained with, {trained.to_dict()['symbols']} ({trained.edges} edges)"
+        )
 
 
 def _source_kind(store) -> str:

@@ -172,6 +172,7 @@ def end_to_end(tmp_path: Path, overrides: list[str], predict_files: list[Path]) 
         "metrics": json.loads((run / "metrics.json").read_text()),
         "predictions": pd.read_csv(out, keep_default_na=False),
         "store": open_dataset(data),
+        "run": run,
     }
 
 

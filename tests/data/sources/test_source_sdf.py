@@ -4,6 +4,7 @@ SDF files inside the RDKit wheel build, train, evaluate and predict; bad records
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from own_helpers import (
     assert_same_dataset,
@@ -12,12 +13,15 @@ from own_helpers import (
     rdkit_sdf,
     write_sdf,
 )
+from rdkit import Chem
 
 from se3t.config import QM9_TARGETS, DataConfig
 from se3t.data import open_dataset
 from se3t.data.sources.build import build_molecules
 from se3t.data.sources.sdf import iter_sdf
 from se3t.errors import InputError
+from se3t.eval import predict
+from se3t.eval.metrics import evaluate
 
 QM9_ELEMENTS = ["H", "C", "N", "O", "F"]
 
@@ -67,8 +71,6 @@ def test_egfr_all_numeric_properties_become_targets(tmp_path):
 
 
 def _records(path, text_of):
-    from rdkit import Chem
-
     sup = Chem.SDMolSupplier(str(rdkit_sdf("cmet")), removeHs=False)
     texts = [sup.GetItemText(k) for k in range(4)]
     path.write_text("".join(text_of(k, t) for k, t in enumerate(texts)))
@@ -101,8 +103,6 @@ def test_bad_records_are_dropped_and_named(tmp_path):
 
 
 def test_duplicate_ids_and_2d_and_missing_target(tmp_path):
-    from rdkit import Chem
-
     sup = Chem.SDMolSupplier(str(rdkit_sdf("cmet")), removeHs=False)
     mols = [sup[k] for k in range(3)]
     flat = Chem.Mol(mols[1])
@@ -138,6 +138,26 @@ def test_end_to_end_cmet(tmp_path):
     assert len(pred) == 24 and pred["id"].tolist() == out["store"].ids
     assert set(pred["unit"]) == {"kcal/mol"}
     # prediction builds each molecule's graph and features as the build did: the predicted
-    # test molecules equal what evaluate predicted for them
+    # test molecules equal what evaluate predicted for them (float32 model, same batches'
+    # arithmetic up to the batch composition)
+    evaluated = pd.read_csv(out["run"] / "predictions.csv")
+    by_id = dict(zip(pred["id"], pred["prediction"], strict=True))
+    tol = 1e-4 * max(1.0, float(np.abs(evaluated["prediction"]).max()))
+    for mol_id, value in zip(evaluated["id"], evaluated["prediction"], strict=True):
+        assert by_id[mol_id] == pytest.approx(value, abs=tol)
     ev = out["metrics"]
     assert ev["dataset_source"] == "sdf" and ev["targets"] == ["r_exp_dg"]
+    # an element the model never saw (Br, in the EGFR ligands) is an error naming the molecule
+    with pytest.raises(InputError, match=r"record 0 \(id ZINC02640583\).*Br \(Z=35\) was not"):
+        predict(out["run"], [rdkit_sdf("egfr")], progress=False)
+    # and so is evaluating on a dataset with another encoding
+    sup = Chem.SDMolSupplier(str(rdkit_sdf("egfr")), removeHs=False)
+    with Chem.SDWriter(str(tmp_path / "egfr.sdf")) as w:
+        for k in range(30):
+            m = sup[k]
+            m.SetProp("r_exp_dg", m.GetProp("r_mmffld_Potential_Energy-OPLS_2005"))
+            w.write(m)
+    cfg = _cfg(tmp_path / "egfr.sdf", targets=["r_exp_dg"])
+    build_molecules(cfg, tmp_path / "egfr.zarr", progress=False)
+    with pytest.raises(InputError, match="is not the one checkpoint"):
+        evaluate(out["run"], dataset=tmp_path / "egfr.zarr", progress=False)
