@@ -9,11 +9,12 @@ egfr.sdf: 365 docked EGFR ligands up to 76 atoms, with Br and I).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from se3t.cli import main
 from se3t.config import QM9_TARGETS
 
 
@@ -131,9 +132,17 @@ TINY = [
 ]
 
 
-def run_cli(*argv: str) -> None:
-    code = main([str(a) for a in argv])
-    assert code == 0, f"se3t {' '.join(map(str, argv))} exited {code}"
+def run_cli(*argv: str) -> str:
+    """``se3t ARGV`` in a fresh process, as the workflow runs each stage; returns its stdout.
+    (In one process, torch's inference tensors cached by the fused kernel's workspace during
+    evaluate/predict would break a later training step: se3t.nn.kernel._scratch.)"""
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", *map(str, argv)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, (
+        f"se3t {' '.join(map(str, argv))} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    )
+    return proc.stdout
 
 
 def end_to_end(tmp_path: Path, overrides: list[str], predict_files: list[Path]) -> dict:
@@ -177,10 +186,4 @@ def end_to_end(tmp_path: Path, overrides: list[str], predict_files: list[Path]) 
 
 
 def _key(data: Path, common: list[str]) -> str:
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        run_cli("basis", "key", "--dataset", data, *common)
-    return buf.getvalue().strip()
+    return run_cli("basis", "key", "--dataset", data, *common).strip()
