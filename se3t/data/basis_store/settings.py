@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from se3t.choices import Compressor
 from se3t.data.basis_cache import STORE_SUFFIX, cache_basis_dir
 from se3t.errors import InputError, Se3tError
 
 STORE_FORMAT = 1  # bump when the basis store's on-disk layout changes
 MANIFEST_KIND = "se3t-basis-manifest"
-COMPRESSORS = ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip")
+COMPRESSORS = tuple(c.value for c in Compressor)
 _DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
