@@ -89,6 +89,7 @@ def test_rng_states_survive_a_checkpoint(tmp_path):
     random.seed(99)
     restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
+    # restored generator states replay the same draws: exact by construction
     assert torch.equal(expect[0], got[0])
     assert np.array_equal(expect[1], got[1])
     assert expect[2] == got[2]
