@@ -6,7 +6,6 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
 _OVERRIDES_HELP = (
     "config overrides key=value (e.g. basis.max_degree=3 basis.dtype=float16 "
@@ -204,7 +203,7 @@ def _cache(args: argparse.Namespace, cfg) -> str:
 
 
 def _key(args: argparse.Namespace) -> int:
-    from se3t.data.basis_store import BasisSettings, basis_key, store_path
+    from se3t.basis import BasisSettings, basis_key, store_path
     from se3t.data.store import fingerprint
 
     cfg = _cfg(args)
@@ -215,8 +214,8 @@ def _key(args: argparse.Namespace) -> int:
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import atomic_write_bytes
-    from se3t.data.basis_store import BasisSettings, precompute
+    from se3t.basis import BasisSettings, precompute
+    from se3t.io import write_json
 
     cfg = _cfg(args)
     receipt = precompute(
@@ -227,7 +226,7 @@ def _precompute(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.receipt:
-        atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
+        write_json(args.receipt, receipt)
     state = (
         "complete store reused"
         if receipt["complete"]
@@ -244,8 +243,7 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import finalize, write_manifest
+    from se3t.basis import finalize, resolve_store, write_manifest
 
     cfg = _cfg(args)
     where = resolve_store(args.store, _cache(args, cfg))
@@ -261,8 +259,7 @@ def _finalize(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import verify
+    from se3t.basis import resolve_store, verify
 
     cfg = _cfg(args)
     where = resolve_store(args.store, _cache(args, cfg))
@@ -289,7 +286,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import list_stores
+    from se3t.basis import list_stores
 
     cfg = _cfg(args)
     rows = [s.as_dict() for s in list_stores(_cache(args, cfg))]
@@ -323,7 +320,7 @@ def _age(text: str) -> float:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import gc
+    from se3t.basis import gc
 
     cfg = _cfg(args)
     removed = gc(
