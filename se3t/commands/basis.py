@@ -6,7 +6,6 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
 from se3t.commands.common import Alias, add_config_arguments, load_config
 
@@ -178,7 +177,7 @@ def register(subparsers) -> None:
 
 
 def _key(args: argparse.Namespace) -> int:
-    from se3t.data.basis_store import BasisSettings, basis_key, store_path
+    from se3t.basis import BasisSettings, basis_key, store_path
     from se3t.data.store import fingerprint
 
     cfg = load_config(args)
@@ -189,8 +188,8 @@ def _key(args: argparse.Namespace) -> int:
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import atomic_write_bytes
-    from se3t.data.basis_store import BasisSettings, precompute
+    from se3t.basis import BasisSettings, precompute
+    from se3t.io import write_json
 
     cfg = load_config(args)
     receipt = precompute(
@@ -201,7 +200,7 @@ def _precompute(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.receipt:
-        atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
+        write_json(args.receipt, receipt)
     state = (
         "complete store reused"
         if receipt["complete"]
@@ -218,8 +217,7 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import finalize, write_manifest
+    from se3t.basis import finalize, resolve_store, write_manifest
 
     cfg = load_config(args)
     where = resolve_store(args.store, cfg.basis.cache)
@@ -235,8 +233,7 @@ def _finalize(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import verify
+    from se3t.basis import resolve_store, verify
 
     cfg = load_config(args)
     where = resolve_store(args.store, cfg.basis.cache)
@@ -263,7 +260,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import list_stores
+    from se3t.basis import list_stores
 
     cfg = load_config(args)
     rows = [s.as_dict() for s in list_stores(cfg.basis.cache)]
@@ -297,7 +294,7 @@ def _age(text: str) -> float:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import gc
+    from se3t.basis import gc
 
     cfg = load_config(args)
     removed = gc(

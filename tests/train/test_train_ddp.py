@@ -107,7 +107,7 @@ def test_two_ranks_with_chunk_aware_sampling_resume_exactly(qm9_store, tmp_path)
     run stopped after epoch 0 and resumed for epoch 1 ends as the 2-epoch run does."""
     from train_helpers import metrics
 
-    from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
+    from se3t.basis import BasisSettings, finalize, precompute, write_manifest
     from se3t.train.checkpoint import load_checkpoint
 
     receipt = precompute(

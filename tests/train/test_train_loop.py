@@ -113,7 +113,7 @@ def test_precisions_train(qm9_store, tmp_path, precision):
 
 @pytest.mark.slow
 def test_bases_from_the_store_match_computed(qm9_store, tmp_path):
-    from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
+    from se3t.basis import BasisSettings, finalize, precompute, write_manifest
 
     receipt = precompute(
         qm9_store,

@@ -96,7 +96,7 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(qm9_store, tmp_path)
 def test_kill_9_resume_with_chunk_aware_sampling(qm9_store, tmp_path):
     """basis.read=chunks: batches come from the store's chunk-aware sampler, whose position
     the checkpoint holds; kill -9 and resume still match the uninterrupted run."""
-    from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
+    from se3t.basis import BasisSettings, finalize, precompute, write_manifest
     from se3t.train.checkpoint import load_checkpoint
 
     # ~25 molecules per chunk: the 220 training molecules span ~10 chunks, 2-chunk windows
