@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from se3t.choices import Split, SplitMethod
+
 __all__ = [
     "SPLITS",
     "SPLIT_METHODS",
@@ -25,7 +27,7 @@ __all__ = [
     "store_splits",
 ]
 
-SPLITS = ("train", "val", "test")
+SPLITS = tuple(s.value for s in Split)  # in the order of the cuts
 
 
 def split_sizes(
@@ -62,7 +64,7 @@ def split_indices(
 
 # ------------------------------------------------------------------ splits of users' datasets
 
-SPLIT_METHODS = ("random", "column", "scaffold")
+SPLIT_METHODS = tuple(m.value for m in SplitMethod)
 # spellings of the three splits accepted in a split column (case-insensitive)
 _LABELS = {
     "train": "train",

@@ -162,12 +162,9 @@ def end_to_end(tmp_path: Path, overrides: list[str], predict_files: list[Path]) 
     run_cli("basis", "precompute", "--dataset", data, "--cache", cache, "--quiet", *common)
     key = _key(data, common)
     run_cli("basis", "finalize", key, "--cache", cache, "--manifest", manifest, "--quiet")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("{}\n")
     run_cli(
         "train",
         "--no-progress",
-        cfg,
         *common,
         f"run.dir={run}",
         "basis.use=store",

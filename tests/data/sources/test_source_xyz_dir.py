@@ -82,6 +82,10 @@ def test_bad_coordinates_and_properties_are_dropped(qm9_store, tmp_path):
     f = xyz / "mol_000003.xyz"
     lines = f.read_text().splitlines()
     f.write_text("\n".join([lines[0], lines[1], *lines[3:]]) + "\n")  # one atom line short
+    f = xyz / "mol_000001.xyz"
+    lines = f.read_text().splitlines()
+    lines[2] = "Xx" + lines[2][1:]  # a symbol RDKit's periodic table does not know
+    f.write_text("\n".join(lines) + "\n")
     text = props.read_text().splitlines()
     cells = text[4].split(",")
     cells[3] = "n/a"  # homo of mol 4: missing, kept as NaN
@@ -90,16 +94,19 @@ def test_bad_coordinates_and_properties_are_dropped(qm9_store, tmp_path):
     props.write_text("\n".join(text) + "\n")
     r = build_molecules(_cfg(xyz, props, targets=["homo"]), tmp_path / "o.zarr", progress=False)
     rep = r["report"]
-    assert rep["kept"] == 2 and rep["dropped"] == {"atom_count": 1, "bad_coordinates": 1}
-    assert rep["missing_values"]["homo"] == 1 and "lumo" in rep["ignored_properties"]
+    assert rep["kept"] == 1
+    assert rep["dropped"] == {"atom_count": 1, "bad_coordinates": 1, "unknown_element": 1}
+    assert "field 'atom 1 element': 'Xx' is not a chemical element" in str(rep)
+    assert rep["missing_values"]["homo"] == 1 and "lumo" in rep["ignored_properties"]  # mol 4
     joined = "\n".join(rep["dropped_examples"])
     assert "record 1 (id mol_000002.xyz, file mol_000002.xyz): field 'atom 2 y'" in joined
-    # lumo requested: its text value drops the molecule with the field named
-    r = build_molecules(
-        _cfg(xyz, props, targets=["homo", "lumo"]), tmp_path / "p.zarr", progress=False
-    )
-    assert r["report"]["dropped"]["not_a_number"] == 1
-    assert "field 'lumo': '-0.3eV' is not a number" in "\n".join(r["report"]["dropped_examples"])
+    # lumo requested: its text value drops the molecule (here the last one: a build that
+    # keeps nothing is an error with the drops by reason)
+    with pytest.raises(InputError, match="no usable molecule.*'not_a_number': 1"):
+        build_molecules(
+            _cfg(xyz, props, targets=["homo", "lumo"]), tmp_path / "p.zarr", progress=False
+        )
+    assert not (tmp_path / "p.zarr").exists()
 
 
 def test_column_split(qm9_store, tmp_path):
