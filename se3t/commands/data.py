@@ -1,4 +1,4 @@
-"""``se3t data fetch|build|info``: the QM9 data stage (see docs/data.md)."""
+"""``se3t data fetch|build|info``: the data stage, QM9 or your own molecules (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ _EXAMPLE = "data.figshare_sha256=abc... data.retries=3"
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="fetch raw QM9 and build the dataset store",
-        description="The QM9 data stage: `fetch` raw QM9 into a folder, `build` the Zarr "
-        "dataset store from it, `info` prints a store's summary and parse report.",
+        help="fetch raw QM9 or your own molecules and build the dataset store",
+        description="The data stage: `fetch` the input (QM9, or your own SDF, extended XYZ, "
+        "XYZ folder + CSV, SMILES CSV: data.source, data.format) into a folder, `build` the "
+        "Zarr dataset store from it, `info` prints a store's summary and build report.",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
     fetch = sub.add_parser(
         "fetch",
-        help="put raw QM9 files into a folder (with sha256 for each)",
-        description="Fetch raw QM9 into --out with a SOURCE.json listing every file's sha256. "
+        help="put the raw input files into a folder (with sha256 for each)",
+        description="Fetch raw QM9, or copy your own input (data.source, and data.properties "
+        "for an XYZ folder), into --out with a SOURCE.json listing every file's sha256. "
         "Files already there with the expected checksum are kept.",
     )
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -38,7 +40,9 @@ def register(subparsers) -> None:
                 "data.source",
                 help="qm9pack (the installed PyPI package's CSVs), figshare (download "
                 "data.figshare_url and data.uncharacterized_url, checked against "
-                "data.*_sha256, resumable), or a local folder / tar archive of QM9 XYZ files",
+                "data.*_sha256, resumable), a local folder / tar archive of QM9 XYZ files, or "
+                "your own molecules: an .sdf, .extxyz/.xyz or SMILES .csv file, or a folder of "
+                "XYZ files with data.properties (docs/data.md)",
             ),
             Alias("--out", "data.raw_dir", metavar="DIR", help="folder for the raw files"),
         ),
@@ -47,11 +51,13 @@ def register(subparsers) -> None:
 
     build = sub.add_parser(
         "build",
-        help="parse raw QM9, perceive bonds, write the Zarr dataset store",
-        description="Parse every molecule of --raw (qm9pack CSVs or QM9 XYZ files, tarred or "
-        "not), drop bad and uncharacterized ones with a parse report, perceive bonds with "
-        "RDKit, and write the store atomically to --out. Does nothing when --out was already "
-        "built from the same inputs and settings.",
+        help="parse the input, build graphs, write the Zarr dataset store",
+        description="Parse every molecule of --raw (QM9: qm9pack CSVs or XYZ files, tarred or "
+        "not; your own: the copy `fetch` made of data.source, read as data.format), drop bad "
+        "ones (and QM9's uncharacterized) with a build report, take bonds from the file or "
+        "perceive them with RDKit (or build a radius graph), record the element encoding, "
+        "targets, ids and scaffolds, and write the store atomically to --out. Does nothing "
+        "when --out was already built from the same inputs and settings.",
     )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
