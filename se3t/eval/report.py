@@ -297,13 +297,12 @@ def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
     ev = run.evaluation
     checkpoint = shown_path(ev["checkpoint"], results_dir, run)
     dataset = shown_path(ev["dataset"], results_dir, run) if ev.get("dataset") else "?"
+    targets = ", ".join(f"{t} [{m['unit'] or '-'}]" for t, m in ev["metrics"].items())
     doc.para(
-        f"Dataset {dataset} ({ev.get('dataset_source', 'qm9')}), targets "
-        + ", ".join(f"{t} [{m['unit'] or '-'}]" for t, m in ev["metrics"].items())
-        + ". "
         f"Split {ev['split']!r}: {ev['count']} molecules; checkpoint {checkpoint} "
         f"(epoch {ev.get('epoch')}, step {ev.get('step')}); evaluated on "
-        f"{ev['environment']['device_name']}."
+        f"{ev['environment']['device_name']}. Dataset {dataset} "
+        f"({ev.get('dataset_source', 'qm9')}), targets {targets}."
     )
     rows = []
     for target, m in ev["metrics"].items():
