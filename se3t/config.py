@@ -221,8 +221,10 @@ class EvalConfig:
     split: Split = Split.TEST
     batch_size: int = positive(240)
     profile_batch_sizes: list[int] = field(default_factory=lambda: [10, 50, 100, 240, 500, 1000])
-    profile_modes: list[str] = field(default_factory=lambda: ["fp32", "amp", "amp+lowmem"])
-    profile_paths: list[str] = field(default_factory=lambda: ["pairwise", "fused"])
+    # the profile's grid, crossed: train.precision x model.fusion x model.low_memory values
+    profile_precision: list[Precision] = field(default_factory=lambda: [Precision.FP32])
+    profile_fusion: list[Fusion] = field(default_factory=lambda: [Fusion.PAIRWISE, Fusion.FULL])
+    profile_low_memory: list[bool] = field(default_factory=lambda: [False])
     profile_steps: int = positive(3)
     profile_warmup_steps: int = non_negative(1)
     profile_basis: ProfileBasis = ProfileBasis.STEP
@@ -329,6 +331,8 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
     msg = getattr(err, "msg", None) or str(err)
     first = msg.splitlines()[0] if msg else type(err).__name__
+    if key in RETIRED:
+        return ConfigError(f"{source}: config key {key!r} was replaced by {RETIRED[key]}")
     kind = {k: t for k, t, _ in _field_rules()}.get(re.sub(r"\[\d+\]$", "", str(key)))
     if get_origin(kind) is list:
         (kind,) = get_args(kind)
@@ -440,9 +444,22 @@ def _plain(node: Any) -> Any:
     return node.value if isinstance(node, Enum) else node
 
 
+# keys of earlier versions, with what replaced them: a stored config (a checkpoint's) drops them,
+# since none changes what a run computes; a config file that has one is told what to write
+RETIRED = {
+    "eval.profile_modes": "eval.profile_precision and eval.profile_low_memory",
+    "eval.profile_paths": "eval.profile_fusion",
+}
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild and validate a config from :func:`to_dict`'s output (e.g. from a checkpoint)."""
     merged = _structured()
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key in RETIRED:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
     try:
         merged = OmegaConf.merge(merged, OmegaConf.create(data))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

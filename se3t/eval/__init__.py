@@ -1,13 +1,14 @@
 """Evaluation: test metrics, memory/throughput profile, prediction for new molecules, report.
 
 - :func:`evaluate` — MAE/RMSE per target on a split, predictions CSV, parity and error plots.
-- :func:`profile` — peak training memory and throughput per (mode, path, batch size), each point
-  in a fresh process; ``memory.json`` (schema :data:`PROFILE_SCHEMA`) and two plots.
+- :func:`profile` — training memory and throughput per (precision, fusion, low memory, batch
+  size), each point measured by the step harness (:mod:`se3t.eval.point`) in a fresh process;
+  ``memory.json`` (schema :data:`PROFILE_SCHEMA`) and two plots.
 - :func:`predict` — predictions for XYZ/SDF files.
 - :func:`build_report` — self-contained HTML report and its Markdown twin.
 
 Names are imported on first use, so that a profile point's fresh process (which imports
-``se3t.eval._profile_point``) does not pay for pandas and matplotlib in its peak memory.
+``se3t.eval.point``) does not pay for pandas and matplotlib in its peak memory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ _EXPORTS = {
     "predictions_csv": "se3t.eval.prediction",
     "profile": "se3t.eval.profiling",
     "largest_batch": "se3t.eval.profiling",
-    "parse_mode": "se3t.eval.profiling",
     "build_report": "se3t.eval.report",
     "METRICS_SCHEMA": "se3t.eval.schema",
     "PROFILE_SCHEMA": "se3t.eval.schema",

@@ -25,9 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from se3t.choices import Split
+from se3t.device import resolve_device
 from se3t.errors import InputError
 from se3t.eval import plots
-from se3t.eval.environment import describe_environment, resolve_device
+from se3t.eval.environment import describe_environment
 from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, METRICS_SCHEMA_VERSION, validate
 from se3t.io import atomic_write, write_json

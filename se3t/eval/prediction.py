@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from se3t.device import resolve_device
 from se3t.errors import InputError
-from se3t.eval.environment import resolve_device
 from se3t.eval.metrics import load_for_inference, resolve_checkpoint, target_stats
 from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.io import write_text
