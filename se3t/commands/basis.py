@@ -8,6 +8,8 @@ import re
 import sys
 
 from se3t.commands.common import Alias, add_config_arguments, load_config
+from se3t.errors import InputError
+from se3t.io import write_json
 
 _EXAMPLE = "basis.max_degree=3 basis.dtype=float16 basis.compressor=zstd basis.chunk_edges=4096"
 _CACHE = Alias(
@@ -177,6 +179,7 @@ def register(subparsers) -> None:
 
 
 def _key(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.basis import BasisSettings, basis_key, store_path
     from se3t.data.store import fingerprint
 
@@ -188,8 +191,8 @@ def _key(args: argparse.Namespace) -> int:
 
 
 def _precompute(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.basis import BasisSettings, precompute
-    from se3t.io import write_json
 
     cfg = load_config(args)
     receipt = precompute(
@@ -217,6 +220,7 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.basis import finalize, resolve_store, write_manifest
 
     cfg = load_config(args)
@@ -233,6 +237,7 @@ def _finalize(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.basis import resolve_store, verify
 
     cfg = load_config(args)
@@ -260,6 +265,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.basis import list_stores
 
     cfg = load_config(args)
@@ -287,13 +293,12 @@ def _ls(args: argparse.Namespace) -> int:
 def _age(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9.]+)\s*([smhd]?)\s*", text)
     if not m:
-        from se3t.errors import InputError
-
         raise InputError(f"--older-than {text!r}: give seconds or a number with s, m, h or d")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def _gc(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.basis import gc
 
     cfg = load_config(args)

@@ -105,6 +105,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.profiling import profile
 
     doc = profile(load_config(args), args.out, progress=not args.quiet)

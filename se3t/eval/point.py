@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from se3t.device import (
@@ -124,8 +125,6 @@ def load_batches(path: str | Path, size: int) -> Batch:
 
 def _dataset_batch(data: dict[str, Any], size: int, seed: int) -> Batch:
     """``size`` molecules of the training split (cycled when the split is smaller)."""
-    import numpy as np
-
     # deferred: the dataset needs Zarr and the config OmegaConf, which a `batches` spec does not
     from se3t.config import from_dict
     from se3t.data import QM9Dataset, collate

@@ -7,6 +7,8 @@ back by ``se3t report`` and by users' own scripts, so their layout is a document
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 import jsonschema
@@ -211,9 +213,6 @@ def validate(obj: Any, schema: dict[str, Any], source: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m se3t.eval.schema profile|metrics``: print the JSON schema."""
-    import json
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     schemas = {"profile": PROFILE_SCHEMA, "metrics": METRICS_SCHEMA}
     if len(argv) != 1 or argv[0] not in schemas:
