@@ -13,7 +13,7 @@ Names are imported on first use, so that a profile point's fresh process (which 
 
 from __future__ import annotations
 
-import importlib
+from se3t.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate": "se3t.eval.metrics",
@@ -32,11 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'se3t.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,6 +19,11 @@ and the number of its micro-batches consumed (the sampler replays the epoch's or
 Stop signals (SIGUSR2: SLURM preemption or time limit through submitit; SIGTERM) only set a
 flag; at the next step boundary every rank agrees on it (an all-reduce), rank 0 writes
 ``last.pt`` and ``train`` returns with ``status="stopped"`` — the caller requeues or exits.
+
+The module holds the Trainer alone (its helpers live beside it: ``inputs``, ``step``,
+``records``, ``signals``, ``checkpoint``, ``sampler``, ``schedule``); at ~500 lines it is over
+the ~400-line guide because the epoch loop, evaluation and the checkpointed state share the
+Trainer's fields, and splitting them would pass that state back and forth.
 """
 
 from __future__ import annotations
@@ -100,27 +105,7 @@ class Trainer:
             self.ddp = self.model
 
         self.sampler_kind = self._sampler_kind()
-        if self.sampler_kind == "chunks":
-            # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
-            # (se3t.basis.sampler: the effect on sampling is documented there)
-            self.sampler = ChunkResumableBatchSampler(
-                self.basis_store,
-                self.train_set.indices,
-                t.batch_size,
-                buffer_chunks=cfg.basis.buffer_chunks,
-                seed=t.seed,
-                rank=self.env.rank,
-                world_size=self.env.world_size,
-            )
-        else:
-            self.sampler = ResumableBatchSampler(
-                len(self.train_set),
-                t.batch_size,
-                shuffle=True,
-                seed=t.seed,
-                rank=self.env.rank,
-                world_size=self.env.world_size,
-            )
+        self.sampler = self._build_sampler()
         # epochs -> steps with epoch 0's length (chunk sampling under DDP varies it by a batch)
         self.micro_per_epoch = len(self.sampler)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.accumulate)
@@ -148,6 +133,29 @@ class Trainer:
         )
         D.all_reduce_(chunks, op="max")
         return "chunks" if int(chunks) else "random"
+
+    def _build_sampler(self):
+        t = self.cfg.train
+        if self.sampler_kind == "chunks":
+            # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
+            # (se3t.basis.sampler: the effect on sampling is documented there)
+            return ChunkResumableBatchSampler(
+                self.basis_store,
+                self.train_set.indices,
+                t.batch_size,
+                buffer_chunks=self.cfg.basis.buffer_chunks,
+                seed=t.seed,
+                rank=self.env.rank,
+                world_size=self.env.world_size,
+            )
+        return ResumableBatchSampler(
+            len(self.train_set),
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+        )
 
     def _device(self, name: str) -> torch.device:
         if name == "cuda" and not torch.cuda.is_available():
@@ -290,25 +298,8 @@ class Trainer:
             log_to(self.run_dir / "train.log")
             if self.resume_state is not None:
                 metrics.truncate(self.step, self.epoch)
-        where = "starting"
-        if self.resume_state is not None:
-            where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
         if main:
-            log.info(
-                "%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
-                "world size %d (%s), device %s, precision %s, bases %s",
-                self.run_dir,
-                where,
-                len(self.train_set),
-                len(self.val_set),
-                self.steps_per_epoch,
-                self.total_steps,
-                self.env.world_size,
-                self.env.source,
-                self.device,
-                t.precision,
-                "from store" if self.basis_store else "computed",
-            )
+            self._log_start()
         self.resume_state = None  # free it
         self.model.train()
         status = "completed"
@@ -346,6 +337,27 @@ class Trainer:
             "train_mae": train_mae,
             "signal": self.stop.requested,
         }
+
+    def _log_start(self) -> None:
+        t = self.cfg.train
+        where = "starting"
+        if self.resume_state is not None:
+            where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
+        log.info(
+            "%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
+            "world size %d (%s), device %s, precision %s, bases %s",
+            self.run_dir,
+            where,
+            len(self.train_set),
+            len(self.val_set),
+            self.steps_per_epoch,
+            self.total_steps,
+            self.env.world_size,
+            self.env.source,
+            self.device,
+            t.precision,
+            "from store" if self.basis_store else "computed",
+        )
 
     def _epoch(self, metrics: MetricsWriter, std: torch.Tensor) -> tuple[bool, bool]:
         """Train from the current position to the epoch's end (or ``total_steps`` or a stop).
@@ -392,16 +404,7 @@ class Trainer:
                 bar.update(1)
                 if not last_micro:
                     continue
-                # ---- optimizer step: the only place the state changes ----------------------
-                if t.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-                self.scheduler.step()
-                self.step += 1
+                lr = self._optimizer_step()
                 self.batch_in_epoch = group_start = i + 1
                 if t.log_every and self.step % t.log_every == 0:
                     tick = self._log_step(metrics, window, tick, bar, lr)
@@ -414,6 +417,19 @@ class Trainer:
         finally:
             bar.close()
         return True, False
+
+    def _optimizer_step(self) -> float:
+        """The only place the training state changes; returns the learning rate it used."""
+        if self.cfg.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        return lr
 
     def _log_step(self, metrics, window, tick, bar, lr: float) -> float:
         D.all_reduce_(window)
