@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "train"))
 from train_helpers import as_args, empty_config, metrics, sacct_ids, tiny_overrides  # noqa: E402
 
+from se3t.train.launch import read_record  # noqa: E402
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
@@ -270,8 +272,9 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
     procs, job = [first], None
     try:
         job = _job_id(name, first)
+        # the complete record (the intent record, written before sbatch, has no job id yet)
         end = time.monotonic() + 60
-        while not (run / "launch.json").is_file() and time.monotonic() < end:
+        while read_record(run) is None and time.monotonic() < end:
             time.sleep(0.1)
         first.kill()  # SIGKILL, as Snakemake's cancel or a lost terminal would
         first.communicate(timeout=60)
