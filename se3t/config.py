@@ -130,6 +130,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     tensorboard: bool = False
     resume: bool = True  # continue from {run.dir}/last.pt when it exists
+    # seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for the others
+    # before it fails: a rank that died or hangs ends the job instead of holding it to its limit
+    collective_timeout: float = 300.0
 
 
 @dataclass
@@ -229,6 +232,7 @@ _POSITIVE = (
     "train.lr",
     "train.accumulate",
     "train.eval_every",
+    "train.collective_timeout",
     "launch.nodes",
     "launch.tasks_per_node",
     "launch.cpus_per_task",
