@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -132,8 +133,18 @@ def init(env: DistEnv, device: torch.device, timeout_s: float = 300) -> None:
     )
 
 
+# Seconds given to gloo's worker threads, before the process group goes, to finish releasing the
+# last collective's tensors. A worker drops a finished all-reduce (and with it the Python
+# tensors it held, which needs the GIL) a moment after the caller's wait() returns; if the
+# group is destroyed meanwhile, its destructor joins that worker while holding the GIL, and
+# both wait for ever (seen on a loaded machine: rank 1 of a finished 2-node job hung in
+# ~ProcessGroupGloo, its worker in PyEval_AcquireThread). Sleeping releases the GIL.
+_DRAIN_S = 0.5
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        time.sleep(_DRAIN_S)
         dist.destroy_process_group()
 
 
