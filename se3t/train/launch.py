@@ -122,9 +122,14 @@ class TrainJob:
         return trainer_class(cfg, progress=rank == 0)
 
     def _requeue(self, summary: dict[str, Any], rank: int) -> None:
-        """Hand a stopped run to submitit's handler (checkpoint() + requeue + exit) on rank 0;
-        the other ranks wait to be ended by the requeue."""
+        """Hand a run stopped by SIGUSR2 (preemption, time limit) to submitit's handler
+        (checkpoint() + requeue + exit) on rank 0; the other ranks wait to be ended by the
+        requeue. A run stopped by SIGTERM is being ended by SLURM (scancel, or a node of the
+        job failed and SLURM requeues it itself): every rank exits without a result, so the
+        launcher reads the job's state, not an error of this attempt."""
         sig = summary.get("signal")
+        if sig == int(signal.SIGTERM):
+            raise SystemExit(128 + int(signal.SIGTERM))  # submitit writes no result for it
         handler = signal.getsignal(signal.SIGUSR2)
         if rank == 0 and sig == int(signal.SIGUSR2) and callable(handler):
             handler(signal.SIGUSR2, None)  # requeues and exits (SystemExit)
@@ -204,6 +209,18 @@ def run_tag(run_dir: str | Path) -> str:
     so a launch finds the job that an earlier, killed launch submitted."""
     real = os.path.realpath(Path(run_dir).absolute())
     return "se3t-run:" + hashlib.sha256(real.encode()).hexdigest()[:12]
+
+
+def _finished(job) -> bool:
+    """The job has ended for good. submitit's ``done()`` trusts the tasks' result files, but a
+    SLURM job requeued after a node failure keeps the files of the attempt that was cut short
+    (a rank that saw its peer vanish wrote an error) while it waits to run again: on SLURM it
+    must also have left the queue (a state outside :data:`ACTIVE_STATES`)."""
+    if not job.done():
+        return False
+    if not isinstance(job, submitit_api.slurm_job_class()):
+        return True
+    return slurm_state(job.job_id) not in ACTIVE_STATES
 
 
 def _failed_rank_log(job) -> tuple[int, Path]:
@@ -534,7 +551,7 @@ def launch(
         return 0
     follow = _Follower(Path(job.paths.stderr), sys.stderr if stream is None else stream)
     try:
-        while not job.done():
+        while not _finished(job):
             follow.poll()
             time.sleep(poll_s)
         follow.poll()

@@ -7,7 +7,7 @@ things are not, and may change in any submitit release:
 - ``AutoExecutor._executor.max_num_timeout``: the local executor takes no time-out count from
   ``AutoExecutor``; set on the executor behind it (:func:`executor`);
 - ``submitit.slurm.slurm.SlurmJob(folder, job_id, tasks)``: a job object for a job id this
-  process did not submit (:func:`attach`);
+  process did not submit (:func:`attach`), and its class (:func:`slurm_job_class`);
 - the task result pickle ``("success", value)`` / ``("error", traceback)`` (:func:`outcome`);
 - ``DelayedSubmission.set_timeout`` and ``dump`` to the job's ``submitted_pickle`` path
   (:func:`write_submission`).
@@ -35,6 +35,7 @@ __all__ = [
     "dist_env",
     "executor",
     "outcome",
+    "slurm_job_class",
     "write_submission",
 ]
 
@@ -96,6 +97,13 @@ def attach(folder: str | Path, job_id: str, tasks: int):
     from submitit.slurm.slurm import SlurmJob
 
     return SlurmJob(folder=folder, job_id=str(job_id), tasks=tuple(range(int(tasks))))
+
+
+def slurm_job_class() -> type:
+    """The class of submitit's SLURM jobs (those of :func:`attach` and of a SLURM executor)."""
+    from submitit.slurm.slurm import SlurmJob
+
+    return SlurmJob
 
 
 def outcome(job, rank: int) -> str | None:

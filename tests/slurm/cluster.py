@@ -101,11 +101,13 @@ class SlurmCluster:
         return _run(["sinfo", "-h", "-n", node, "-o", "%T"]).stdout.strip()
 
     def kill_node(self, node: str) -> None:
-        """The node fails: its slurmd is killed (SIGKILL), then the node is marked DOWN, as
-        the controller does once a node stops answering for SlurmdTimeout; SLURM then ends the
-        node's jobs and requeues them (JobRequeue=1). :meth:`start_node` brings it back."""
-        _run(["bash", str(SCRIPT), "node-kill", node])
+        """The node fails: it is marked DOWN (as the controller does once a node stops
+        answering for SlurmdTimeout), so SLURM requeues its jobs (JobRequeue=1), then its
+        slurmd and every process on it are killed (SIGKILL). DOWN comes first so that SLURM
+        has decided the requeue before the job's other ranks see their peer vanish and fail.
+        :meth:`start_node` brings the node back."""
         _run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=se3t-test-failure"])
+        _run(["bash", str(SCRIPT), "node-kill", node])
 
     def start_node(self, node: str) -> None:
         proc = _run(["bash", str(SCRIPT), "node-start", node], check=False, timeout=120)

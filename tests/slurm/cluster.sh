@@ -6,7 +6,7 @@
 #   tests/slurm/cluster.sh stop     # stop what this script started, remove its network
 #   tests/slurm/cluster.sh status   # print the state; exit 0 when every node is up
 #   tests/slurm/cluster.sh env      # print the cluster's settings as KEY=VALUE lines
-#   tests/slurm/cluster.sh node-kill NODE   # kill NODE's slurmd (as a dead node would stop answering)
+#   tests/slurm/cluster.sh node-kill NODE   # NODE dies: kill its slurmd and every process on it
 #   tests/slurm/cluster.sh node-start NODE  # start NODE's slurmd again and RESUME the node
 #
 # The nodes: $SE3T_SLURM_NODES (default 3) nodes se3t-n1, se3t-n2, ..., each in its own network
@@ -171,7 +171,9 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 JobRequeue=1
-$(for i in "${!NODES[@]}"; do echo "NodeName=${NODES[$i]} NodeAddr=$(node_addr "$i") CPUs=$CPUS RealMemory=8000 State=UNKNOWN"; done)
+# RealMemory is not enforced (no cgroups) but bounds a job's --mem: the workflow's profile_memory
+# rule asks for 16 GB
+$(for i in "${!NODES[@]}"; do echo "NodeName=${NODES[$i]} NodeAddr=$(node_addr "$i") CPUs=$CPUS RealMemory=16000 State=UNKNOWN"; done)
 PartitionName=$PARTITION Nodes=$NODE_RANGE Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF LLN=YES
 PartitionName=$LOW Nodes=$NODE_RANGE Default=NO MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE LLN=YES
 PartitionName=$URGENT Nodes=$NODE_RANGE Default=NO MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
@@ -392,13 +394,15 @@ stop_legacy() {
   if alive slurmd; then log "stopping the single-node cluster's slurmd"; stop_pid slurmd; fi
 }
 
-cmd_node_kill() {  # SIGKILL the node's slurmd: it stops answering, as a failed node would
-  local node=$1 f
+cmd_node_kill() {  # the node dies: SIGKILL its slurmd and every process in its namespaces
+  local node=$1 f pid
   node_index "$node" >/dev/null
   f=$STATE/slurmd-$node.pid
   [ -s "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null || true
   rm -f "$f"
-  log "killed slurmd of $node"
+  # its slurmstepds and job tasks: all started by that slurmd
+  for pid in $(ip netns pids "$node" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+  log "killed slurmd and every process of $node"
 }
 
 cmd_node_start() {

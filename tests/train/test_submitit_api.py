@@ -47,6 +47,7 @@ def test_outcome_reads_the_result_pickle_of_each_task(tmp_path):
 
 def test_attach_builds_a_job_of_several_tasks_for_an_id(tmp_path):
     job = submitit_api.attach(tmp_path, "4242", 2)
+    assert isinstance(job, submitit_api.slurm_job_class())
     assert job.job_id == "4242" and job.num_tasks == 2
     assert job.task(1).paths.stderr == tmp_path / "4242_1_log.err"
     assert job.task(0).paths.result_pickle == tmp_path / "4242_0_result.pkl"
