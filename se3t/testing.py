@@ -24,11 +24,23 @@ __all__ = [
     "random_features",
     "random_rotation",
     "rotate_features",
+    "rounding_tolerance",
     "wigner_D",
 ]
 
 # (rtol, atol) per dtype, relative to the output's magnitude
 TOLERANCE = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-5)}
+
+
+def rounding_tolerance(dtype: torch.dtype, scale: float = 1.0, ulps: int = 64) -> dict:
+    """``rtol`` and ``atol`` (keywords of ``torch.testing.assert_close``) for two computations of
+    one value that differ only in rounding: a chunked and a whole matrix product, say. BLAS
+    libraries choose their blocking, and so the order of each sum, by the matrix shape and the
+    instruction set (MKL on AVX2 and on AVX-512 round differently), so such results agree to a
+    few units of the dtype's epsilon, not bit for bit. ``scale``: the values' magnitude, which
+    sets the absolute part (a sum near zero keeps the rounding of its large terms)."""
+    eps = torch.finfo(dtype).eps
+    return {"rtol": ulps * eps, "atol": ulps * eps * float(scale)}
 
 
 def random_rotation(dtype=torch.float64, generator: torch.Generator | None = None) -> Tensor:

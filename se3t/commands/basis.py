@@ -6,29 +6,18 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
-_OVERRIDES_HELP = (
-    "config overrides key=value (e.g. basis.max_degree=3 basis.dtype=float16 "
-    "basis.compressor=zstd basis.chunk_edges=4096)"
+from se3t.commands.common import Alias, add_config_arguments, load_config
+
+_EXAMPLE = "basis.max_degree=3 basis.dtype=float16 basis.compressor=zstd basis.chunk_edges=4096"
+_CACHE = Alias(
+    "--cache", "basis.cache", metavar="CACHE", help="cache folder holding basis/KEY.zarr"
 )
+_DATASET = Alias("--dataset", "data.path", metavar="PATH", help="dataset store")
 
 
-def _common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="config YAML (default: built-in defaults); overrides apply on top",
-    )
-    p.add_argument(
-        "--cache",
-        metavar="CACHE",
-        default=None,
-        help="cache folder holding basis/KEY.zarr (default: basis.cache)",
-    )
-    if overrides:
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+def _common(p: argparse.ArgumentParser, *aliases: Alias) -> None:
+    add_config_arguments(p, example=_EXAMPLE, aliases=(_CACHE, *aliases))
 
 
 def register(subparsers) -> None:
@@ -54,14 +43,11 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
-    )
-    p.add_argument(
         "--path",
         action="store_true",
         help="print the store path CACHE/basis/KEY.zarr instead of the key",
     )
-    _common(p)
+    _common(p, _DATASET)
     p.set_defaults(func=_key)
 
     p = sub.add_parser(
@@ -77,9 +63,6 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
-    )
-    p.add_argument(
         "--shard",
         metavar="I/N",
         default=None,
@@ -92,7 +75,7 @@ def register(subparsers) -> None:
         help="write a JSON receipt: key, store, shard, chunks computed and reused, edges/s",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _common(p)
+    _common(p, _DATASET)
     p.set_defaults(func=_precompute)
 
     p = sub.add_parser(
@@ -146,7 +129,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the edge sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
@@ -157,7 +140,7 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_ls)
 
     p = sub.add_parser(
@@ -189,45 +172,35 @@ def register(subparsers) -> None:
         help="manifest files, or folders searched recursively for them",
     )
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_gc)
 
 
-def _cfg(args: argparse.Namespace):
-    from se3t.config import load
-
-    return load(args.config, list(getattr(args, "overrides", None) or []))
-
-
-def _cache(args: argparse.Namespace, cfg) -> str:
-    return args.cache if args.cache is not None else cfg.basis.cache
-
-
 def _key(args: argparse.Namespace) -> int:
-    from se3t.data.basis_store import BasisSettings, basis_key, store_path
+    from se3t.basis import BasisSettings, basis_key, store_path
     from se3t.data.store import fingerprint
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     s = BasisSettings.from_config(cfg.basis)
-    key = basis_key(fingerprint(args.dataset or cfg.data.path), s.max_degree, s.dtype)
-    print(store_path(_cache(args, cfg), key) if args.path else key)
+    key = basis_key(fingerprint(cfg.data.path), s.max_degree, s.dtype)
+    print(store_path(cfg.basis.cache, key) if args.path else key)
     return 0
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import atomic_write_bytes
-    from se3t.data.basis_store import BasisSettings, precompute
+    from se3t.basis import BasisSettings, precompute
+    from se3t.io import write_json
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     receipt = precompute(
-        args.dataset or cfg.data.path,
-        _cache(args, cfg),
+        cfg.data.path,
+        cfg.basis.cache,
         BasisSettings.from_config(cfg.basis),
         shard=args.shard,
         progress=not args.quiet,
     )
     if args.receipt:
-        atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
+        write_json(args.receipt, receipt)
     state = (
         "complete store reused"
         if receipt["complete"]
@@ -244,11 +217,10 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import finalize, write_manifest
+    from se3t.basis import finalize, resolve_store, write_manifest
 
-    cfg = _cfg(args)
-    where = resolve_store(args.store, _cache(args, cfg))
+    cfg = load_config(args)
+    where = resolve_store(args.store, cfg.basis.cache)
     record = finalize(where, progress=not args.quiet)
     print(
         f"{record['key']}: complete, {len(record['files'])} shard files, "
@@ -261,11 +233,10 @@ def _finalize(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import verify
+    from se3t.basis import resolve_store, verify
 
-    cfg = _cfg(args)
-    where = resolve_store(args.store, _cache(args, cfg))
+    cfg = load_config(args)
+    where = resolve_store(args.store, cfg.basis.cache)
     report = verify(
         where,
         sample=args.sample,
@@ -289,15 +260,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import list_stores
+    from se3t.basis import list_stores
 
-    cfg = _cfg(args)
-    rows = [s.as_dict() for s in list_stores(_cache(args, cfg))]
+    cfg = load_config(args)
+    rows = [s.as_dict() for s in list_stores(cfg.basis.cache)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no basis stores in {_cache(args, cfg)}/basis")
+        print(f"no basis stores in {cfg.basis.cache}/basis")
         return 0
     print(
         f"{'KEY':24}  {'DATASET':12}  {'DEG':>3}  {'DTYPE':7}  {'COMPRESSOR':10}  "
@@ -323,11 +294,11 @@ def _age(text: str) -> float:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import gc
+    from se3t.basis import gc
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     removed = gc(
-        _cache(args, cfg),
+        cfg.basis.cache,
         older_than_s=_age(args.older_than),
         unreferenced=args.unreferenced,
         manifests=args.manifests,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from se3t.choices import Graph
+
 __all__ = [
     "BOND_CODE",
     "MAX_DEGREE",
@@ -153,8 +155,8 @@ def molecule_graph(
     """The graph the build stores: ``graph="bond"`` or ``"radius"`` (with bond types), and how
     the bonds were perceived (see :func:`bond_graph`)."""
     bonds, how = bond_graph(species, pos)
-    if graph == "bond":
+    if graph == Graph.BOND:
         return bonds, how
-    if graph == "radius":
+    if graph == Graph.RADIUS:
         return radius_graph(pos, cutoff, bonds), how
-    raise ValueError(f"graph must be 'bond' or 'radius', got {graph!r}")
+    raise ValueError(f"graph must be one of {[g.value for g in Graph]}, got {graph!r}")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from se3t.choices import Graph
 from se3t.config import QM9_TARGETS
 from se3t.data.bonds import molecule_graph
 from se3t.data.parse import (
@@ -163,8 +164,8 @@ def build_dataset(
     """
     from tqdm import tqdm
 
-    if graph not in ("bond", "radius"):
-        raise InputError(f"graph {graph!r}: must be 'bond' or 'radius'")
+    if graph not in [g.value for g in Graph]:
+        raise InputError(f"graph {graph!r}: must be one of {[g.value for g in Graph]}")
     out = Path(out)
     source = find_raw(raw)
     settings = {"limit": limit, "graph": graph, "cutoff": cutoff if graph == "radius" else None}

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from se3t.choices import Split
 from se3t.errors import InputError
 from se3t.eval import plots
 from se3t.eval.environment import describe_environment, resolve_device
@@ -152,8 +153,8 @@ def evaluate(
     """
     from se3t.data import QM9Dataset, collate
 
-    if split not in ("train", "val", "test"):
-        raise InputError(f"split {split!r} is not one of ['train', 'val', 'test']")
+    if split not in [s.value for s in Split]:
+        raise InputError(f"split {split!r} is not one of {[s.value for s in Split]}")
     _check_format(predictions_format)  # before the model runs
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else ckpt.parent

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from se3t.choices import ProfileBasis
 from se3t.config import Config, ConfigError, to_dict
 from se3t.eval import plots
 from se3t.eval.environment import describe_environment, resolve_device
@@ -47,7 +48,6 @@ __all__ = ["BASE_MODES", "PATHS", "largest_batch", "parse_mode", "profile"]
 BASE_MODES = ("fp32", "tf32", "amp", "fp16", "bf16")
 # profile path name -> model.fusion value
 PATHS = {"pairwise": "pairwise", "fused": "auto"}
-BASIS_CHOICES = ("step", "precomputed")
 
 
 def parse_mode(mode: str) -> tuple[str, bool]:
@@ -78,8 +78,10 @@ def _check_args(batch_sizes, modes, paths, steps, basis) -> None:
             raise ConfigError(f"profile path {p!r} is not one of {list(PATHS)}")
     if steps <= 0:
         raise ConfigError(f"profile steps: must be > 0, got {steps}")
-    if basis not in BASIS_CHOICES:
-        raise ConfigError(f"profile basis {basis!r} is not one of {list(BASIS_CHOICES)}")
+    if basis not in [b.value for b in ProfileBasis]:
+        raise ConfigError(
+            f"profile basis {basis!r} is not one of {[b.value for b in ProfileBasis]}"
+        )
 
 
 def largest_batch(points: Sequence[dict]) -> tuple[dict, dict]:

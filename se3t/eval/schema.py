@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 
+from se3t.choices import Split
 from se3t.errors import InputError
 
 __all__ = [
@@ -172,7 +173,7 @@ METRICS_SCHEMA: dict[str, Any] = {
         "checkpoint": {"type": "string"},
         "epoch": {"type": ["integer", "null"]},
         "step": {"type": ["integer", "null"]},
-        "split": {"enum": ["train", "val", "test"]},
+        "split": {"enum": [s.value for s in Split]},
         "dataset": {"type": "string"},
         "count": _POS_INT,
         "targets": {"type": "array", "items": {"type": "string"}, "minItems": 1},

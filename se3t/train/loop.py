@@ -138,7 +138,7 @@ def _open_basis(cfg: Config, fingerprint):
             f"basis manifest or store {b.manifest!r} (config key 'basis.manifest') does not "
             "exist; run se3t basis precompute and se3t basis finalize"
         )
-    from se3t.data.basis_store import open_basis
+    from se3t.basis import open_basis
 
     return open_basis(
         b.manifest,
@@ -221,7 +221,7 @@ class Trainer:
         self.sampler_kind = self._sampler_kind()
         if self.sampler_kind == "chunks":
             # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
-            # (se3t.data.basis_sampler: the effect on sampling is documented there)
+            # (se3t.basis.sampler: the effect on sampling is documented there)
             self.sampler = ChunkResumableBatchSampler(
                 self.basis_store,
                 self.train_set.indices,

@@ -71,6 +71,7 @@ def _job_id(name: str, proc, timeout: float = 300) -> str:
 def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
     run = tmp_path / "run"
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster,
@@ -105,6 +106,7 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
     # the signal lands, about a second after the third step
     total = 60
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster,
@@ -192,6 +194,7 @@ def _safe_metrics(run):
 def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
     # the launcher cannot know the compute node has no GPU; the job fails there
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster,
@@ -210,6 +213,7 @@ def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
 
 def test_bad_input_fails_before_submission(slurm_cluster, tmp_path):
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         f"data.path={tmp_path / 'none.zarr'}",
         "launch.cluster=slurm",
@@ -244,6 +248,7 @@ def test_srun_two_tasks_train_as_ddp_ranks(slurm_cluster, qm9_store, tmp_path):
             "se3t.cli",
             "train",
             "--no-progress",
+            "--config",
             str(empty_config(tmp_path)),
             *as_args(tiny_overrides(qm9_store, run, **{"train.max_steps": 3})),
         ],
@@ -267,6 +272,7 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
     common = {"train.max_steps": 6, "train.checkpoint_every": 1}
     # held by SLURM (sbatch --hold): certainly still PENDING when launched again
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster, qm9_store, run, name, **{**common, "launch.extra": "{hold: true}"}
@@ -309,6 +315,7 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
         assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == list(range(1, 7))
         # the job has ended: a new launch submits a new job, which resumes from last.pt
         args_free = [
+            "--config",
             str(empty_config(tmp_path)),
             *_launch_args(slurm_cluster, qm9_store, run, name, **common),
         ]

@@ -105,6 +105,7 @@ def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
             "se3t.cli",
             "launch",
             "--no-wait",
+            "--config",
             str(empty_config(tmp_path)),
             *as_args(over),
         ],

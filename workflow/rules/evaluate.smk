@@ -63,4 +63,4 @@ rule profile_memory:
     log:
         f"{LOGS}/profile_memory/{{run}}.log",
     shell:
-        "se3t profile {params.config:q} {params.overrides} --out {params.out:q} > {log:q} 2>&1"
+        "se3t profile --config {params.config:q} {params.overrides} --out {params.out:q} > {log:q} 2>&1"

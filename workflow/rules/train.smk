@@ -25,4 +25,4 @@ rule train:
     log:
         f"{LOGS}/train/{{run}}.log",
     shell:
-        "se3t launch {params.config:q} {params.overrides} > {log:q} 2>&1"
+        "se3t launch --config {params.config:q} {params.overrides} > {log:q} 2>&1"
