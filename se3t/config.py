@@ -190,6 +190,9 @@ class TrainConfig:
     device: Device = Device.AUTO
     tensorboard: bool = False
     resume: bool = True  # continue from {run.dir}/last.pt when it exists
+    # seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for the others
+    # before it fails: a rank that died or hangs ends the job instead of holding it to its limit
+    collective_timeout: float = positive(300.0)
 
 
 @dataclass

@@ -97,7 +97,7 @@ class Trainer:
             check_model_state(self.model, self.resume_state["model"], str(self.resume_path))
         del inputs
         self.model.to(self.device)
-        D.init(self.env, self.device)
+        D.init(self.env, self.device, timeout_s=t.collective_timeout)
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)

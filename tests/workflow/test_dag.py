@@ -116,7 +116,7 @@ def test_slurm_profile_passes_job_shape_to_launch(tmp_path):
     assert "launch.cluster" not in overrides  # the run's config file says slurm (below)
     # the values of profiles/slurm/config.yaml's `set-resources: train:`
     assert overrides["launch.gpus_per_node"] == "0"
-    assert overrides["launch.nodes"] == "1"
+    assert overrides["launch.nodes"] == "2"
     assert overrides["launch.time"] == "60"
     assert overrides["launch.account"] == "se3t"
     assert overrides["launch.partition"] == "debug"
