@@ -253,34 +253,14 @@ def main(argv=None) -> None:
     q.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
     q.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     q.add_argument("--sizes", type=int, nargs="+", default=[100])
-    q.add_argument(
-        "--fusion",
-        nargs="+",
-        default=["pairwise", "full"],
-        choices=[f.value for f in Fusion],
-        help="model.fusion values",
-    )
-    q.add_argument(
-        "--precision",
-        nargs="+",
-        default=["fp32"],
-        choices=[p.value for p in Precision],
-        help="train.precision values",
-    )
-    q.add_argument(
-        "--low-memory",
-        nargs="+",
-        default=["false"],
-        choices=["false", "true"],
-        help="model.low_memory values",
-    )
-    q.add_argument(
-        "--basis",
-        nargs="+",
-        default=["step"],
-        choices=[b.value for b in ProfileBasis],
-        help="bases computed in every step, or precomputed before the clock starts",
-    )
+    # the grid, each axis a list of the config's values
+    for flag, choices, default, what in (
+        ("--fusion", [f.value for f in Fusion], ["pairwise", "full"], "model.fusion values"),
+        ("--precision", [p.value for p in Precision], ["fp32"], "train.precision values"),
+        ("--low-memory", ["false", "true"], ["false"], "model.low_memory values"),
+        ("--basis", [b.value for b in ProfileBasis], ["step"], "eval.profile_basis values"),
+    ):
+        q.add_argument(flag, nargs="+", default=default, choices=choices, help=what)
     q.add_argument("--timeout", type=int, default=1800, help="seconds per point")
     q.add_argument(
         "--out", default="results/bench_train_step", help="folder for results.json and table.md"
