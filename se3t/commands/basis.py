@@ -1,4 +1,5 @@
-"""``se3t basis key|precompute|finalize|verify|ls|gc``: the shared basis store (docs/basis.md)."""
+"""``se3t basis key|precompute|finalize|publish|verify|ls|gc``: the shared basis store
+(docs/basis.md)."""
 
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the edge sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
@@ -157,7 +158,7 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_ls)
 
     p = sub.add_parser(
@@ -189,8 +190,40 @@ def register(subparsers) -> None:
         help="manifest files, or folders searched recursively for them",
     )
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    _common(p, overrides=False)
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="on an s3:// cache, remove without asking (gc asks before deleting there)",
+    )
+    _common(p)
     p.set_defaults(func=_gc)
+
+    p = sub.add_parser(
+        "publish",
+        help="upload a finalized local store to an s3:// cache (resumable, safe to race)",
+        description=(
+            "Upload a finalized store of basis.local_cache to an S3-compatible cache: shard "
+            "files first (each with Content-MD5 and its sha256), verified, then checksums.json, "
+            "the object that makes the store visible, written only if absent. A rerun uploads "
+            "only what is missing or damaged; when another publisher wins, its store is reused. "
+            "See docs/basis.md, 'sharing across sites'."
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "store", metavar="KEY|PATH", help="store key (looked up in basis.local_cache) or path"
+    )
+    p.add_argument(
+        "--to", metavar="S3_URL", default=None, help="s3://bucket/prefix (default: basis.cache)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
+    p.set_defaults(func=_publish)
+
+
+def is_s3(where: str) -> bool:
+    """An object-store cache or store (issue 17); the rest of se3t's import is deferred."""
+    return str(where).startswith(("s3://", "s3a://"))
 
 
 def _cfg(args: argparse.Namespace):
@@ -219,17 +252,33 @@ def _precompute(args: argparse.Namespace) -> int:
     from se3t.data.basis_store import BasisSettings, precompute
 
     cfg = _cfg(args)
-    receipt = precompute(
-        args.dataset or cfg.data.path,
-        _cache(args, cfg),
-        BasisSettings.from_config(cfg.basis),
-        shard=args.shard,
-        progress=not args.quiet,
-    )
+    cache = _cache(args, cfg)
+    if is_s3(cache):  # object-store cache: compute locally, upload (or download) (issue 17)
+        from se3t.data.basis_store.publish import precompute_remote
+
+        receipt = precompute_remote(
+            args.dataset or cfg.data.path,
+            cache,
+            BasisSettings.from_config(cfg.basis),
+            local_cache=cfg.basis.local_cache,
+            storage_options=cfg.basis.storage_options,
+            shard=args.shard,
+            progress=not args.quiet,
+        )
+    else:
+        receipt = precompute(
+            args.dataset or cfg.data.path,
+            cache,
+            BasisSettings.from_config(cfg.basis),
+            shard=args.shard,
+            progress=not args.quiet,
+        )
     if args.receipt:
         atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
     state = (
-        "complete store reused"
+        "published store downloaded"
+        if receipt.get("downloaded")
+        else "complete store reused"
         if receipt["complete"]
         else (
             f"{receipt['chunks_computed']} chunks computed, {receipt['chunks_reused']} reused, "
@@ -249,6 +298,8 @@ def _finalize(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     where = resolve_store(args.store, _cache(args, cfg))
+    if is_s3(where):
+        return _finalize_remote(args, cfg, where)
     record = finalize(where, progress=not args.quiet)
     print(
         f"{record['key']}: complete, {len(record['files'])} shard files, "
@@ -260,19 +311,88 @@ def _finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finalize_remote(args: argparse.Namespace, cfg, where: str) -> int:
+    """finalize on an object store: checksums.json written last, conditionally; the run
+    manifest is written from the verified local copy and points at the URL."""
+    from se3t.data.basis_store.mirror import write_remote_manifest
+    from se3t.data.basis_store.publish import finalize_remote
+    from se3t.data.basis_store.remote import RemoteCache
+
+    remote = RemoteCache(_cache_of(where), cfg.basis.storage_options)
+    remote.check_bucket()
+    record, won = finalize_remote(remote, where)
+    how = "published" if won else "already published (reused)"
+    print(
+        f"{record['key']}: {how}, {len(record['files'])} shard files, "
+        f"{record['total_bytes'] / 1e6:,.1f} MB -> {where}"
+    )
+    if args.manifest:
+        write_remote_manifest(where, args.manifest, remote, cfg.basis.local_cache)
+        print(f"manifest -> {args.manifest}")
+    return 0
+
+
+def _cache_of(store_url: str) -> str:
+    return store_url.rstrip("/").rsplit("/basis/", 1)[0]
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from se3t.data.basis_cache import resolve_store
+    from se3t.data.basis_store.publish import publish
+    from se3t.data.basis_store.remote import RemoteCache
+    from se3t.data.basis_store.settings import store_path
+    from se3t.errors import InputError
+
+    cfg = _cfg(args)
+    target = args.to or _cache(args, cfg)
+    if not is_s3(target):
+        raise InputError(f"--to {target!r}: give an s3://bucket/prefix cache to publish to")
+    local = Path(resolve_store(args.store, cfg.basis.local_cache))
+    if not (local / "checksums.json").is_file():
+        raise InputError(f"basis store {str(local)!r} is not finalized; run se3t basis finalize")
+    key = local.name.removesuffix(".zarr")
+    remote = RemoteCache(target, cfg.basis.storage_options)
+    remote.check_bucket()
+    receipt = publish(remote, local, store_path(target, key), progress=not args.quiet)
+    if receipt.get("reused") and "uploaded" not in receipt:
+        print(f"{key}: already published at {receipt['store']} (nothing uploaded)")
+    else:
+        print(
+            f"{key}: {'published' if receipt['published'] else 'another publisher won; reused'}"
+            f": {receipt['uploaded']} objects uploaded, {receipt['present']} already there, "
+            f"{receipt['adopted']} adopted, {receipt['bytes_uploaded'] / 1e6:,.1f} MB "
+            f"-> {receipt['store']}"
+        )
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from se3t.data.basis_cache import resolve_store
     from se3t.data.basis_store import verify
 
     cfg = _cfg(args)
     where = resolve_store(args.store, _cache(args, cfg))
-    report = verify(
-        where,
-        sample=args.sample,
-        dataset=args.dataset,
-        seed=args.seed,
-        progress=sys.stderr.isatty(),
-    )
+    if is_s3(where):
+        from se3t.data.basis_store.remote import RemoteCache
+        from se3t.data.basis_store.remote_cache import verify_remote
+
+        report = verify_remote(
+            where,
+            RemoteCache(_cache_of(where), cfg.basis.storage_options),
+            sample=args.sample,
+            dataset=args.dataset,
+            local_cache=cfg.basis.local_cache,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
+    else:
+        report = verify(
+            where,
+            sample=args.sample,
+            dataset=args.dataset,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -292,7 +412,15 @@ def _ls(args: argparse.Namespace) -> int:
     from se3t.data.basis_cache import list_stores
 
     cfg = _cfg(args)
-    rows = [s.as_dict() for s in list_stores(_cache(args, cfg))]
+    cache = _cache(args, cfg)
+    if is_s3(cache):
+        from se3t.data.basis_store.remote import RemoteCache
+        from se3t.data.basis_store.remote_cache import list_remote
+
+        stores = list_remote(RemoteCache(cache, cfg.basis.storage_options))
+    else:
+        stores = list_stores(cache)
+    rows = [s.as_dict() for s in stores]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -326,8 +454,11 @@ def _gc(args: argparse.Namespace) -> int:
     from se3t.data.basis_cache import gc
 
     cfg = _cfg(args)
+    cache = _cache(args, cfg)
+    if is_s3(cache):
+        return _gc_remote(args, cfg, cache)
     removed = gc(
-        _cache(args, cfg),
+        cache,
         older_than_s=_age(args.older_than),
         unreferenced=args.unreferenced,
         manifests=args.manifests,
@@ -338,5 +469,45 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
     print(
         f"{verb} {len(removed)} store(s), {sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def _gc_remote(args: argparse.Namespace, cfg, cache: str) -> int:
+    """gc on an object store: shows what it would remove and asks first, unless --yes."""
+    from se3t.data.basis_store.remote import RemoteCache
+    from se3t.data.basis_store.remote_cache import gc_remote
+    from se3t.errors import InputError
+
+    remote = RemoteCache(cache, cfg.basis.storage_options)
+    kw = {
+        "older_than_s": _age(args.older_than),
+        "unreferenced": args.unreferenced,
+        "manifests": args.manifests,
+    }
+    plan = gc_remote(remote, dry_run=True, **kw)
+    for r in plan:
+        print(f"would remove {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    if args.dry_run:
+        print(f"would remove {len(plan)} store(s) from {cache}")
+        return 0
+    if not plan:
+        print(f"removed 0 store(s), 0.0 MB from {cache}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InputError(
+                f"gc on the remote cache {cache!r} deletes {len(plan)} store(s): pass --yes "
+                "to confirm (no terminal to ask on)"
+            )
+        answer = input(f"remove {len(plan)} store(s) from {cache}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    removed = gc_remote(remote, **kw)
+    for r in removed:
+        print(f"removed {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    print(
+        f"removed {len(removed)} store(s), {sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB"
     )
     return 0

@@ -147,6 +147,8 @@ def _open_basis(cfg: Config, fingerprint):
         dtype=b.dtype,
         read=b.read,
         cache_chunks=b.cache_chunks,
+        local_cache=b.local_cache,
+        storage_options=b.storage_options,
     )
 
 
