@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from basis_helpers import build
-from s3_helpers import REPO, S3Server, free_port, keys, se3t, spawn
+from s3_helpers import REPO, se3t, spawn
+from s3_server import S3Server, free_port, keys
 
 from se3t.data import QM9Dataset, collate
 from se3t.data.basis_cache import CHECKSUMS_FILE
