@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from s3_server import S3Server, keys
-from wf_helpers import read_json, run_snakemake, write_config
+from wf_helpers import read_json, run_snakemake, site_profile, write_config
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -28,6 +28,18 @@ def server(tmp_path_factory):
 
 
 def test_second_site_downloads_the_published_store(tmp_path, shared_data, server, monkeypatch):
+    _two_sites(tmp_path, shared_data, server, monkeypatch, profile="local")
+
+
+@pytest.mark.slurm
+def test_slurm_profile_with_s3_cache(tmp_path, shared_data, server, monkeypatch, slurm_cluster):
+    """Both sites run `snakemake --profile profiles/slurm`: every basis rule is a SLURM job that
+    talks to the object store (the jobs inherit the AWS variables as any SLURM job does)."""
+    profile = site_profile(tmp_path / "profile", slurm_cluster.account, slurm_cluster.partition)
+    _two_sites(tmp_path, shared_data, server, monkeypatch, profile=profile)
+
+
+def _two_sites(tmp_path, shared_data, server, monkeypatch, profile):
     for k, v in server.env.items():  # credentials in the standard place, inherited by the jobs
         monkeypatch.setenv(k, v)
     bucket = server.make_bucket(f"se3t-wf-{uuid.uuid4().hex[:8]}")
@@ -46,7 +58,7 @@ def test_second_site_downloads_the_published_store(tmp_path, shared_data, server
             },
             **BASIS,
         )
-        run_snakemake(workdir, config, "results/runs/ci/metrics.json")
+        run_snakemake(workdir, config, "results/runs/ci/metrics.json", profile=profile)
 
     computed = [read_json(first / "results/basis/shards" / f"{s}.json") for s in SHARDS]
     assert all(r["chunks_computed"] > 0 and not r["downloaded"] for r in computed), computed
