@@ -239,6 +239,8 @@ def test_kill_publisher_mid_upload_then_resume(server, cache_url, aws_env, local
     ).stdout
     uploaded_objects = len(keys(server, bucket, prefix)) - len(before)
     data_objects = [k for k in before if "/.leases/" not in k]
+    up = sum("/basis/c/" in k for k in before)
+    print(f"kill: {up} of {n_shards} shard files up before the kill; rerun: {out}")
     assert f"{len(data_objects)} already there" in out
     assert f": {uploaded_objects - 1} objects uploaded" in out  # the rest, then checksums.json
     after = keys(server, bucket, prefix)
@@ -288,6 +290,7 @@ def test_two_publishers_race(server, cache_url, aws_env, local_store, qm9_store,
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     receipts = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+    print(f"race receipts: {receipts}")
     published = [r for r in receipts if r.get("published")]
     assert len(published) == 1, receipts  # one manifest written; the other reused it
     assert sum(r["adopted"] + r["present"] for r in receipts) > 0  # they really overlapped

@@ -215,9 +215,13 @@ def read_through(
             "folder for its verified copy"
         )
     cache_url = store_url.rstrip("/").rsplit("/basis/", 1)[0]
-    return mirror(
-        store_url, local_cache, RemoteCache(cache_url, storage_options), progress=progress
-    )
+    remote = RemoteCache(cache_url, storage_options)
+    try:
+        return mirror(store_url, local_cache, remote, progress=progress)
+    except InputError as err:
+        if "does not exist" in str(err):
+            remote.check_bucket()  # a missing bucket is named as such, not as a missing store
+        raise
 
 
 def write_remote_manifest(

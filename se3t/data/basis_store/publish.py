@@ -337,13 +337,13 @@ def precompute_remote(
             "chunks_per_shard": settings.chunks_per_shard,
         }
         check_compatible(theirs, ours, url)
-    receipt = precompute(
-        dataset, local_cache, settings, shard=shard, backend=backend, progress=progress, **kw
-    )
-    local = Path(receipt["store"])
-    meta = json.loads((local / "zarr.json").read_text())["attributes"]["se3t_basis"]
-    nu = meta["num_units"]
-    with remote.lease(url, "publish"):
+    with remote.lease(url, "precompute"):  # gc leaves the store alone while we work on it
+        receipt = precompute(
+            dataset, local_cache, settings, shard=shard, backend=backend, progress=progress, **kw
+        )
+        local = Path(receipt["store"])
+        meta = json.loads((local / "zarr.json").read_text())["attributes"]["se3t_basis"]
+        nu = meta["num_units"]
         counts = upload(remote, local, url, units=range(nu * i // n, nu * (i + 1) // n))
     receipt.update(
         store=url,
