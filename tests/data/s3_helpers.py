@@ -70,9 +70,12 @@ def _main() -> None:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start at")
     args = ap.parse_args()
     cache_url = args.store_url.rsplit("/basis/", 1)[0]
     remote = _slowed(args.delay)(cache_url, {"endpoint_url": args.endpoint})
+    # racing workers start together, whatever their import times (a loaded machine)
+    time.sleep(max(0.0, args.start_at - time.time()))
     if args.action == "publish":
         from se3t.data.basis_store import publish as pub
 
