@@ -1,4 +1,4 @@
-"""A real S3 server on loopback for the object-store tests (tests/data, tests/workflow).
+"""A real S3 server on loopback for the object-store tests (tests/basis, tests/workflow).
 
 :class:`S3Server` runs ``moto_server`` (moto[server], the S3 HTTP protocol as botocore speaks
 it) on 127.0.0.1 and a free port, with authentication on: the first three requests create an

@@ -7,29 +7,23 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
-_OVERRIDES_HELP = (
-    "config overrides key=value (e.g. basis.max_degree=3 basis.dtype=float16 "
-    "basis.compressor=zstd basis.chunk_edges=4096)"
+from se3t.commands.common import Alias, add_config_arguments, load_config
+from se3t.errors import InputError
+from se3t.io import write_json
+
+_EXAMPLE = "basis.max_degree=3 basis.dtype=float16 basis.compressor=zstd basis.chunk_edges=4096"
+_CACHE = Alias(
+    "--cache",
+    "basis.cache",
+    metavar="CACHE",
+    help="cache folder holding basis/KEY.zarr, or s3://bucket/prefix",
 )
+_DATASET = Alias("--dataset", "data.path", metavar="PATH", help="dataset store")
 
 
-def _common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="config YAML (default: built-in defaults); overrides apply on top",
-    )
-    p.add_argument(
-        "--cache",
-        metavar="CACHE",
-        default=None,
-        help="cache folder holding basis/KEY.zarr (default: basis.cache)",
-    )
-    if overrides:
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+def _common(p: argparse.ArgumentParser, *aliases: Alias) -> None:
+    add_config_arguments(p, example=_EXAMPLE, aliases=(_CACHE, *aliases))
 
 
 def register(subparsers) -> None:
@@ -55,14 +49,11 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
-    )
-    p.add_argument(
         "--path",
         action="store_true",
         help="print the store path CACHE/basis/KEY.zarr instead of the key",
     )
-    _common(p)
+    _common(p, _DATASET)
     p.set_defaults(func=_key)
 
     p = sub.add_parser(
@@ -78,9 +69,6 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
-    )
-    p.add_argument(
         "--shard",
         metavar="I/N",
         default=None,
@@ -93,7 +81,7 @@ def register(subparsers) -> None:
         help="write a JSON receipt: key, store, shard, chunks computed and reused, edges/s",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _common(p)
+    _common(p, _DATASET)
     p.set_defaults(func=_precompute)
 
     p = sub.add_parser(
@@ -226,39 +214,29 @@ def is_s3(where: str) -> bool:
     return str(where).startswith(("s3://", "s3a://"))
 
 
-def _cfg(args: argparse.Namespace):
-    from se3t.config import load
-
-    return load(args.config, list(getattr(args, "overrides", None) or []))
-
-
-def _cache(args: argparse.Namespace, cfg) -> str:
-    return args.cache if args.cache is not None else cfg.basis.cache
-
-
 def _key(args: argparse.Namespace) -> int:
-    from se3t.data.basis_store import BasisSettings, basis_key, store_path
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import BasisSettings, basis_key, store_path
     from se3t.data.store import fingerprint
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     s = BasisSettings.from_config(cfg.basis)
-    key = basis_key(fingerprint(args.dataset or cfg.data.path), s.max_degree, s.dtype)
-    print(store_path(_cache(args, cfg), key) if args.path else key)
+    key = basis_key(fingerprint(cfg.data.path), s.max_degree, s.dtype)
+    print(store_path(cfg.basis.cache, key) if args.path else key)
     return 0
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import atomic_write_bytes
-    from se3t.data.basis_store import BasisSettings, precompute
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import BasisSettings, precompute
 
-    cfg = _cfg(args)
-    cache = _cache(args, cfg)
-    if is_s3(cache):  # object-store cache: compute locally, upload (or download) (issue 17)
-        from se3t.data.basis_store.publish import precompute_remote
+    cfg = load_config(args)
+    if is_s3(cfg.basis.cache):  # object-store cache: compute locally, upload (or download)
+        from se3t.basis.publish import precompute_remote
 
         receipt = precompute_remote(
-            args.dataset or cfg.data.path,
-            cache,
+            cfg.data.path,
+            cfg.basis.cache,
             BasisSettings.from_config(cfg.basis),
             local_cache=cfg.basis.local_cache,
             storage_options=cfg.basis.storage_options,
@@ -267,14 +245,14 @@ def _precompute(args: argparse.Namespace) -> int:
         )
     else:
         receipt = precompute(
-            args.dataset or cfg.data.path,
-            cache,
+            cfg.data.path,
+            cfg.basis.cache,
             BasisSettings.from_config(cfg.basis),
             shard=args.shard,
             progress=not args.quiet,
         )
     if args.receipt:
-        atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
+        write_json(args.receipt, receipt)
     state = (
         "published store downloaded"
         if receipt.get("downloaded")
@@ -293,11 +271,11 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import finalize, write_manifest
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import finalize, resolve_store, write_manifest
 
-    cfg = _cfg(args)
-    where = resolve_store(args.store, _cache(args, cfg))
+    cfg = load_config(args)
+    where = resolve_store(args.store, cfg.basis.cache)
     if is_s3(where):
         return _finalize_remote(args, cfg, where)
     record = finalize(where, progress=not args.quiet)
@@ -314,16 +292,16 @@ def _finalize(args: argparse.Namespace) -> int:
 def _finalize_remote(args: argparse.Namespace, cfg, where: str) -> int:
     """finalize on an object store: checksums.json written last, conditionally; the run
     manifest is written from the verified local copy and points at the URL."""
-    from se3t.data.basis_store.mirror import write_remote_manifest
-    from se3t.data.basis_store.publish import finalize_remote
-    from se3t.data.basis_store.remote import RemoteCache
+    from se3t.basis.mirror import write_remote_manifest
+    from se3t.basis.publish import finalize_remote
+    from se3t.basis.remote import RemoteCache
 
     remote = RemoteCache(_cache_of(where), cfg.basis.storage_options)
     remote.check_bucket()
     record, won = finalize_remote(remote, where)
     how = "published" if won else "already published (reused)"
     print(
-        f"{record['key']}: {how}, {len(record['files'])} shard files, "
+        f"{record['key']}: {how}, {len(record['files'])} files, "
         f"{record['total_bytes'] / 1e6:,.1f} MB -> {where}"
     )
     if args.manifest:
@@ -337,14 +315,15 @@ def _cache_of(store_url: str) -> str:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store.publish import publish
-    from se3t.data.basis_store.remote import RemoteCache
-    from se3t.data.basis_store.settings import store_path
-    from se3t.errors import InputError
+    # deferred: the stage's library (torch, zarr, s3fs) loads only when the command runs
+    from pathlib import Path
 
-    cfg = _cfg(args)
-    target = args.to or _cache(args, cfg)
+    from se3t.basis import resolve_store, store_path
+    from se3t.basis.publish import publish
+    from se3t.basis.remote import RemoteCache
+
+    cfg = load_config(args)
+    target = args.to or cfg.basis.cache
     if not is_s3(target):
         raise InputError(f"--to {target!r}: give an s3://bucket/prefix cache to publish to")
     local = Path(resolve_store(args.store, cfg.basis.local_cache))
@@ -367,14 +346,14 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import verify
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import resolve_store, verify
 
-    cfg = _cfg(args)
-    where = resolve_store(args.store, _cache(args, cfg))
+    cfg = load_config(args)
+    where = resolve_store(args.store, cfg.basis.cache)
     if is_s3(where):
-        from se3t.data.basis_store.remote import RemoteCache
-        from se3t.data.basis_store.remote_cache import verify_remote
+        from se3t.basis.remote import RemoteCache
+        from se3t.basis.remote_cache import verify_remote
 
         report = verify_remote(
             where,
@@ -409,23 +388,23 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import list_stores
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import list_stores
 
-    cfg = _cfg(args)
-    cache = _cache(args, cfg)
-    if is_s3(cache):
-        from se3t.data.basis_store.remote import RemoteCache
-        from se3t.data.basis_store.remote_cache import list_remote
+    cfg = load_config(args)
+    if is_s3(cfg.basis.cache):
+        from se3t.basis.remote import RemoteCache
+        from se3t.basis.remote_cache import list_remote
 
-        stores = list_remote(RemoteCache(cache, cfg.basis.storage_options))
+        stores = list_remote(RemoteCache(cfg.basis.cache, cfg.basis.storage_options))
     else:
-        stores = list_stores(cache)
+        stores = list_stores(cfg.basis.cache)
     rows = [s.as_dict() for s in stores]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no basis stores in {_cache(args, cfg)}/basis")
+        print(f"no basis stores in {cfg.basis.cache}/basis")
         return 0
     print(
         f"{'KEY':24}  {'DATASET':12}  {'DEG':>3}  {'DTYPE':7}  {'COMPRESSOR':10}  "
@@ -444,21 +423,19 @@ def _ls(args: argparse.Namespace) -> int:
 def _age(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9.]+)\s*([smhd]?)\s*", text)
     if not m:
-        from se3t.errors import InputError
-
         raise InputError(f"--older-than {text!r}: give seconds or a number with s, m, h or d")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import gc
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import gc
 
-    cfg = _cfg(args)
-    cache = _cache(args, cfg)
-    if is_s3(cache):
-        return _gc_remote(args, cfg, cache)
+    cfg = load_config(args)
+    if is_s3(cfg.basis.cache):
+        return _gc_remote(args, cfg, cfg.basis.cache)
     removed = gc(
-        cache,
+        cfg.basis.cache,
         older_than_s=_age(args.older_than),
         unreferenced=args.unreferenced,
         manifests=args.manifests,
@@ -475,9 +452,8 @@ def _gc(args: argparse.Namespace) -> int:
 
 def _gc_remote(args: argparse.Namespace, cfg, cache: str) -> int:
     """gc on an object store: shows what it would remove and asks first, unless --yes."""
-    from se3t.data.basis_store.remote import RemoteCache
-    from se3t.data.basis_store.remote_cache import gc_remote
-    from se3t.errors import InputError
+    from se3t.basis.remote import RemoteCache
+    from se3t.basis.remote_cache import gc_remote
 
     remote = RemoteCache(cache, cfg.basis.storage_options)
     kw = {

@@ -24,9 +24,10 @@ import os
 import time
 from typing import Any
 
-from se3t.data.basis_cache import CHECKSUMS_FILE, STORE_SUFFIX, StoreInfo, _referenced_keys
-from se3t.data.basis_store.remote import LEASE_DIR, RemoteCache
-from se3t.data.basis_store.verification import VerifyReport
+from se3t.basis.cache import StoreInfo, referenced_keys
+from se3t.basis.layout import CHECKSUMS_FILE, STORE_SUFFIX
+from se3t.basis.remote import LEASE_DIR, RemoteCache
+from se3t.basis.verification import VerifyReport
 from se3t.errors import InputError
 
 __all__ = ["gc_remote", "list_remote", "verify_remote"]
@@ -77,9 +78,9 @@ def verify_remote(
 ) -> VerifyReport:
     """Every shard object against ``checksums.json`` (downloaded and hashed; a bad one is named
     by its URL); then, when all match and ``sample`` > 0, the sampled recomputation of
-    :func:`~se3t.data.basis_store.verify` on the verified local copy in ``local_cache``."""
-    from se3t.data.basis_store.mirror import mirror
-    from se3t.data.basis_store.verification import verify
+    :func:`~se3t.basis.verify` on the verified local copy in ``local_cache``."""
+    from se3t.basis.mirror import mirror
+    from se3t.basis.verification import verify
 
     raw = remote.get(remote.join(store_url, "zarr.json"))
     if raw is None:
@@ -140,7 +141,7 @@ def gc_remote(
         raise InputError("gc --unreferenced needs --manifests PATH... (files or folders to search)")
     remote.check_bucket()
     now = time.time() if now is None else now
-    keep = _referenced_keys(list(manifests or [])) if unreferenced else set()
+    keep = referenced_keys(list(manifests or [])) if unreferenced else set()
     removed = []
     for url in _stores(remote):
         listing = remote.list(url)

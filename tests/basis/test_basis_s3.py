@@ -21,12 +21,12 @@ from basis_helpers import build
 from s3_helpers import REPO, se3t, spawn
 from s3_server import S3Server, free_port, keys
 
+from se3t.basis import basis_key, open_basis, store_path
+from se3t.basis.layout import CHECKSUMS_FILE
+from se3t.basis.mirror import mirror
+from se3t.basis.publish import finalize_remote, publish, upload
+from se3t.basis.remote import RemoteCache
 from se3t.data import QM9Dataset, collate
-from se3t.data.basis_cache import CHECKSUMS_FILE
-from se3t.data.basis_store import basis_key, open_basis, store_path
-from se3t.data.basis_store.mirror import mirror
-from se3t.data.basis_store.publish import finalize_remote, publish, upload
-from se3t.data.basis_store.remote import RemoteCache
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
 from se3t.so3.basis import compute_basis_flat
@@ -162,7 +162,7 @@ def test_precompute_publish_then_read_from_second_process_and_site(
     site_c = tmp_path / "site_c"
     code = (
         "import json,sys,torch\n"
-        "from se3t.data.basis_store import open_basis\n"
+        "from se3t.basis import open_basis\n"
         "from se3t.data.store import fingerprint\n"
         f"s = open_basis({str(manifest)!r}, dataset_fingerprint=fingerprint({str(qm9_store)!r}),"
         " max_degree=3, dtype='float32', read='chunks',"
@@ -324,7 +324,7 @@ def test_flipped_byte_in_remote_shard(server, cache_url, aws_env, local_store, q
     url = f"{cache_url}/basis/{local_store.name}"
     publish(r, local_store, url)
     manifest = tmp_path / "basis.json"
-    from se3t.data.basis_store.mirror import write_remote_manifest
+    from se3t.basis.mirror import write_remote_manifest
 
     write_remote_manifest(url, manifest, r, tmp_path / "writer")
     bucket, prefix = url[5:].split("/", 1)

@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from se3t.data.basis_cache import CHECKSUMS_FILE, local_path, who
-from se3t.data.basis_store.layout import _iso, _unit_file
-from se3t.data.basis_store.remote import RemoteCache
+from se3t.basis.layout import CHECKSUMS_FILE, iso_time, unit_file
+from se3t.basis.location import local_path, who
+from se3t.basis.remote import RemoteCache
 from se3t.errors import InputError
 
 __all__ = [
@@ -83,7 +83,7 @@ def store_objects(local: Path, units: range | None = None) -> list[str]:
             rel = Path(dirpath, f).relative_to(local).as_posix()
             (shards if rel.startswith("basis/c/") else meta_names).append(rel)
     if units is not None:
-        wanted = {_unit_file(u) for u in units}
+        wanted = {unit_file(u) for u in units}
         shards = [s for s in shards if s in wanted]
     meta_names.sort(key=lambda n: (n != "zarr.json", n))
     return meta_names + sorted(shards, key=lambda n: int(n.split("/")[2]))
@@ -219,7 +219,7 @@ def finalize_remote(remote: RemoteCache, store_url: str) -> tuple[dict[str, Any]
     meta = _remote_meta(remote, store_url)
     if meta is None:
         raise InputError(f"basis store {store_url!r} does not exist (no zarr.json)")
-    names = [_unit_file(u) for u in range(int(meta["num_units"]))]
+    names = [unit_file(u) for u in range(int(meta["num_units"]))]
     with cf.ThreadPoolExecutor(_WORKERS) as pool:
         infos = dict(
             zip(
@@ -250,7 +250,7 @@ def finalize_remote(remote: RemoteCache, store_url: str) -> tuple[dict[str, Any]
     }
     body = json.dumps(record, indent=1, sort_keys=True).encode()
     won = remote.put(
-        checks_url, body, if_absent=True, metadata={"finalized": _iso(), "finalized-by": who()}
+        checks_url, body, if_absent=True, metadata={"finalized": iso_time(), "finalized-by": who()}
     )
     final = remote.get(checks_url)
     return (json.loads(final) if final is not None else record), won
@@ -294,9 +294,10 @@ def precompute_remote(
     """``precompute`` for an ``s3://`` cache: download a published store (0 chunks computed),
     else compute this slice into the local cache (``basis.local_cache``, resumable as ever) and
     upload its shard files; ``finalize_remote`` then seals the remote store."""
-    from se3t.data.basis_store.mirror import mirror
-    from se3t.data.basis_store.settings import basis_key, default_backend, store_path
-    from se3t.data.basis_store.writer import _parse_shard, precompute
+    from se3t.basis.key import basis_key, default_backend
+    from se3t.basis.layout import store_path
+    from se3t.basis.mirror import mirror
+    from se3t.basis.writer import parse_shard, precompute
     from se3t.data.store import fingerprint
 
     t0 = time.perf_counter()
@@ -305,7 +306,7 @@ def precompute_remote(
     remote.check_bucket()
     key = basis_key(fingerprint(dataset), settings.max_degree, settings.dtype, backend=backend)
     url = store_path(cache_url, key)
-    i, n = _parse_shard(shard)
+    i, n = parse_shard(shard)
     if remote.head(remote.join(url, CHECKSUMS_FILE)) is not None:
         local = mirror(url, local_cache, remote, progress=progress)
         meta = _remote_meta(remote, url) or {}

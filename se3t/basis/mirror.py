@@ -30,8 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from se3t.data.basis_cache import CHECKSUMS_FILE, STORE_SUFFIX, ensure_writable_cache
-from se3t.data.basis_store.remote import RemoteCache
+from se3t.basis.layout import CHECKSUMS_FILE, CLAIMS_DIR, STORE_SUFFIX
+from se3t.basis.location import ensure_writable_cache
+from se3t.basis.remote import RemoteCache
 from se3t.errors import InputError
 
 __all__ = ["mirror", "read_through"]
@@ -183,7 +184,7 @@ def _fill(
         for _ in pool.map(fetch, names):
             bar.update(1)
     bar.close()
-    shutil.rmtree(path / ".claims", ignore_errors=True)
+    shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
     for leftover in path.rglob("*.partial"):
         leftover.unlink(missing_ok=True)
     tmp = path / f".{CHECKSUMS_FILE}.{uuid.uuid4().hex[:8]}.partial"
@@ -232,12 +233,7 @@ def write_remote_manifest(
 ) -> dict[str, Any]:
     """The run-folder manifest of a published store: built from its verified local copy (whose
     ``checksums.json`` is the remote one, byte for byte) and pointing at ``store_url``."""
-    from se3t.data.basis_store.manifest import _canonical_sha, write_manifest
-    from se3t.io import write_text
+    from se3t.basis.manifest import write_manifest
 
     local = mirror(store_url, local_cache, remote)
-    record = write_manifest(local, manifest)
-    record["store"] = store_url
-    record["manifest_sha256"] = _canonical_sha(record)
-    write_text(manifest, json.dumps(record, indent=2) + "\n", fsync=True)
-    return record
+    return write_manifest(local, manifest, store_url=store_url)
