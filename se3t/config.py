@@ -128,7 +128,11 @@ class DataConfig:
 
 @dataclass
 class BasisConfig:
-    cache: str = "cache"  # folder or fsspec URL shared by runs and teams
+    cache: str = "cache"  # folder or s3://bucket/prefix shared by runs, teams and sites
+    # s3 caches: the verified local copy training reads (docs/basis.md, "sharing across sites")
+    local_cache: str = "cache"
+    # s3 caches: s3fs options such as endpoint_url (MinIO, Ceph); never credentials
+    storage_options: dict[str, Any] = field(default_factory=dict)
     max_degree: int = non_negative(3)
     dtype: BasisDtype = BasisDtype.FLOAT32
     use: BasisUse = BasisUse.AUTO  # where training takes the bases from
@@ -257,6 +261,32 @@ class Config:
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
 
 
+# option names that carry credentials (s3fs, botocore, fsspec): refused in basis.storage_options
+_SECRET_OPTIONS = (
+    "key",
+    "secret",
+    "token",
+    "password",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "access_key",
+    "secret_key",
+)
+
+
+def secret_storage_option(options: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first option in ``options`` that holds a credential, else None."""
+    for k, v in dict(options or {}).items():
+        if str(k).lower() in _SECRET_OPTIONS:
+            return f"{prefix}{k}"
+        if isinstance(v, dict | DictConfig):
+            found = secret_storage_option(v, f"{prefix}{k}.")
+            if found:
+                return found
+    return None
+
+
 def validate(cfg: Config | DictConfig) -> None:
     """Check what types alone cannot: each field's own rule (its choices, sign or range), then
     the rules that tie fields together (splits, QM9 target names, channels per head)."""
@@ -285,6 +315,13 @@ def validate(cfg: Config | DictConfig) -> None:
                 f"config key 'data.targets': {target!r} is not a QM9 target; "
                 f"choose from {list(QM9_TARGETS)}"
             )
+    secret = secret_storage_option(cfg.basis.storage_options)
+    if secret:  # the value is never quoted: it is a secret
+        raise ConfigError(
+            f"config key 'basis.storage_options.{secret}': credentials are never taken from "
+            "the config (it is saved beside every output); set AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE instead"
+        )
     if cfg.model.channels % cfg.model.channels_div:
         raise ConfigError(
             f"config key 'model.channels_div': {cfg.model.channels_div} does not divide "
@@ -325,7 +362,7 @@ def _structured() -> DictConfig:
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)
     # free-form mappings take any key; everything else is closed
-    for free in (schema.launch.extra, schema.workflow.runs):
+    for free in (schema.launch.extra, schema.workflow.runs, schema.basis.storage_options):
         OmegaConf.set_struct(free, False)
     return schema
 
@@ -429,7 +466,11 @@ def _check_key(node: DictConfig, dotted: str) -> None:
             cur = cur[part]
             continue
         # free-form mappings (launch.extra, workflow.runs) accept any key below them
-        if i > 0 and ".".join(parts[:i]) in ("launch.extra", "workflow.runs"):
+        if i > 0 and ".".join(parts[:i]) in (
+            "launch.extra",
+            "workflow.runs",
+            "basis.storage_options",
+        ):
             return
         raise ConfigError(f"config key {dotted!r} is unknown ({part!r} is not a key there)")
 

@@ -108,6 +108,8 @@ def _open_basis(cfg: Config):
         dtype=b.dtype,
         read=b.read,
         cache_chunks=b.cache_chunks,
+        local_cache=b.local_cache,
+        storage_options=b.storage_options,
     )
 
 
