@@ -98,6 +98,7 @@ def two_node_run(slurm_cluster, qm9_store, tmp_path_factory):
         [
             "train",
             "--no-progress",
+            "--config",
             str(cfg),
             *as_args(tiny_overrides(qm9_store, tmp / "one", **RUN)),
         ]
@@ -105,6 +106,7 @@ def two_node_run(slurm_cluster, qm9_store, tmp_path_factory):
     two = _popen(
         [
             "launch",
+            "--config",
             str(cfg),
             *as_args(
                 _launch_over(slurm_cluster, qm9_store, tmp / "two", f"2n-{uuid.uuid4().hex[:6]}")
@@ -177,6 +179,7 @@ def test_node_failure_requeues_and_resumes(slurm_cluster, qm9_store, two_node_ru
     proc = _popen(
         [
             "launch",
+            "--config",
             str(empty_config(tmp_path)),
             *as_args(_launch_over(slurm_cluster, qm9_store, run, name)),
         ]
