@@ -42,5 +42,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q -e ".[qm9,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install -q -e ".[qm9,s3,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import se3t, torch, e3nn, zarr; print('se3t', se3t.__version__, '| torch', torch.__version__)"

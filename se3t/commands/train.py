@@ -41,6 +41,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.train import train
 
     cfg = load_config(args)

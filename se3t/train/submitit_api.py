@@ -81,14 +81,15 @@ def executor(folder: Path, cluster: str, max_num_timeout: int):
         folder=folder, cluster=cluster, slurm_max_num_timeout=max_num_timeout
     )
     inner = ex._executor
-    # the debug executor runs in this process and never requeues: it has no count to set
-    if cluster != "debug" and not hasattr(inner, "max_num_timeout"):
+    if cluster == "debug":
+        # runs in this process: nothing times out, so there is no counter to set
+        return ex
+    if not hasattr(inner, "max_num_timeout"):
         raise Se3tError(
             f"submitit {submitit.__version__}: {type(inner).__name__} has no max_num_timeout "
             "(se3t/train/submitit_api.py)"
         )
-    if cluster != "debug":
-        inner.max_num_timeout = max_num_timeout
+    inner.max_num_timeout = max_num_timeout
     return ex
 
 
