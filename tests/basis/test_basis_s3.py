@@ -21,11 +21,18 @@ from basis_helpers import build
 from s3_helpers import REPO, se3t, spawn
 from s3_server import S3Server, free_port, keys
 
-from se3t.basis import basis_key, open_basis, store_path
-from se3t.basis.layout import CHECKSUMS_FILE
-from se3t.basis.mirror import mirror
-from se3t.basis.publish import finalize_remote, publish, upload
-from se3t.basis.remote import RemoteCache
+from se3t.basis import (
+    CHECKSUMS_FILE,
+    RemoteCache,
+    basis_key,
+    finalize_remote,
+    mirror,
+    open_basis,
+    publish,
+    store_path,
+    upload,
+    write_remote_manifest,
+)
 from se3t.data import QM9Dataset, collate
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
@@ -324,8 +331,6 @@ def test_flipped_byte_in_remote_shard(server, cache_url, aws_env, local_store, q
     url = f"{cache_url}/basis/{local_store.name}"
     publish(r, local_store, url)
     manifest = tmp_path / "basis.json"
-    from se3t.basis.mirror import write_remote_manifest
-
     write_remote_manifest(url, manifest, r, tmp_path / "writer")
     bucket, prefix = url[5:].split("/", 1)
     name = f"{prefix}/basis/c/1/0"

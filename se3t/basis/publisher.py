@@ -296,7 +296,7 @@ def precompute_remote(
     upload its shard files; ``finalize_remote`` then seals the remote store."""
     from se3t.basis.key import basis_key, default_backend
     from se3t.basis.layout import store_path
-    from se3t.basis.mirror import mirror
+    from se3t.basis.local_cache import mirror
     from se3t.basis.writer import parse_shard, precompute
     from se3t.data.store import fingerprint
 
