@@ -317,7 +317,7 @@ def open_basis(
     fingerprint, degree, dtype, layout or basis code version. Readers never write.
 
     An ``s3://`` store is read through its verified copy in ``local_cache`` (filled on first
-    use; see :mod:`.mirror`), with ``storage_options`` for the object store.
+    use; see :mod:`.local_cache`), with ``storage_options`` for the object store.
     """
     where = str(manifest_or_store)
     manifest = None
@@ -327,7 +327,7 @@ def open_basis(
     elif not is_url(where):
         where = str(local_path(where))
     if where.startswith(("s3://", "s3a://")):  # object-store cache (issue 17): local copy
-        from se3t.basis.mirror import read_through
+        from se3t.basis.local_cache import read_through
 
         where = str(read_through(where, local_cache, storage_options))
     group = open_group(where)
