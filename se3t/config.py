@@ -100,6 +100,11 @@ class ModelConfig:
     layer_norm: bool = True
     pooling: str = "max"  # max | mean
     fusion: str = "auto"  # auto (= full) | pairwise (reference) | per_output | per_input | full
+    # which degree pairs share a radial MLP (docs/model.md): fusion (the fusion level's groups
+    # in every layer) | nvidia_full | nvidia_partial | nvidia_none (NVIDIA's per-layer choice
+    # with tensor_cores / its default / low_memory; applies when fusion is auto)
+    radial_sharing: str = "fusion"
+    self_interaction: str = "node"  # node (once per atom) | edge (per incoming edge, NVIDIA)
     low_memory: bool = False
     radial_hidden: int = 32
     node_features: int = 6  # one-hot H, C, N, O, F + atomic number
@@ -200,6 +205,8 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "basis.read": ("auto", "memory", "chunks"),
     "model.pooling": ("max", "mean"),
     "model.fusion": ("auto", "pairwise", "per_output", "per_input", "full"),
+    "model.radial_sharing": ("fusion", "nvidia_full", "nvidia_partial", "nvidia_none"),
+    "model.self_interaction": ("node", "edge"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("cosine", "constant"),
     "train.precision": ("fp32", "tf32", "fp16", "bf16"),
