@@ -122,7 +122,9 @@ class SE3Transformer(nn.Module):
 
     @property
     def fusion(self) -> Fusion:
-        return self.conv_out.fusion
+        """The fusion of the hidden layers (NVIDIA's layout may differ in the first and last
+        convolutions: :func:`se3t.nn.conv.nvidia_fusion`)."""
+        return self.blocks[-1][0].to_key_value.fusion
 
     @staticmethod
     def _block(att, norm, feats, graph, basis, edge_scalars, edge_feats):
