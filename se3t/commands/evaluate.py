@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from se3t.choices import Split
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -42,7 +44,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--split",
-        choices=("test", "val", "train"),
+        choices=[s.value for s in Split],
         default="test",
         help="which split of the dataset to evaluate on, as training split it (default: test)",
     )
@@ -95,6 +97,7 @@ def nvidia_source(args: argparse.Namespace, positional: str | None, name: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.metrics import evaluate
 
     checkpoint, nvidia = nvidia_source(args, args.run, "RUN_OR_CHECKPOINT")

@@ -51,6 +51,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.commands.evaluate import nvidia_source
     from se3t.errors import InputError
     from se3t.eval.prediction import predict, predictions_csv
