@@ -24,7 +24,9 @@ __all__ = [
     "Pooling",
     "Precision",
     "ProfileBasis",
+    "RadialSharing",
     "Scheduler",
+    "SelfInteraction",
     "Split",
 ]
 
@@ -104,6 +106,24 @@ class Fusion(StrEnum):
     PER_OUTPUT = "per_output"
     PER_INPUT = "per_input"
     FULL = "full"
+
+
+class RadialSharing(StrEnum):
+    """Which degree pairs share a radial MLP (``model.radial_sharing``; docs/model.md)."""
+
+    FUSION = "fusion"  # the groups of model.fusion, in every layer (se3t's former function)
+    # NVIDIA's per-layer choice at its maximum fuse level: with tensor_cores (its published
+    # QM9 runs), its default (a CPU), low_memory; applies when model.fusion is auto
+    NVIDIA_FULL = "nvidia_full"
+    NVIDIA_PARTIAL = "nvidia_partial"
+    NVIDIA_NONE = "nvidia_none"
+
+
+class SelfInteraction(StrEnum):
+    """Where the final convolution adds its self-interaction (``model.self_interaction``)."""
+
+    EDGE = "edge"  # to every incoming edge's message, before the sum (NVIDIA: x in-degree)
+    NODE = "node"  # once per atom
 
 
 class Optimizer(StrEnum):

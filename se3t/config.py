@@ -35,7 +35,9 @@ from se3t.choices import (
     Pooling,
     Precision,
     ProfileBasis,
+    RadialSharing,
     Scheduler,
+    SelfInteraction,
     Split,
 )
 from se3t.io import write_text
@@ -162,6 +164,9 @@ class ModelConfig:
     layer_norm: bool = True
     pooling: Pooling = Pooling.MAX
     fusion: Fusion = Fusion.AUTO  # auto is full; pairwise is the reference
+    # NVIDIA's function by default: the one its published QM9 runs trained (docs/model.md)
+    radial_sharing: RadialSharing = RadialSharing.NVIDIA_FULL
+    self_interaction: SelfInteraction = SelfInteraction.EDGE
     low_memory: bool = False
     radial_hidden: int = positive(32)
     node_features: int = positive(6)  # one-hot H, C, N, O, F + atomic number

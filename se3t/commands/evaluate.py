@@ -21,7 +21,26 @@ def register(subparsers) -> None:
     p.add_argument(
         "run",
         metavar="RUN_OR_CHECKPOINT",
+        nargs="?",
         help="a run folder (its best.pt, else last.pt, is used) or a checkpoint file",
+    )
+    p.add_argument(
+        "--nvidia-checkpoint",
+        metavar="PATH",
+        default=None,
+        help=(
+            "evaluate NVIDIA's DeepLearningExamples SE3Transformer training checkpoint instead "
+            "(read with weights_only=True; needs --dataset and a sidecar YAML: docs/model.md)"
+        ),
+    )
+    p.add_argument(
+        "--nvidia-config",
+        metavar="YAML",
+        default=None,
+        help=(
+            "the NVIDIA checkpoint's sidecar: NVIDIA's model arguments, the target and its "
+            "standardization (default: the checkpoint's name with .yaml)"
+        ),
     )
     p.add_argument(
         "--split",
@@ -62,12 +81,28 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def nvidia_source(args: argparse.Namespace, positional: str | None, name: str):
+    """``(checkpoint, nvidia)`` for the evaluation functions from the CLI arguments."""
+    from se3t.errors import InputError
+
+    if args.nvidia_checkpoint is None:
+        if args.nvidia_config is not None:
+            raise InputError("--nvidia-config needs --nvidia-checkpoint")
+        if positional is None:
+            raise InputError(f"give {name} or --nvidia-checkpoint PATH")
+        return positional, None
+    if positional is not None and name == "RUN_OR_CHECKPOINT":
+        raise InputError(f"give either {name} or --nvidia-checkpoint, not both")
+    return args.nvidia_checkpoint, args.nvidia_config or True
+
+
 def run(args: argparse.Namespace) -> int:
     # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.metrics import evaluate
 
+    checkpoint, nvidia = nvidia_source(args, args.run, "RUN_OR_CHECKPOINT")
     doc = evaluate(
-        args.run,
+        checkpoint,
         args.split,
         args.out,
         dataset=args.dataset,
@@ -75,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         predictions_format=args.format,
         progress=not args.quiet,
+        nvidia=nvidia,
     )
     print(f"{doc['split']}: {doc['count']} molecules ({doc['checkpoint']})")
     for target, m in doc["metrics"].items():

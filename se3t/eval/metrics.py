@@ -59,8 +59,22 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def load_for_inference(checkpoint: str | os.PathLike, device: torch.device):
-    """``(model, cfg, stats)`` from a checkpoint through the training stage's ``load_model``."""
+def load_for_inference(
+    checkpoint: str | os.PathLike,
+    device: torch.device,
+    nvidia: str | os.PathLike | bool | None = None,
+):
+    """``(model, cfg, stats)`` from a checkpoint through the training stage's ``load_model``.
+
+    ``nvidia``: the checkpoint is NVIDIA's DLE training checkpoint, described by this sidecar
+    YAML (``True``: the checkpoint's name with ``.yaml``; :func:`se3t.interop.nvidia.read_sidecar`).
+    It holds no se3t config, so ``cfg`` is the default one (bond graphs, as NVIDIA's QM9)."""
+    if nvidia is not None and nvidia is not False:
+        from se3t.config import Config
+        from se3t.interop.nvidia import load_dle_checkpoint
+
+        model, stats = load_dle_checkpoint(checkpoint, None if nvidia is True else nvidia)
+        return model.to(device).eval(), Config(), stats
     model, cfg, stats = load_model(checkpoint, map_location="cpu")
     model.to(device).eval()
     return model, cfg, stats
@@ -143,6 +157,7 @@ def evaluate(
     device: str = "auto",
     predictions_format: str = "csv",
     progress: bool = True,
+    nvidia: str | os.PathLike | bool | None = None,
 ) -> dict:
     """Evaluate a checkpoint on a split; write metrics.json, predictions, parity.png, errors.png.
 
@@ -150,7 +165,8 @@ def evaluate(
     ``out_dir`` defaults to the run folder (the checkpoint's folder). ``dataset`` overrides the
     dataset path stored in the checkpoint's config (runs made elsewhere). The split is the one
     training used: same store, ``split_seed`` and fractions from the checkpoint's config.
-    Returns the ``metrics.json`` document.
+    Returns the ``metrics.json`` document. ``nvidia``: evaluate NVIDIA's DLE checkpoint
+    (see :func:`load_for_inference`; ``dataset`` is then required, on se3t's split of it).
     """
     if split not in [s.value for s in Split]:
         raise InputError(f"split {split!r} is not one of {[s.value for s in Split]}")
@@ -158,7 +174,11 @@ def evaluate(
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else ckpt.parent
     dev = resolve_device(device)
-    model, cfg, stats = load_for_inference(ckpt, dev)
+    if nvidia not in (None, False) and dataset is None:
+        raise InputError(
+            f"{str(ckpt)!r} is an NVIDIA checkpoint, which names no dataset: give --dataset"
+        )
+    model, cfg, stats = load_for_inference(ckpt, dev, nvidia)
     names, mean, std = target_stats(stats, str(ckpt))
     data_cfg = cfg.data if dataset is None else replace(cfg.data, path=str(dataset))
     data_cfg = replace(data_cfg, targets=list(names))

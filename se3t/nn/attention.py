@@ -84,6 +84,7 @@ class AttentionBlockSE3(nn.Module):
         radial_hidden: int = 32,
         fusion: Fusion | str = Fusion.AUTO,
         chunk_elements: int | None = None,
+        unit_scalar_kernel: bool = False,
     ):
         super().__init__()
         self.fiber_in, self.fiber_out = Fiber(fiber_in), Fiber(fiber_out)
@@ -103,6 +104,7 @@ class AttentionBlockSE3(nn.Module):
             radial_hidden=radial_hidden,
             fusion=fusion,
             chunk_elements=chunk_elements,
+            unit_scalar_kernel=unit_scalar_kernel,
         )
         self.to_query = LinearSE3(self.fiber_in, self.key_fiber)
         self.attention = AttentionSE3(num_heads, self.key_fiber, self.value_fiber)

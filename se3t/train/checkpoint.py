@@ -109,8 +109,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 def checkpoint_config(state: dict[str, Any], path: str | os.PathLike) -> Config:
     """The resolved config stored in a checkpoint (InputError naming the file if invalid)."""
+    stored = state["config"]
+    model = stored.get("model") if isinstance(stored, dict) else None
+    if isinstance(model, dict) and "radial_sharing" not in model:
+        # saved before the model's function became a config choice: se3t's former function
+        stored = {**stored, "model": {"radial_sharing": "fusion", "self_interaction": "node"}}
+        stored["model"].update(model)
     try:
-        return from_dict(state["config"])
+        return from_dict(stored)
     except ConfigError as err:
         raise InputError(f"checkpoint {str(path)!r}: stored config is invalid: {err}") from err
 
