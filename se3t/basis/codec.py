@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-from se3t.basis.layout import PARTIAL_SUFFIX, unit_file
+from se3t.basis.layout import unit_file
+from se3t.io import write_buffers
 
 
 class ShardCodec:
@@ -25,8 +25,8 @@ class ShardCodec:
     compressor object (``bytes`` little-endian -> compressor -> ``crc32c``, as the array metadata
     says), builds the shard index (``uint64`` (offset, length) pairs in chunk order, then its
     CRC32C, at the end) and writes the file with one ``writev`` to a temporary name and an
-    atomic rename, as Zarr's ``LocalStore`` does. Chunks past the array's end in a partial last
-    shard are left empty in the index, as Zarr leaves them.
+    atomic rename (:func:`se3t.io.write_buffers`), as Zarr's ``LocalStore`` does. Chunks past
+    the array's end in a partial last shard are left empty in the index, as Zarr leaves them.
     ``tests/basis/test_basis_store.py`` checks the files are byte-identical to Zarr's.
 
     Reading (:meth:`read_into`) is the reverse for one chunk: the shard index (read once per
@@ -165,24 +165,5 @@ class ShardCodec:
                 bufs += parts
             ib = index.tobytes()
             bufs += [ib, np.array([google_crc32c.value(ib)], dtype=np.uint32).tobytes()]
-        target = self.path / unit_file(u)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
-        views = [memoryview(b).cast("B") for b in bufs]
-        total = sum(len(v) for v in views)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                while views:  # one writev; loop only if the kernel wrote part of it
-                    done_now = os.writev(fd, views[:1024])
-                    while views and done_now >= len(views[0]):
-                        done_now -= len(views[0])
-                        views.pop(0)
-                    if views and done_now:
-                        views[0] = views[0][done_now:]
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)  # atomic: readers see no shard or the whole shard
-        finally:
-            tmp.unlink(missing_ok=True)
-        return total
+        # atomic (se3t.io): readers see no shard or the whole shard, as with Zarr's LocalStore
+        return write_buffers(self.path / unit_file(u), bufs)

@@ -15,8 +15,8 @@ from typing import Any
 from se3t.basis.layout import (
     CHECKSUMS_FILE,
     CLAIMS_DIR,
-    PARTIAL_SUFFIX,
     STORE_FORMAT,
+    is_temporary,
     iso_time,
     open_group,
     read_checksums_bytes,
@@ -68,8 +68,9 @@ def finalize(store: str | os.PathLike, *, progress: bool = False) -> dict[str, A
             "se3t basis precompute (all --shard slices) before finalize"
         )
     shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
-    for leftover in path.rglob(f"*{PARTIAL_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
+    for leftover in (path / "basis").rglob(".*"):
+        if leftover.is_file() and is_temporary(leftover.name):
+            leftover.unlink(missing_ok=True)
     from tqdm.auto import tqdm
 
     files = {}

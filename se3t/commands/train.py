@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from se3t.io import write_text
+
 
 def resolve_config(target: str, overrides: list[str]):
     """CONFIG is a YAML file, or a run folder holding ``config.yaml`` (resume it: ``run.dir``
@@ -66,7 +68,7 @@ def _run(args) -> int:
     summary = train(cfg, progress=not args.no_progress)
     text = json.dumps(summary, indent=1, default=float)
     if args.summary:
-        Path(args.summary).write_text(text + "\n")
+        write_text(args.summary, text + "\n")  # atomic: a workflow rule's output
     print(text)
     if summary["status"] != "completed":
         print(

@@ -25,14 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from se3t.errors import InputError
+from se3t.io import atomic_dir
 
 __all__ = [
     "ARRAYS",
@@ -110,8 +109,8 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
         num_edges=int(len(arrays["src"])),
         fingerprint=content_hash(arrays, attrs["graph"]),
     )
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def build(tmp: Path) -> None:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for name, dtype in ARRAYS.items():
             data = np.ascontiguousarray(arrays[name], dtype=dtype)
@@ -119,21 +118,8 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
             arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks)
             arr[...] = data
         group.attrs.update(json.loads(json.dumps(attrs)))  # plain JSON types only
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    return atomic_dir(path, build)  # an existing store is replaced only once this one is whole
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

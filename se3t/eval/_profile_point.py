@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from se3t.io import write_text
+
 
 def _limit_memory(limit: int | None, device: str) -> None:
     if not limit or device.startswith("cuda"):
@@ -211,9 +213,7 @@ def main(argv: list[str]) -> int:
             "error": f"{type(err).__name__}: {err}",
             "wall_s": 0.0,
         }
-    tmp = Path(result_file).with_suffix(".tmp")
-    tmp.write_text(json.dumps(point))
-    tmp.replace(result_file)
+    write_text(result_file, json.dumps(point))
     return 0
 
 

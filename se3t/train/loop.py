@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from se3t.config import Config, save, to_dict
 from se3t.errors import InputError
 from se3t.eval.environment import cpu_model
+from se3t.io import write_text
 from se3t.train import distributed as D
 from se3t.train.checkpoint import (
     capture_rng,
@@ -673,9 +674,7 @@ class _Metrics:
             same = r["step"] == step and (r["kind"] == "step" or r["epoch"] < epoch)
             if r["step"] < step or same:
                 keep.append(line)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, rec: dict[str, Any]) -> None:
         if not self.enabled:
