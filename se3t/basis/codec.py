@@ -146,6 +146,35 @@ class ShardCodec:
         else:
             self._decompress(body, out=dest)
 
+    def check(self, u: int) -> str | None:
+        """Check unit ``u``'s file without decompressing it: the shard index's CRC32C, every
+        chunk's extent inside the file and its CRC32C. Returns what is wrong, or None."""
+        import google_crc32c
+
+        try:
+            data = (self.path / unit_file(u)).read_bytes()
+        except OSError as err:
+            return f"unreadable ({err.strerror})"
+        if not self.sharded:
+            spans = [(0, len(data))]
+        else:
+            nbytes = self.cps * 16 + 4
+            raw = data[-nbytes:]
+            if len(data) < nbytes or np.frombuffer(raw[-4:], dtype="<u4")[0] != (
+                google_crc32c.value(raw[:-4])
+            ):
+                return f"{len(data)} bytes, its shard index fails its CRC32C (truncated?)"
+            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.cps, 2)
+            spans = [(int(o), int(n)) for o, n in index if int(o) != 2**64 - 1]
+        for k, (offset, length) in enumerate(spans):
+            if length < 4 or offset + length > len(data):
+                return f"chunk {k} lies outside the file ({len(data)} bytes)"
+            body = data[offset : offset + length - 4]
+            crc = np.frombuffer(data[offset + length - 4 : offset + length], dtype="<u4")[0]
+            if crc != google_crc32c.value(body):
+                return f"chunk {k} fails its CRC32C"
+        return None
+
     def write(self, u: int, chunks: list[list[Any]]) -> int:
         """Write unit ``u`` from its encoded chunks (``encode`` of each, in order, at most
         ``chunks_per_shard``); returns the file's size."""

@@ -121,6 +121,11 @@ def open_group(path_or_url: str, *, read_only: bool = True) -> zarr.Group:
         raise InputError(
             f"basis store {path_or_url!r} does not exist (or is not a Zarr group)"
         ) from err
+    except (ValueError, KeyError, TypeError) as err:  # zarr.json present but damaged
+        raise InputError(
+            f"basis store {path_or_url!r}: zarr.json cannot be read ({type(err).__name__}: "
+            f"{err}); the store is corrupt, remove it (se3t basis gc) and rebuild"
+        ) from None
 
 
 def store_meta(group: zarr.Group, where: str) -> dict[str, Any]:
@@ -191,6 +196,21 @@ def unit_exists(path: Path, u: int) -> bool:
 def is_complete(path: Path) -> bool:
     """True when the local store at ``path`` was finalized (``checksums.json`` present)."""
     return (path / CHECKSUMS_FILE).is_file()
+
+
+def store_files(path: Path) -> list[str]:
+    """Every file of the local store at ``path`` that ``checksums.json`` covers (metadata,
+    index arrays and shards; not the checksums file itself, claims or temporaries), as sorted
+    paths relative to the store."""
+    out = []
+    for dirpath, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not is_temporary(d)]  # .claims and unfinished folders
+        rel = os.path.relpath(dirpath, path)
+        for name in files:
+            if is_temporary(name) or (rel == "." and name == CHECKSUMS_FILE):
+                continue
+            out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return sorted(out)
 
 
 def units_present(path: Path) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 from collections import Counter
@@ -37,8 +38,10 @@ from se3t.data.parse import (
     read_uncharacterized,
 )
 from se3t.data.qm9 import TARGET_UNITS, Record
-from se3t.data.store import FORMAT_VERSION, read_attrs, write_dataset
+from se3t.data.store import FORMAT_VERSION, open_dataset, read_attrs, write_dataset
 from se3t.errors import InputError
+
+log = logging.getLogger("se3t.data")
 
 __all__ = ["RawSource", "build_dataset", "find_raw", "sha256_file"]
 
@@ -144,6 +147,17 @@ def _hashable(source: RawSource) -> list[Path]:
     return out
 
 
+def _intact(out: Path) -> bool:
+    """A store is up to date only when its content verifies, not only its build key: one
+    damaged since it was built is rebuilt (and the damage is logged)."""
+    try:
+        open_dataset(out)
+    except InputError as err:
+        log.warning("%s; rebuilding it", err)
+        return False
+    return True
+
+
 def build_dataset(
     raw: str | os.PathLike,
     out: str | os.PathLike,
@@ -174,7 +188,7 @@ def build_dataset(
             attrs = read_attrs(out)
         except InputError:
             attrs = {}
-        if attrs.get("build_key") == key:
+        if attrs.get("build_key") == key and _intact(out):
             return {
                 "path": str(out),
                 "skipped": True,

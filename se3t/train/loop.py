@@ -54,6 +54,7 @@ from se3t.train.checkpoint import (
     save_checkpoint,
     warn_if_model_code_changed,
 )
+from se3t.train.runlock import hold_run_folder
 from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
 
@@ -732,7 +733,9 @@ def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32,
     )
     try:
-        return Trainer(cfg, progress=progress).run()
+        trainer = Trainer(cfg, progress=progress)  # checks every input; writes nothing
+        with hold_run_folder(trainer.run_dir, is_main=trainer.env.is_main):
+            return trainer.run()
     finally:
         D.shutdown()
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
