@@ -130,6 +130,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     tensorboard: bool = False
     resume: bool = True  # continue from {run.dir}/last.pt when it exists
+    nan_policy: str = "stop"  # stop | skip: on a non-finite loss or gradient (se3t.train.guards)
 
 
 @dataclass
@@ -271,11 +272,11 @@ def validate(cfg: Config | DictConfig) -> None:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(choices)}")
     for key in _POSITIVE:
         value = _get(cfg, key)
-        if value is None or value <= 0:
+        if value is None or not value > 0:  # NaN too
             raise ConfigError(f"config key {key!r}: must be > 0, got {value!r}")
     for key in _NON_NEGATIVE:
         value = _get(cfg, key)
-        if value is None or value < 0:
+        if value is None or not value >= 0:  # NaN too
             raise ConfigError(f"config key {key!r}: must be >= 0, got {value!r}")
     for key in ("data.test_fraction", "data.train_fraction"):
         value = _get(cfg, key)

@@ -62,11 +62,12 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from se3t.train import train
+    from se3t.train import train  # deferred, as strict_record: se3t.train imports torch
+    from se3t.train.guards import strict_record
 
     cfg = resolve_config(args.config, args.overrides)
     summary = train(cfg, progress=not args.no_progress)
-    text = json.dumps(summary, indent=1, default=float)
+    text = json.dumps(strict_record(summary), indent=1, default=float, allow_nan=False)
     if args.summary:
         write_text(args.summary, text + "\n")  # atomic: a workflow rule's output
     print(text)

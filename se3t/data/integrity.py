@@ -124,8 +124,8 @@ def _refuse(path: str, problems: list[str]) -> InputError:
     if len(problems) > 5:
         shown += f"; and {len(problems) - 5} more"
     return InputError(
-        f"dataset store {path} is damaged: {shown}. Its content no longer matches what was "
-        "written; rebuild it with se3t data build (a rerun detects the damage and rebuilds)"
+        f"dataset store {path} is damaged: {shown}. The store was modified or is corrupt; "
+        "rebuild it with se3t data build (a rerun detects the damage and rebuilds)"
     )
 
 

@@ -54,6 +54,7 @@ from se3t.train.checkpoint import (
     save_checkpoint,
     warn_if_model_code_changed,
 )
+from se3t.train.guards import NonFiniteGuard, strict_record
 from se3t.train.runlock import hold_run_folder
 from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
@@ -251,6 +252,11 @@ class Trainer:
             self.optimizer, t, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.guard = NonFiniteGuard(
+            t.nan_policy,
+            amp_scaler=self.scaler.is_enabled(),
+            checkpoint=str(self.run_dir / "last.pt"),
+        )
 
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -525,11 +531,13 @@ class Trainer:
                 if not last_micro:
                     continue
                 # ---- optimizer step: the only place the state changes ----------------------
-                if t.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                if self.guard.step_allowed(loss, self.model, self.step, self.epoch):
+                    if t.grad_clip is not None:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.guard.check_parameters(self.model, self.step + 1, self.epoch)
                 self.optimizer.zero_grad(set_to_none=True)
                 lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
                 self.scheduler.step()
@@ -683,7 +691,7 @@ class _Metrics:
         if self.fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
-        self.fh.write(json.dumps(rec) + "\n")
+        self.fh.write(json.dumps(strict_record(rec), allow_nan=False) + "\n")
         self.fh.flush()
         if self.tb is not None:
             for key, value in rec.items():
