@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 FAULTS = ("delete", "truncate", "flip")
+QM9PACK = Path(__file__).parent / "data" / "qm9" / "qm9pack"  # the committed real molecules
 
 
 def writable(path: Path) -> None:

@@ -41,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from se3t.config import Config, save, to_dict
+from se3t.data.provenance import dataset_record
 from se3t.errors import InputError
 from se3t.eval.environment import cpu_model
 from se3t.io import write_text
@@ -335,6 +336,7 @@ class Trainer:
                 "std": self.train_set.std.clone(),
             },
             "world_size": self.env.world_size,
+            "dataset": dataset_record(self.train_set),  # evaluate checks it (se3t.data.provenance)
         }
 
     def save(self, name: str = "last.pt") -> None:

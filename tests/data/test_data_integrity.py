@@ -7,13 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-from faults import FAULTS, damage, rewrite_values
+from faults import FAULTS, QM9PACK, damage, rewrite_values
 
 from se3t.data.build import build_dataset
 from se3t.data.store import open_dataset
 from se3t.errors import InputError
-
-QM9PACK = __import__("conftest").QM9_TEST_DIR / "qm9pack"
 
 
 @pytest.fixture
