@@ -13,6 +13,7 @@ renamed-but-empty file. Checkpoints and downloads use it; small reports need not
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from se3t.errors import DiskFullError
 
 __all__ = [
     "TMP_DIR_MARK",
@@ -96,10 +99,24 @@ def atomic_write(
                 _fsync_path(path.parent, directory=True)
         else:
             replace(tmp, path, fsync=fsync)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(err):
+            raise _disk_full(err, path) from None
         raise
     return path
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(err: BaseException, path: Path) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    return DiskFullError(str(path), free)
 
 
 def write_text(
@@ -166,7 +183,12 @@ def atomic_dir(
     tmp = path.with_name(f".{path.name}{TMP_DIR_MARK}{uuid.uuid4().hex[:12]}")
     tmp.mkdir()
     try:
-        builder(tmp)
+        try:
+            builder(tmp)
+        except OSError as err:
+            if _is_disk_full(err):
+                raise _disk_full(err, path) from None
+            raise
         if exclusive:
             try:
                 os.rename(tmp, path)  # fails on an existing non-empty folder

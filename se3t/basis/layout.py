@@ -119,7 +119,7 @@ def open_group(path_or_url: str, *, read_only: bool = True) -> zarr.Group:
         return zarr.open_group(store=store, mode="r" if read_only else "r+")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, NotADirectoryError) as err:
         raise InputError(
-            f"basis store {path_or_url!r} does not exist (or is not a Zarr group)"
+            f"basis store {path_or_url!r} does not exist (no readable zarr.json: not a Zarr group)"
         ) from err
     except (ValueError, KeyError, TypeError) as err:  # zarr.json present but damaged
         raise InputError(
