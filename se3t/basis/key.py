@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from se3t.basis.layout import STORE_FORMAT
+from se3t.choices import Compressor
 from se3t.errors import InputError, Se3tError
 
-COMPRESSORS = ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip")
+COMPRESSORS = tuple(c.value for c in Compressor)
 DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 

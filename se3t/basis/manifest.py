@@ -121,11 +121,16 @@ def _canonical_sha(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dict[str, Any]:
+def write_manifest(
+    store: str | os.PathLike, manifest: str | os.PathLike, *, store_url: str | None = None
+) -> dict[str, Any]:
     """Write the run-folder manifest that points at a complete store (what the workflow's basis
     rule outputs): key, store path or URL, dataset fingerprint, settings, sizes, created, and
     ``checksums_sha256`` (hash of the store's checksums file) plus ``manifest_sha256`` (hash of
-    this record), so readers notice a store or manifest changed since. Atomic write."""
+    this record), so readers notice a store or manifest changed since. Atomic write.
+
+    ``store_url``: the manifest points at this object-store URL; ``store`` is its verified local
+    copy (same ``checksums.json`` byte for byte), from which the record is read."""
     where = str(store) if is_url(store) else os.path.abspath(local_path(store))
     group = open_group(where)
     meta = store_meta(group, where)
@@ -140,7 +145,7 @@ def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dic
         "kind": MANIFEST_KIND,
         "store_format": STORE_FORMAT,
         "key": meta["key"],
-        "store": where,
+        "store": store_url or where,
         "dataset_fingerprint": meta["dataset_fingerprint"],
         "dataset_path": meta.get("dataset_path"),
         "settings": {

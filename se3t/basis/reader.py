@@ -319,12 +319,17 @@ def open_basis(
     read: str = "auto",
     cache_chunks: int = 32,
     backend: BasisBackend | None = None,
+    local_cache: str | os.PathLike | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> BasisStore:
     """Open a complete basis store read-only, for a run manifest file or a store path/URL.
 
     Refuses (InputError naming the store and the field) a store that is missing, incomplete
     (never finalized), changed since the manifest was written, or built for another dataset
     fingerprint, degree, dtype, layout or basis code version. Readers never write.
+
+    An ``s3://`` store is read through its verified copy in ``local_cache`` (filled on first
+    use; see :mod:`.mirror`), with ``storage_options`` for the object store.
     """
     where = str(manifest_or_store)
     manifest = None
@@ -333,6 +338,10 @@ def open_basis(
         where = manifest["store"]
     elif not is_url(where):
         where = str(local_path(where))
+    if where.startswith(("s3://", "s3a://")):  # object-store cache (issue 17): local copy
+        from se3t.basis.mirror import read_through
+
+        where = str(read_through(where, local_cache, storage_options))
     group = open_group(where)
     meta = store_meta(group, where)
     backend = backend or default_backend()

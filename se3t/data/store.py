@@ -102,6 +102,7 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
     ``graph`` ({"kind", "cutoff"}). An existing store at ``path`` is replaced only once the new
     one is complete.
     """
+    # deferred: zarr is slow to import; only opening a store needs it
     import zarr
 
     _check_arrays(arrays)
@@ -136,6 +137,7 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The store's attributes; InputError naming the path when it is not a complete store."""
+    # deferred: zarr is slow to import; only opening a store needs it
     import zarr
 
     p = str(path)
@@ -171,6 +173,7 @@ class DatasetStore:
     """
 
     def __init__(self, path: str | os.PathLike):
+        # deferred: zarr is slow to import; only opening a store needs it
         import zarr
 
         self.path = str(path)

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 
+from se3t.choices import NanPolicy
 from se3t.config import ConfigError
 from se3t.errors import Se3tError
 from se3t.train import distributed as D
 
 __all__ = ["NAN_POLICIES", "NonFiniteError", "NonFiniteGuard", "strict_record"]
 
-NAN_POLICIES = ("stop", "skip")
+NAN_POLICIES = tuple(p.value for p in NanPolicy)
 MAX_SKIPS = 10  # skipped steps in a row after which even ``skip`` stops: the run is not healing
 
 log = logging.getLogger("se3t.train")
