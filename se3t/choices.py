@@ -20,6 +20,7 @@ __all__ = [
     "Device",
     "Fusion",
     "Graph",
+    "NanPolicy",
     "Optimizer",
     "Pooling",
     "Precision",
@@ -139,6 +140,13 @@ class Scheduler(StrEnum):
 
     COSINE = "cosine"  # cosine decay to train.min_lr
     CONSTANT = "constant"
+
+
+class NanPolicy(StrEnum):
+    """What training does on a non-finite loss or gradient (``train.nan_policy``)."""
+
+    STOP = "stop"  # fail before anything is saved over the last good checkpoint
+    SKIP = "skip"  # drop the step, as AMP's scaler drops an overflowing one
 
 
 class Precision(StrEnum):

@@ -31,6 +31,7 @@ from se3t.choices import (
     Device,
     Fusion,
     Graph,
+    NanPolicy,
     Optimizer,
     Pooling,
     Precision,
@@ -202,6 +203,8 @@ class TrainConfig:
     # seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for the others
     # before it fails: a rank that died or hangs ends the job instead of holding it to its limit
     collective_timeout: float = positive(300.0)
+    # on a non-finite loss or gradient: stop before saving, or skip the step (train.guards)
+    nan_policy: NanPolicy = NanPolicy.STOP
 
 
 @dataclass

@@ -77,6 +77,12 @@ def register(subparsers) -> None:
         default="csv",
         help="predictions file format: csv (default) or parquet (needs pyarrow)",
     )
+    p.add_argument(
+        "--allow-other-dataset",
+        action="store_true",
+        help="evaluate even when --dataset (or the split drawn from it) is not the one the "
+        "checkpoint was trained on; the metrics then record that (dataset_check)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -111,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
         predictions_format=args.format,
         progress=not args.quiet,
         nvidia=nvidia,
+        allow_other_dataset=args.allow_other_dataset,
     )
     print(f"{doc['split']}: {doc['count']} molecules ({doc['checkpoint']})")
+    if doc["dataset_check"]["matches_training"] is False:
+        print(f"  NOT the training dataset: {doc['dataset_check']['note']}")
     for target, m in doc["metrics"].items():
         mev = f" ({m['mae_mev']:.2f} meV)" if "mae_mev" in m else ""
         print(f"  {target}: MAE {m['mae']:.5g} {m['unit']}{mev}, RMSE {m['rmse']:.5g} {m['unit']}")

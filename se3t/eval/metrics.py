@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import logging
 import os
 import time
 from dataclasses import replace
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from se3t.choices import Split
 from se3t.data import QM9Dataset, collate
+from se3t.data.provenance import check_dataset
 from se3t.device import resolve_device
 from se3t.errors import InputError
 from se3t.eval import plots
@@ -34,6 +36,8 @@ from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, METRICS_SCHEMA_VERSION, validate
 from se3t.io import atomic_write, write_json
 from se3t.train.checkpoint import load_checkpoint, load_model
+
+log = logging.getLogger("se3t.eval")
 
 __all__ = [
     "compute_metrics",
@@ -158,15 +162,19 @@ def evaluate(
     predictions_format: str = "csv",
     progress: bool = True,
     nvidia: str | os.PathLike | bool | None = None,
+    allow_other_dataset: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on a split; write metrics.json, predictions, parity.png, errors.png.
 
     ``run_or_checkpoint``: a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint.
     ``out_dir`` defaults to the run folder (the checkpoint's folder). ``dataset`` overrides the
     dataset path stored in the checkpoint's config (runs made elsewhere). The split is the one
-    training used: same store, ``split_seed`` and fractions from the checkpoint's config.
-    Returns the ``metrics.json`` document. ``nvidia``: evaluate NVIDIA's DLE checkpoint
-    (see :func:`load_for_inference`; ``dataset`` is then required, on se3t's split of it).
+    training used: same store, ``split_seed`` and fractions from the checkpoint's config. A
+    dataset or split other than the checkpoint's training data is refused unless
+    ``allow_other_dataset`` (:func:`se3t.data.provenance.check_dataset`); the document's
+    ``dataset_check`` says what was evaluated. Returns the ``metrics.json`` document.
+    ``nvidia``: evaluate NVIDIA's DLE checkpoint (see :func:`load_for_inference`; ``dataset`` is
+    then required, on se3t's split of it).
     """
     if split not in [s.value for s in Split]:
         raise InputError(f"split {split!r} is not one of {[s.value for s in Split]}")
@@ -188,6 +196,16 @@ def evaluate(
         if isinstance(err, InputError):
             raise
         raise InputError(f"dataset {data_cfg.path!r}: split {split!r}: {err}") from err
+    dataset_check = check_dataset(
+        ckpt,
+        # NVIDIA's checkpoints record no dataset, and its split of QM9 is not se3t's
+        None if nvidia not in (None, False) else _checkpoint_dataset(ckpt),
+        QM9Dataset.from_config(data_cfg, "train"),  # the split training would have drawn
+        allow_other=allow_other_dataset,
+        overridden=dataset is not None,
+    )
+    if dataset_check["matches_training"] is False:
+        log.warning("evaluating %s on another dataset: %s", ckpt, dataset_check["note"])
     if len(data) == 0:
         raise InputError(
             f"dataset {data_cfg.path!r}: split {split!r} has no molecules "
@@ -247,6 +265,7 @@ def evaluate(
         "environment": describe_environment(dev),
         "batch_size": bs,
         "mol_per_s": float(n / elapsed) if elapsed > 0 else 0.0,
+        "dataset_check": dataset_check,
     }
     validate(doc, METRICS_SCHEMA, "evaluation result")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +287,12 @@ def evaluate(
     # metrics.json last: its presence means the other outputs are complete
     write_json(out_dir / "metrics.json", doc)
     return doc
+
+
+def _checkpoint_dataset(path: Path) -> dict | None:
+    """The checkpoint's record of its training data (None in checkpoints made before it)."""
+    record = load_checkpoint(path, map_location="cpu").get("dataset")
+    return record if isinstance(record, dict) else None
 
 
 def _checkpoint_meta(path: Path) -> dict:

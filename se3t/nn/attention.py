@@ -42,9 +42,14 @@ class AttentionSE3(nn.Module):
                 )
 
     def _heads(self, feats: dict[int, Tensor]) -> Tensor:
-        # {d: [X, C, 2d+1]} -> [X, heads, F / heads]
+        # {d: [X, C, 2d+1]} -> [X, heads, F / heads]; sizes spelled out: X may be 0 (no edges)
         return torch.cat(
-            [feats[d].reshape(feats[d].shape[0], self.num_heads, -1) for d in self.key_fiber],
+            [
+                feats[d].reshape(
+                    len(feats[d]), self.num_heads, feats[d].shape[1:].numel() // self.num_heads
+                )
+                for d in self.key_fiber
+            ],
             dim=-1,
         )
 

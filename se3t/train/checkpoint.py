@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,16 +96,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
-            f"checkpoint {str(path)!r} cannot be loaded safely (weights_only): {first}"
-        ) from err
+            f"checkpoint {str(path)!r} cannot be loaded safely: {_why_unloadable(err)}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"checkpoint {str(path)!r} is not a se3t checkpoint (no format tag)")
     for key in ("model", "config", "target_stats", "epoch", "step"):
         if key not in state:
             raise InputError(f"checkpoint {str(path)!r}: field {key!r} is missing")
     return state
+
+
+def _why_unloadable(err: Exception) -> str:
+    """torch's reason, without its advice to retry with ``weights_only=False``: that would run
+    whatever code the file carries, and a checkpoint that needs it is not a se3t checkpoint."""
+    text = str(err)
+    found = re.search(r"unsupported GLOBAL ([\w.]+)", text, flags=re.IGNORECASE)
+    if found:
+        return (
+            f"it holds Python objects ({found.group(1)}) that only unpickling with code "
+            "execution could restore, which se3t never does; use a checkpoint written by "
+            "se3t train"
+        )
+    advice = ("weights_only", "file an issue", "documentation of torch.load")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if not any(a in ln for a in advice)]
+    reason = reasons[0] if reasons else type(err).__name__
+    return f"not a readable torch checkpoint ({reason}); is the file damaged or of another kind?"
 
 
 def checkpoint_config(state: dict[str, Any], path: str | os.PathLike) -> Config:
