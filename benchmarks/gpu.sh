@@ -44,7 +44,7 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, cuda {torch.cuda.is_
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 PYEOF
 if [ "$CPU" = 1 ]; then
-  "${RUN[@]}" --device cpu --sizes 32 --paths pairwise full --precisions fp32 \
+  "${RUN[@]}" --device cpu --sizes 32 --fusion pairwise full --precision fp32 \
     --warmup 0 --steps 1 --out "$OUTDIR/cpu"
   cat "$OUTDIR/cpu/table.md" > "$OUTDIR/table.md"
   exit 0
@@ -55,13 +55,13 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 G=(--device cuda --warmup 3 --steps 10)
-"${RUN[@]}" "${G[@]}" --sizes 240 --paths pairwise full --precisions tf32 --out "$OUTDIR/tf32"
-"${RUN[@]}" "${G[@]}" --sizes 240 --paths full --precisions bf16 fp16 --out "$OUTDIR/amp"
-"${RUN[@]}" "${G[@]}" --sizes 100 --paths full --precisions fp16 --low-memory off on --out "$OUTDIR/mem100"
-"${RUN[@]}" "${G[@]}" --sizes 1000 --paths full --precisions fp16 --out "$OUTDIR/b1000"
+"${RUN[@]}" "${G[@]}" --sizes 240 --fusion pairwise full --precision tf32 --out "$OUTDIR/tf32"
+"${RUN[@]}" "${G[@]}" --sizes 240 --fusion full --precision bf16 fp16 --out "$OUTDIR/amp"
+"${RUN[@]}" "${G[@]}" --sizes 100 --fusion full --precision fp16 --low-memory false true --out "$OUTDIR/mem100"
+"${RUN[@]}" "${G[@]}" --sizes 1000 --fusion full --precision fp16 --out "$OUTDIR/b1000"
 {
   echo "### GPU: $("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
   for part in tf32 amp mem100 b1000; do tail -n +3 "$OUTDIR/$part/table.md" ; done \
-    | { echo "| batch | path | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) |"; echo "|---:|---|---|---|---|---:|---:|---:|"; cat; }
+    | { "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import train_step; print(train_step.HEADER)'; cat; }
 } > "$OUTDIR/table.md"
 cat "$OUTDIR/table.md"

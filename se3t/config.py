@@ -32,11 +32,14 @@ from se3t.choices import (
     Device,
     Fusion,
     Graph,
+    NanPolicy,
     Optimizer,
     Pooling,
     Precision,
     ProfileBasis,
+    RadialSharing,
     Scheduler,
+    SelfInteraction,
     Split,
     SplitMethod,
 )
@@ -143,7 +146,11 @@ class DataConfig:
 
 @dataclass
 class BasisConfig:
-    cache: str = "cache"  # folder or fsspec URL shared by runs and teams
+    cache: str = "cache"  # folder or s3://bucket/prefix shared by runs, teams and sites
+    # s3 caches: the verified local copy training reads (docs/basis.md, "sharing across sites")
+    local_cache: str = "cache"
+    # s3 caches: s3fs options such as endpoint_url (MinIO, Ceph); never credentials
+    storage_options: dict[str, Any] = field(default_factory=dict)
     max_degree: int = non_negative(3)
     dtype: BasisDtype = BasisDtype.FLOAT32
     use: BasisUse = BasisUse.AUTO  # where training takes the bases from
@@ -173,6 +180,9 @@ class ModelConfig:
     layer_norm: bool = True
     pooling: Pooling = Pooling.MAX
     fusion: Fusion = Fusion.AUTO  # auto is full; pairwise is the reference
+    # NVIDIA's function by default: the one its published QM9 runs trained (docs/model.md)
+    radial_sharing: RadialSharing = RadialSharing.NVIDIA_FULL
+    self_interaction: SelfInteraction = SelfInteraction.EDGE
     low_memory: bool = False
     radial_hidden: int = positive(32)
     # the input widths are set from the dataset's encoding when training starts (QM9's below)
@@ -206,6 +216,11 @@ class TrainConfig:
     device: Device = Device.AUTO
     tensorboard: bool = False
     resume: bool = True  # continue from {run.dir}/last.pt when it exists
+    # seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for the others
+    # before it fails: a rank that died or hangs ends the job instead of holding it to its limit
+    collective_timeout: float = positive(300.0)
+    # on a non-finite loss or gradient: stop before saving, or skip the step (train.guards)
+    nan_policy: NanPolicy = NanPolicy.STOP
 
 
 @dataclass
@@ -237,8 +252,10 @@ class EvalConfig:
     split: Split = Split.TEST
     batch_size: int = positive(240)
     profile_batch_sizes: list[int] = field(default_factory=lambda: [10, 50, 100, 240, 500, 1000])
-    profile_modes: list[str] = field(default_factory=lambda: ["fp32", "amp", "amp+lowmem"])
-    profile_paths: list[str] = field(default_factory=lambda: ["pairwise", "fused"])
+    # the profile's grid, crossed: train.precision x model.fusion x model.low_memory values
+    profile_precision: list[Precision] = field(default_factory=lambda: [Precision.FP32])
+    profile_fusion: list[Fusion] = field(default_factory=lambda: [Fusion.PAIRWISE, Fusion.FULL])
+    profile_low_memory: list[bool] = field(default_factory=lambda: [False])
     profile_steps: int = positive(3)
     profile_warmup_steps: int = non_negative(1)
     profile_basis: ProfileBasis = ProfileBasis.STEP
@@ -266,6 +283,32 @@ class Config:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+
+
+# option names that carry credentials (s3fs, botocore, fsspec): refused in basis.storage_options
+_SECRET_OPTIONS = (
+    "key",
+    "secret",
+    "token",
+    "password",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "access_key",
+    "secret_key",
+)
+
+
+def secret_storage_option(options: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first option in ``options`` that holds a credential, else None."""
+    for k, v in dict(options or {}).items():
+        if str(k).lower() in _SECRET_OPTIONS:
+            return f"{prefix}{k}"
+        if isinstance(v, dict | DictConfig):
+            found = secret_storage_option(v, f"{prefix}{k}.")
+            if found:
+                return found
+    return None
 
 
 def validate(cfg: Config | DictConfig) -> None:
@@ -299,6 +342,13 @@ def validate(cfg: Config | DictConfig) -> None:
                 f"config key 'data.targets': {target!r} is not a QM9 target; "
                 f"choose from {list(QM9_TARGETS)}"
             )
+    secret = secret_storage_option(cfg.basis.storage_options)
+    if secret:  # the value is never quoted: it is a secret
+        raise ConfigError(
+            f"config key 'basis.storage_options.{secret}': credentials are never taken from "
+            "the config (it is saved beside every output); set AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE instead"
+        )
     if cfg.model.channels % cfg.model.channels_div:
         raise ConfigError(
             f"config key 'model.channels_div': {cfg.model.channels_div} does not divide "
@@ -358,7 +408,12 @@ def _structured() -> DictConfig:
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)
     # free-form mappings take any key; everything else is closed
-    for free in (schema.launch.extra, schema.workflow.runs, schema.data.units):
+    for free in (
+        schema.launch.extra,
+        schema.workflow.runs,
+        schema.basis.storage_options,
+        schema.data.units,
+    ):
         OmegaConf.set_struct(free, False)
     return schema
 
@@ -367,6 +422,8 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
     msg = getattr(err, "msg", None) or str(err)
     first = msg.splitlines()[0] if msg else type(err).__name__
+    if key in RETIRED:
+        return ConfigError(f"{source}: config key {key!r} was replaced by {RETIRED[key]}")
     kind = {k: t for k, t, _ in _field_rules()}.get(re.sub(r"\[\d+\]$", "", str(key)))
     if get_origin(kind) is list:
         (kind,) = get_args(kind)
@@ -460,7 +517,12 @@ def _check_key(node: DictConfig, dotted: str) -> None:
             cur = cur[part]
             continue
         # free-form mappings (launch.extra, workflow.runs) accept any key below them
-        if i > 0 and ".".join(parts[:i]) in ("launch.extra", "workflow.runs", "data.units"):
+        if i > 0 and ".".join(parts[:i]) in (
+            "launch.extra",
+            "workflow.runs",
+            "basis.storage_options",
+            "data.units",
+        ):
             return
         raise ConfigError(f"config key {dotted!r} is unknown ({part!r} is not a key there)")
 
@@ -478,9 +540,22 @@ def _plain(node: Any) -> Any:
     return node.value if isinstance(node, Enum) else node
 
 
+# keys of earlier versions, with what replaced them: a stored config (a checkpoint's) drops them,
+# since none changes what a run computes; a config file that has one is told what to write
+RETIRED = {
+    "eval.profile_modes": "eval.profile_precision and eval.profile_low_memory",
+    "eval.profile_paths": "eval.profile_fusion",
+}
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild and validate a config from :func:`to_dict`'s output (e.g. from a checkpoint)."""
     merged = _structured()
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key in RETIRED:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
     try:
         merged = OmegaConf.merge(merged, OmegaConf.create(data))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from se3t.graph import Batch, Graph
+from se3t.so3.basis import compute_basis_flat
 
 __all__ = [
     "TOLERANCE",
@@ -45,6 +46,7 @@ def rounding_tolerance(dtype: torch.dtype, scale: float = 1.0, ulps: int = 64) -
 
 def random_rotation(dtype=torch.float64, generator: torch.Generator | None = None) -> Tensor:
     """A uniformly random proper rotation matrix ``[3, 3]`` (det +1)."""
+    # deferred: e3nn.o3 imports sympy (seconds)
     from e3nn import o3
 
     if generator is not None:
@@ -61,6 +63,7 @@ def wigner_D(degree: int, R: Tensor) -> Tensor:
     exact to ~1e-14): e3nn's ``Irrep.D_from_matrix`` goes through float32 generators and is only
     accurate to ~1e-7, too coarse for the float64 tolerance.
     """
+    # deferred: e3nn.o3 imports sympy (seconds)
     from e3nn import o3
 
     g = torch.Generator().manual_seed(1234)
@@ -182,7 +185,5 @@ def random_batch(
 def edge_inputs(batch: Batch, max_degree: int = 3) -> tuple[Tensor, Tensor]:
     """``(flat basis [E, basis_size], edge scalars [E, F_edge + 1])`` of a batch, as
     ``SE3TransformerPooled`` builds them (edge features with the edge length appended)."""
-    from se3t.so3.basis import compute_basis_flat
-
     scalars = torch.cat([batch.edge_feats, batch.edge_vec.norm(dim=1, keepdim=True)], 1)
     return compute_basis_flat(batch.edge_vec, max_degree), scalars

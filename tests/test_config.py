@@ -110,3 +110,16 @@ def test_every_choice_field_has_an_enum_and_every_rule_checks():
         with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             C.load(overrides=[override])
     assert C.load(overrides=["data.limit=null"]).data.limit is None
+
+
+def test_retired_profile_keys(tmp_path):
+    # a checkpoint of an earlier version still loads; a config file is told the new keys
+    stored = C.to_dict(C.load())
+    stored["eval"]["profile_modes"] = ["fp32", "amp"]
+    assert C.from_dict(stored) == C.load()
+    path = tmp_path / "old.yaml"
+    path.write_text("eval:\n  profile_paths: [pairwise, fused]\n")
+    with pytest.raises(
+        C.ConfigError, match="'eval.profile_paths' was replaced by eval.profile_fusion"
+    ):
+        C.load(path)

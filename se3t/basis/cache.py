@@ -32,7 +32,14 @@ from se3t.basis.location import local_path
 from se3t.basis.manifest import MANIFEST_KIND
 from se3t.errors import InputError
 
-__all__ = ["StoreInfo", "gc", "list_stores", "remove_store", "resolve_store"]
+__all__ = [
+    "StoreInfo",
+    "gc",
+    "list_stores",
+    "referenced_keys",
+    "remove_store",
+    "resolve_store",
+]
 
 _KEY_RE = re.compile(r"^[0-9a-f]{8,64}$")
 
@@ -134,7 +141,7 @@ def list_stores(cache: str | os.PathLike) -> list[StoreInfo]:
     return out
 
 
-def _referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
+def referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
     """Keys named by basis manifests: files, or folders searched recursively for ``*.json``."""
     keys: set[str] = set()
     for item in manifests:
@@ -186,7 +193,7 @@ def gc(
     root = local_path(cache) / "basis"
     if not root.is_dir():
         return []
-    keep = _referenced_keys(list(manifests or [])) if unreferenced else set()
+    keep = referenced_keys(list(manifests or [])) if unreferenced else set()
     removed = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():

@@ -28,7 +28,8 @@ def local_path(path: str | os.PathLike) -> Path:
     elif is_url(text):
         raise InputError(
             f"{text!r}: this operation writes to the basis store and needs a local (or shared "
-            "POSIX) folder; build the store there, then copy it to object storage"
+            "POSIX) folder; for an s3:// cache use se3t basis precompute/finalize/publish "
+            "with basis.cache set to the URL (docs/basis.md, sharing across sites)"
         )
     return Path(text)
 

@@ -53,14 +53,16 @@ def add_config_arguments(
         help=f"config overrides applied on top of --config, e.g. {example}",
     )
     for alias in aliases:
-        extra = {"action": alias.action} if alias.action else {"type": alias.type}
-        if alias.metavar:
-            extra["metavar"] = alias.metavar
+        if alias.action:
+            extra, value = {"action": alias.action}, "true"
+        else:
+            value = alias.metavar or alias.flag.lstrip("-").upper().replace("-", "_")
+            extra = {"type": alias.type, "metavar": value}
         parser.add_argument(
             alias.flag,
             dest=alias.dest,
             default=None,
-            help=f"{alias.help + '; ' if alias.help else ''}alias of {alias.key}=VALUE",
+            help=f"{alias.help + '; ' if alias.help else ''}alias of {alias.key}={value}",
             **extra,
         )
     parser.set_defaults(config_aliases=aliases)

@@ -95,6 +95,7 @@ def register(subparsers) -> None:
 
 
 def _fetch(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.data.fetch import fetch
 
     cfg = load_config(args)
@@ -132,6 +133,7 @@ def _fetch(args) -> int:
 
 
 def _build(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.data.build import build_dataset
 
     cfg = load_config(args)
@@ -186,6 +188,7 @@ def _build_own(cfg: C.Config, args) -> int:
 
 
 def _info(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.data.store import open_dataset
 
     store = open_dataset(args.path)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 from se3t.commands.common import add_config_arguments, load_config
 
@@ -48,7 +50,20 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.train.launch import launch
 
+    _show_launcher_messages()
     cfg = load_config(args)
     return launch(cfg, wait=not args.no_wait)
+
+
+def _show_launcher_messages() -> None:
+    """The launcher's log records (``se3t.train.launch``: submitted, attaching, done, the log
+    tail of a failed rank) to stderr, as the command's own messages."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("se3t launch: %(message)s"))
+    logger = logging.getLogger("se3t.train.launch")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

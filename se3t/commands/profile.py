@@ -17,17 +17,25 @@ def _csv(kind):
     return parse
 
 
+def _bool(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError("give true or false")
+    return text.lower() == "true"
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "profile",
-        help="peak training memory and throughput per batch size, mode and path",
+        help="training memory and throughput per batch size, precision and fusion",
         description=(
-            "Run a few training steps for each (mode, path, batch size), each in a fresh "
-            "process, and record peak memory (CUDA: max_memory_allocated; CPU: peak RSS of "
-            "that process) and molecules/s. An out-of-memory point is recorded and the sweep "
-            "goes on (larger batches of that mode and path are skipped). Writes memory.json, "
-            "memory.png and throughput.png to --out, and prints the largest batch that fits "
-            "per mode."
+            "Run a few training steps for every point of the grid eval.profile_precision x "
+            "eval.profile_fusion x eval.profile_low_memory x eval.profile_batch_sizes, each in "
+            "a fresh process (the step harness of se3t.eval.point, which benchmarks/ uses too), "
+            "and record the memory a step adds above the process's baseline (CUDA: "
+            "max_memory_allocated; CPU: peak RSS of that process) and molecules/s. An "
+            "out-of-memory point is recorded and the sweep goes on (larger batches of that "
+            "series are skipped). Writes memory.json, memory.png and throughput.png to --out, "
+            "and prints the largest batch that fits per series."
         ),
     )
     add_config_arguments(
@@ -42,19 +50,27 @@ def register(subparsers) -> None:
                 help="batch sizes",
             ),
             Alias(
-                "--modes",
-                "eval.profile_modes",
+                "--precision",
+                "eval.profile_precision",
                 type=_csv(str),
-                metavar="MODE,...",
-                help="fp32, tf32, amp, fp16, bf16, each optionally +lowmem; amp is fp16 with "
-                "loss scaling on CUDA, bf16 autocast on the CPU",
+                metavar="P,...",
+                help="train.precision values: fp32, tf32, fp16 (autocast with loss scaling, "
+                "NVIDIA's AMP), bf16",
             ),
             Alias(
-                "--paths",
-                "eval.profile_paths",
+                "--fusion",
+                "eval.profile_fusion",
                 type=_csv(str),
-                metavar="PATH,...",
-                help="pairwise (the unfused reference), fused",
+                metavar="F,...",
+                help="model.fusion values: pairwise (the unfused reference), per_output, "
+                "per_input, full",
+            ),
+            Alias(
+                "--low-memory",
+                "eval.profile_low_memory",
+                type=_csv(_bool),
+                metavar="B,...",
+                help="model.low_memory values: false, true",
             ),
             Alias("--steps", "eval.profile_steps", type=int, help="timed steps per point"),
             Alias(
@@ -89,6 +105,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.profiling import profile
 
     doc = profile(load_config(args), args.out, progress=not args.quiet)

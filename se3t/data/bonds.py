@@ -39,6 +39,7 @@ BOND_CODE = {"SINGLE": 0, "DOUBLE": 1, "TRIPLE": 2, "AROMATIC": 3}
 
 
 def _rdkit_mol(species: np.ndarray, pos: np.ndarray):
+    # deferred: RDKit is slow to import; only bond perception needs it
     from rdkit import Chem
 
     mol = Chem.RWMol()
@@ -74,6 +75,7 @@ def _prune_overbonded(mol, pos: np.ndarray) -> int:
     :data:`MAX_DEGREE` allows, drop the bond of such an atom that is longest relative to the
     sum of the covalent radii.
     """
+    # deferred: RDKit is slow to import; only bond perception needs it
     from rdkit import Chem
 
     table = Chem.GetPeriodicTable()
@@ -104,6 +106,7 @@ def _prune_overbonded(mol, pos: np.ndarray) -> int:
 
 def perceive(species: np.ndarray, pos: np.ndarray):
     """(RDKit molecule with the perceived bonds, how) — see :func:`bond_graph`."""
+    # deferred: RDKit is slow to import; only bond perception needs it
     from rdkit import RDLogger
     from rdkit.Chem import rdDetermineBonds
 

@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from se3t.data import collate
+from se3t.device import resolve_device
 from se3t.errors import InputError
-from se3t.eval.environment import resolve_device
 from se3t.eval.metrics import load_for_inference, resolve_checkpoint, target_stats
 from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.io import write_text
@@ -109,12 +110,13 @@ def predict(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    nvidia: str | os.PathLike | bool | None = None,
 ) -> pd.DataFrame:
     """One row per (molecule, target): ``file, id, target, unit, prediction`` (and
     ``prediction_mev`` for energies). All files are read before the model runs, so a malformed
-    one fails before any prediction is made."""
-    from se3t.data import collate
-    from se3t.data.elements import Encoding
+    one fails before any prediction is made. ``nvidia``: ``checkpoint`` is NVIDIA's DLE
+    checkpoint with this sidecar (:func:`se3t.eval.metrics.load_for_inference`)."""
+    from se3t.data.elements import QM9_ENCODING, Encoding
     from se3t.train.checkpoint import load_checkpoint
 
     if not files:
@@ -122,9 +124,14 @@ def predict(
     ckpt = resolve_checkpoint(checkpoint)
     paths = [Path(f) for f in files]
     dev = resolve_device(device)
-    model, cfg, stats = load_for_inference(ckpt, dev)
+    model, cfg, stats = load_for_inference(ckpt, dev, nvidia)
     names, mean, std = target_stats(stats, str(ckpt))
-    encoding = Encoding.from_dict(load_checkpoint(ckpt, map_location="cpu").get("encoding"))
+    # NVIDIA's checkpoints are QM9 models (H, C, N, O, F and bond types)
+    encoding = (
+        QM9_ENCODING
+        if nvidia
+        else Encoding.from_dict(load_checkpoint(ckpt, map_location="cpu").get("encoding"))
+    )
     entries = [(p, mol_id, s) for p in paths for mol_id, s in read_inputs(p, cfg, encoding)]
     samples = [s for _, _, s in entries]
     outs = []

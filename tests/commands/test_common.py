@@ -56,4 +56,4 @@ def test_help_names_the_key_of_every_alias(capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(["--help"])
     out = capsys.readouterr().out
-    assert "alias of data.limit=VALUE" in out and "alias of data.strict=VALUE" in out
+    assert "alias of data.limit=LIMIT" in out and "alias of data.strict=true" in out

@@ -1,5 +1,6 @@
-"""``se3t launch`` on the real single-node SLURM cluster (tests/slurm/cluster.sh): a two-task
-DDP job, a job preempted mid-run (SIGUSR2) that requeues and resumes, a job that fails."""
+"""``se3t launch`` on the real multi-node SLURM cluster (tests/slurm/cluster.sh): a two-task
+DDP job on one node, a 2-node job preempted mid-run (SIGUSR2) that requeues and resumes, a job
+that fails, ``srun`` ranks, a relaunch that attaches instead of submitting twice."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "train"))
 from train_helpers import as_args, empty_config, metrics, sacct_ids, tiny_overrides  # noqa: E402
+
+from se3t.train.launch import read_record  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -94,9 +97,10 @@ def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
 
 @pytest.mark.parametrize("how", ["usr2", "partition"])
 def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, how):
-    """``usr2``: ``scancel --signal=USR2`` (what SLURM sends before a time limit);
-    ``partition``: a job on the higher-priority partition asks for the free CPUs and ours, so
-    SLURM preempts ours (preempt_send_user_signal: USR2, GraceTime, requeue)."""
+    """A 2-node job (one rank per node). ``usr2``: ``scancel --signal=USR2`` (what SLURM sends
+    before a time limit: submitit asks for it 90 s ahead); ``partition``: a job on the
+    higher-priority partition asks for the free CPUs and ours, so SLURM preempts ours
+    (preempt_send_user_signal: USR2, GraceTime, requeue)."""
     run = tmp_path / "run"
     name = f"rq-{uuid.uuid4().hex[:6]}"
     # long enough (checkpoints at every step) that an unloaded machine is still training when
@@ -115,6 +119,7 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
                 "train.batch_size": 16,
                 "train.checkpoint_every": 1,
                 "launch.partition": slurm_cluster.preemptable_partition,
+                "launch.nodes": 2,
             },
         ),
     ]
@@ -176,6 +181,8 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
         ["scontrol", "show", "job", job], capture_output=True, text=True
     ).stdout
     assert "Restarts=1" in restarts, restarts
+    assert len(slurm_cluster.job_nodes(job)) == 2
+    assert "world size 2" in log
 
 
 def _safe_metrics(run):
@@ -276,8 +283,9 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
     procs, job = [first], None
     try:
         job = _job_id(name, first)
+        # the complete record (the intent record, written before sbatch, has no job id yet)
         end = time.monotonic() + 60
-        while not (run / "launch.json").is_file() and time.monotonic() < end:
+        while read_record(run) is None and time.monotonic() < end:
             time.sleep(0.1)
         first.kill()  # SIGKILL, as Snakemake's cancel or a lost terminal would
         first.communicate(timeout=60)

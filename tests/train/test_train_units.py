@@ -159,6 +159,10 @@ def test_detect_reads_torchrun_and_slurm_environments():
     )
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert env.master_addr == "node7" and env.master_port == 20077
+    # a world of several without a rendezvous address is refused, never localhost
+    with pytest.raises(InputError, match="MASTER_ADDR"):
+        detect({"RANK": "0", "WORLD_SIZE": "2"})
+    assert detect({"RANK": "0", "WORLD_SIZE": "1"}).world_size == 1
 
 
 def test_checkpoint_records_model_code_and_warns_when_it_changed(tmp_path):
