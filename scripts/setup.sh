@@ -2,7 +2,8 @@
 # Set up a fresh machine for se3t: a virtual environment in .venv with the CPU build of torch
 # (taken first, so nothing pulls a CUDA build), se3t itself with its extras, and, with
 # --system (as root), the Debian packages the tests need: a SLURM cluster (slurm-wlm, slurmdbd,
-# munge, mariadb-server) and headless Chromium for the report test.
+# munge, mariadb-server), headless Chromium for the report test, and g++ for the fused TFN's
+# CPU kernel (compiled at first use; without a compiler se3t falls back to torch, slower).
 #
 #   bash scripts/setup.sh            # Python environment only
 #   bash scripts/setup.sh --system   # also the Debian packages (root)
@@ -25,7 +26,7 @@ for arg in "$@"; do
 done
 
 if [ "$SYSTEM" = 1 ]; then
-  pkgs=(slurm-wlm slurmdbd munge mariadb-server chromium)
+  pkgs=(slurm-wlm slurmdbd munge mariadb-server chromium g++)
   missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ "${#missing[@]}" -gt 0 ]; then

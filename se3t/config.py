@@ -101,6 +101,13 @@ class ModelConfig:
     pooling: str = "max"  # max | mean
     fusion: str = "auto"  # auto (= full) | pairwise (reference) | per_output | per_input | full
     low_memory: bool = False
+    # fused-kernel backend (docs/kernel.md): auto (cpp on CPUs, torch elsewhere) | torch | cpp |
+    # triton (opt-in on GPUs); tile sizes: 0 = from the per-machine tuning cache
+    kernel: str = "auto"
+    kernel_tuning: bool = True  # timed trial at first use of a shape (else defaults/cache)
+    kernel_chunk_edges: int = 0
+    kernel_edge_block: int = 0
+    kernel_k_tile: int = 0
     radial_hidden: int = 32
     node_features: int = 6  # one-hot H, C, N, O, F + atomic number
     edge_features: int = 4  # one-hot single, double, triple, aromatic (the length is added)
@@ -200,6 +207,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "basis.read": ("auto", "memory", "chunks"),
     "model.pooling": ("max", "mean"),
     "model.fusion": ("auto", "pairwise", "per_output", "per_input", "full"),
+    "model.kernel": ("auto", "torch", "cpp", "triton"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "train.scheduler": ("cosine", "constant"),
     "train.precision": ("fp32", "tf32", "fp16", "bf16"),
@@ -239,6 +247,9 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "model.max_degree",
+    "model.kernel_chunk_edges",
+    "model.kernel_edge_block",
+    "model.kernel_k_tile",
     "basis.max_degree",
     "model.edge_features",
     "train.epochs",
