@@ -121,6 +121,7 @@ def load_batch(path: Path, size: int, device):
 def point(args) -> dict:
     """One benchmark point in this process; returns the result row."""
     from se3t.models.transformer import SE3TransformerPooled
+    from se3t.nn.tuning import KernelTuner, default_cache
     from se3t.so3.basis import compute_basis_flat
 
     device = torch.device(
@@ -135,6 +136,8 @@ def point(args) -> dict:
         fusion=args.path,
         low_memory=args.low_memory,
         pooling="max",
+        kernel=args.kernel,
+        tuner=KernelTuner(cache=default_cache()),  # per machine, as build() does
     ).to(device)
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -174,7 +177,15 @@ def point(args) -> dict:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     med = sorted(times)[len(times) // 2]
+    flat = model.prepare_basis(batch, basis)
+    state = model.transformer.kernel_state(flat)
+    with torch.no_grad():
+        model(batch, flat, state=state)  # which evaluations the step's forward ran
     return {
+        "kernel": args.kernel,
+        "evaluations": dict(state.ran),
+        "tiles": model.transformer.tuner.report(),
+        **roofline_columns(model, batch, med, device, args.sgemm_n),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
         "size": args.size,
@@ -193,19 +204,37 @@ def point(args) -> dict:
     }
 
 
+def roofline_columns(model, batch, step_s: float, device, sgemm_n: int) -> dict:
+    """The step's FLOPs (from the fibers and edge counts), its rate, and the machine's square
+    sgemm rate measured now, in this process (se3t.eval.roofline)."""
+    from se3t.eval.roofline import cpu_model, model_step_flops, sgemm_gflops
+
+    flops = model_step_flops(model, batch.graph.num_edges, batch.graph.num_nodes)
+    sgemm = sgemm_gflops(sgemm_n, device=device.type) if sgemm_n else float("nan")
+    return {
+        "step_gflop": flops / 1e9,
+        "gflops": flops / step_s / 1e9,
+        "sgemm_gflops": sgemm,
+        "sgemm_n": sgemm_n,
+        **cpu_model(),
+    }
+
+
 def run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     combos = [
-        (size, path, prec, lowmem, basis)
+        (size, path, prec, lowmem, basis, kernel)
+        for _ in range(args.repeat)  # A B A B: every point again, after all the others
         for size in args.sizes
         for path in args.paths
+        for kernel in (args.kernels if path != "pairwise" else ["auto"])
         for prec in args.precisions
         for lowmem in args.low_memory
         for basis in args.basis
     ]
-    for size, path, prec, lowmem, basis in combos:
+    for size, path, prec, lowmem, basis, kernel in combos:
         cmd = [
             sys.executable,
             __file__,
@@ -226,6 +255,10 @@ def run(args) -> None:
             str(args.steps),
             "--warmup",
             str(args.warmup),
+            "--kernel",
+            kernel,
+            "--sgemm-n",
+            str(args.sgemm_n),
         ]
         if lowmem == "on":
             cmd.append("--low-memory")
@@ -238,6 +271,7 @@ def run(args) -> None:
                 "precision": prec,
                 "low_memory": lowmem == "on",
                 "basis": basis,
+                "kernel": kernel,
                 "error": tail[0] if tail else f"exit {proc.returncode}",
             }
         else:
@@ -257,29 +291,40 @@ def format_row(r: dict) -> str:
         )
     return (
         f"{r['size']:>5} {r['path']:>10} {r['precision']:>5} lowmem={r['low_memory']!s:5} "
-        f"basis={r['basis']:>3} {r['mol_per_s']:8.2f} mol/s  "
-        f"peak {r['peak_bytes'] / 2**30:6.2f} GiB"
+        f"basis={r['basis']:>3} kernel={_evals(r):>12} {r['mol_per_s']:8.2f} mol/s  "
+        f"peak {r['peak_bytes'] / 2**30:6.2f} GiB  {r['gflops']:6.1f} GFLOP/s "
+        f"(sgemm {r['sgemm_gflops']:.1f}, load {r['load']})"
     )
+
+
+def _evals(r: dict) -> str:
+    """The evaluations the point's forward pass ran (pairwise: none of the fused ones)."""
+    return "+".join(sorted(r.get("evaluations") or {})) or "pairwise"
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| batch | path | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) |",
-        "|---:|---|---|---|---|---:|---:|---:|",
+        "| batch | path | kernel | precision | low memory | basis | mol/s | step (s) "
+        "| peak memory (GiB) | step GFLOP | GFLOP/s | sgemm GFLOP/s | % of sgemm | load |",
+        "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(
-                f"| {r['size']} | {r['path']} | {r['precision']} | {r['low_memory']} | "
-                f"{r['basis']} | failed: {r['error']} | | |"
+                f"| {r['size']} | {r['path']} | {r.get('kernel', '')} | {r['precision']} | "
+                f"{r['low_memory']} | {r['basis']} | failed: {r['error']} | | | | | | | |"
             )
         else:
             lines.append(
-                f"| {r['size']} | {r['path']} | {r['precision']} | "
+                f"| {r['size']} | {r['path']} | {_evals(r)} | {r['precision']} | "
                 f"{'on' if r['low_memory'] else 'off'} | {r['basis']} | "
-                f"{r['mol_per_s']:.2f} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**30:.2f} |"
+                f"{r['mol_per_s']:.2f} | {r['step_s']:.3f} | {r['peak_bytes'] / 2**30:.2f} | "
+                f"{r['step_gflop']:.1f} | {r['gflops']:.1f} | {r['sgemm_gflops']:.1f} | "
+                f"{100 * r['gflops'] / r['sgemm_gflops']:.0f} | {r['load']} |"
             )
-    return "\n".join(lines) + "\n"
+    cpus = {(r["cpu"], r["isa"]) for r in rows if "cpu" in r}
+    notes = [f"CPU: {cpu}; ISA: {isa}" for cpu, isa in sorted(cpus)]
+    return "\n".join(lines + [""] + notes) + "\n"
 
 
 def basis_throughput(edges: int, repeats: int, dtype: str) -> None:
@@ -342,12 +387,24 @@ def main(argv=None) -> None:
         q.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
         q.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
         q.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+        q.add_argument(
+            "--sgemm-n",
+            type=int,
+            default=2048,
+            help="size of the square float32 matmul timed as the roofline (0: skip)",
+        )
         if name == "point":
             q.add_argument("--size", type=int, default=100, help="molecules per batch")
             q.add_argument(
                 "--path", default="full", help="fusion: pairwise, per_output, per_input, full"
             )
             q.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"])
+            q.add_argument(
+                "--kernel",
+                default="auto",
+                choices=["auto", "torch", "cpp", "triton"],
+                help="fused-kernel backend (model.kernel)",
+            )
             q.add_argument(
                 "--low-memory", action="store_true", help="activation checkpointing per layer"
             )
@@ -360,6 +417,18 @@ def main(argv=None) -> None:
         else:
             q.add_argument("--sizes", type=int, nargs="+", default=[100])
             q.add_argument("--paths", nargs="+", default=["pairwise", "full"])
+            q.add_argument(
+                "--kernels",
+                nargs="+",
+                default=["auto"],
+                help="fused-kernel backends of the fused paths (auto torch cpp triton)",
+            )
+            q.add_argument(
+                "--repeat",
+                type=int,
+                default=1,
+                help="run the whole list this many times, in turn (A B A B)",
+            )
             q.add_argument("--precisions", nargs="+", default=["fp32"])
             q.add_argument("--low-memory", nargs="+", default=["off"], choices=["off", "on"])
             q.add_argument("--basis", nargs="+", default=["otf"], choices=["otf", "pre"])
