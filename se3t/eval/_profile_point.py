@@ -182,6 +182,8 @@ def run(spec: dict) -> dict:
         )
         point["step_time_s"] = elapsed / steps
         point["mol_per_s"] = b * steps / elapsed
+        # the fused kernel's backend and the tiles it ran with on this machine (docs/kernel.md)
+        point["kernel"] = f"{cfg.model.kernel}: {model.transformer.tuner.report()}"
     except Exception as err:  # noqa: BLE001 - every failure becomes a record
         point["status"] = "oom" if _is_oom(err) else "error"
         point["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
