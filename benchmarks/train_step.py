@@ -110,10 +110,23 @@ def make_batches(
     os.replace(tmp_out, out)
 
 
-def load_batch(path: Path, size: int, device):
+def load_batch(path: Path, size: int, device, copies: int = 1):
+    """The saved batch of ``size`` molecules; ``copies > 1``: its molecules ``copies`` times
+    over (a batch of ``size * copies``, for the largest-batch search)."""
     from se3t.graph import Batch, Graph
 
-    d = torch.load(path, weights_only=True)[size]
+    d = dict(torch.load(path, weights_only=True)[size])
+    if copies > 1:
+        n = int(d["num_nodes"])
+        shift = torch.arange(copies).repeat_interleave(d["src"].numel()) * n
+        d["src"] = d["src"].repeat(copies) + shift
+        d["dst"] = d["dst"].repeat(copies) + shift
+        graphs = torch.arange(copies).repeat_interleave(n) * size
+        d["node_graph"] = d["node_graph"].repeat(copies) + graphs
+        d["num_nodes"] = n * copies
+        for k in ("pos", "node_feats", "edge_feats", "y"):
+            d[k] = d[k].repeat(copies, *([1] * (d[k].dim() - 1)))
+        size = size * copies
     graph = Graph(d["src"], d["dst"], d["node_graph"], int(d["num_nodes"]), size)
     return Batch(graph, d["pos"], d["node_feats"], d["edge_feats"], y=d["y"]).to(device)
 
@@ -131,7 +144,7 @@ def point(args) -> dict:
     if args.precision == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    batch = load_batch(Path(args.batches), args.size, device)
+    batch = load_batch(Path(args.batches), args.size, device, args.copies)
     model = SE3TransformerPooled(
         fusion=args.path,
         low_memory=args.low_memory,
@@ -181,6 +194,7 @@ def point(args) -> dict:
     state = model.transformer.kernel_state(flat)
     with torch.no_grad():
         model(batch, flat, state=state)  # which evaluations the step's forward ran
+    args.size = batch.graph.num_graphs // args.copies  # the row reports size * copies
     return {
         "kernel": args.kernel,
         "evaluations": dict(state.ran),
@@ -188,7 +202,7 @@ def point(args) -> dict:
         **roofline_columns(model, batch, med, device, args.sgemm_n),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
-        "size": args.size,
+        "size": args.size * args.copies,
         "path": args.path,
         "fusion": model.fusion.value,
         "precision": args.precision,
@@ -395,6 +409,12 @@ def main(argv=None) -> None:
         )
         if name == "point":
             q.add_argument("--size", type=int, default=100, help="molecules per batch")
+            q.add_argument(
+                "--copies",
+                type=int,
+                default=1,
+                help="repeat the batch's molecules this many times (largest-batch search)",
+            )
             q.add_argument(
                 "--path", default="full", help="fusion: pairwise, per_output, per_input, full"
             )
