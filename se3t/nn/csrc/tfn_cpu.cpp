@@ -98,6 +98,15 @@ void radial_tile(const T* z, int64_t H, const T* W, int64_t ldw, int64_t n, T* o
       V::store(out + e * ldo + j + L, a1[e]);
     }
   }
+  for (; j + L <= n; j += L) {
+    typename V::type a0[TE];
+    for (int e = 0; e < TE; ++e) a0[e] = V::splat(0);
+    for (int64_t h = 0; h < H; ++h) {
+      auto w0 = V::load(W + h * ldw + j);
+      for (int e = 0; e < TE; ++e) a0[e] += V::splat(z[e * H + h]) * w0;
+    }
+    for (int e = 0; e < TE; ++e) V::store(out + e * ldo + j, a0[e]);
+  }
   for (; j < n; ++j) {
     T a[TE] = {};
     for (int64_t h = 0; h < H; ++h)
@@ -183,36 +192,46 @@ inline void grad_rt(const T* Te, const T* g, int64_t K, int64_t M, int64_t C, in
   }
 }
 
-// dW[h, j] += sum_e z[e, h] dR[e, j] and dz[e, h] += sum_j dR[e, j] W[h, j] over n columns j
-// (one channel's k segment), for every h
+// dW[h, c K + k] += sum_e z[e, h] dR[e, c, k] and dz[e, h] += sum_{c, k} dR[e, c, k] W[h, c K + k]
+// over the tile's kt columns k of every channel c, for every h. The dz partial sums stay in
+// vector registers across all channels: one horizontal sum per (h, edge) and tile.
 template <typename T>
-void weight_grads(const T* zt, int64_t H, const T* dR, int64_t ldr, const T* W, T* dW, int64_t ldw,
-                  int64_t n, bool need_w, bool need_z, T* dz /* [TE, H] */) {
+void weight_grads(const T* zt, int64_t H, const T* dR, int64_t C, int64_t kt, const T* W, T* dW,
+                  int64_t ldw, int64_t K, bool need_w, bool need_z, T* dz /* [TE, H] */) {
   using V = Vec<T>;
   constexpr int L = V::lanes;
+  const int64_t n = C * kt;  // dR row length of one edge
   for (int64_t h = 0; h < H; ++h) {
-    typename V::type az[TE];
+    typename V::type az[TE], zb[TE];
     T sz[TE] = {};
-    for (int e = 0; e < TE; ++e) az[e] = V::splat(0);
-    int64_t j = 0;
-    for (; j + L <= n; j += L) {
-      auto w = V::load(W + h * ldw + j);
-      auto dw = need_w ? V::load(dW + h * ldw + j) : V::splat(0);
-      for (int e = 0; e < TE; ++e) {
-        auto d = V::load(dR + e * ldr + j);
-        dw += V::splat(zt[e * H + h]) * d;
-        az[e] += d * w;
-      }
-      if (need_w) V::store(dW + h * ldw + j, dw);
+    for (int e = 0; e < TE; ++e) {
+      az[e] = V::splat(0);
+      zb[e] = V::splat(zt[e * H + h]);
     }
-    for (; j < n; ++j) {
-      T dw = 0;
-      for (int e = 0; e < TE; ++e) {
-        const T d = dR[e * ldr + j];
-        dw += zt[e * H + h] * d;
-        sz[e] += d * W[h * ldw + j];
+    for (int64_t c = 0; c < C; ++c) {
+      const T* w_row = W + h * ldw + c * K;
+      T* dw_row = dW + h * ldw + c * K;
+      const T* dr = dR + c * kt;
+      int64_t j = 0;
+      for (; j + L <= kt; j += L) {
+        auto w = V::load(w_row + j);
+        auto dw = need_w ? V::load(dw_row + j) : V::splat(0);
+        for (int e = 0; e < TE; ++e) {
+          auto d = V::load(dr + e * n + j);
+          dw += zb[e] * d;
+          az[e] += d * w;
+        }
+        if (need_w) V::store(dw_row + j, dw);
       }
-      if (need_w) dW[h * ldw + j] += dw;
+      for (; j < kt; ++j) {
+        T dw = 0;
+        for (int e = 0; e < TE; ++e) {
+          const T d = dr[e * n + j];
+          dw += zt[e * H + h] * d;
+          sz[e] += d * w_row[j];
+        }
+        if (need_w) dw_row[j] += dw;
+      }
     }
     if (need_z)
       for (int e = 0; e < TE; ++e) dz[e * H + h] += V::sum(az[e]) + sz[e];
@@ -255,9 +274,8 @@ void backward_impl(const T* z, int64_t E, int64_t H, const T* Wcf, int64_t K, in
         }
         if (need_w || need_z) {
           std::fill(dzt.begin(), dzt.end(), T(0));
-          for (int64_t c = 0; c < C; ++c)
-            weight_grads<T>(zt.data(), H, dR.data() + c * kt, n, Wcf + c * K + k0,
-                            dW + c * K + k0, C * K, kt, need_w, need_z, dzt.data());
+          weight_grads<T>(zt.data(), H, dR.data(), C, kt, Wcf + k0, need_w ? dW + k0 : nullptr,
+                          C * K, K, need_w, need_z, dzt.data());
           if (need_z)
             for (int64_t e = 0; e < te; ++e)
               for (int64_t h = 0; h < H; ++h) dzl[(es + e) * H + h] += dzt[e * H + h];
