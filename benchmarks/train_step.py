@@ -341,6 +341,52 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + [""] + notes) + "\n"
 
 
+def layer_point(size: int, kernel: str, repeats: int, batches: str) -> dict:
+    """One hidden-layer TFN convolution of the paper's model (key/value conv: degrees 0..3,
+    32 -> 32 + 32 channels, edge messages), forward and backward on the real batch's edges,
+    with ``kernel`` (or the pairwise reference for ``pairwise``): best of ``repeats``."""
+    from se3t.eval.roofline import conv_flops, cpu_model
+    from se3t.nn import ConvSE3, pairwise_reference
+    from se3t.nn.kernel import KernelState
+    from se3t.nn.tuning import KernelTuner, default_cache
+    from se3t.so3 import Fiber
+    from se3t.so3.basis import compute_basis_flat
+
+    torch.manual_seed(0)
+    batch = load_batch(Path(batches), size, "cpu")
+    g = batch.graph
+    fin = Fiber({d: 32 for d in range(4)})
+    conv = ConvSE3(fin, Fiber({d: 32 for d in range(4)}), Fiber({0: 4}), max_degree=3, pool=False)
+    if kernel == "pairwise":
+        conv = pairwise_reference(conv)
+    basis = compute_basis_flat(batch.edge_vec, 3)
+    es = torch.cat([batch.edge_feats, batch.edge_vec.norm(dim=1, keepdim=True)], 1)
+    x = {d: torch.randn(g.num_nodes, 32, 2 * d + 1, requires_grad=True) for d in range(4)}
+    tuner = KernelTuner(cache=default_cache())
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first: tuning and warm-up
+        state = KernelState(basis, "torch" if kernel == "pairwise" else kernel, tuner)
+        t = time.perf_counter()
+        out = conv(x, g, basis, es, state=state)
+        sum(o.sum() for o in out.values()).backward()
+        t = time.perf_counter() - t
+        best = min(best, t) if state.ran or kernel == "pairwise" else best
+    import resource
+
+    flops = 3 * conv_flops(conv, g.num_edges, g.num_nodes)
+    return {
+        "layer": "hidden key/value conv",
+        "size": size,
+        "edges": g.num_edges,
+        "kernel": kernel,
+        "evaluations": dict(state.ran),
+        "fwd_bwd_s": best,
+        "gflops": flops / best / 1e9,
+        "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        **cpu_model(),
+    }
+
+
 def basis_throughput(edges: int, repeats: int, dtype: str) -> None:
     """Edges/s of ``compute_basis_flat`` (degree 3) into a preallocated output (as the basis
     store fills its chunks), next to e3nn's spherical harmonics alone."""
@@ -386,6 +432,15 @@ def main(argv=None) -> None:
         default=None,
         help="keep every N-th molecule (default: 109 for qm9pack's full data, else 1)",
     )
+    la = sub.add_parser(
+        "layer", help="one hidden-layer convolution, forward+backward, per kernel (A B A B)"
+    )
+    la.add_argument("--batches", required=True)
+    la.add_argument("--size", type=int, default=100)
+    la.add_argument("--kernels", nargs="+", default=["pairwise", "torch", "cpp"])
+    la.add_argument("--repeat", type=int, default=2, help="fresh processes per kernel, in turn")
+    la.add_argument("--repeats", type=int, default=2, help="timed passes per process (best)")
+    la.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the worker
     bt = sub.add_parser("basis", help="edges/s of compute_basis_flat (the basis store's fast path)")
     bt.add_argument("--edges", type=int, default=100_000)
     bt.add_argument("--repeats", type=int, default=5)
@@ -459,7 +514,26 @@ def main(argv=None) -> None:
                 help="folder for results.json and table.md",
             )
     args = p.parse_args(argv)
-    if args.cmd == "basis":
+    if args.cmd == "layer":
+        if args.one:
+            print(json.dumps(layer_point(args.size, args.one, args.repeats, args.batches)))
+            return
+        for _ in range(args.repeat):
+            for k in args.kernels:
+                cmd = [sys.executable, __file__, "layer", "--batches", args.batches]
+                cmd += ["--size", str(args.size), "--repeats", str(args.repeats), "--one", k]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"{k}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(
+                    f"batch {r['size']} ({r['edges']} edges) {k:>8} {r['evaluations']}: "
+                    f"fwd+bwd {r['fwd_bwd_s']:.3f} s, {r['gflops']:.1f} GFLOP/s, "
+                    f"peak {r['peak_bytes'] / 2**30:.2f} GiB, load {r['load']}",
+                    flush=True,
+                )
+    elif args.cmd == "basis":
         basis_throughput(args.edges, args.repeats, args.dtype)
     elif args.cmd == "make-batches":
         make_batches(args.out, args.raw, args.every)
