@@ -90,6 +90,12 @@ class KernelTuner:
     def key(self, evaluation: str, spec, z: Tensor) -> str:
         E = max(1, min(z.shape[0], _DEFAULTS[evaluation]["chunk_edges"]))
         bucket = 1 << (E - 1).bit_length()  # edges per call, to the next power of two
+        build = ""
+        if evaluation == "cpp":
+            from se3t.nn.kernel_cpu import build_info  # deferred: avoids an import cycle
+
+            # a rebuilt kernel (new source, compiler or flags) is a new library: re-tune it
+            build = Path(str(build_info().get("library", ""))).stem
         return "|".join(
             [
                 device_name(z),
@@ -99,6 +105,7 @@ class KernelTuner:
                 f"H {z.shape[1]}",
                 f"in {list(spec.ins)} out {list(spec.outs)}",
                 f"E {bucket}",
+                *([build] if build else []),
             ]
         )
 
