@@ -4,6 +4,7 @@
 #   snakemake --profile profiles/slurm     # a SLURM cluster: full QM9, GPUs through submitit
 #
 # The DAG (docs/workflow.md):
+#   stage_config, run_config (one resolved config file per stage and run)
 #   download_qm9 -> build_dataset -> precompute_basis (N shards) -> finalize_basis
 #     -> train (per run) -> evaluate, profile_memory (per run) -> report
 # The config file is an se3t config (se3t/config.py) plus `workflow.runs`; it is validated at
@@ -26,6 +27,7 @@ envvars:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/config.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/basis.smk"
 include: "workflow/rules/train.smk"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from se3t.data.basis_store import BasisSettings, finalize, open_basis, precompute
+from se3t.basis import BasisSettings, finalize, open_basis, precompute
 from se3t.data.store import fingerprint, open_dataset
 from se3t.so3.basis import compute_basis_flat
 

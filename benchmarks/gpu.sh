@@ -14,11 +14,8 @@
 #                 where no GPU is present
 #
 # Points (GPU): batch 240 pairwise/fused in tf32, fused in bf16 and fp16 (AMP): the throughput
-# table; batch 240 with AMP (fp16): the Triton kernel (model.kernel=triton) vs the eager fused
-# torch evaluation vs pairwise, in mol/ms (target >= 6; NVIDIA 2.92 on an A100); batch 100 fused
-# fp16, torch and Triton, with and without low-memory mode: peak memory (target <= 2 GB; NVIDIA
-# 3.8 / 3.0 GB on a V100); the largest batch that trains with the Triton kernel and with the
-# torch evaluation (doubling from 1000 molecules until a point fails: out of memory).
+# table; batch 100 fused fp16 with and without low-memory mode: peak memory vs NVIDIA's
+# 3.8 / 3.0 GB; batch 1000 fused fp16: that a batch of 1000 molecules trains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
@@ -47,7 +44,7 @@ print(f"torch {torch.__version__}, e3nn {e3nn.__version__}, cuda {torch.cuda.is_
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 PYEOF
 if [ "$CPU" = 1 ]; then
-  "${RUN[@]}" --device cpu --sizes 32 --paths pairwise full --precisions fp32 \
+  "${RUN[@]}" --device cpu --sizes 32 --fusion pairwise full --precision fp32 \
     --warmup 0 --steps 1 --out "$OUTDIR/cpu"
   cat "$OUTDIR/cpu/table.md" > "$OUTDIR/table.md"
   exit 0
@@ -58,36 +55,17 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 G=(--device cuda --warmup 3 --steps 10)
-"${RUN[@]}" "${G[@]}" --sizes 240 --paths pairwise full --precisions tf32 --out "$OUTDIR/tf32"
-"${RUN[@]}" "${G[@]}" --sizes 240 --paths full --precisions bf16 fp16 --out "$OUTDIR/amp"
-# Triton vs eager fused vs pairwise, AMP, batch 240, A B A B
-"${RUN[@]}" "${G[@]}" --sizes 240 --paths pairwise full --kernels torch triton --precisions fp16 \
-  --repeat 2 --out "$OUTDIR/triton240"
-"${RUN[@]}" "${G[@]}" --sizes 100 --paths full --kernels torch triton --precisions fp16 \
-  --low-memory off on --out "$OUTDIR/mem100"
-# the largest batch that fits: copies of the 1000-molecule batch, doubling until a point fails
-: > "$OUTDIR/largest.txt"
-for kernel in triton torch; do
-  best=0
-  for copies in 1 2 4 8 16 32; do
-    if "$PY" benchmarks/train_step.py point --batches "$BATCHES" --device cuda --size 1000 \
-        --copies "$copies" --path full --kernel "$kernel" --precision fp16 --warmup 1 --steps 1 \
-        --sgemm-n 0 > "$OUTDIR/largest_${kernel}_${copies}.json" 2>/dev/null; then
-      best=$((1000 * copies))
-    else
-      break
-    fi
-  done
-  echo "largest batch that trains (fp16, kernel $kernel): $best molecules (doubling from 1000)" \
-    | tee -a "$OUTDIR/largest.txt"
-done
+"${RUN[@]}" "${G[@]}" --sizes 240 --fusion pairwise full --precision tf32 --out "$OUTDIR/tf32"
+"${RUN[@]}" "${G[@]}" --sizes 240 --fusion full --precision bf16 fp16 --out "$OUTDIR/amp"
+"${RUN[@]}" "${G[@]}" --sizes 100 --fusion full --precision fp16 --low-memory false true --out "$OUTDIR/mem100"
+"${RUN[@]}" "${G[@]}" --sizes 1000 --fusion full --precision fp16 --out "$OUTDIR/b1000"
+# issue 12: the Triton kernel (model.kernel=triton) vs the eager fused torch evaluation vs
+# pairwise at batch 240 with AMP, and peak memory at batch 100 with AMP, per kernel
+"${RUN[@]}" "${G[@]}" --sizes 240 --fusion pairwise full --kernel torch triton --precision fp16 --out "$OUTDIR/triton240"
+"${RUN[@]}" "${G[@]}" --sizes 100 --fusion full --kernel torch triton --precision fp16 --out "$OUTDIR/triton100"
 {
   echo "### GPU: $("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
-  echo "(mol/ms = mol/s / 1000)"
-  for part in tf32 amp triton240 mem100; do
-    cat "$OUTDIR/$part/table.md"
-    echo
-  done
-  cat "$OUTDIR/largest.txt"
+  for part in tf32 amp mem100 b1000 triton240 triton100; do tail -n +3 "$OUTDIR/$part/table.md" ; done \
+    | { "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import train_step; print(train_step.HEADER)'; cat; }
 } > "$OUTDIR/table.md"
 cat "$OUTDIR/table.md"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for se3t: a virtual environment in .venv with the CPU build of torch
 # (taken first, so nothing pulls a CUDA build), se3t itself with its extras, and, with
-# --system (as root), the Debian packages the tests need: a SLURM cluster (slurm-wlm, slurmdbd,
-# munge, mariadb-server), headless Chromium for the report test, and g++ for the fused TFN's
-# CPU kernel (compiled at first use; without a compiler se3t falls back to torch, slower).
+# --system (as root), the Debian packages the tests need: a multi-node SLURM cluster (slurm-wlm, slurmdbd,
+# munge, mariadb-server; iproute2 and util-linux for its network and UTS namespaces) and headless
+# Chromium for the report test, and g++ for the fused TFN's CPU kernel (compiled at first use;
+# without a compiler se3t falls back to torch, slower).
 #
 #   bash scripts/setup.sh            # Python environment only
 #   bash scripts/setup.sh --system   # also the Debian packages (root)
@@ -26,7 +27,7 @@ for arg in "$@"; do
 done
 
 if [ "$SYSTEM" = 1 ]; then
-  pkgs=(slurm-wlm slurmdbd munge mariadb-server chromium g++)
+  pkgs=(slurm-wlm slurmdbd munge mariadb-server iproute2 util-linux chromium g++)
   missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -42,5 +43,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q -e ".[qm9,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install -q -e ".[qm9,s3,dev]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import se3t, torch, e3nn, zarr; print('se3t', se3t.__version__, '| torch', torch.__version__)"

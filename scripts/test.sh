@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite: lint, then pytest. The SLURM tests start the single-node cluster of
+# Run the test suite: lint, then pytest. The SLURM tests start the multi-node cluster of
 # tests/slurm/cluster.sh themselves (as root, where the Debian packages are installed) and stop
 # what they started; where sbatch is absent they are skipped with the reason.
 set -euo pipefail

@@ -11,13 +11,34 @@ Sections: ``data``, ``basis``, ``model``, ``train``, ``run``, ``launch``, ``eval
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from se3t.choices import (
+    BasisDtype,
+    BasisRead,
+    BasisUse,
+    Cluster,
+    Compressor,
+    Device,
+    Fusion,
+    Graph,
+    Kernel,
+    Optimizer,
+    Pooling,
+    Precision,
+    ProfileBasis,
+    Scheduler,
+    Split,
+)
 from se3t.io import write_text
 
 __all__ = [
@@ -46,97 +67,144 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or impossible; the message names it."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The range a numeric field must lie in, kept on the field (``metadata["rule"]``) and
+    checked by :func:`validate`; ``optional`` lets ``None`` (YAML ``null``) through."""
+
+    text: str  # "be > 0", read after "must "
+    test: Callable[[Any], bool]
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and self.optional:
+            return None
+        if value is not None and self.test(value):
+            return None
+        return f"must {self.text}{' or null' if self.optional else ''}, got {value!r}"
+
+
+def positive(default: Any, *, optional: bool = False) -> Any:
+    """A field whose value must be > 0 (or ``None`` when ``optional``)."""
+    return field(default=default, metadata={"rule": Rule("be > 0", lambda v: v > 0, optional)})
+
+
+def non_negative(default: Any) -> Any:
+    """A field whose value must be >= 0."""
+    return field(default=default, metadata={"rule": Rule("be >= 0", lambda v: v >= 0)})
+
+
+def fraction(default: float) -> Any:
+    """A field whose value must lie strictly between 0 and 1."""
+    return field(default=default, metadata={"rule": Rule("lie in (0, 1)", lambda v: 0 < v < 1)})
+
+
 @dataclass
 class DataConfig:
     source: str = "qm9pack"  # qm9pack | figshare | a local directory or tar archive
     raw_dir: str = "resources/qm9"
     path: str = "results/data/qm9.zarr"
-    limit: int | None = None  # keep only the first N molecules (a subset for demos and tests)
-    graph: str = "bond"  # bond | radius
-    cutoff: float = 5.0  # Å, for graph=radius
+    limit: int | None = positive(
+        None, optional=True
+    )  # keep only the first N molecules (a subset for demos and tests)
+    graph: Graph = Graph.BOND
+    cutoff: float = positive(5.0)  # Å, for graph=radius
     targets: list[str] = field(default_factory=lambda: ["homo"])
     split_seed: int = 0
     # Full QM9: NVIDIA's recipe (100,000 train, 10 % test, the rest validation). A subset smaller
     # than n_train + test uses the fractions below instead.
     n_train: int = 100_000
-    test_fraction: float = 0.1
-    train_fraction: float = 0.8
-    num_workers: int = 0
+    test_fraction: float = fraction(0.1)
+    train_fraction: float = fraction(0.8)
+    num_workers: int = non_negative(0)
     figshare_url: str = "https://ndownloader.figshare.com/files/3195389"
     figshare_sha256: str | None = None
     uncharacterized_url: str = "https://ndownloader.figshare.com/files/3195404"
     uncharacterized_sha256: str | None = None
-    retries: int = 5  # download attempts after the first, with exponential backoff
-    timeout: float = 60.0  # seconds without data before a download attempt is given up
-    processes: int = 2  # worker processes for bond perception in `se3t data build`
+    retries: int = non_negative(5)  # download attempts after the first, with exponential backoff
+    timeout: float = positive(60.0)  # seconds without data before a download attempt is given up
+    processes: int = positive(2)  # worker processes for bond perception in `se3t data build`
     strict: bool = False  # a bad molecule stops the build instead of being dropped and reported
 
 
 @dataclass
 class BasisConfig:
-    cache: str = "cache"  # folder or fsspec URL shared by runs and teams
-    max_degree: int = 3
-    dtype: str = "float32"  # float32 | float16 | float64
-    use: str = "auto"  # auto | store | compute: where training takes the bases from
+    cache: str = "cache"  # folder or s3://bucket/prefix shared by runs, teams and sites
+    # s3 caches: the verified local copy training reads (docs/basis.md, "sharing across sites")
+    local_cache: str = "cache"
+    # s3 caches: s3fs options such as endpoint_url (MinIO, Ceph); never credentials
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    max_degree: int = non_negative(3)
+    dtype: BasisDtype = BasisDtype.FLOAT32
+    use: BasisUse = BasisUse.AUTO  # where training takes the bases from
     manifest: str | None = None  # basis manifest (results/basis/manifest.json) for use=store|auto
-    shards: int = 2  # precompute jobs (`se3t basis precompute --shard I/N`) the workflow runs
-    compressor: str = "blosc-lz4"  # none | zstd | blosc-lz4 | blosc-zstd | gzip (BENCHMARKS.md)
+    shards: int = positive(
+        2
+    )  # precompute jobs (`se3t basis precompute --shard I/N`) the workflow runs
+    compressor: Compressor = Compressor.BLOSC_LZ4
     compression_level: int | None = None  # None: the default (zstd 1, blosc-lz4 5, blosc-zstd 3)
-    chunk_edges: int = 4096  # edge rows per Zarr chunk (whole molecules, zero-padded)
-    chunks_per_shard: int = 8  # chunks per shard file: the unit written atomically and resumed
-    read: str = "auto"  # auto | memory | chunks: how training reads the store (docs/basis.md)
-    cache_chunks: int = 32  # decoded chunks kept in RAM by read=chunks
-    buffer_chunks: int = 16  # chunk-aware shuffling window (chunks) for read=chunks
+    chunk_edges: int = positive(4096)  # edge rows per Zarr chunk (whole molecules, zero-padded)
+    chunks_per_shard: int = positive(
+        8
+    )  # chunks per shard file: the unit written atomically and resumed
+    read: BasisRead = BasisRead.AUTO
+    cache_chunks: int = positive(32)  # decoded chunks kept in RAM by read=chunks
+    buffer_chunks: int = positive(16)  # chunk-aware shuffling window (chunks) for read=chunks
 
 
 @dataclass
 class ModelConfig:
-    num_layers: int = 7
-    max_degree: int = 3  # degrees 0..max_degree
-    channels: int = 32
-    heads: int = 8
-    channels_div: int = 2
+    num_layers: int = positive(7)
+    max_degree: int = non_negative(3)  # degrees 0..max_degree
+    channels: int = positive(32)
+    heads: int = positive(8)
+    channels_div: int = positive(2)
     norm: bool = True
     layer_norm: bool = True
-    pooling: str = "max"  # max | mean
-    fusion: str = "auto"  # auto (= full) | pairwise (reference) | per_output | per_input | full
+    pooling: Pooling = Pooling.MAX
+    fusion: Fusion = Fusion.AUTO  # auto is full; pairwise is the reference
     low_memory: bool = False
     # fused-kernel backend (docs/kernel.md): auto (cpp on CPUs, torch elsewhere) | torch | cpp |
     # triton (opt-in on GPUs); tile sizes: 0 = from the per-machine tuning cache
-    kernel: str = "auto"
+    kernel: Kernel = Kernel.AUTO
     kernel_tuning: bool = True  # timed trial at first use of a shape (else defaults/cache)
-    kernel_chunk_edges: int = 0
-    kernel_edge_block: int = 0
-    kernel_k_tile: int = 0
-    radial_hidden: int = 32
-    node_features: int = 6  # one-hot H, C, N, O, F + atomic number
-    edge_features: int = 4  # one-hot single, double, triple, aromatic (the length is added)
-    out_dim: int = 1
+    kernel_chunk_edges: int = non_negative(0)
+    kernel_edge_block: int = non_negative(0)
+    kernel_k_tile: int = non_negative(0)
+    radial_hidden: int = positive(32)
+    node_features: int = positive(6)  # one-hot H, C, N, O, F + atomic number
+    edge_features: int = positive(
+        4
+    )  # one-hot single, double, triple, aromatic (the length is added)
+    out_dim: int = positive(1)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    max_steps: int | None = None
-    batch_size: int = 240
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 0.002
-    min_lr: float = 0.00001
+    epochs: int = non_negative(100)
+    max_steps: int | None = positive(None, optional=True)
+    batch_size: int = positive(240)
+    optimizer: Optimizer = Optimizer.ADAM
+    lr: float = positive(0.002)
+    min_lr: float = non_negative(0.00001)
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    scheduler: str = "cosine"  # cosine | constant
-    warmup_epochs: float = 0.0
-    grad_clip: float | None = None
-    accumulate: int = 1
-    precision: str = "fp32"  # fp32 | tf32 | fp16 | bf16
+    weight_decay: float = non_negative(0.0)
+    scheduler: Scheduler = Scheduler.COSINE
+    warmup_epochs: float = non_negative(0.0)
+    grad_clip: float | None = positive(None, optional=True)
+    accumulate: int = positive(1)
+    precision: Precision = Precision.FP32
     seed: int = 0
     deterministic: bool = False
-    eval_every: int = 1
-    log_every: int = 10
-    checkpoint_every: int = 0  # steps; 0: at every epoch end only
-    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = positive(1)
+    log_every: int = non_negative(10)
+    checkpoint_every: int = non_negative(0)  # steps; 0: at every epoch end only
+    device: Device = Device.AUTO
     tensorboard: bool = False
     resume: bool = True  # continue from {run.dir}/last.pt when it exists
+    # seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for the others
+    # before it fails: a rank that died or hangs ends the job instead of holding it to its limit
+    collective_timeout: float = positive(300.0)
 
 
 @dataclass
@@ -147,33 +215,35 @@ class RunConfig:
 
 @dataclass
 class LaunchConfig:
-    cluster: str = "local"  # slurm | local | debug
-    nodes: int = 1
-    gpus_per_node: int = 0  # 0: CPU training
-    tasks_per_node: int = 1  # used when gpus_per_node is 0
-    cpus_per_task: int = 2
+    cluster: Cluster = Cluster.LOCAL
+    nodes: int = positive(1)
+    gpus_per_node: int = non_negative(0)  # 0: CPU training
+    tasks_per_node: int = positive(1)  # used when gpus_per_node is 0
+    cpus_per_task: int = positive(2)
     mem_gb: int | None = None
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    time: int = 60  # minutes
+    time: int = positive(60)  # minutes
     constraint: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    max_num_timeout: int = 3
+    max_num_timeout: int = non_negative(3)
     folder: str | None = None  # submitit logs; default: {run.dir}/submitit
 
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
-    batch_size: int = 240
+    split: Split = Split.TEST
+    batch_size: int = positive(240)
     profile_batch_sizes: list[int] = field(default_factory=lambda: [10, 50, 100, 240, 500, 1000])
-    profile_modes: list[str] = field(default_factory=lambda: ["fp32", "amp", "amp+lowmem"])
-    profile_paths: list[str] = field(default_factory=lambda: ["pairwise", "fused"])
-    profile_steps: int = 3
-    profile_warmup_steps: int = 1
-    profile_basis: str = "step"  # step: computed in every step (NVIDIA's way) | precomputed
-    profile_timeout: float = 600.0  # seconds per point before it is recorded as timeout
+    # the profile's grid, crossed: train.precision x model.fusion x model.low_memory values
+    profile_precision: list[Precision] = field(default_factory=lambda: [Precision.FP32])
+    profile_fusion: list[Fusion] = field(default_factory=lambda: [Fusion.PAIRWISE, Fusion.FULL])
+    profile_low_memory: list[bool] = field(default_factory=lambda: [False])
+    profile_steps: int = positive(3)
+    profile_warmup_steps: int = non_negative(1)
+    profile_basis: ProfileBasis = ProfileBasis.STEP
+    profile_timeout: float = positive(600.0)  # seconds per point before it is recorded as timeout
     profile_memory_limit_gb: float | None = None  # cap per point (CUDA fraction, CPU RLIMIT_DATA)
 
 
@@ -199,110 +269,52 @@ class Config:
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
 
 
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.graph": ("bond", "radius"),
-    "basis.dtype": ("float16", "float32", "float64"),
-    "basis.use": ("auto", "store", "compute"),
-    "basis.compressor": ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip"),
-    "basis.read": ("auto", "memory", "chunks"),
-    "model.pooling": ("max", "mean"),
-    "model.fusion": ("auto", "pairwise", "per_output", "per_input", "full"),
-    "model.kernel": ("auto", "torch", "cpp", "triton"),
-    "train.optimizer": ("adam", "adamw", "sgd"),
-    "train.scheduler": ("cosine", "constant"),
-    "train.precision": ("fp32", "tf32", "fp16", "bf16"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "launch.cluster": ("slurm", "local", "debug"),
-    "eval.split": ("train", "val", "test"),
-    "eval.profile_basis": ("step", "precomputed"),
-}
-
-_POSITIVE = (
-    "data.cutoff",
-    "data.timeout",
-    "data.processes",
-    "basis.shards",
-    "basis.chunk_edges",
-    "basis.chunks_per_shard",
-    "basis.cache_chunks",
-    "basis.buffer_chunks",
-    "model.num_layers",
-    "model.channels",
-    "model.heads",
-    "model.channels_div",
-    "model.radial_hidden",
-    "model.node_features",
-    "model.out_dim",
-    "train.batch_size",
-    "train.lr",
-    "train.accumulate",
-    "train.eval_every",
-    "launch.nodes",
-    "launch.tasks_per_node",
-    "launch.cpus_per_task",
-    "launch.time",
-    "eval.batch_size",
-    "eval.profile_steps",
-    "eval.profile_timeout",
-)
-_NON_NEGATIVE = (
-    "model.max_degree",
-    "model.kernel_chunk_edges",
-    "model.kernel_edge_block",
-    "model.kernel_k_tile",
-    "basis.max_degree",
-    "model.edge_features",
-    "train.epochs",
-    "train.min_lr",
-    "train.weight_decay",
-    "train.warmup_epochs",
-    "train.log_every",
-    "train.checkpoint_every",
-    "launch.gpus_per_node",
-    "launch.max_num_timeout",
-    "data.num_workers",
-    "data.retries",
-    "eval.profile_steps",
-    "eval.profile_warmup_steps",
+# option names that carry credentials (s3fs, botocore, fsspec): refused in basis.storage_options
+_SECRET_OPTIONS = (
+    "key",
+    "secret",
+    "token",
+    "password",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "access_key",
+    "secret_key",
 )
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
+def secret_storage_option(options: Any, prefix: str = "") -> str | None:
+    """The dotted name of the first option in ``options`` that holds a credential, else None."""
+    for k, v in dict(options or {}).items():
+        if str(k).lower() in _SECRET_OPTIONS:
+            return f"{prefix}{k}"
+        if isinstance(v, dict | DictConfig):
+            found = secret_storage_option(v, f"{prefix}{k}.")
+            if found:
+                return found
+    return None
 
 
 def validate(cfg: Config | DictConfig) -> None:
-    """Check values that types alone cannot: choices, signs, fractions and QM9 target names."""
-    for key, choices in _CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(choices)}")
-    for key in _POSITIVE:
-        value = _get(cfg, key)
-        if value is None or value <= 0:
-            raise ConfigError(f"config key {key!r}: must be > 0, got {value!r}")
-    for key in _NON_NEGATIVE:
-        value = _get(cfg, key)
-        if value is None or value < 0:
-            raise ConfigError(f"config key {key!r}: must be >= 0, got {value!r}")
-    for key in ("data.test_fraction", "data.train_fraction"):
-        value = _get(cfg, key)
-        if not 0.0 < value < 1.0:
-            raise ConfigError(f"config key {key!r}: must lie in (0, 1), got {value!r}")
+    """Check what types alone cannot: each field's own rule (its choices, sign or range), then
+    the rules that tie fields together (splits, QM9 target names, channels per head)."""
+    for key, kind, rule in _field_rules():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if rule is not None:
+            problem = rule.problem(value)
+        elif get_origin(kind) is list:  # a list of choices: each element is one
+            problems = (_choice_problem(get_args(kind)[0], v) for v in value)
+            problem = next((p for p in problems if p), None)
+        else:
+            problem = _choice_problem(kind, value)
+        if problem:
+            raise ConfigError(f"config key {key!r}: {problem}")
     if cfg.data.test_fraction + cfg.data.train_fraction >= 1.0:
         raise ConfigError(
             "config keys 'data.train_fraction' + 'data.test_fraction' must leave a validation "
             f"split, got {cfg.data.train_fraction} + {cfg.data.test_fraction}"
         )
-    if cfg.data.limit is not None and cfg.data.limit <= 0:
-        raise ConfigError(f"config key 'data.limit': must be > 0 or null, got {cfg.data.limit}")
-    if cfg.train.max_steps is not None and cfg.train.max_steps <= 0:
-        raise ConfigError(f"config key 'train.max_steps': must be > 0, got {cfg.train.max_steps}")
-    if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
-        raise ConfigError(f"config key 'train.grad_clip': must be > 0, got {cfg.train.grad_clip}")
     if not cfg.data.targets:
         raise ConfigError("config key 'data.targets': give at least one QM9 target")
     for target in cfg.data.targets:
@@ -311,6 +323,13 @@ def validate(cfg: Config | DictConfig) -> None:
                 f"config key 'data.targets': {target!r} is not a QM9 target; "
                 f"choose from {list(QM9_TARGETS)}"
             )
+    secret = secret_storage_option(cfg.basis.storage_options)
+    if secret:  # the value is never quoted: it is a secret
+        raise ConfigError(
+            f"config key 'basis.storage_options.{secret}': credentials are never taken from "
+            "the config (it is saved beside every output); set AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE instead"
+        )
     if cfg.model.channels % cfg.model.channels_div:
         raise ConfigError(
             f"config key 'model.channels_div': {cfg.model.channels_div} does not divide "
@@ -323,11 +342,35 @@ def validate(cfg: Config | DictConfig) -> None:
         )
 
 
+@cache
+def _field_rules() -> tuple[tuple[str, Any, Rule | None], ...]:
+    """``(dotted key, type, rule)`` of every field that has a rule or an enum type."""
+    out = []
+    for section in fields(Config):
+        cls = get_type_hints(Config)[section.name]
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            kind = hints[f.name]
+            element = get_args(kind)[0] if get_origin(kind) is list else None
+            if "rule" in f.metadata or _is_choice(kind) or _is_choice(element):
+                out.append((f"{section.name}.{f.name}", kind, f.metadata.get("rule")))
+    return tuple(out)
+
+
+def _is_choice(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, Enum)
+
+
+def _choice_problem(kind: type[Enum], value: Any) -> str | None:
+    values = [m.value for m in kind]
+    return None if value in values else f"{value!r} is not one of {values}"
+
+
 def _structured() -> DictConfig:
     schema = OmegaConf.structured(Config)
     OmegaConf.set_struct(schema, True)
     # free-form mappings take any key; everything else is closed
-    for free in (schema.launch.extra, schema.workflow.runs):
+    for free in (schema.launch.extra, schema.workflow.runs, schema.basis.storage_options):
         OmegaConf.set_struct(free, False)
     return schema
 
@@ -336,64 +379,84 @@ def _explain(err: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
     msg = getattr(err, "msg", None) or str(err)
     first = msg.splitlines()[0] if msg else type(err).__name__
+    if key in RETIRED:
+        return ConfigError(f"{source}: config key {key!r} was replaced by {RETIRED[key]}")
+    kind = {k: t for k, t, _ in _field_rules()}.get(re.sub(r"\[\d+\]$", "", str(key)))
+    if get_origin(kind) is list:
+        (kind,) = get_args(kind)
+    if _is_choice(kind):  # OmegaConf lists the members' Python names; say the YAML values
+        first = _choice_problem(kind, getattr(err, "value", None)) or first
     return ConfigError(f"{source}: config key {key!r}: {first}")
 
 
 def load(
     path: str | os.PathLike | None = None,
     overrides: list[str] | tuple[str, ...] | dict[str, Any] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
 ) -> Config:
-    """Merge defaults <- YAML file <- overrides and return a validated :class:`Config`.
+    """Merge defaults <- YAML file <- overrides <- values and return a validated :class:`Config`.
 
-    ``overrides`` are ``key=value`` strings in dotted form (``train.lr=1e-3``) or a mapping of
-    dotted keys to values. Keys that the YAML file has but the schema lacks are errors; the
-    top-level keys of a Snakemake config that are not sections are errors too, so typos never
-    pass silently.
+    ``overrides`` are ``key=value`` strings in dotted form (``train.lr=1e-3``, values parsed as
+    YAML) or a mapping of dotted keys to values; ``values`` is such a mapping applied last (the
+    CLI's aliases, set verbatim). Keys that the YAML file has but the schema lacks are errors;
+    the top-level keys of a Snakemake config that are not sections are errors too, so typos
+    never pass silently.
     """
     merged = _structured()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # yaml errors carry the line; keep them
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-        if loaded is None:
-            loaded = OmegaConf.create({})
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-        try:
-            merged = OmegaConf.merge(merged, loaded)
-        except OmegaConfBaseException as err:
-            raise _explain(err, f"config file {str(path)!r}") from err
-    if overrides:
-        if isinstance(overrides, dict):
-            items = [(str(k), v) for k, v in overrides.items()]
-            dotlist = None
-        else:
-            items = None
-            dotlist = list(overrides)
-            for item in dotlist:
-                if "=" not in item:
-                    raise ConfigError(
-                        f"override {item!r} is not of the form key=value (e.g. train.lr=0.001)"
-                    )
-        try:
-            if dotlist is not None:
-                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))
-            else:
-                for key, value in items:
-                    _check_key(merged, key)
-                    merged = OmegaConf.merge(merged, OmegaConf.create(_nest(key, value)))
-        except OmegaConfBaseException as err:
-            raise _explain(err, "override") from err
+        merged = _merge_file(merged, Path(path))
+    if isinstance(overrides, dict):
+        merged = _merge_values(merged, overrides)
+    elif overrides:
+        merged = _merge_dotlist(merged, list(overrides))
+    if values:
+        merged = _merge_values(merged, values)
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         raise _explain(err, "config") from err
     validate(cfg)
     return cfg
+
+
+def _merge_file(merged: DictConfig, path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml errors carry the line; keep them
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+    if loaded is None:
+        loaded = OmegaConf.create({})
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+    try:
+        return OmegaConf.merge(merged, loaded)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err, f"config file {str(path)!r}") from err
+
+
+def _merge_dotlist(merged: DictConfig, dotlist: list[str]) -> DictConfig:
+    for item in dotlist:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} is not of the form key=value (e.g. train.lr=0.001)"
+            )
+    try:
+        return OmegaConf.merge(merged, OmegaConf.from_dotlist(dotlist))  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise _explain(err, "override") from err
+
+
+def _merge_values(merged: DictConfig, values: dict[str, Any]) -> DictConfig:
+    try:
+        for key, value in values.items():
+            _check_key(merged, str(key))
+            merged = OmegaConf.merge(merged, OmegaConf.create(_nest(str(key), value)))  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _explain(err, "override") from err
+    return merged
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
@@ -411,19 +474,44 @@ def _check_key(node: DictConfig, dotted: str) -> None:
             cur = cur[part]
             continue
         # free-form mappings (launch.extra, workflow.runs) accept any key below them
-        if i > 0 and ".".join(parts[:i]) in ("launch.extra", "workflow.runs"):
+        if i > 0 and ".".join(parts[:i]) in (
+            "launch.extra",
+            "workflow.runs",
+            "basis.storage_options",
+        ):
             return
         raise ConfigError(f"config key {dotted!r} is unknown ({part!r} is not a key there)")
 
 
 def to_dict(cfg: Config | DictConfig) -> dict[str, Any]:
-    """The config as plain Python containers (JSON- and YAML-ready)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    """The config as plain Python containers (JSON- and YAML-ready; choices as their values)."""
+    return _plain(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node.value if isinstance(node, Enum) else node
+
+
+# keys of earlier versions, with what replaced them: a stored config (a checkpoint's) drops them,
+# since none changes what a run computes; a config file that has one is told what to write
+RETIRED = {
+    "eval.profile_modes": "eval.profile_precision and eval.profile_low_memory",
+    "eval.profile_paths": "eval.profile_fusion",
+}
 
 
 def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild and validate a config from :func:`to_dict`'s output (e.g. from a checkpoint)."""
     merged = _structured()
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for key in RETIRED:
+        section, name = key.split(".")
+        if isinstance(data.get(section), dict):
+            data[section].pop(name, None)
     try:
         merged = OmegaConf.merge(merged, OmegaConf.create(data))
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

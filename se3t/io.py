@@ -44,14 +44,20 @@ def replace(tmp: str | os.PathLike, path: str | os.PathLike, *, fsync: bool = Fa
 
 
 def atomic_write(
-    path: str | os.PathLike, writer: Callable[[str], None], *, fsync: bool = False
+    path: str | os.PathLike,
+    writer: Callable[[str], None],
+    *,
+    fsync: bool = False,
+    exclusive: bool = False,
 ) -> Path:
     """Call ``writer(tmp_path)`` to produce the file, then rename it onto ``path``.
 
     ``writer`` gets the path of an empty file in ``path``'s folder (hidden name, same suffix)
     and must have closed it when it returns. If it raises, the temporary file is removed and
     ``path`` is untouched. The file gets the mode a plain ``open`` would (0666 & ~umask).
-    ``fsync``: see :func:`replace`.
+    ``fsync``: see :func:`replace`. ``exclusive``: create ``path`` only if it does not exist
+    (a hard link, which fails on an existing target, instead of the rename) and raise
+    FileExistsError when another writer got there first, whose file then stays.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,19 +70,38 @@ def atomic_write(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        replace(tmp, path, fsync=fsync)
+        if exclusive:
+            if fsync:
+                _fsync_path(tmp)
+            os.link(tmp, path)  # FileExistsError when the target exists: it is kept
+            Path(tmp).unlink()
+            if fsync:
+                _fsync_path(path.parent, directory=True)
+        else:
+            replace(tmp, path, fsync=fsync)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def write_text(path: str | os.PathLike, text: str, *, fsync: bool = False) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), fsync=fsync)
+def write_text(
+    path: str | os.PathLike, text: str, *, fsync: bool = False, exclusive: bool = False
+) -> Path:
+    return atomic_write(
+        path,
+        lambda tmp: Path(tmp).write_text(text, encoding="utf-8"),
+        fsync=fsync,
+        exclusive=exclusive,
+    )
 
 
-def write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), fsync=fsync)
+def write_bytes(
+    path: str | os.PathLike, data: bytes, *, fsync: bool = False, exclusive: bool = False
+) -> Path:
+    return atomic_write(
+        path, lambda tmp: Path(tmp).write_bytes(data), fsync=fsync, exclusive=exclusive
+    )
 
 
 def write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = False) -> Path:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from se3t.graph import Batch, Graph
+from se3t.so3.basis import compute_basis_flat
 
 __all__ = [
     "expected_fused_param_grads",
@@ -25,6 +26,7 @@ __all__ = [
     "random_features",
     "random_rotation",
     "rotate_features",
+    "rounding_tolerance",
     "wigner_D",
 ]
 
@@ -32,8 +34,20 @@ __all__ = [
 TOLERANCE = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-5)}
 
 
+def rounding_tolerance(dtype: torch.dtype, scale: float = 1.0, ulps: int = 64) -> dict:
+    """``rtol`` and ``atol`` (keywords of ``torch.testing.assert_close``) for two computations of
+    one value that differ only in rounding: a chunked and a whole matrix product, say. BLAS
+    libraries choose their blocking, and so the order of each sum, by the matrix shape and the
+    instruction set (MKL on AVX2 and on AVX-512 round differently), so such results agree to a
+    few units of the dtype's epsilon, not bit for bit. ``scale``: the values' magnitude, which
+    sets the absolute part (a sum near zero keeps the rounding of its large terms)."""
+    eps = torch.finfo(dtype).eps
+    return {"rtol": ulps * eps, "atol": ulps * eps * float(scale)}
+
+
 def random_rotation(dtype=torch.float64, generator: torch.Generator | None = None) -> Tensor:
     """A uniformly random proper rotation matrix ``[3, 3]`` (det +1)."""
+    # deferred: e3nn.o3 imports sympy (seconds)
     from e3nn import o3
 
     if generator is not None:
@@ -50,6 +64,7 @@ def wigner_D(degree: int, R: Tensor) -> Tensor:
     exact to ~1e-14): e3nn's ``Irrep.D_from_matrix`` goes through float32 generators and is only
     accurate to ~1e-7, too coarse for the float64 tolerance.
     """
+    # deferred: e3nn.o3 imports sympy (seconds)
     from e3nn import o3
 
     g = torch.Generator().manual_seed(1234)
@@ -171,8 +186,6 @@ def random_batch(
 def edge_inputs(batch: Batch, max_degree: int = 3) -> tuple[Tensor, Tensor]:
     """``(flat basis [E, basis_size], edge scalars [E, F_edge + 1])`` of a batch, as
     ``SE3TransformerPooled`` builds them (edge features with the edge length appended)."""
-    from se3t.so3.basis import compute_basis_flat
-
     scalars = torch.cat([batch.edge_feats, batch.edge_vec.norm(dim=1, keepdim=True)], 1)
     return compute_basis_flat(batch.edge_vec, max_degree), scalars
 

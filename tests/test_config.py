@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from se3t import config as C
+from se3t.choices import Compressor, Fusion
 
 
 def test_defaults_are_the_papers_hyperparameters():
@@ -76,3 +77,48 @@ def test_save_and_reload_round_trip(tmp_path):
     assert C.from_dict(C.to_dict(cfg)) == cfg
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
     assert out.stat().st_mode & 0o044 == 0o044  # readable by group and others, as umask 022 says
+
+
+def test_choices_are_enums_saved_as_their_values(tmp_path):
+    cfg = C.load(overrides=["basis.compressor=blosc-zstd", "model.fusion=pairwise"])
+    assert cfg.basis.compressor is Compressor.BLOSC_ZSTD and cfg.model.fusion is Fusion.PAIRWISE
+    assert cfg.model.fusion == "pairwise"  # a member equals its value
+    assert C.to_dict(cfg)["basis"]["compressor"] == "blosc-zstd"
+    assert type(C.to_dict(cfg)["basis"]["compressor"]) is str
+    text = C.save(cfg, tmp_path / "c.yaml").read_text()
+    assert "compressor: blosc-zstd" in text and "fusion: pairwise" in text
+
+
+def test_bad_choice_lists_the_yaml_values():
+    with pytest.raises(C.ConfigError) as err:
+        C.load(overrides=["basis.compressor=lz5"])
+    assert "'lz5' is not one of ['none', 'zstd', 'blosc-lz4', 'blosc-zstd', 'gzip']" in str(
+        err.value
+    )
+
+
+def test_every_choice_field_has_an_enum_and_every_rule_checks():
+    # edge_features: the model needs at least one edge feature (a bond type or the length)
+    for override, message in [
+        ("model.edge_features=0", "must be > 0, got 0"),
+        ("data.limit=0", "must be > 0 or null, got 0"),
+        ("data.test_fraction=1.5", "must lie in (0, 1), got 1.5"),
+        ("train.min_lr=-1", "must be >= 0, got -1"),
+        ("eval.profile_steps=0", "must be > 0, got 0"),
+    ]:
+        with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            C.load(overrides=[override])
+    assert C.load(overrides=["data.limit=null"]).data.limit is None
+
+
+def test_retired_profile_keys(tmp_path):
+    # a checkpoint of an earlier version still loads; a config file is told the new keys
+    stored = C.to_dict(C.load())
+    stored["eval"]["profile_modes"] = ["fp32", "amp"]
+    assert C.from_dict(stored) == C.load()
+    path = tmp_path / "old.yaml"
+    path.write_text("eval:\n  profile_paths: [pairwise, fused]\n")
+    with pytest.raises(
+        C.ConfigError, match="'eval.profile_paths' was replaced by eval.profile_fusion"
+    ):
+        C.load(path)

@@ -135,3 +135,15 @@ def test_fsync_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, m
     calls.clear()
     io.atomic_write(tmp_path / "metrics.json", _write(b"{}"))
     assert calls == [("replace", "metrics.json")]
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_exclusive_write_keeps_the_first_file(tmp_path, fsync):
+    """Two racing writers of one record: the first file stays, the second gets
+    FileExistsError, and neither leaves a temporary behind."""
+    target = tmp_path / "checksums.json"
+    io.write_bytes(target, b"first", exclusive=True, fsync=fsync)
+    with pytest.raises(FileExistsError):
+        io.write_bytes(target, b"second", exclusive=True, fsync=fsync)
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checksums.json"]

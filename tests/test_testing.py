@@ -7,6 +7,7 @@ from se3t.testing import (
     random_batch,
     random_rotation,
     rotate_features,
+    rounding_tolerance,
     wigner_D,
 )
 
@@ -48,3 +49,17 @@ def test_random_batch_is_well_formed():
     assert torch.all(g.node_graph[g.src] == g.node_graph[g.dst])  # edges stay within a molecule
     assert torch.all(torch.diff(g.node_graph[g.dst]) >= 0)  # grouped by molecule
     assert b.edge_feats.shape == (g.num_edges, 4) and b.node_feats.shape == (g.num_nodes, 6)
+
+
+def test_rounding_tolerance_is_a_few_epsilons_of_the_dtype():
+    tol = rounding_tolerance(torch.float64, scale=2.0)
+    assert tol["rtol"] == 64 * torch.finfo(torch.float64).eps
+    assert tol["atol"] == 2.0 * tol["rtol"]
+    assert rounding_tolerance(torch.float32)["rtol"] > 1e6 * tol["rtol"]
+    # a reordered sum passes; a real error (1e-12 on values near 1) does not
+    x = torch.randn(1000, dtype=torch.float64)
+    torch.testing.assert_close(
+        x.sum(), x.flip(0).sum(), **rounding_tolerance(x.dtype, x.abs().sum())
+    )
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(x[0] + 1e-12, x[0], **rounding_tolerance(x.dtype, 1.0))

@@ -1,4 +1,5 @@
-"""``se3t basis key|precompute|finalize|verify|ls|gc``: the shared basis store (docs/basis.md)."""
+"""``se3t basis key|precompute|finalize|publish|verify|ls|gc``: the shared basis store
+(docs/basis.md)."""
 
 from __future__ import annotations
 
@@ -6,29 +7,23 @@ import argparse
 import json
 import re
 import sys
-from pathlib import Path
 
-_OVERRIDES_HELP = (
-    "config overrides key=value (e.g. basis.max_degree=3 basis.dtype=float16 "
-    "basis.compressor=zstd basis.chunk_edges=4096)"
+from se3t.commands.common import Alias, add_config_arguments, load_config
+from se3t.errors import InputError
+from se3t.io import write_json
+
+_EXAMPLE = "basis.max_degree=3 basis.dtype=float16 basis.compressor=zstd basis.chunk_edges=4096"
+_CACHE = Alias(
+    "--cache",
+    "basis.cache",
+    metavar="CACHE",
+    help="cache folder holding basis/KEY.zarr, or s3://bucket/prefix",
 )
+_DATASET = Alias("--dataset", "data.path", metavar="PATH", help="dataset store")
 
 
-def _common(p: argparse.ArgumentParser, *, overrides: bool = True) -> None:
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default=None,
-        help="config YAML (default: built-in defaults); overrides apply on top",
-    )
-    p.add_argument(
-        "--cache",
-        metavar="CACHE",
-        default=None,
-        help="cache folder holding basis/KEY.zarr (default: basis.cache)",
-    )
-    if overrides:
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+def _common(p: argparse.ArgumentParser, *aliases: Alias) -> None:
+    add_config_arguments(p, example=_EXAMPLE, aliases=(_CACHE, *aliases))
 
 
 def register(subparsers) -> None:
@@ -54,14 +49,11 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
-    )
-    p.add_argument(
         "--path",
         action="store_true",
         help="print the store path CACHE/basis/KEY.zarr instead of the key",
     )
-    _common(p)
+    _common(p, _DATASET)
     p.set_defaults(func=_key)
 
     p = sub.add_parser(
@@ -77,9 +69,6 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument(
-        "--dataset", metavar="PATH", default=None, help="dataset store (default: data.path)"
-    )
-    p.add_argument(
         "--shard",
         metavar="I/N",
         default=None,
@@ -92,7 +81,7 @@ def register(subparsers) -> None:
         help="write a JSON receipt: key, store, shard, chunks computed and reused, edges/s",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    _common(p)
+    _common(p, _DATASET)
     p.set_defaults(func=_precompute)
 
     p = sub.add_parser(
@@ -146,7 +135,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=None, help="seed of the edge sample")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_verify)
 
     p = sub.add_parser(
@@ -157,7 +146,7 @@ def register(subparsers) -> None:
         formatter_class=fmt,
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(p, overrides=False)
+    _common(p)
     p.set_defaults(func=_ls)
 
     p = sub.add_parser(
@@ -189,47 +178,85 @@ def register(subparsers) -> None:
         help="manifest files, or folders searched recursively for them",
     )
     p.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    _common(p, overrides=False)
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="on an s3:// cache, remove without asking (gc asks before deleting there)",
+    )
+    _common(p)
     p.set_defaults(func=_gc)
 
+    p = sub.add_parser(
+        "publish",
+        help="upload a finalized local store to an s3:// cache (resumable, safe to race)",
+        description=(
+            "Upload a finalized store of basis.local_cache to an S3-compatible cache: shard "
+            "files first (each with Content-MD5 and its sha256), verified, then checksums.json, "
+            "the object that makes the store visible, written only if absent. A rerun uploads "
+            "only what is missing or damaged; when another publisher wins, its store is reused. "
+            "See docs/basis.md, 'sharing across sites'."
+        ),
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "store", metavar="KEY|PATH", help="store key (looked up in basis.local_cache) or path"
+    )
+    p.add_argument(
+        "--to", metavar="S3_URL", default=None, help="s3://bucket/prefix (default: basis.cache)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
+    p.set_defaults(func=_publish)
 
-def _cfg(args: argparse.Namespace):
-    from se3t.config import load
 
-    return load(args.config, list(getattr(args, "overrides", None) or []))
-
-
-def _cache(args: argparse.Namespace, cfg) -> str:
-    return args.cache if args.cache is not None else cfg.basis.cache
+def is_s3(where: str) -> bool:
+    """An object-store cache or store (issue 17); the rest of se3t's import is deferred."""
+    return str(where).startswith(("s3://", "s3a://"))
 
 
 def _key(args: argparse.Namespace) -> int:
-    from se3t.data.basis_store import BasisSettings, basis_key, store_path
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import BasisSettings, basis_key, store_path
     from se3t.data.store import fingerprint
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
     s = BasisSettings.from_config(cfg.basis)
-    key = basis_key(fingerprint(args.dataset or cfg.data.path), s.max_degree, s.dtype)
-    print(store_path(_cache(args, cfg), key) if args.path else key)
+    key = basis_key(fingerprint(cfg.data.path), s.max_degree, s.dtype)
+    print(store_path(cfg.basis.cache, key) if args.path else key)
     return 0
 
 
 def _precompute(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import atomic_write_bytes
-    from se3t.data.basis_store import BasisSettings, precompute
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import BasisSettings, precompute
 
-    cfg = _cfg(args)
-    receipt = precompute(
-        args.dataset or cfg.data.path,
-        _cache(args, cfg),
-        BasisSettings.from_config(cfg.basis),
-        shard=args.shard,
-        progress=not args.quiet,
-    )
+    cfg = load_config(args)
+    if is_s3(cfg.basis.cache):  # object-store cache: compute locally, upload (or download)
+        from se3t.basis.publish import precompute_remote
+
+        receipt = precompute_remote(
+            cfg.data.path,
+            cfg.basis.cache,
+            BasisSettings.from_config(cfg.basis),
+            local_cache=cfg.basis.local_cache,
+            storage_options=cfg.basis.storage_options,
+            shard=args.shard,
+            progress=not args.quiet,
+        )
+    else:
+        receipt = precompute(
+            cfg.data.path,
+            cfg.basis.cache,
+            BasisSettings.from_config(cfg.basis),
+            shard=args.shard,
+            progress=not args.quiet,
+        )
     if args.receipt:
-        atomic_write_bytes(Path(args.receipt), (json.dumps(receipt, indent=2) + "\n").encode())
+        write_json(args.receipt, receipt)
     state = (
-        "complete store reused"
+        "published store downloaded"
+        if receipt.get("downloaded")
+        else "complete store reused"
         if receipt["complete"]
         else (
             f"{receipt['chunks_computed']} chunks computed, {receipt['chunks_reused']} reused, "
@@ -244,11 +271,13 @@ def _precompute(args: argparse.Namespace) -> int:
 
 
 def _finalize(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import finalize, write_manifest
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import finalize, resolve_store, write_manifest
 
-    cfg = _cfg(args)
-    where = resolve_store(args.store, _cache(args, cfg))
+    cfg = load_config(args)
+    where = resolve_store(args.store, cfg.basis.cache)
+    if is_s3(where):
+        return _finalize_remote(args, cfg, where)
     record = finalize(where, progress=not args.quiet)
     print(
         f"{record['key']}: complete, {len(record['files'])} shard files, "
@@ -260,19 +289,89 @@ def _finalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import resolve_store
-    from se3t.data.basis_store import verify
+def _finalize_remote(args: argparse.Namespace, cfg, where: str) -> int:
+    """finalize on an object store: checksums.json written last, conditionally; the run
+    manifest is written from the verified local copy and points at the URL."""
+    from se3t.basis.mirror import write_remote_manifest
+    from se3t.basis.publish import finalize_remote
+    from se3t.basis.remote import RemoteCache
 
-    cfg = _cfg(args)
-    where = resolve_store(args.store, _cache(args, cfg))
-    report = verify(
-        where,
-        sample=args.sample,
-        dataset=args.dataset,
-        seed=args.seed,
-        progress=sys.stderr.isatty(),
+    remote = RemoteCache(_cache_of(where), cfg.basis.storage_options)
+    remote.check_bucket()
+    record, won = finalize_remote(remote, where)
+    how = "published" if won else "already published (reused)"
+    print(
+        f"{record['key']}: {how}, {len(record['files'])} files, "
+        f"{record['total_bytes'] / 1e6:,.1f} MB -> {where}"
     )
+    if args.manifest:
+        write_remote_manifest(where, args.manifest, remote, cfg.basis.local_cache)
+        print(f"manifest -> {args.manifest}")
+    return 0
+
+
+def _cache_of(store_url: str) -> str:
+    return store_url.rstrip("/").rsplit("/basis/", 1)[0]
+
+
+def _publish(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, s3fs) loads only when the command runs
+    from pathlib import Path
+
+    from se3t.basis import resolve_store, store_path
+    from se3t.basis.publish import publish
+    from se3t.basis.remote import RemoteCache
+
+    cfg = load_config(args)
+    target = args.to or cfg.basis.cache
+    if not is_s3(target):
+        raise InputError(f"--to {target!r}: give an s3://bucket/prefix cache to publish to")
+    local = Path(resolve_store(args.store, cfg.basis.local_cache))
+    if not (local / "checksums.json").is_file():
+        raise InputError(f"basis store {str(local)!r} is not finalized; run se3t basis finalize")
+    key = local.name.removesuffix(".zarr")
+    remote = RemoteCache(target, cfg.basis.storage_options)
+    remote.check_bucket()
+    receipt = publish(remote, local, store_path(target, key), progress=not args.quiet)
+    if receipt.get("reused") and "uploaded" not in receipt:
+        print(f"{key}: already published at {receipt['store']} (nothing uploaded)")
+    else:
+        print(
+            f"{key}: {'published' if receipt['published'] else 'another publisher won; reused'}"
+            f": {receipt['uploaded']} objects uploaded, {receipt['present']} already there, "
+            f"{receipt['adopted']} adopted, {receipt['bytes_uploaded'] / 1e6:,.1f} MB "
+            f"-> {receipt['store']}"
+        )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import resolve_store, verify
+
+    cfg = load_config(args)
+    where = resolve_store(args.store, cfg.basis.cache)
+    if is_s3(where):
+        from se3t.basis.remote import RemoteCache
+        from se3t.basis.remote_cache import verify_remote
+
+        report = verify_remote(
+            where,
+            RemoteCache(_cache_of(where), cfg.basis.storage_options),
+            sample=args.sample,
+            dataset=args.dataset,
+            local_cache=cfg.basis.local_cache,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
+    else:
+        report = verify(
+            where,
+            sample=args.sample,
+            dataset=args.dataset,
+            seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -289,15 +388,23 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import list_stores
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import list_stores
 
-    cfg = _cfg(args)
-    rows = [s.as_dict() for s in list_stores(_cache(args, cfg))]
+    cfg = load_config(args)
+    if is_s3(cfg.basis.cache):
+        from se3t.basis.remote import RemoteCache
+        from se3t.basis.remote_cache import list_remote
+
+        stores = list_remote(RemoteCache(cfg.basis.cache, cfg.basis.storage_options))
+    else:
+        stores = list_stores(cfg.basis.cache)
+    rows = [s.as_dict() for s in stores]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no basis stores in {_cache(args, cfg)}/basis")
+        print(f"no basis stores in {cfg.basis.cache}/basis")
         return 0
     print(
         f"{'KEY':24}  {'DATASET':12}  {'DEG':>3}  {'DTYPE':7}  {'COMPRESSOR':10}  "
@@ -316,18 +423,19 @@ def _ls(args: argparse.Namespace) -> int:
 def _age(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9.]+)\s*([smhd]?)\s*", text)
     if not m:
-        from se3t.errors import InputError
-
         raise InputError(f"--older-than {text!r}: give seconds or a number with s, m, h or d")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from se3t.data.basis_cache import gc
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.basis import gc
 
-    cfg = _cfg(args)
+    cfg = load_config(args)
+    if is_s3(cfg.basis.cache):
+        return _gc_remote(args, cfg, cfg.basis.cache)
     removed = gc(
-        _cache(args, cfg),
+        cfg.basis.cache,
         older_than_s=_age(args.older_than),
         unreferenced=args.unreferenced,
         manifests=args.manifests,
@@ -338,5 +446,44 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
     print(
         f"{verb} {len(removed)} store(s), {sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB"
+    )
+    return 0
+
+
+def _gc_remote(args: argparse.Namespace, cfg, cache: str) -> int:
+    """gc on an object store: shows what it would remove and asks first, unless --yes."""
+    from se3t.basis.remote import RemoteCache
+    from se3t.basis.remote_cache import gc_remote
+
+    remote = RemoteCache(cache, cfg.basis.storage_options)
+    kw = {
+        "older_than_s": _age(args.older_than),
+        "unreferenced": args.unreferenced,
+        "manifests": args.manifests,
+    }
+    plan = gc_remote(remote, dry_run=True, **kw)
+    for r in plan:
+        print(f"would remove {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    if args.dry_run:
+        print(f"would remove {len(plan)} store(s) from {cache}")
+        return 0
+    if not plan:
+        print(f"removed 0 store(s), 0.0 MB from {cache}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InputError(
+                f"gc on the remote cache {cache!r} deletes {len(plan)} store(s): pass --yes "
+                "to confirm (no terminal to ask on)"
+            )
+        answer = input(f"remove {len(plan)} store(s) from {cache}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    removed = gc_remote(remote, **kw)
+    for r in removed:
+        print(f"removed {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    print(
+        f"removed {len(removed)} store(s), {sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB"
     )
     return 0

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from se3t import config as C
+from se3t.commands.common import Alias, add_config_arguments, load_config
 
-_OVERRIDES_HELP = (
-    "config overrides key=value applied after --config, e.g. data.figshare_sha256=abc... "
-    "data.retries=3 (the options above win over both)"
-)
+_EXAMPLE = "data.figshare_sha256=abc... data.retries=3"
 
 
 def register(subparsers) -> None:
@@ -30,16 +27,21 @@ def register(subparsers) -> None:
         description="Fetch raw QM9 into --out with a SOURCE.json listing every file's sha256. "
         "Files already there with the expected checksum are kept.",
     )
-    fetch.add_argument(
-        "--source",
-        help="qm9pack (the installed PyPI package's CSVs), figshare (download "
-        "data.figshare_url and data.uncharacterized_url, checked against data.*_sha256, "
-        "resumable), or a local folder / tar archive of QM9 XYZ files "
-        "(default: data.source, 'qm9pack')",
-    )
-    fetch.add_argument("--out", help="folder for the raw files (default: data.raw_dir)")
     fetch.add_argument("--quiet", action="store_true", help="no progress bars")
-    _common(fetch)
+    add_config_arguments(
+        fetch,
+        example=_EXAMPLE,
+        aliases=(
+            Alias(
+                "--source",
+                "data.source",
+                help="qm9pack (the installed PyPI package's CSVs), figshare (download "
+                "data.figshare_url and data.uncharacterized_url, checked against "
+                "data.*_sha256, resumable), or a local folder / tar archive of QM9 XYZ files",
+            ),
+            Alias("--out", "data.raw_dir", metavar="DIR", help="folder for the raw files"),
+        ),
+    )
     fetch.set_defaults(func=_fetch)
 
     build = sub.add_parser(
@@ -50,25 +52,26 @@ def register(subparsers) -> None:
         "RDKit, and write the store atomically to --out. Does nothing when --out was already "
         "built from the same inputs and settings.",
     )
-    build.add_argument("--raw", help="folder from `se3t data fetch` (default: data.raw_dir)")
-    build.add_argument("--out", help="dataset store to write (default: data.path)")
-    build.add_argument(
-        "--limit", type=int, help="keep the first N molecules only (default: data.limit, all)"
-    )
-    build.add_argument("--graph", choices=("bond", "radius"), help="default: data.graph (bond)")
-    build.add_argument("--cutoff", type=float, help="Å, for --graph radius (default 5.0)")
-    build.add_argument(
-        "--processes", type=int, help="worker processes for bond perception (default 2)"
-    )
-    build.add_argument(
-        "--strict",
-        action="store_true",
-        default=None,
-        help="stop at the first bad molecule instead of dropping it into the parse report",
-    )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
-    _common(build)
+    add_config_arguments(
+        build,
+        example=_EXAMPLE.replace("figshare_sha256=abc...", "limit=1000"),
+        aliases=(
+            Alias("--raw", "data.raw_dir", metavar="DIR", help="folder from `se3t data fetch`"),
+            Alias("--out", "data.path", metavar="PATH", help="dataset store to write"),
+            Alias("--limit", "data.limit", type=int, metavar="N", help="keep the first N only"),
+            Alias("--graph", "data.graph", help="bond or radius"),
+            Alias("--cutoff", "data.cutoff", type=float, help="Å, for --graph radius"),
+            Alias("--processes", "data.processes", type=int, help="bond perception workers"),
+            Alias(
+                "--strict",
+                "data.strict",
+                action="store_true",
+                help="stop at the first bad molecule instead of dropping it into the report",
+            ),
+        ),
+    )
     build.set_defaults(func=_build)
 
     info = sub.add_parser(
@@ -84,25 +87,11 @@ def register(subparsers) -> None:
     info.set_defaults(func=_info)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config; its data section supplies the defaults")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
-
-
-def _cfg(args, **flags) -> C.Config:
-    """Config file <- overrides <- the command's options (set directly: paths stay verbatim)."""
-    cfg = C.load(args.config, list(args.overrides))
-    for key, value in flags.items():
-        if value is not None:
-            setattr(cfg.data, key, value)
-    C.validate(cfg)
-    return cfg
-
-
 def _fetch(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.data.fetch import fetch
 
-    cfg = _cfg(args, source=args.source, raw_dir=args.out)
+    cfg = load_config(args)
     d = cfg.data
     manifest = fetch(
         d.source,
@@ -129,18 +118,10 @@ def _fetch(args) -> int:
 
 
 def _build(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.data.build import build_dataset
 
-    cfg = _cfg(
-        args,
-        raw_dir=args.raw,
-        path=args.out,
-        limit=args.limit,
-        graph=args.graph,
-        cutoff=args.cutoff,
-        processes=args.processes,
-        strict=args.strict,
-    )
+    cfg = load_config(args)
     d = cfg.data
     result = build_dataset(
         d.raw_dir,
@@ -167,6 +148,7 @@ def _build(args) -> int:
 
 
 def _info(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.data.store import open_dataset
 
     store = open_dataset(args.path)

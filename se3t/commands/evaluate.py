@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from se3t.choices import Split
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -23,7 +25,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--split",
-        choices=("test", "val", "train"),
+        choices=[s.value for s in Split],
         default="test",
         help="which split of the dataset to evaluate on, as training split it (default: test)",
     )
@@ -61,6 +63,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.metrics import evaluate
 
     doc = evaluate(

@@ -1,8 +1,12 @@
-"""``se3t launch CONFIG [key=value ...]``: submit training through submitit (docs/training.md)."""
+"""``se3t launch --config CONFIG [key=value ...]``: submit training through submitit."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+from se3t.commands.common import add_config_arguments, load_config
 
 
 def register(subparsers) -> None:
@@ -19,7 +23,7 @@ def register(subparsers) -> None:
             "default RUN_DIR/submitit). Streams rank 0's log while waiting; exits 0 when the "
             "job completes, 1 with the tail of its log when it fails. On preemption or time "
             "limit (SIGUSR2) the job checkpoints and requeues itself, and resumes from "
-            "RUN_DIR/last.pt. CONFIG may be a run folder (its config.yaml).\n\n"
+            "RUN_DIR/last.pt. --config may be a run folder (its config.yaml).\n\n"
             "One job per run folder: the submitted job is recorded in RUN_DIR/launch.json; "
             "launching again while that SLURM job is still pending or running (say after the "
             "waiting launcher or Snakemake was killed) attaches to it (streams its log, waits, "
@@ -31,13 +35,10 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", metavar="CONFIG", help="config YAML, or a run folder to resume")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. launch.cluster=slurm launch.partition=gpu "
-        "launch.gpus_per_node=4 launch.time=240 train.epochs=100",
+    add_config_arguments(
+        p,
+        example="launch.cluster=slurm launch.partition=gpu launch.gpus_per_node=4 "
+        "launch.time=240 train.epochs=100",
     )
     p.add_argument(
         "--no-wait",
@@ -49,8 +50,20 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from se3t.commands.train import resolve_config
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.train.launch import launch
 
-    cfg = resolve_config(args.config, args.overrides)
+    _show_launcher_messages()
+    cfg = load_config(args)
     return launch(cfg, wait=not args.no_wait)
+
+
+def _show_launcher_messages() -> None:
+    """The launcher's log records (``se3t.train.launch``: submitted, attaching, done, the log
+    tail of a failed rank) to stderr, as the command's own messages."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("se3t launch: %(message)s"))
+    logger = logging.getLogger("se3t.train.launch")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

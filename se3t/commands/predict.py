@@ -33,6 +33,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.prediction import predict, predictions_csv
 
     frame = predict(

@@ -20,6 +20,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("results", metavar="RESULTS_DIR", help="run folder or results folder")
     p.add_argument(
+        "--runs",
+        metavar="RUN_DIR",
+        nargs="+",
+        default=None,
+        help="exactly these run folders, in this order (default: every run folder found in "
+        "RESULTS_DIR); paths are shown relative to RESULTS_DIR",
+    )
+    p.add_argument(
         "--out",
         metavar="HTML",
         default=None,
@@ -37,10 +45,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.report import build_report
 
     html_path, md_path = build_report(
-        args.results, args.out, profile=args.profile, title=args.title
+        args.results, args.out, runs=args.runs, profile=args.profile, title=args.title
     )
     print(f"report: {html_path} (Markdown twin: {md_path})")
     return 0

@@ -1,4 +1,4 @@
-"""``se3t train CONFIG [key=value ...]``: train one model (docs/training.md)."""
+"""``se3t train --config CONFIG [key=value ...]``: train one model (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def resolve_config(target: str, overrides: list[str]):
-    """CONFIG is a YAML file, or a run folder holding ``config.yaml`` (resume it: ``run.dir``
-    is set to that folder)."""
-    from se3t.config import ConfigError, load
-
-    path = Path(target)
-    if path.is_dir():
-        cfg_file = path / "config.yaml"
-        if not cfg_file.is_file():
-            raise ConfigError(f"run folder {target!r} holds no config.yaml")
-        return load(cfg_file, [*overrides, f"run.dir={path}"])
-    return load(path, overrides)
+from se3t.commands.common import add_config_arguments, load_config
 
 
 def register(subparsers) -> None:
@@ -39,15 +27,8 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "config", metavar="CONFIG", help="config YAML, or a run folder to resume (its config.yaml)"
-    )
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. train.epochs=10 train.lr=1e-3 "
-        "run.dir=results/runs/a train.precision=bf16",
+    add_config_arguments(
+        p, example="train.epochs=10 train.lr=1e-3 run.dir=results/runs/a train.precision=bf16"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -60,9 +41,10 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.train import train
 
-    cfg = resolve_config(args.config, args.overrides)
+    cfg = load_config(args)
     summary = train(cfg, progress=not args.no_progress)
     text = json.dumps(summary, indent=1, default=float)
     if args.summary:
@@ -71,7 +53,7 @@ def _run(args) -> int:
     if summary["status"] != "completed":
         print(
             f"se3t train: stopped by signal {summary['signal']}; resume with "
-            f"se3t train {summary['run_dir']}",
+            f"se3t train --config {summary['run_dir']}",
             file=sys.stderr,
         )
         return 3

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from se3t.choices import Graph
+
 __all__ = [
     "BOND_CODE",
     "MAX_DEGREE",
@@ -37,6 +39,7 @@ BOND_CODE = {"SINGLE": 0, "DOUBLE": 1, "TRIPLE": 2, "AROMATIC": 3}
 
 
 def _rdkit_mol(species: np.ndarray, pos: np.ndarray):
+    # deferred: RDKit is slow to import; only bond perception needs it
     from rdkit import Chem
 
     mol = Chem.RWMol()
@@ -72,6 +75,7 @@ def _prune_overbonded(mol, pos: np.ndarray) -> int:
     :data:`MAX_DEGREE` allows, drop the bond of such an atom that is longest relative to the
     sum of the covalent radii.
     """
+    # deferred: RDKit is slow to import; only bond perception needs it
     from rdkit import Chem
 
     table = Chem.GetPeriodicTable()
@@ -99,6 +103,7 @@ def perceive(species: np.ndarray, pos: np.ndarray):
     """(RDKit molecule with the perceived bonds, how) — see :func:`bond_graph`."""
     if not all(int(z) in MAX_DEGREE for z in species.tolist()):
         raise ValueError(f"bond_graph: atomic numbers must be among {sorted(MAX_DEGREE)}")
+    # deferred: RDKit is slow to import; only bond perception needs it
     from rdkit import RDLogger
     from rdkit.Chem import rdDetermineBonds
 
@@ -153,8 +158,8 @@ def molecule_graph(
     """The graph the build stores: ``graph="bond"`` or ``"radius"`` (with bond types), and how
     the bonds were perceived (see :func:`bond_graph`)."""
     bonds, how = bond_graph(species, pos)
-    if graph == "bond":
+    if graph == Graph.BOND:
         return bonds, how
-    if graph == "radius":
+    if graph == Graph.RADIUS:
         return radius_graph(pos, cutoff, bonds), how
-    raise ValueError(f"graph must be 'bond' or 'radius', got {graph!r}")
+    raise ValueError(f"graph must be one of {[g.value for g in Graph]}, got {graph!r}")

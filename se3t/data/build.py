@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from se3t.choices import Graph
 from se3t.config import QM9_TARGETS
 from se3t.data.bonds import molecule_graph
 from se3t.data.parse import (
@@ -161,10 +163,8 @@ def build_dataset(
     Returns ``{"path", "skipped", "report", "fingerprint"}``; ``skipped`` is True when ``out``
     was already built from the same inputs and settings (then nothing is written).
     """
-    from tqdm import tqdm
-
-    if graph not in ("bond", "radius"):
-        raise InputError(f"graph {graph!r}: must be 'bond' or 'radius'")
+    if graph not in [g.value for g in Graph]:
+        raise InputError(f"graph {graph!r}: must be one of {[g.value for g in Graph]}")
     out = Path(out)
     source = find_raw(raw)
     settings = {"limit": limit, "graph": graph, "cutoff": cutoff if graph == "radius" else None}

@@ -205,6 +205,7 @@ def read_molecule(
 
 
 def _read_sdf(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    # deferred: RDKit is slow to import; only reading new molecules needs it
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")

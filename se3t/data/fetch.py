@@ -34,6 +34,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from se3t.errors import InputError
 from se3t.io import atomic_write, replace, write_json
 
@@ -144,8 +146,6 @@ def download(
     is fsynced and renamed to ``dest`` (:func:`se3t.io.replace`). An existing ``dest`` with the
     expected sha256 is kept as it is.
     """
-    from tqdm import tqdm
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and sha256 is not None and _sha256(dest) == sha256:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from se3t.choices import Split
+
 __all__ = ["SPLITS", "split_indices", "split_sizes"]
 
-SPLITS = ("train", "val", "test")
+SPLITS = tuple(s.value for s in Split)  # in the order of the cuts
 
 
 def split_sizes(

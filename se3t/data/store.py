@@ -96,6 +96,7 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
     ``graph`` ({"kind", "cutoff"}). An existing store at ``path`` is replaced only once the new
     one is complete.
     """
+    # deferred: zarr is slow to import; only opening a store needs it
     import zarr
 
     _check_arrays(arrays)
@@ -138,6 +139,7 @@ def _replace_dir(tmp: Path, path: Path) -> None:
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The store's attributes; InputError naming the path when it is not a complete store."""
+    # deferred: zarr is slow to import; only opening a store needs it
     import zarr
 
     p = str(path)
@@ -170,6 +172,7 @@ class DatasetStore:
     """
 
     def __init__(self, path: str | os.PathLike):
+        # deferred: zarr is slow to import; only opening a store needs it
         import zarr
 
         self.path = str(path)

@@ -1,18 +1,19 @@
 """Evaluation: test metrics, memory/throughput profile, prediction for new molecules, report.
 
 - :func:`evaluate` — MAE/RMSE per target on a split, predictions CSV, parity and error plots.
-- :func:`profile` — peak training memory and throughput per (mode, path, batch size), each point
-  in a fresh process; ``memory.json`` (schema :data:`PROFILE_SCHEMA`) and two plots.
+- :func:`profile` — training memory and throughput per (precision, fusion, low memory, batch
+  size), each point measured by the step harness (:mod:`se3t.eval.point`) in a fresh process;
+  ``memory.json`` (schema :data:`PROFILE_SCHEMA`) and two plots.
 - :func:`predict` — predictions for XYZ/SDF files.
 - :func:`build_report` — self-contained HTML report and its Markdown twin.
 
 Names are imported on first use, so that a profile point's fresh process (which imports
-``se3t.eval._profile_point``) does not pay for pandas and matplotlib in its peak memory.
+``se3t.eval.point``) does not pay for pandas and matplotlib in its peak memory.
 """
 
 from __future__ import annotations
 
-import importlib
+from se3t.lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate": "se3t.eval.metrics",
@@ -22,7 +23,6 @@ _EXPORTS = {
     "predictions_csv": "se3t.eval.prediction",
     "profile": "se3t.eval.profiling",
     "largest_batch": "se3t.eval.profiling",
-    "parse_mode": "se3t.eval.profiling",
     "build_report": "se3t.eval.report",
     "METRICS_SCHEMA": "se3t.eval.schema",
     "PROFILE_SCHEMA": "se3t.eval.schema",
@@ -32,11 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'se3t.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -8,33 +8,17 @@ import sys
 
 import torch
 
-__all__ = ["cpu_model", "describe_environment", "resolve_device"]
+from se3t.device import cpu_model, device_name, resolve_device
 
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_model() -> str:
-    """The host CPU's model name (what figures measured on the CPU name as their machine)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "CPU"
+__all__ = ["describe_environment"]
 
 
 def describe_environment(device: torch.device | str | None = None) -> dict:
     """A JSON-ready description: versions, host CPU, and the device the work ran on.
 
-    ``device_name`` is the GPU's marketing name on CUDA, the CPU model (with the number of cores
-    torch may use) on the CPU, so that every throughput or memory figure names its machine.
+    ``device_name`` is the GPU's marketing name on CUDA, the CPU model (with the number of
+    threads torch may use) on the CPU (:func:`se3t.device.device_name`), so that every
+    throughput or memory figure names its machine.
     """
     device = resolve_device("auto" if device is None else str(device))
     env = {
@@ -46,12 +30,7 @@ def describe_environment(device: torch.device | str | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device.type,
+        "device_name": device_name(device),
+        "device_count": torch.cuda.device_count() if device.type == "cuda" else 1,
     }
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        env["device_name"] = torch.cuda.get_device_name(index)
-        env["device_count"] = torch.cuda.device_count()
-    else:
-        env["device_name"] = f"{env['cpu']} ({env['torch_threads']} threads)"
-        env["device_count"] = 1
     return env

@@ -24,12 +24,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from se3t.choices import Split
+from se3t.data import QM9Dataset, collate
+from se3t.device import resolve_device
 from se3t.errors import InputError
 from se3t.eval import plots
-from se3t.eval.environment import describe_environment, resolve_device
+from se3t.eval.environment import describe_environment
 from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, METRICS_SCHEMA_VERSION, validate
 from se3t.io import atomic_write, write_json
+from se3t.train.checkpoint import load_checkpoint, load_model
 
 __all__ = [
     "compute_metrics",
@@ -57,8 +61,6 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
 
 def load_for_inference(checkpoint: str | os.PathLike, device: torch.device):
     """``(model, cfg, stats)`` from a checkpoint through the training stage's ``load_model``."""
-    from se3t.train.checkpoint import load_model
-
     model, cfg, stats = load_model(checkpoint, map_location="cpu")
     model.to(device).eval()
     return model, cfg, stats
@@ -150,10 +152,8 @@ def evaluate(
     training used: same store, ``split_seed`` and fractions from the checkpoint's config.
     Returns the ``metrics.json`` document.
     """
-    from se3t.data import QM9Dataset, collate
-
-    if split not in ("train", "val", "test"):
-        raise InputError(f"split {split!r} is not one of ['train', 'val', 'test']")
+    if split not in [s.value for s in Split]:
+        raise InputError(f"split {split!r} is not one of {[s.value for s in Split]}")
     _check_format(predictions_format)  # before the model runs
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else ckpt.parent
@@ -251,8 +251,6 @@ def evaluate(
 
 
 def _checkpoint_meta(path: Path) -> dict:
-    from se3t.train.checkpoint import load_checkpoint
-
     try:
         ckpt = load_checkpoint(path, map_location="cpu")
     except Exception:  # noqa: BLE001 - load_model already accepted the file; metadata is optional

@@ -1,7 +1,8 @@
 """The figures of evaluation, profile and report, as small PNGs written atomically.
 
 Style follows the SE(3)-Transformer figures of NVIDIA's README: one line with markers per
-(mode, path), batch size on the x axis, a light grid, the device in the title.
+series of a profile (precision, fusion, low memory), batch size on the x axis, a light grid,
+the device in the title.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def plot_learning_curves(records: Sequence[dict], path: str | os.PathLike) -> Pa
 def _profile_lines(doc: dict, field: str, scale: float):
     lines: dict[str, tuple[list[int], list[float]]] = {}
     for p in doc["points"]:
-        label = f"{p['mode']} {p['path']}"
+        label = f"{p['precision']} {p['fusion']}" + (" low_memory" if p["low_memory"] else "")
         xs, ys = lines.setdefault(label, ([], []))
         if p["status"] == "ok" and p[field] is not None:
             xs.append(p["batch_size"])
@@ -179,24 +180,28 @@ def _profile_plot(doc: dict, field: str, scale: float, ylabel: str, title: str, 
 
 
 def plot_profile_memory(doc: dict, path: str | os.PathLike) -> Path:
-    """Peak memory (GiB) against batch size, one line per mode and path."""
+    """The memory a training step adds above the process's baseline (interpreter, torch, model,
+    batch) against batch size, one line per series: the figure that grows with the batch, in
+    MiB (GiB once it passes 4 GiB). The total, baseline included, is in memory.json."""
     what = (
-        "peak CUDA memory"
+        "CUDA memory"
         if doc["memory_metric"] == "cuda_max_memory_allocated"
-        else ("peak RSS of the process")
+        else "resident memory (RSS)"
     )
+    added = [p["added_memory_bytes"] or 0 for p in doc["points"] if p["status"] == "ok"]
+    gib = max(added, default=0) > 4 * 2**30
     return _profile_plot(
         doc,
-        "peak_memory_bytes",
-        1 / 2**30,
-        f"{what} (GiB)",
-        "Peak training memory vs batch size",
+        "added_memory_bytes",
+        1 / 2**30 if gib else 1 / 2**20,
+        f"{what} a step adds ({'GiB' if gib else 'MiB'})",
+        "Training memory above the baseline vs batch size",
         path,
     )
 
 
 def plot_profile_throughput(doc: dict, path: str | os.PathLike) -> Path:
-    """Training throughput (molecules/s) against batch size, one line per mode and path."""
+    """Training throughput (molecules/s) against batch size, one line per series."""
     return _profile_plot(
         doc,
         "mol_per_s",

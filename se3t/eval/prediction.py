@@ -17,8 +17,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from se3t.data import collate, read_molecule
+from se3t.device import resolve_device
 from se3t.errors import InputError
-from se3t.eval.environment import resolve_device
 from se3t.eval.metrics import load_for_inference, resolve_checkpoint, target_stats
 from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.io import write_text
@@ -27,8 +28,6 @@ __all__ = ["predict", "predictions_csv"]
 
 
 def _read(path: Path, graph: str, cutoff: float):
-    from se3t.data import read_molecule
-
     if not path.is_file():
         raise InputError(f"molecule file {str(path)!r} does not exist")
     try:
@@ -50,8 +49,6 @@ def predict(
     """One row per (file, target): ``file, target, unit, prediction`` (and ``prediction_mev`` for
     energies). All files are read before the model runs, so a malformed one fails before any
     prediction is made."""
-    from se3t.data import collate
-
     if not files:
         raise InputError("give at least one XYZ or SDF file")
     ckpt = resolve_checkpoint(checkpoint)

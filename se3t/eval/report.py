@@ -34,6 +34,7 @@ import json
 import os
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -345,6 +346,10 @@ def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
     )
 
 
+def _series(p: dict) -> str:
+    return f"{p['precision']}, {p['fusion']}" + (", low_memory" if p["low_memory"] else "")
+
+
 def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> None:
     tp = training_throughput(run.records)
     train = run.config.get("train") or {}
@@ -364,9 +369,9 @@ def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> Non
             if p["status"] == "ok" and p["batch_size"] == 240:
                 rows.append(
                     [
-                        f"se3t profile ({p['mode']}, {p['path']})",
+                        f"se3t profile ({_series(p)})",
                         profile["environment"]["device_name"],
-                        p["mode"],
+                        p["precision"],
                         "240",
                         f"{p['mol_per_s'] / 1000:.4g}",
                     ]
@@ -397,15 +402,15 @@ def _profile_section(
     metric = {
         "cuda_max_memory_allocated": "torch.cuda.max_memory_allocated over the timed steps",
         "cpu_peak_rss": "peak resident set size of the point's process over the timed steps "
-        "(interpreter, torch and dataset included; 'baseline' is the RSS before them)",
+        "(interpreter, torch and dataset included)",
     }[profile["memory_metric"]]
-    amp = "fp16 autocast with loss scaling" if env["device"] == "cuda" else "bf16 autocast"
     doc.para(
         f"From {source}: {profile['warmup_steps']} warm-up and {profile['steps']} timed "
         f"training step(s) per point, each point in a fresh process, on {env['device_name']} "
         f"(torch {env['torch']}); bases computed "
         + ("in every step" if profile["basis"] == "step" else "once, before the timed steps")
-        + f". Memory: {metric}. Mode amp here is {amp}."
+        + f". Memory: {metric}; 'baseline' is what the process held before the first step, "
+        "'added' what the step adds above it (the plot)."
     )
 
     def mib(x):
@@ -415,28 +420,43 @@ def _profile_section(
     for p in profile["points"]:
         rows.append(
             [
-                p["mode"],
-                p["path"],
+                p["precision"],
+                p["fusion"],
+                "on" if p["low_memory"] else "off",
                 str(p["batch_size"]),
                 p["status"] if p["status"] == "ok" else f"{p['status']}: {p['error']}",
                 mib(p["baseline_memory_bytes"]),
+                mib(p["added_memory_bytes"]),
                 mib(p["peak_memory_bytes"]),
                 "—" if p["step_time_s"] is None else f"{p['step_time_s']:.3g}",
                 "—" if p["mol_per_s"] is None else f"{p['mol_per_s']:.1f}",
             ]
         )
     doc.table(
-        ["mode", "path", "batch", "status", "baseline (MiB)", "peak (MiB)", "step (s)", "mol/s"],
+        [
+            "precision",
+            "fusion",
+            "low memory",
+            "batch",
+            "status",
+            "baseline (MiB)",
+            "added (MiB)",
+            "peak (MiB)",
+            "step (s)",
+            "mol/s",
+        ],
         rows,
     )
     largest = ", ".join(
         f"{k}: {v if v is not None else 'none'}" for k, v in profile["largest_batch"].items()
     )
-    doc.para(f"Largest batch that fits, per mode/path: {largest}.")
+    doc.para(f"Largest batch that fits, per series: {largest}.")
     memory, throughput = assets / f"{prefix}memory.png", assets / f"{prefix}throughput.png"
     plots.plot_profile_memory(profile, memory)
     plots.plot_profile_throughput(profile, throughput)
-    doc.image(memory, "Peak training memory vs batch size", os.path.relpath(memory, md_dir))
+    doc.image(
+        memory, "Training memory above the baseline vs batch size", os.path.relpath(memory, md_dir)
+    )
     doc.image(throughput, "Training throughput vs batch size", os.path.relpath(throughput, md_dir))
 
 
@@ -444,13 +464,19 @@ def build_report(
     results_dir: str | os.PathLike,
     out: str | os.PathLike | None = None,
     *,
+    runs: Sequence[str | os.PathLike] | None = None,
     profile: str | os.PathLike | None = None,
     title: str = "se3t report",
 ) -> tuple[Path, Path]:
     """Write ``out`` (HTML, default ``results_dir/report.html``) and its Markdown twin (same
-    name, ``.md``; its figures in ``<name>_files/``). Returns both paths."""
+    name, ``.md``; its figures in ``<name>_files/``). Returns both paths. ``runs``: exactly these
+    run folders (the workflow passes the runs its config lists); default: every run folder
+    :func:`find_runs` finds under ``results_dir``."""
     results_dir = Path(results_dir)
-    runs = [load_run(f) for f in find_runs(results_dir)]
+    folders = find_runs(results_dir) if runs is None else [Path(r) for r in runs]
+    if not folders:
+        raise InputError("report: give at least one run folder")
+    runs = [load_run(f) for f in folders]
     out = Path(out) if out is not None else results_dir / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"report output {str(out)!r} must end in .html (the .md twin is beside)")

@@ -7,10 +7,13 @@ back by ``se3t report`` and by users' own scripts, so their layout is a document
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 import jsonschema
 
+from se3t.choices import Fusion, Precision, ProfileBasis, Split
 from se3t.errors import InputError
 
 __all__ = [
@@ -21,7 +24,7 @@ __all__ = [
     "validate",
 ]
 
-PROFILE_SCHEMA_VERSION = 1
+PROFILE_SCHEMA_VERSION = 2  # 2: points in the config's words (fusion, precision, low_memory)
 METRICS_SCHEMA_VERSION = 1
 
 _ENVIRONMENT = {
@@ -39,7 +42,7 @@ _POS_INT = {"type": "integer", "minimum": 1}
 
 PROFILE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "se3t profile: peak training memory and throughput per batch size",
+    "title": "se3t profile: training memory and throughput per batch size",
     "type": "object",
     "required": [
         "schema_version",
@@ -68,19 +71,22 @@ PROFILE_SCHEMA: dict[str, Any] = {
         },
         "steps": _POS_INT,
         "warmup_steps": {"type": "integer", "minimum": 0},
-        "basis": {"enum": ["step", "precomputed"]},
+        "basis": {"enum": [b.value for b in ProfileBasis]},
         "model": {"type": "object"},
         "points": {
             "type": "array",
             "items": {
                 "type": "object",
                 "required": [
-                    "mode",
-                    "path",
+                    "fusion",
+                    "precision",
+                    "low_memory",
                     "batch_size",
+                    "basis",
                     "status",
                     "peak_memory_bytes",
                     "baseline_memory_bytes",
+                    "added_memory_bytes",
                     "mol_per_s",
                     "step_time_s",
                     "num_atoms",
@@ -89,15 +95,24 @@ PROFILE_SCHEMA: dict[str, Any] = {
                     "wall_s",
                 ],
                 "properties": {
-                    "mode": {
-                        "type": "string",
-                        "pattern": "^(fp32|tf32|amp|fp16|bf16)(\\+lowmem)?$",
-                    },
-                    "path": {"enum": ["pairwise", "fused"]},
+                    "fusion": {"enum": [f.value for f in Fusion]},
+                    "precision": {"enum": [p.value for p in Precision]},
+                    "low_memory": {"type": "boolean"},
                     "batch_size": _POS_INT,
+                    "basis": {"enum": [b.value for b in ProfileBasis]},
                     "status": {"enum": ["ok", "oom", "error", "timeout", "skipped"]},
                     "peak_memory_bytes": {"type": ["integer", "null"], "minimum": 0},
-                    "baseline_memory_bytes": {"type": ["integer", "null"], "minimum": 0},
+                    "baseline_memory_bytes": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "held before the first step: interpreter, torch, model, "
+                        "batch (CUDA: tensors allocated)",
+                    },
+                    "added_memory_bytes": {
+                        "type": ["integer", "null"],
+                        "minimum": 0,
+                        "description": "peak - baseline: what the training step adds",
+                    },
                     "mol_per_s": _NUMBER_OR_NULL,
                     "step_time_s": _NUMBER_OR_NULL,
                     "num_atoms": {"type": ["integer", "null"], "minimum": 0},
@@ -110,7 +125,7 @@ PROFILE_SCHEMA: dict[str, Any] = {
                         "(se3t.nn.tuning.KernelTuner.report)",
                     },
                     "peak_reset": {
-                        "type": "boolean",
+                        "type": ["boolean", "null"],
                         "description": "CPU: the peak-RSS mark was reset after the warm-up "
                         "(peak over the timed steps); false: peak since the process started",
                     },
@@ -120,6 +135,7 @@ PROFILE_SCHEMA: dict[str, Any] = {
                 "then": {
                     "properties": {
                         "peak_memory_bytes": {"type": "integer"},
+                        "added_memory_bytes": {"type": "integer"},
                         "mol_per_s": {"type": "number", "exclusiveMinimum": 0},
                         "step_time_s": {"type": "number", "exclusiveMinimum": 0},
                         "error": {"type": "null"},
@@ -130,12 +146,13 @@ PROFILE_SCHEMA: dict[str, Any] = {
         },
         "largest_batch": {
             "type": "object",
-            "description": "per mode/path: the largest batch size with status ok (null: none)",
+            "description": "per series ('fp32 pairwise', 'fp16 full low_memory'): the largest "
+            "batch size with status ok (null: none)",
             "additionalProperties": {"type": ["integer", "null"]},
         },
-        "largest_batch_per_mode": {
+        "largest_batch_per_precision": {
             "type": "object",
-            "description": "per mode: the largest batch size that fits on any path",
+            "description": "per precision: the largest batch size that fits with any fusion",
             "additionalProperties": {"type": ["integer", "null"]},
         },
     },
@@ -177,7 +194,7 @@ METRICS_SCHEMA: dict[str, Any] = {
         "checkpoint": {"type": "string"},
         "epoch": {"type": ["integer", "null"]},
         "step": {"type": ["integer", "null"]},
-        "split": {"enum": ["train", "val", "test"]},
+        "split": {"enum": [s.value for s in Split]},
         "dataset": {"type": "string"},
         "count": _POS_INT,
         "targets": {"type": "array", "items": {"type": "string"}, "minItems": 1},
@@ -201,9 +218,6 @@ def validate(obj: Any, schema: dict[str, Any], source: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m se3t.eval.schema profile|metrics``: print the JSON schema."""
-    import json
-    import sys
-
     argv = sys.argv[1:] if argv is None else argv
     schemas = {"profile": PROFILE_SCHEMA, "metrics": METRICS_SCHEMA}
     if len(argv) != 1 or argv[0] not in schemas:

@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from se3t.choices import Fusion
 from se3t.graph import Batch, Graph
 from se3t.nn.attention import AttentionBlockSE3
-from se3t.nn.conv import ConvSE3, Fusion
+from se3t.nn.conv import ConvSE3
 from se3t.nn.kernel import Backend, KernelState
 from se3t.nn.norm import NormSE3
 from se3t.nn.pooling import GraphPooling

@@ -1,8 +1,9 @@
 """Equivariant layers on se3t's graphs: TFN convolution (fusion levels), attention, norm,
 linear, pooling, radial profiles and graph ops."""
 
+from se3t.choices import Fusion
 from se3t.nn.attention import AttentionBlockSE3, AttentionSE3
-from se3t.nn.conv import ConvSE3, Fusion, pairwise_reference
+from se3t.nn.conv import ConvSE3, pairwise_reference
 from se3t.nn.graph_ops import edge_softmax, gather, scatter_max, scatter_mean, scatter_sum
 from se3t.nn.linear import LinearSE3
 from se3t.nn.norm import NormSE3

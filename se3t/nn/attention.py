@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from se3t.choices import Fusion
 from se3t.graph import Graph
-from se3t.nn.conv import ConvSE3, Fusion
+from se3t.nn.conv import ConvSE3
 from se3t.nn.graph_ops import edge_softmax, gather, scatter_sum
 from se3t.nn.linear import LinearSE3
 from se3t.so3.fiber import Fiber

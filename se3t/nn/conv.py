@@ -11,11 +11,11 @@ summed over ``d_in``; with ``pool`` they are summed over the incoming edges of e
 from __future__ import annotations
 
 import copy
-import enum
 
 import torch
 from torch import Tensor, nn
 
+from se3t.choices import Fusion
 from se3t.graph import Graph
 from se3t.nn.graph_ops import gather, scatter_sum
 from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
@@ -24,35 +24,6 @@ from se3t.so3.basis import basis_size, num_freq, unflatten_basis
 from se3t.so3.fiber import Fiber
 
 __all__ = ["ConvSE3", "Fusion", "pairwise_reference"]
-
-
-class Fusion(enum.Enum):
-    """How a TFN convolution groups its ``d_in x d_out`` sub-convolutions.
-
-    Each group has ONE radial profile (shared hidden layers, one last layer whose rows hold
-    every pair's radial weights) and runs as one edge-chunked fused op
-    (:func:`se3t.nn.kernel.fused_tfn`) that never materializes the radial output of the whole
-    graph.
-
-    - ``PAIRWISE``: one group per pair, computed with plain autograd (radial output, basis
-      contraction, bmm). The reference that every fused level is tested against; memory
-      O(E * C_o * C_i * num_freq) per pair is kept for backward.
-    - ``PER_OUTPUT``: one group per output degree (all input degrees fused).
-    - ``PER_INPUT``: one group per input degree (all output degrees fused).
-    - ``FULL``: one group for the whole layer: one radial MLP, one GEMM per edge chunk.
-
-    NVIDIA's layout (features concatenated along channels) needs equal channel counts across
-    the fused degrees; se3t's contraction keeps a separate block per degree, so every level is
-    valid for any fibers. ``AUTO`` therefore resolves to ``FULL``, the fastest and leanest.
-    Levels differ in the model they define only by which pairs share radial hidden layers;
-    :func:`pairwise_reference` builds the pairwise convolution with identical outputs.
-    """
-
-    AUTO = "auto"
-    PAIRWISE = "pairwise"
-    PER_OUTPUT = "per_output"
-    PER_INPUT = "per_input"
-    FULL = "full"
 
 
 def _as_fiber(f, name: str) -> Fiber:

@@ -39,11 +39,10 @@ its ``repr``):
 
 from __future__ import annotations
 
-import enum
-
 import torch
 from torch import Tensor
 
+from se3t.choices import Kernel
 from se3t.nn.graph_ops import gather
 from se3t.so3.basis import num_freq, pair_offsets
 from se3t.so3.blocks import block_basis, block_shape
@@ -422,21 +421,8 @@ def _permuted_weights(
     return out
 
 
-class Backend(enum.Enum):
-    """Which implementation evaluates the fused groups (config ``model.kernel``).
-
-    - ``AUTO``: ``cpp`` on the CPU in float32/float64 when the extension builds, else ``torch``
-      (the Triton kernel stays opt-in until it is measured faster on a GPU).
-    - ``TORCH``: the chunked torch evaluations (the readable reference; any dtype, any device).
-    - ``CPP``: the C++/OpenMP kernel (:mod:`se3t.nn.kernel_cpu`); CPU, float32/float64.
-    - ``TRITON``: the Triton kernel (:mod:`se3t.nn.kernel_triton`); CUDA (or Triton's
-      interpreter on CPU tensors, as in the tests).
-    """
-
-    AUTO = "auto"
-    TORCH = "torch"
-    CPP = "cpp"
-    TRITON = "triton"
+# the backends are the config's choice (se3t.choices.Kernel); named Backend here
+Backend = Kernel
 
 
 class KernelState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from se3t.choices import Pooling
 from se3t.nn.graph_ops import scatter_max, scatter_mean
 
 __all__ = ["GraphPooling"]
@@ -14,9 +15,9 @@ class GraphPooling(nn.Module):
 
     def __init__(self, pool: str = "max"):
         super().__init__()
-        if pool not in ("max", "mean"):
+        if pool not in [p.value for p in Pooling]:
             raise ValueError(f"GraphPooling: pool must be 'max' or 'mean', got {pool!r}")
-        self.pool = pool
+        self.pool = Pooling(pool)
 
     def extra_repr(self) -> str:
         return self.pool

@@ -97,6 +97,7 @@ def basis_size(max_degree: int) -> int:
 
 def _sh(edge_vec: Tensor, max_degree: int) -> Tensor:
     """[E, (2 max_degree + 1)^2] real spherical harmonics of degrees 0..2*max_degree."""
+    # deferred: e3nn.o3 imports sympy (seconds); only computing bases needs it
     from e3nn import o3
 
     return o3.spherical_harmonics(
@@ -106,6 +107,7 @@ def _sh(edge_vec: Tensor, max_degree: int) -> Tensor:
 
 def clebsch_gordan(J: int, d_in: int, d_out: int, dtype=torch.float64, device=None) -> Tensor:
     """``Q_J`` as ``[2 d_out+1, 2 d_in+1, 2 J+1]`` (e3nn's Wigner 3j, NVIDIA's index order)."""
+    # deferred: e3nn.o3 imports sympy (seconds); only computing bases needs it
     from e3nn import o3
 
     return (

@@ -26,6 +26,7 @@ import torch
 from se3t.config import Config, ConfigError, from_dict
 from se3t.errors import InputError
 from se3t.io import atomic_write
+from se3t.models import build
 
 __all__ = [
     "FORMAT",
@@ -138,8 +139,6 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
     """``(model, cfg, stats)``: the checkpoint's model rebuilt from its stored config, weights
     loaded, in eval mode; ``stats`` is ``{"targets": [...], "mean": Tensor[T], "std": Tensor[T]}``
     (predictions are ``model(batch) * std + mean`` in target units)."""
-    from se3t.models import build
-
     state = load_checkpoint(path, map_location=map_location)
     warn_if_model_code_changed(state, path)
     cfg = checkpoint_config(state, path)

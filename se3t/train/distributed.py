@@ -9,19 +9,33 @@ Launchers and what they set:
   ``SLURM_LOCALID``, ``SLURM_JOB_NODELIST``; the master is the node list's first host and the
   port is derived from the job id, so every task agrees without talking.
 
-One process with none of these is world size 1 and needs no process group.
+One process with none of these is world size 1 and needs no process group. On several nodes
+the rendezvous address is the first node of the allocation (submitit and the ``srun`` path both
+take it from ``SLURM_JOB_NODELIST``), never ``localhost``: a rank that is told to meet on
+``localhost`` while the world spans hosts would wait for peers that never come, so a world
+larger than one without ``MASTER_ADDR`` is an error.
+
+Every collective (the rendezvous, all-reduce, barrier) fails after ``timeout_s`` (the config's
+``train.collective_timeout``) when a peer does not take part: a rank that died or hangs ends the
+job with an error instead of holding every other rank until the job's time limit.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from se3t.errors import InputError
+
+log = logging.getLogger(__name__)
 __all__ = ["DistEnv", "all_reduce_", "barrier", "detect", "init", "shutdown"]
 
 
@@ -61,6 +75,11 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
     """The process's place in the job, from the environment (see the module docstring)."""
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
+        if int(env["WORLD_SIZE"]) > 1 and not env.get("MASTER_ADDR"):
+            raise InputError(
+                f"environment: RANK and WORLD_SIZE={env['WORLD_SIZE']} are set but "
+                "MASTER_ADDR is not: the ranks cannot know where to meet"
+            )
         return DistEnv(
             rank=int(env["RANK"]),
             world_size=int(env["WORLD_SIZE"]),
@@ -83,11 +102,27 @@ def detect(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
-def init(env: DistEnv, device: torch.device, timeout_s: float = 600) -> None:
-    """Join the process group: NCCL on CUDA devices, gloo on CPU."""
+def init(env: DistEnv, device: torch.device, timeout_s: float = 300) -> None:
+    """Join the process group: NCCL on CUDA devices, gloo on CPU. Collectives of the group
+    (and the rendezvous) fail after ``timeout_s`` seconds without their peers."""
     if not env.distributed or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # every rank says where it runs and where it meets the others (the job's task logs): on a
+    # real cluster the hosts differ and the rendezvous is the allocation's first node
+    log.info(
+        "rank %d of %d (local rank %d) on host %s, device %s: %s rendezvous at %s:%d, "
+        "collective timeout %g s",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        socket.gethostname(),
+        device,
+        backend,
+        env.master_addr,
+        env.master_port,
+        timeout_s,
+    )
     dist.init_process_group(
         backend,
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
@@ -98,8 +133,18 @@ def init(env: DistEnv, device: torch.device, timeout_s: float = 600) -> None:
     )
 
 
+# Seconds given to gloo's worker threads, before the process group goes, to finish releasing the
+# last collective's tensors. A worker drops a finished all-reduce (and with it the Python
+# tensors it held, which needs the GIL) a moment after the caller's wait() returns; if the
+# group is destroyed meanwhile, its destructor joins that worker while holding the GIL, and
+# both wait for ever (seen on a loaded machine: rank 1 of a finished 2-node job hung in
+# ~ProcessGroupGloo, its worker in PyEval_AcquireThread). Sleeping releases the GIL.
+_DRAIN_S = 0.5
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        time.sleep(_DRAIN_S)
         dist.destroy_process_group()
 
 

@@ -39,17 +39,21 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from se3t.config import Config, from_dict, to_dict
 from se3t.errors import InputError, Se3tError
 from se3t.io import atomic_write, write_text
+from se3t.train import submitit_api
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -94,16 +98,14 @@ class TrainJob:
     """
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
-        import submitit
-
+        # deferred: the trainer pulls in torch and the model (the launcher needs neither)
         from se3t.train import distributed as D
         from se3t.train.loop import Trainer
 
-        dist_env = submitit.helpers.TorchDistributedEnvironment().export(
-            set_cuda_visible_devices=False
-        )
+        _log_to_stderr()
+        dist_env = submitit_api.dist_env()
         cfg = from_dict(config)
-        trainer = Trainer(cfg, progress=dist_env.rank == 0)
+        trainer = self.make_trainer(Trainer, cfg, dist_env.rank)
         try:
             summary = trainer.run()
         finally:
@@ -115,10 +117,19 @@ class TrainJob:
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         return summary
 
+    def make_trainer(self, trainer_class: type, cfg: Config, rank: int):
+        """This rank's trainer (a subclass of TrainJob may wrap it, e.g. to inject a fault)."""
+        return trainer_class(cfg, progress=rank == 0)
+
     def _requeue(self, summary: dict[str, Any], rank: int) -> None:
-        """Hand a stopped run to submitit's handler (checkpoint() + requeue + exit) on rank 0;
-        the other ranks wait to be ended by the requeue."""
+        """Hand a run stopped by SIGUSR2 (preemption, time limit) to submitit's handler
+        (checkpoint() + requeue + exit) on rank 0; the other ranks wait to be ended by the
+        requeue. A run stopped by SIGTERM is being ended by SLURM (scancel, or a node of the
+        job failed and SLURM requeues it itself): every rank exits without a result, so the
+        launcher reads the job's state, not an error of this attempt."""
         sig = summary.get("signal")
+        if sig == int(signal.SIGTERM):
+            raise SystemExit(128 + int(signal.SIGTERM))  # submitit writes no result for it
         handler = signal.getsignal(signal.SIGUSR2)
         if rank == 0 and sig == int(signal.SIGUSR2) and callable(handler):
             handler(signal.SIGUSR2, None)  # requeues and exits (SystemExit)
@@ -127,34 +138,31 @@ class TrainJob:
         raise RuntimeError(f"training stopped by signal {sig} at step {summary['step']}")
 
     def checkpoint(self, config: dict[str, Any]):
-        import submitit
-
         # the state is in run.dir/last.pt (written by the trainer): resubmit the same call
-        return submitit.helpers.DelayedSubmission(type(self)(), config)
+        return submitit_api.delayed(type(self)(), config)
 
 
-def _checkpointable() -> type:
-    import submitit
+def _log_to_stderr() -> None:
+    """In a job task: se3t's log records to the task's stderr (its submitit log), every rank.
+    Rank 0's trainer adds train.log and its own stderr handler to ``se3t.train``."""
+    root = logging.getLogger("se3t")
+    if not any(getattr(h, "_se3t_job", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler._se3t_job = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
-    class _Job(TrainJob, submitit.helpers.Checkpointable):
-        pass
 
-    _Job.__name__ = _Job.__qualname__ = "TrainJob"
-    return _Job
+def _checkpointable(base: type | None = None) -> type:
+    return submitit_api.checkpointable(base or TrainJob)
 
 
 def make_executor(cfg: Config):
     """The submitit executor for ``cfg.launch``: one task per GPU, or ``tasks_per_node`` CPU
     processes per node; partition, account, qos, constraint and ``extra`` (sbatch options)."""
-    import submitit
-
     lc = cfg.launch
-    folder = _submitit_folder(cfg)
-    executor = submitit.AutoExecutor(
-        folder=folder, cluster=lc.cluster, slurm_max_num_timeout=lc.max_num_timeout
-    )
-    # the executor behind (local too) counts time-outs before giving up
-    executor._executor.max_num_timeout = lc.max_num_timeout
+    executor = submitit_api.executor(_submitit_folder(cfg), lc.cluster, lc.max_num_timeout)
     tasks = lc.gpus_per_node if lc.gpus_per_node > 0 else lc.tasks_per_node
     params: dict[str, Any] = {
         "name": f"se3t-{cfg.run.name}",
@@ -179,6 +187,9 @@ def make_executor(cfg: Config):
         params["slurm_comment"] = f"{run_tag(cfg.run.dir)} {own}" if own else run_tag(cfg.run.dir)
         if extra:
             params["slurm_additional_parameters"] = extra
+        # one rank that exits with an error ends the job step at once: its peers would
+        # otherwise wait in a collective until train.collective_timeout
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     executor.update_parameters(**params)
     return executor
 
@@ -200,6 +211,34 @@ def run_tag(run_dir: str | Path) -> str:
     return "se3t-run:" + hashlib.sha256(real.encode()).hexdigest()[:12]
 
 
+def _finished(job) -> bool:
+    """The job has ended for good. submitit's ``done()`` trusts the tasks' result files, but a
+    SLURM job requeued after a node failure keeps the files of the attempt that was cut short
+    (a rank that saw its peer vanish wrote an error) while it waits to run again: on SLURM it
+    must also have left the queue (a state outside :data:`ACTIVE_STATES`)."""
+    if not job.done():
+        return False
+    if not isinstance(job, submitit_api.slurm_job_class()):
+        return True
+    return slurm_state(job.job_id) not in ACTIVE_STATES
+
+
+def _failed_rank_log(job) -> tuple[int, Path]:
+    """``(rank, stderr log)`` of the task that failed first: of the tasks whose result pickle
+    holds an error, the one that wrote it first. A rank that raises brings its peers down
+    after it (their collectives fail when its process exits, or srun's --kill-on-bad-exit
+    ends them), so the first error is the cause and the later ones its echo. Rank 0's log
+    when no task recorded an error (the job was killed: time, memory, node)."""
+    failed = []
+    for rank in range(job.num_tasks):
+        if submitit_api.outcome(job, rank) == "error":
+            path = Path(job.task(rank).paths.result_pickle)
+            with contextlib.suppress(OSError):
+                failed.append((path.stat().st_mtime_ns, rank))
+    rank = min(failed)[1] if failed else 0
+    return rank, Path(job.task(rank).paths.stderr)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -209,10 +248,10 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 class _Follower:
-    """Copies new lines of a growing log file to our stderr (restarts after truncation)."""
+    """Copies new lines of a growing log file to a stream (restarts after truncation)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
+    def __init__(self, path: Path, stream: TextIO) -> None:
+        self.path, self.offset, self.stream = path, 0, stream
 
     def poll(self) -> None:
         try:
@@ -227,8 +266,8 @@ class _Follower:
             fh.seek(self.offset)
             data = fh.read()
         self.offset += len(data)
-        sys.stderr.write(data.decode(errors="replace"))
-        sys.stderr.flush()
+        self.stream.write(data.decode(errors="replace"))
+        self.stream.flush()
 
 
 def slurm_state(job_id: str) -> str:
@@ -330,11 +369,9 @@ def _active_job(cfg: Config, run_dir: Path):
         except (TypeError, ValueError):
             age = SBATCH_GRACE_S
         if 0 <= age < SBATCH_GRACE_S:
-            print(
-                f"se3t launch: {RECORD} shows a submission interrupted {age:.0f} s ago; "
-                f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                f"{RECORD} shows a submission interrupted {age:.0f} s ago; "
+                f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish"
             )
             time.sleep(SBATCH_GRACE_S - age)
     try:
@@ -346,12 +383,10 @@ def _active_job(cfg: Config, run_dir: Path):
         ) from None
     if not jobs:
         if submitting:
-            print(
-                f"se3t launch: {RECORD} shows an interrupted submission (since "
+            log.warning(
+                f"{RECORD} shows an interrupted submission (since "
                 f"{rec.get('submitting', '?')}) and no job of this run folder ({tag}) is "
-                "queued or running: submitting",
-                file=sys.stderr,
-                flush=True,
+                "queued or running: submitting"
             )
         return None
     names = ", ".join(f"{j} ({st})" for j, st in jobs)
@@ -381,11 +416,9 @@ def _active_job(cfg: Config, run_dir: Path):
     job = _attach(rec, state)
     _ensure_pickle(job, base.get("config") or to_dict(cfg))
     _write_record(run_dir, rec)
-    print(
-        f"se3t launch: {RECORD} had no job id, but SLURM job {job_id} of this run folder "
-        f"({tag}) is {state}: recorded it",
-        file=sys.stderr,
-        flush=True,
+    log.warning(
+        f"{RECORD} had no job id, but SLURM job {job_id} of this run folder "
+        f"({tag}) is {state}: recorded it"
     )
     return job
 
@@ -397,20 +430,20 @@ def _ensure_pickle(job, config: dict[str, Any]) -> None:
     pickle after the job id; a launcher killed in between leaves a job that, once started,
     waits 60 s for its pickle and fails. The call is ``TrainJob()(config)`` with the config
     the killed launcher submitted (kept in the intent record), so it is rebuilt from that."""
-    import submitit
-
     path = Path(job.paths.submitted_pickle)
     if path.exists():
         return
     cfg = from_dict(config)
-    delayed = submitit.helpers.DelayedSubmission(_checkpointable()(), config)
-    delayed.set_timeout(cfg.launch.time, cfg.launch.max_num_timeout)
-    atomic_write(path, delayed.dump, fsync=True)
-    print(
-        f"se3t launch: job {job.job_id} had no {path.name} (its launcher died inside the "
-        "submission): wrote it",
-        file=sys.stderr,
-        flush=True,
+    submitit_api.write_submission(
+        job,
+        _checkpointable()(),
+        (config,),
+        cfg.launch.time,
+        cfg.launch.max_num_timeout,
+        lambda target, dump: atomic_write(target, dump, fsync=True),
+    )
+    log.warning(
+        f"job {job.job_id} had no {path.name} (its launcher died inside the submission): wrote it"
     )
 
 
@@ -421,11 +454,9 @@ def _recorded_job(cfg: Config, run_dir: Path, rec: dict[str, Any]):
     state = slurm_state(rec["job_id"])
     if state not in ACTIVE_STATES:
         if state:
-            print(
-                f"se3t launch: the run's previous job {rec['job_id']} is {state}; submitting "
-                "a new one (it resumes from last.pt)",
-                file=sys.stderr,
-                flush=True,
+            log.info(
+                f"the run's previous job {rec['job_id']} is {state}; submitting "
+                "a new one (it resumes from last.pt)"
             )
         return None
     if cfg.launch.cluster != "slurm":
@@ -437,24 +468,16 @@ def _recorded_job(cfg: Config, run_dir: Path, rec: dict[str, Any]):
 
 
 def _attach(rec: dict[str, Any], state: str):
-    from submitit.slurm.slurm import SlurmJob
-
-    job = SlurmJob(
-        folder=rec["folder"],
-        job_id=str(rec["job_id"]),
-        tasks=tuple(range(int(rec.get("tasks", 1)))),
-    )
-    print(
-        f"se3t launch: job {job.job_id} of this run folder is {state} (submitted "
+    job = submitit_api.attach(rec["folder"], rec["job_id"], int(rec.get("tasks", 1)))
+    log.info(
+        f"job {job.job_id} of this run folder is {state} (submitted "
         f"{rec.get('submitted', '?')}): attaching to it instead of submitting; this "
-        f"command's overrides do not apply to it",
-        file=sys.stderr,
-        flush=True,
+        f"command's overrides do not apply to it"
     )
     return job
 
 
-def _submit(cfg: Config, run_dir: Path):
+def _submit(cfg: Config, run_dir: Path, job_class: type | None = None):
     """Submit the training job. On SLURM the intent record goes first (state "submitting", the
     folder's tag, no job id), so that a launcher killed inside ``sbatch`` or right after it
     leaves a record the next launch resolves through ``squeue``; then the complete record."""
@@ -476,7 +499,7 @@ def _submit(cfg: Config, run_dir: Path):
             {**rec, "state": "submitting", "submitting_at": time.time(), "config": to_dict(cfg)},
         )
     try:
-        job = executor.submit(_checkpointable()(), to_dict(cfg))
+        job = executor.submit(_checkpointable(job_class)(), to_dict(cfg))
     except Exception as err:  # submitit: FailedJobError with sbatch's message
         msg = " ".join(str(err).split())[:500]
         if lc.cluster == "slurm":  # sbatch answered: no job (a later launch still asks squeue)
@@ -494,20 +517,27 @@ def _submit(cfg: Config, run_dir: Path):
             "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    print(
-        f"se3t launch: submitted job {job.job_id} ({lc.cluster}); logs in {job.paths.folder}",
-        file=sys.stderr,
-        flush=True,
-    )
+    log.info(f"submitted job {job.job_id} ({lc.cluster}); logs in {job.paths.folder}")
     return job
 
 
-def launch(cfg: Config, *, wait: bool = True, poll_s: float = 2.0) -> int:
+def launch(
+    cfg: Config,
+    *,
+    wait: bool = True,
+    poll_s: float = 2.0,
+    job_class: type | None = None,
+    stream: TextIO | None = None,
+) -> int:
     """Check the inputs, submit the training job (or attach to the run folder's job that is
     still queued or running, see the module docstring), stream its progress and wait for it.
 
-    Returns 0 when every task finished, 1 when the job failed (its log tail printed), and with
-    ``wait=False`` 0 right after submission (the job id printed)."""
+    Returns 0 when every task finished, 1 when the job failed (the log tail of the rank that
+    failed printed), and with ``wait=False`` 0 right after submission (the job id printed).
+    ``job_class``: the callable submitted, :class:`TrainJob` or a subclass of it (the tests
+    inject a fault into one rank with one). ``stream``: where rank 0's log is copied while
+    waiting (default: stderr). The launcher's own messages go to the ``se3t.train.launch``
+    logger (``se3t launch`` prints them to stderr)."""
     from se3t.train.loop import check_inputs
 
     run_dir = Path(cfg.run.dir).absolute()
@@ -515,32 +545,34 @@ def launch(cfg: Config, *, wait: bool = True, poll_s: float = 2.0) -> int:
         job = _active_job(cfg, run_dir)
         if job is None:
             check_inputs(cfg, world_size=1, model=True)  # bad input fails before submission
-            job = _submit(cfg, run_dir)
+            job = _submit(cfg, run_dir, job_class)
     if not wait:
         print(job.job_id)
         return 0
-    follow = _Follower(Path(job.paths.stderr))
+    follow = _Follower(Path(job.paths.stderr), sys.stderr if stream is None else stream)
     try:
-        while not job.done():
+        while not _finished(job):
             follow.poll()
             time.sleep(poll_s)
         follow.poll()
         results = job.results()
     except KeyboardInterrupt:
-        print(
-            f"se3t launch: interrupted; job {job.job_id} keeps running (scancel it to stop)",
-            file=sys.stderr,
-        )
+        log.warning(f"interrupted; job {job.job_id} keeps running (scancel it to stop)")
         raise
     except Exception as err:  # submitit raises FailedJobError / UncompletedJobError
-        print(f"se3t launch: job {job.job_id} failed: {str(err).splitlines()[0]}", file=sys.stderr)
-        print(f"---- last lines of {job.paths.stderr} ----", file=sys.stderr)
-        print(_tail(Path(job.paths.stderr)), file=sys.stderr)
+        rank, log_path = _failed_rank_log(job)
+        log.error(
+            "job %s failed: %s\n---- last lines of %s (rank %d) ----\n%s",
+            job.job_id,
+            str(err).splitlines()[0],
+            log_path,
+            rank,
+            _tail(log_path),
+        )
         return 1
     summary = results[0] if results else {}
-    print(
-        f"se3t launch: job {job.job_id} done: step {summary.get('step')}, epoch "
-        f"{summary.get('epoch')}, val MAE {summary.get('val_mae')}",
-        file=sys.stderr,
+    log.info(
+        f"job {job.job_id} done: step {summary.get('step')}, epoch "
+        f"{summary.get('epoch')}, val MAE {summary.get('val_mae')}"
     )
     return 0

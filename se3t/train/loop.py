@@ -19,155 +19,46 @@ and the number of its micro-batches consumed (the sampler replays the epoch's or
 Stop signals (SIGUSR2: SLURM preemption or time limit through submitit; SIGTERM) only set a
 flag; at the next step boundary every rank agrees on it (an all-reduce), rank 0 writes
 ``last.pt`` and ``train`` returns with ``status="stopped"`` — the caller requeues or exits.
+
+The module holds the Trainer alone (its helpers live beside it: ``inputs``, ``step``,
+``records``, ``signals``, ``checkpoint``, ``sampler``, ``schedule``); at ~500 lines it is over
+the ~400-line guide because the epoch loop, evaluation and the checkpointed state share the
+Trainer's fields, and splitting them would pass that state back and forth.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import resource
 import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from se3t.config import Config, save, to_dict
+from se3t.data import collate
+from se3t.device import device_name, peak_memory
 from se3t.errors import InputError
-from se3t.eval.environment import cpu_model
+from se3t.models import build
 from se3t.train import distributed as D
-from se3t.train.checkpoint import (
-    capture_rng,
-    check_model_state,
-    checkpoint_config,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-    warn_if_model_code_changed,
-)
+from se3t.train.checkpoint import capture_rng, check_model_state, restore_rng, save_checkpoint
+from se3t.train.inputs import Inputs, check_inputs
+from se3t.train.records import MetricsWriter, log_to
 from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
+from se3t.train.signals import StopSignals
+from se3t.train.step import autocast, grad_scaler, set_matmul_precision
 
-__all__ = ["Inputs", "Trainer", "check_inputs", "device_name", "train"]
+__all__ = ["Inputs", "Trainer", "check_inputs", "train"]
 
 log = logging.getLogger("se3t.train")
-
-_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class Inputs:
-    cfg: Config  # with model.out_dim set to the number of targets
-    train_set: Any
-    val_set: Any
-    basis_store: Any
-    resume_path: Path
-    resume_state: dict[str, Any] | None
-
-
-def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> Inputs:
-    """Open and check every input of a run before any training work: the dataset store and
-    its targets, the basis store (when used), and a checkpoint to resume (its model settings
-    and targets; with ``model=True`` also its parameter shapes against the built model).
-    Raises :class:`InputError` naming the file and field."""
-    from se3t.data import QM9Dataset, fingerprint
-
-    t = cfg.train
-    if t.batch_size < world_size:
-        raise InputError(
-            f"config key 'train.batch_size': {t.batch_size} is smaller than the {world_size} "
-            "ranks of this job (it is the global batch)"
-        )
-    data_path = Path(cfg.data.path)
-    if "://" not in cfg.data.path and not data_path.exists():
-        raise InputError(
-            f"dataset store {str(data_path)!r} (config key 'data.path') does not exist; "
-            "build it with se3t data build"
-        )
-    train_set = QM9Dataset.from_config(cfg.data, "train")
-    val_set = QM9Dataset.from_config(cfg.data, "val")
-    if len(train_set) < world_size:
-        raise InputError(f"dataset {str(data_path)!r}: training split smaller than the job")
-    if t.tensorboard:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as err:
-            raise InputError(
-                "config key 'train.tensorboard': the tensorboard package is not installed"
-            ) from err
-    basis_store = _open_basis(cfg, fingerprint)
-    if basis_store is not None and basis_store.read == "chunks" and t.batch_size % world_size:
-        raise InputError(
-            f"config key 'train.batch_size': {t.batch_size} is not a multiple of the "
-            f"{world_size} ranks of this job, which chunk-aware sampling (basis.read=chunks) "
-            "needs"
-        )
-    cfg = replace(cfg, model=replace(cfg.model, out_dim=len(train_set.targets)))
-    resume_path = Path(cfg.run.dir).absolute() / "last.pt"
-    state = None
-    if t.resume and resume_path.is_file():
-        state = load_checkpoint(resume_path)
-        _check_resume_config(cfg, checkpoint_config(state, resume_path), resume_path)
-        warn_if_model_code_changed(state, resume_path)
-        if model:
-            from se3t.models import build
-
-            check_model_state(build(cfg.model), state["model"], str(resume_path))
-    return Inputs(cfg, train_set, val_set, basis_store, resume_path, state)
-
-
-def _open_basis(cfg: Config, fingerprint):
-    b = cfg.basis
-    if b.use == "compute" or (b.use == "auto" and not b.manifest):
-        return None
-    if not b.manifest:
-        raise InputError("config key 'basis.use' is 'store' but 'basis.manifest' is not set")
-    if b.use == "auto" and "://" not in b.manifest and not Path(b.manifest).exists():
-        log.warning("basis manifest %s absent: computing bases in the forward pass", b.manifest)
-        return None
-    if b.use == "store" and "://" not in b.manifest and not Path(b.manifest).exists():
-        raise InputError(
-            f"basis manifest or store {b.manifest!r} (config key 'basis.manifest') does not "
-            "exist; run se3t basis precompute and se3t basis finalize"
-        )
-    from se3t.data.basis_store import open_basis
-
-    return open_basis(
-        b.manifest,
-        dataset_fingerprint=fingerprint(cfg.data.path),
-        max_degree=cfg.model.max_degree,
-        dtype=b.dtype,
-        read=b.read,
-        cache_chunks=b.cache_chunks,
-    )
-
-
-def _check_resume_config(cfg: Config, old: Config, path: Path) -> None:
-    new, before = to_dict(cfg.model), to_dict(old.model)
-    diff = [
-        f"model.{k}={before[k]!r} there, {new[k]!r} here"
-        for k in new
-        if k in before and before[k] != new[k]
-    ]
-    if diff:
-        raise InputError(
-            f"checkpoint {str(path)!r} was trained with another model: "
-            + "; ".join(diff[:4])
-            + " (use another run.dir, or train.resume=false to start over)"
-        )
-    if list(old.data.targets) != list(cfg.data.targets):
-        raise InputError(
-            f"checkpoint {str(path)!r} was trained on targets {list(old.data.targets)}, this "
-            f"config asks for {list(cfg.data.targets)}"
-        )
 
 
 class Trainer:
@@ -183,8 +74,7 @@ class Trainer:
     ) -> None:
         self.env = D.detect()
         self.progress = progress
-        self.stop_signals = stop_signals
-        self.stop_requested: int | None = None
+        self.stop = StopSignals(stop_signals)
         self.run_dir = Path(cfg.run.dir).absolute()
         t = cfg.train
         self.device = self._device(t.device)
@@ -200,18 +90,14 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        tf32 = t.precision == "tf32"
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
+        set_matmul_precision(t.precision)
         torch.manual_seed(t.seed)
-        from se3t.models import build
-
         self.model = build(cfg.model)
         if self.resume_state is not None:
             check_model_state(self.model, self.resume_state["model"], str(self.resume_path))
         del inputs
         self.model.to(self.device)
-        D.init(self.env, self.device)
+        D.init(self.env, self.device, timeout_s=t.collective_timeout)
         if self.env.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
@@ -219,27 +105,7 @@ class Trainer:
             self.ddp = self.model
 
         self.sampler_kind = self._sampler_kind()
-        if self.sampler_kind == "chunks":
-            # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
-            # (se3t.data.basis_sampler: the effect on sampling is documented there)
-            self.sampler = ChunkResumableBatchSampler(
-                self.basis_store,
-                self.train_set.indices,
-                t.batch_size,
-                buffer_chunks=cfg.basis.buffer_chunks,
-                seed=t.seed,
-                rank=self.env.rank,
-                world_size=self.env.world_size,
-            )
-        else:
-            self.sampler = ResumableBatchSampler(
-                len(self.train_set),
-                t.batch_size,
-                shuffle=True,
-                seed=t.seed,
-                rank=self.env.rank,
-                world_size=self.env.world_size,
-            )
+        self.sampler = self._build_sampler()
         # epochs -> steps with epoch 0's length (chunk sampling under DDP varies it by a batch)
         self.micro_per_epoch = len(self.sampler)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.accumulate)
@@ -248,7 +114,7 @@ class Trainer:
         self.scheduler = build_scheduler(
             self.optimizer, t, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.scaler = grad_scaler(t.precision, self.device)
 
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -267,6 +133,29 @@ class Trainer:
         )
         D.all_reduce_(chunks, op="max")
         return "chunks" if int(chunks) else "random"
+
+    def _build_sampler(self):
+        t = self.cfg.train
+        if self.sampler_kind == "chunks":
+            # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
+            # (se3t.basis.sampler: the effect on sampling is documented there)
+            return ChunkResumableBatchSampler(
+                self.basis_store,
+                self.train_set.indices,
+                t.batch_size,
+                buffer_chunks=self.cfg.basis.buffer_chunks,
+                seed=t.seed,
+                rank=self.env.rank,
+                world_size=self.env.world_size,
+            )
+        return ResumableBatchSampler(
+            len(self.train_set),
+            t.batch_size,
+            shuffle=True,
+            seed=t.seed,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+        )
 
     def _device(self, name: str) -> torch.device:
         if name == "cuda" and not torch.cuda.is_available():
@@ -336,10 +225,7 @@ class Trainer:
 
     # ---- pieces of a step ----------------------------------------------------------------
     def _autocast(self):
-        dtype = _AUTOCAST.get(self.cfg.train.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.cfg.train.precision, self.device)
 
     def _basis(self, batch):
         if self.basis_store is None:
@@ -349,8 +235,6 @@ class Trainer:
         )
 
     def _loader(self, dataset, batch_sampler) -> DataLoader:
-        from se3t.data import collate
-
         workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
@@ -368,9 +252,7 @@ class Trainer:
         return min(self.cfg.train.batch_size, len(self.train_set) - i * self.cfg.train.batch_size)
 
     def _peak_mem(self) -> int:
-        if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return peak_memory(self.device)
 
     @torch.no_grad()
     def evaluate(self, dataset) -> dict[str, float]:
@@ -413,40 +295,24 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
         main = self.env.is_main
-        metrics = _Metrics(self.run_dir / "metrics.jsonl", enabled=main, tensorboard=t.tensorboard)
+        metrics = MetricsWriter(
+            self.run_dir / "metrics.jsonl", enabled=main, tensorboard=t.tensorboard
+        )
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save(self.cfg, self.run_dir / "config.yaml")
-            _log_to(self.run_dir / "train.log")
+            log_to(self.run_dir / "train.log")
             if self.resume_state is not None:
                 metrics.truncate(self.step, self.epoch)
-        where = "starting"
-        if self.resume_state is not None:
-            where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
         if main:
-            log.info(
-                "%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
-                "world size %d (%s), device %s, precision %s, bases %s",
-                self.run_dir,
-                where,
-                len(self.train_set),
-                len(self.val_set),
-                self.steps_per_epoch,
-                self.total_steps,
-                self.env.world_size,
-                self.env.source,
-                self.device,
-                t.precision,
-                "from store" if self.basis_store else "computed",
-            )
+            self._log_start()
         self.resume_state = None  # free it
         self.model.train()
-        previous = self._install_signals()
         status = "completed"
         val_mae: dict[str, float] = {}
         train_mae: dict[str, float] = {}
         std = self.train_set.std.to(self.device)
-        try:
+        with self.stop, metrics:
             while self.step < self.total_steps:
                 epoch_done, stopped = self._epoch(metrics, std)
                 if stopped:
@@ -457,15 +323,12 @@ class Trainer:
                     train_mae, val_mae = self._end_of_epoch(metrics, epoch_done, finished)
             if status == "completed" and not val_mae:
                 val_mae = self.evaluate(self.val_set)
-        finally:
-            self._restore_signals(previous)
-            metrics.close()
         if status == "stopped":
             self.save("last.pt")
             D.barrier()
             log.warning(
                 "stopped by signal %s at step %d: checkpoint written",
-                self.stop_requested,
+                self.stop.requested,
                 self.step,
             )
         elif main:
@@ -478,14 +341,33 @@ class Trainer:
             "best_val": self.best_val,
             "val_mae": val_mae,
             "train_mae": train_mae,
-            "signal": self.stop_requested,
+            "signal": self.stop.requested,
         }
 
-    def _epoch(self, metrics: _Metrics, std: torch.Tensor) -> tuple[bool, bool]:
+    def _log_start(self) -> None:
+        t = self.cfg.train
+        where = "starting"
+        if self.resume_state is not None:
+            where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
+        log.info(
+            "%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
+            "world size %d (%s), device %s, precision %s, bases %s",
+            self.run_dir,
+            where,
+            len(self.train_set),
+            len(self.val_set),
+            self.steps_per_epoch,
+            self.total_steps,
+            self.env.world_size,
+            self.env.source,
+            self.device,
+            t.precision,
+            "from store" if self.basis_store else "computed",
+        )
+
+    def _epoch(self, metrics: MetricsWriter, std: torch.Tensor) -> tuple[bool, bool]:
         """Train from the current position to the epoch's end (or ``total_steps`` or a stop).
         Returns ``(epoch_done, stopped)``."""
-        from tqdm import tqdm
-
         t = self.cfg.train
         start = self.batch_in_epoch
         self.sampler.set_epoch(self.epoch, start=start)
@@ -528,16 +410,7 @@ class Trainer:
                 bar.update(1)
                 if not last_micro:
                     continue
-                # ---- optimizer step: the only place the state changes ----------------------
-                if t.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-                self.scheduler.step()
-                self.step += 1
+                lr = self._optimizer_step()
                 if not getattr(self, "_kernel_logged", False) and self.env.is_main:
                     # the fused kernel's tiles are chosen (or read) during the first step
                     self._kernel_logged = True
@@ -547,13 +420,26 @@ class Trainer:
                     tick = self._log_step(metrics, window, tick, bar, lr)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save("last.pt")
-                if self._should_stop():
+                if self.stop.agreed(self.env.distributed):
                     return False, True
                 if self.step >= self.total_steps:
                     return self.batch_in_epoch >= self.micro_per_epoch, False
         finally:
             bar.close()
         return True, False
+
+    def _optimizer_step(self) -> float:
+        """The only place the training state changes; returns the learning rate it used."""
+        if self.cfg.train.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.step += 1
+        return lr
 
     def _log_step(self, metrics, window, tick, bar, lr: float) -> float:
         D.all_reduce_(window)
@@ -617,116 +503,9 @@ class Trainer:
             self.save("best.pt")
         return train_mae, val_mae
 
-    # ---- stop signals --------------------------------------------------------------------
-    def _install_signals(self) -> dict[int, Any]:
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is not threading.main_thread():
-            return previous
-        for sig in self.stop_signals:
-            previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._on_signal)
-        return previous
-
-    def _restore_signals(self, previous: dict[int, Any]) -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-    def _on_signal(self, signum, frame) -> None:
-        # only a flag: the state is consistent again at the next optimizer-step boundary
-        self.stop_requested = int(signum)
-
-    def _should_stop(self) -> bool:
-        flag = torch.tensor([0 if self.stop_requested is None else int(self.stop_requested)])
-        if self.env.distributed:
-            D.all_reduce_(flag, op="max")
-        if int(flag) and self.stop_requested is None:
-            self.stop_requested = int(flag)
-        return bool(int(flag))
-
-
-def device_name(device: torch.device, world_size: int = 1) -> str:
-    """What ``metrics.jsonl`` records as ``device_name`` (the report's device column): the
-    GPU's name (``torch.cuda.get_device_name``) or the CPU model with the threads torch uses,
-    prefixed with ``N x`` when N ranks train together (``mol_per_s`` is theirs together)."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{cpu_model()} ({torch.get_num_threads()} threads)"
-    return name if world_size == 1 else f"{world_size} x {name}"
-
 
 def _fmt(d: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in d.items())
-
-
-class _Metrics:
-    """``metrics.jsonl``: one JSON object per line, flushed per line; rank 0 only."""
-
-    def __init__(self, path: Path, enabled: bool, tensorboard: bool = False) -> None:
-        self.path, self.enabled, self.fh = path, enabled, None
-        self.tb = None
-        if enabled and tensorboard:  # the package's presence is checked in check_inputs
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
-
-    def truncate(self, step: int, epoch: int) -> None:
-        """Drop the records written after the checkpoint a resumed run starts from."""
-        if not self.path.is_file():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by kill -9
-            same = r["step"] == step and (r["kind"] == "step" or r["epoch"] < epoch)
-            if r["step"] < step or same:
-                keep.append(line)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
-
-    def write(self, rec: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        if self.fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
-        self.fh.write(json.dumps(rec) + "\n")
-        self.fh.flush()
-        if self.tb is not None:
-            for key, value in rec.items():
-                if key in ("kind", "epoch", "step", "time"):
-                    continue
-                values = value if isinstance(value, dict) else {"": value}
-                for target, v in values.items():
-                    tag = f"{rec['kind']}/{key}" + (f"/{target}" if target else "")
-                    self.tb.add_scalar(tag, v, rec["step"])
-
-    def close(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-            self.fh = None
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = None
-
-
-def _log_to(path: Path) -> None:
-    """Log se3t.train to ``path`` (appending across resumes) and to stderr."""
-    root = logging.getLogger("se3t.train")
-    root.setLevel(logging.INFO)
-    for h in list(root.handlers):
-        if getattr(h, "_se3t", False):
-            root.removeHandler(h)
-            h.close()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    for h in (logging.FileHandler(path), logging.StreamHandler(sys.stderr)):
-        h.setFormatter(fmt)
-        h._se3t = True  # type: ignore[attr-defined]
-        root.addHandler(h)
-    root.propagate = False
 
 
 def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:

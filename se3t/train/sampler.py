@@ -73,7 +73,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
 class ChunkResumableBatchSampler(Sampler[list[int]]):
     """The basis store's chunk-aware sampler (``BasisStore.batch_sampler``,
-    :class:`se3t.data.basis_sampler.ChunkShuffleBatchSampler`) made resumable like
+    :class:`se3t.basis.sampler.ChunkShuffleBatchSampler`) made resumable like
     :class:`ResumableBatchSampler`: ``set_epoch(e, start=k)`` skips the epoch's first ``k``
     batches. Its order is a pure function of ``(seed, epoch)`` too, so a resumed run replays it.
 

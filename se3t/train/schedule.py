@@ -46,7 +46,8 @@ class _Factor:
     """Picklable schedule (LambdaLR keeps callables with a ``__dict__`` in its state)."""
 
     def __init__(self, warmup: int, total: int, kind: str, min_ratio: float) -> None:
-        self.warmup, self.total, self.kind, self.min_ratio = warmup, total, kind, min_ratio
+        # a plain str: the checkpoint keeps this object, and loads with weights_only (no enums)
+        self.warmup, self.total, self.kind, self.min_ratio = warmup, total, str(kind), min_ratio
 
     def __call__(self, step: int) -> float:
         return lr_factor(

@@ -67,16 +67,17 @@ def profiled(tiny_config_file, tmp_path_factory) -> Path:
     from se3t.eval import profile
 
     out = tmp_path_factory.mktemp("profile")
-    profile(
-        load(tiny_config_file),
-        out,
-        batch_sizes=[4, 256, 1024, 6000, 12_000],
-        modes=["fp32"],
-        paths=["pairwise"],
-        steps=1,
-        memory_limit=int(0.8 * 2**30),
-        progress=False,
+    cfg = load(
+        tiny_config_file,
+        [
+            "eval.profile_batch_sizes=[4,256,1024,6000,12000]",
+            "eval.profile_precision=[fp32]",
+            "eval.profile_fusion=[pairwise]",
+            "eval.profile_steps=1",
+            "eval.profile_memory_limit_gb=0.8",
+        ],
     )
+    profile(cfg, out, progress=False)
     return out
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from se3t.config import ConfigError, load
-from se3t.eval import largest_batch, parse_mode, profile
+from se3t.eval import largest_batch, profile
 from se3t.eval.schema import PROFILE_SCHEMA, validate
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,6 +23,11 @@ def test_memory_grows_with_batch_size_and_the_json_validates(profiled):
     assert [p["batch_size"] for p in ok] == [4, 256, 1024], points
     peaks = [p["peak_memory_bytes"] for p in ok]
     assert peaks[0] < peaks[1] < peaks[2], peaks
+    added = [p["added_memory_bytes"] for p in ok]  # what the memory plot draws
+    assert added[0] < added[1] < added[2], added
+    assert all(
+        p["added_memory_bytes"] == p["peak_memory_bytes"] - p["baseline_memory_bytes"] for p in ok
+    )
     atoms = [p["num_atoms"] for p in ok]
     assert atoms[0] < atoms[1] < atoms[2]
     assert all(p["peak_memory_bytes"] >= p["baseline_memory_bytes"] for p in ok)
@@ -40,30 +45,39 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(profiled):
     assert oom["status"] == "oom" and "allocate" in oom["error"], oom
     assert skipped["status"] == "skipped" and "6000" in skipped["error"]
     assert skipped["peak_memory_bytes"] is None
-    assert doc["largest_batch"] == {"fp32/pairwise": 1024}
-    assert doc["largest_batch_per_mode"] == {"fp32": 1024}
+    assert doc["largest_batch"] == {"fp32 pairwise": 1024}
+    assert doc["largest_batch_per_precision"] == {"fp32": 1024}
     assert doc["memory_limit_bytes"] == int(0.8 * 2**30)
 
 
-def test_modes_and_paths_are_checked(tiny_config_file, tmp_path):
-    assert parse_mode("amp+lowmem") == ("amp", True) and parse_mode("fp32") == ("fp32", False)
-    for bad in ("fp64", "amp+fast", "amp+lowmem+x"):
-        with pytest.raises(ConfigError, match="profile mode"):
-            parse_mode(bad)
-    with pytest.raises(ConfigError, match="profile path 'fastest'"):
-        profile(load(tiny_config_file), tmp_path, paths=["fastest"], progress=False)
-    with pytest.raises(ConfigError, match="batch size 0"):
-        profile(load(tiny_config_file), tmp_path, batch_sizes=[0], progress=False)
+def test_precisions_and_fusions_are_checked(tiny_config_file, tmp_path):
+    # the grid is in the config's words, checked when the config is loaded
+    for bad, key in [
+        ("eval.profile_precision=[fp64]", "eval.profile_precision"),
+        ("eval.profile_fusion=[fastest]", "eval.profile_fusion"),
+        ("eval.profile_low_memory=[maybe]", "eval.profile_low_memory"),
+    ]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(tiny_config_file, [bad])
+    with pytest.raises(ConfigError, match="'eval.profile_fusion'"):
+        profile(load(tiny_config_file, ["eval.profile_fusion=[]"]), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="0 must be > 0"):
+        profile(load(tiny_config_file, ["eval.profile_batch_sizes=[0]"]), tmp_path, progress=False)
     assert not (tmp_path / "memory.json").exists()
 
 
-def test_largest_batch_per_mode_and_path():
+def test_largest_batch_per_series_and_precision():
+    def pt(precision, fusion, b, status, low_memory=False):
+        return dict(
+            precision=precision, fusion=fusion, low_memory=low_memory, batch_size=b, status=status
+        )
+
     pts = [
-        {"mode": "fp32", "path": "pairwise", "batch_size": 10, "status": "ok"},
-        {"mode": "fp32", "path": "pairwise", "batch_size": 50, "status": "oom"},
-        {"mode": "fp32", "path": "fused", "batch_size": 50, "status": "ok"},
-        {"mode": "amp", "path": "fused", "batch_size": 10, "status": "error"},
+        pt("fp32", "pairwise", 10, "ok"),
+        pt("fp32", "pairwise", 50, "oom"),
+        pt("fp32", "full", 50, "ok"),
+        pt("fp16", "full", 10, "error", low_memory=True),
     ]
-    per_path, per_mode = largest_batch(pts)
-    assert per_path == {"fp32/pairwise": 10, "fp32/fused": 50, "amp/fused": None}
-    assert per_mode == {"fp32": 50, "amp": None}
+    per_series, per_precision = largest_batch(pts)
+    assert per_series == {"fp32 pairwise": 10, "fp32 full": 50, "fp16 full low_memory": None}
+    assert per_precision == {"fp32": 50, "fp16": None}

@@ -181,3 +181,19 @@ def test_committed_example_report_is_whole_and_small():
     # the run's own files are named within the results folder, not where the run was made
     for text in (md, page):
         assert "checkpoint runs/example/best.pt (epoch" in text and "checkpoint /tmp" not in text
+
+
+def test_report_takes_exactly_the_runs_it_is_given(results_copy):
+    # a run folder left from an earlier config stays on disk but is not reported
+    shutil.copytree(results_copy / "runs" / "tiny", results_copy / "runs" / "stale")
+    html_path, md_path = build_report(results_copy, runs=[results_copy / "runs" / "tiny"])
+    md = md_path.read_text()
+    assert "## Run tiny" in md and "stale" not in md
+    both = build_report(results_copy, results_copy / "both.html")[1].read_text()
+    assert "## Run tiny" in both and "## Run stale" in both  # found when not given
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", "report", str(results_copy), "--runs"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--runs" in proc.stderr

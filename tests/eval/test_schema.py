@@ -15,12 +15,15 @@ from se3t.eval.schema import METRICS_SCHEMA, PROFILE_SCHEMA, validate
 
 def _point(**kw):
     p = {
-        "mode": "fp32",
-        "path": "pairwise",
+        "fusion": "pairwise",
+        "precision": "fp32",
+        "low_memory": False,
         "batch_size": 10,
+        "basis": "step",
         "status": "ok",
         "peak_memory_bytes": 123,
         "baseline_memory_bytes": 100,
+        "added_memory_bytes": 23,
         "mol_per_s": 5.0,
         "step_time_s": 2.0,
         "num_atoms": 180,
@@ -34,7 +37,7 @@ def _point(**kw):
 
 def _profile_doc():
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "kind": "se3t.profile",
         "created": "2026-01-01T00:00:00+00:00",
         "environment": {"torch": "2.13.0", "device": "cpu", "device_name": "x86 (2 threads)"},
@@ -49,12 +52,13 @@ def _profile_doc():
                 batch_size=20,
                 status="oom",
                 peak_memory_bytes=None,
+                added_memory_bytes=None,
                 mol_per_s=None,
                 step_time_s=None,
                 error="RuntimeError: can't allocate memory",
             ),
         ],
-        "largest_batch": {"fp32/pairwise": 10},
+        "largest_batch": {"fp32 pairwise": 10},
     }
 
 
@@ -67,7 +71,8 @@ def test_profile_schema_accepts_a_valid_document():
     [
         (lambda d: d.pop("points"), "(top level)"),
         (lambda d: d["points"][0].update(status="fine"), "['points'][0]['status']"),
-        (lambda d: d["points"][0].update(mode="fp64"), "['points'][0]['mode']"),
+        (lambda d: d["points"][0].update(precision="fp64"), "['points'][0]['precision']"),
+        (lambda d: d["points"][0].update(fusion="fused"), "['points'][0]['fusion']"),
         (lambda d: d["points"][0].update(mol_per_s=None), "['points'][0]['mol_per_s']"),
         (lambda d: d["points"][1].update(error=None), "['points'][1]['error']"),
         (lambda d: d["points"][0].update(batch_size=0), "['points'][0]['batch_size']"),

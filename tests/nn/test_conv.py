@@ -171,6 +171,7 @@ def test_a_new_state_sees_an_in_place_change_of_the_basis(batch64):
         basis.mul_(-1.0)
         flipped = conv(x, batch64.graph, basis, es, state=KernelState(basis, "torch"))
         fresh = conv(x, batch64.graph, basis.clone(), es, state=KernelState(basis, "torch"))
+    # one process, the same shapes and inputs: the same kernels in the same order, so exact
     for d in first:
         # the same arithmetic on the same values in the same order: bit-identical
         torch.testing.assert_close(flipped[d], fresh[d], rtol=0, atol=0)
@@ -189,6 +190,7 @@ def test_fused_under_inference_mode_equals_no_grad(batch64):
         b = basis.clone()
         out = conv(x, batch64.graph, b, es)
         again = conv(x, batch64.graph, b, es)
+    # the same kernels on the same shapes in one process: exact (autograd mode changes no maths)
     for d in expected:
         torch.testing.assert_close(out[d], expected[d], rtol=0, atol=0)
         torch.testing.assert_close(again[d], expected[d], rtol=0, atol=0)

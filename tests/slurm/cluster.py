@@ -1,14 +1,18 @@
-"""The single-node SLURM cluster of the tests: the ``slurm_cluster`` fixture and job helpers.
+"""The multi-node SLURM cluster of the tests: the ``slurm_cluster`` fixture and job helpers.
 
 ``tests/conftest.py`` registers this module as a pytest plugin (``pytest_plugins``), so every
-test folder (training, workflow) can ask for ``slurm_cluster``. The fixture starts the cluster
-with ``tests/slurm/cluster.sh start`` when it does not answer yet, and stops it at the end of the
-session only if it started it. Tests are skipped, with the reason, only where ``sbatch`` is
-absent (or, with the cluster down, where the user is not root and so cannot start it).
+test folder (training, workflow) can ask for ``slurm_cluster``. The fixture first takes
+:data:`LOCK` (one test cluster per machine: concurrent pytest runs wait for each other instead
+of colliding), then starts the cluster with ``tests/slurm/cluster.sh start`` when it does not
+answer yet, and at the end of the session stops it (``cluster.sh stop``: the daemons by pid, the
+namespaces and links) only if it started it -- also after a failed start. Tests are skipped,
+with the reason, only where ``sbatch``, ``ip`` or ``unshare`` is absent (or, with the cluster
+down, where the user is not root and so cannot start it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -19,8 +23,11 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).with_name("cluster.sh")
+# one SLURM test cluster per machine: whoever runs SLURM tests holds this lock (flock(1) around
+# pytest, or this fixture)
+LOCK = Path("/tmp/se3t-slurm.lock")
 
-__all__ = ["SCRIPT", "SlurmCluster", "slurm_cluster"]
+__all__ = ["LOCK", "SCRIPT", "SlurmCluster", "slurm_cluster"]
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,8 @@ class SlurmCluster:
     preemptable_partition: str  # PreemptMode=REQUEUE: `urgent` jobs preempt its jobs
     urgent_partition: str  # higher PriorityTier: preempts jobs of `preemptable_partition`
     account: str
-    node: str
-    cpus: int
+    nodes: tuple[str, ...]  # se3t-n1, se3t-n2, ...: each its own network and UTS namespace
+    cpus: int  # per node
     conf: str  # /etc/slurm/slurm.conf
     state_dir: Path  # daemons' logs, spool, pid files
 
@@ -70,10 +77,42 @@ class SlurmCluster:
         _run(["scancel", str(job_id)], check=False)
 
     def idle_cpus(self) -> int:
-        """CPUs of the node no job holds now (scontrol's CPUTot - CPUAlloc; sinfo's %C lags)."""
-        out = _run(["scontrol", "-o", "show", "node", self.node]).stdout
-        fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
-        return int(fields["CPUTot"]) - int(fields["CPUAlloc"])
+        """CPUs of all nodes no job holds now (scontrol's CPUTot - CPUAlloc; sinfo's %C lags)."""
+        idle = 0
+        for line in _run(["scontrol", "-o", "show", "node"]).stdout.splitlines():
+            fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+            if "CPUTot" in fields and "DOWN" not in fields.get("State", ""):
+                idle += int(fields["CPUTot"]) - int(fields["CPUAlloc"])
+        return idle
+
+    def job_nodes(self, job_id: str) -> list[str]:
+        """The hosts the job runs (or ran) on: squeue's node list, else sacct's NodeList."""
+        for cmd in (
+            ["squeue", "-h", "-j", str(job_id), "-o", "%N"],
+            ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "NodeList"],
+        ):
+            out = _run(cmd, check=False).stdout.split()
+            if out and out[-1] not in ("", "None", "(null)"):
+                hosts = _run(["scontrol", "show", "hostnames", out[-1]]).stdout.split()
+                return hosts
+        return []
+
+    def node_state(self, node: str) -> str:
+        return _run(["sinfo", "-h", "-n", node, "-o", "%T"]).stdout.strip()
+
+    def kill_node(self, node: str) -> None:
+        """The node fails: it is marked DOWN (as the controller does once a node stops
+        answering for SlurmdTimeout), so SLURM requeues its jobs (JobRequeue=1), then its
+        slurmd and every process on it are killed (SIGKILL). DOWN comes first so that SLURM
+        has decided the requeue before the job's other ranks see their peer vanish and fail.
+        :meth:`start_node` brings the node back."""
+        _run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=se3t-test-failure"])
+        _run(["bash", str(SCRIPT), "node-kill", node])
+
+    def start_node(self, node: str) -> None:
+        proc = _run(["bash", str(SCRIPT), "node-start", node], check=False, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cluster.sh node-start {node} failed: {proc.stderr[-2000:]}")
 
 
 def _run(cmd: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -92,29 +131,58 @@ def _up() -> bool:
     return _run(["bash", str(SCRIPT), "status"], check=False).returncode == 0
 
 
+def _lock_fd() -> int:
+    """A descriptor holding :data:`LOCK` exclusively. One inherited from ``flock LOCK pytest``
+    already holds it (flock(2) locks belong to the open file, which the child shares): locking
+    it again returns at once, where a new open of the file would wait for our own parent."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == str(LOCK):
+                fd = os.dup(int(name))
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return fd
+        except OSError:
+            continue
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"\nslurm_cluster: waiting for {LOCK} (another SLURM test run holds it)", flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A running single-node SLURM cluster (started here if needed, stopped if started here)."""
-    if shutil.which("sbatch") is None:
-        pytest.skip("SLURM tests need sbatch: install slurm-wlm (scripts/setup.sh --system)")
+    """A running multi-node SLURM cluster (started here if needed, stopped if started here)."""
+    missing = [b for b in ("sbatch", "slurmd", "ip", "unshare", "nsenter") if not shutil.which(b)]
+    if missing:
+        pytest.skip(
+            f"SLURM tests need {', '.join(missing)}: install slurm-wlm, slurmdbd, munge, "
+            "mariadb-server and iproute2 (scripts/setup.sh --system)"
+        )
+    if not _up() and os.geteuid() != 0:
+        pytest.skip("the SLURM test cluster is down and only root can start it")
+    fd = _lock_fd()
     started = False
-    if not _up():
-        if os.geteuid() != 0:
-            pytest.skip("the SLURM test cluster is down and only root can start it")
-        proc = _run(["bash", str(SCRIPT), "start"], check=False, timeout=180)
-        if proc.returncode != 0:
-            pytest.fail(f"tests/slurm/cluster.sh start failed:\n{proc.stderr[-3000:]}")
-        started = True
-    s = _settings()
-    yield SlurmCluster(
-        partition=s["PARTITION"],
-        preemptable_partition=s["PREEMPTABLE_PARTITION"],
-        urgent_partition=s["URGENT_PARTITION"],
-        account=s["ACCOUNT"],
-        node=s["NODE"],
-        cpus=int(s["CPUS"]),
-        conf=s["SLURM_CONF"],
-        state_dir=Path(s["SE3T_SLURM_DIR"]),
-    )
-    if started:
-        _run(["bash", str(SCRIPT), "stop"], check=False, timeout=180)
+    try:
+        if not _up():
+            started = True  # a failed start is stopped too: it may have left daemons, netns
+            proc = _run(["bash", str(SCRIPT), "start"], check=False, timeout=300)
+            if proc.returncode != 0:
+                pytest.fail(f"tests/slurm/cluster.sh start failed:\n{proc.stderr[-3000:]}")
+        s = _settings()
+        yield SlurmCluster(
+            partition=s["PARTITION"],
+            preemptable_partition=s["PREEMPTABLE_PARTITION"],
+            urgent_partition=s["URGENT_PARTITION"],
+            account=s["ACCOUNT"],
+            nodes=tuple(s["NODES"].split()),
+            cpus=int(s["CPUS"]),
+            conf=s["SLURM_CONF"],
+            state_dir=Path(s["SE3T_SLURM_DIR"]),
+        )
+    finally:
+        if started:
+            _run(["bash", str(SCRIPT), "stop"], check=False, timeout=300)
+        os.close(fd)

@@ -17,6 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "train"))
 from train_helpers import as_args, empty_config, metrics, sacct_ids, tiny_overrides  # noqa: E402
 
+from se3t.train.launch import read_record  # noqa: E402
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
@@ -69,6 +71,7 @@ def _job_id(name: str, proc, timeout: float = 300) -> str:
 def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
     run = tmp_path / "run"
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster,
@@ -93,15 +96,17 @@ def test_two_task_ddp_job_completes(slurm_cluster, qm9_store, tmp_path):
 
 @pytest.mark.parametrize("how", ["usr2", "partition"])
 def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, how):
-    """``usr2``: ``scancel --signal=USR2`` (what SLURM sends before a time limit);
-    ``partition``: a job on the higher-priority partition asks for the free CPUs and ours, so
-    SLURM preempts ours (preempt_send_user_signal: USR2, GraceTime, requeue)."""
+    """A 2-node job (one rank per node). ``usr2``: ``scancel --signal=USR2`` (what SLURM sends
+    before a time limit: submitit asks for it 90 s ahead); ``partition``: a job on the
+    higher-priority partition asks for the free CPUs and ours, so SLURM preempts ours
+    (preempt_send_user_signal: USR2, GraceTime, requeue)."""
     run = tmp_path / "run"
     name = f"rq-{uuid.uuid4().hex[:6]}"
     # long enough (checkpoints at every step) that an unloaded machine is still training when
     # the signal lands, about a second after the third step
     total = 60
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster,
@@ -113,6 +118,7 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
                 "train.batch_size": 16,
                 "train.checkpoint_every": 1,
                 "launch.partition": slurm_cluster.preemptable_partition,
+                "launch.nodes": 2,
             },
         ),
     ]
@@ -174,6 +180,8 @@ def test_preempted_job_requeues_and_resumes(slurm_cluster, qm9_store, tmp_path, 
         ["scontrol", "show", "job", job], capture_output=True, text=True
     ).stdout
     assert "Restarts=1" in restarts, restarts
+    assert len(slurm_cluster.job_nodes(job)) == 2
+    assert "world size 2" in log
 
 
 def _safe_metrics(run):
@@ -186,6 +194,7 @@ def _safe_metrics(run):
 def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
     # the launcher cannot know the compute node has no GPU; the job fails there
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster,
@@ -204,6 +213,7 @@ def test_failing_job_reports_its_log_tail(slurm_cluster, qm9_store, tmp_path):
 
 def test_bad_input_fails_before_submission(slurm_cluster, tmp_path):
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         f"data.path={tmp_path / 'none.zarr'}",
         "launch.cluster=slurm",
@@ -238,6 +248,7 @@ def test_srun_two_tasks_train_as_ddp_ranks(slurm_cluster, qm9_store, tmp_path):
             "se3t.cli",
             "train",
             "--no-progress",
+            "--config",
             str(empty_config(tmp_path)),
             *as_args(tiny_overrides(qm9_store, run, **{"train.max_steps": 3})),
         ],
@@ -261,6 +272,7 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
     common = {"train.max_steps": 6, "train.checkpoint_every": 1}
     # held by SLURM (sbatch --hold): certainly still PENDING when launched again
     args = [
+        "--config",
         str(empty_config(tmp_path)),
         *_launch_args(
             slurm_cluster, qm9_store, run, name, **{**common, "launch.extra": "{hold: true}"}
@@ -270,8 +282,9 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
     procs, job = [first], None
     try:
         job = _job_id(name, first)
+        # the complete record (the intent record, written before sbatch, has no job id yet)
         end = time.monotonic() + 60
-        while not (run / "launch.json").is_file() and time.monotonic() < end:
+        while read_record(run) is None and time.monotonic() < end:
             time.sleep(0.1)
         first.kill()  # SIGKILL, as Snakemake's cancel or a lost terminal would
         first.communicate(timeout=60)
@@ -302,6 +315,7 @@ def test_relaunch_attaches_to_running_job_never_submits_twice(slurm_cluster, qm9
         assert [r["step"] for r in metrics(run) if r["kind"] == "step"] == list(range(1, 7))
         # the job has ended: a new launch submits a new job, which resumes from last.pt
         args_free = [
+            "--config",
             str(empty_config(tmp_path)),
             *_launch_args(slurm_cluster, qm9_store, run, name, **common),
         ]

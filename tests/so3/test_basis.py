@@ -11,7 +11,7 @@ from se3t.so3 import (
     unflatten_basis,
 )
 from se3t.so3.basis import num_freq
-from se3t.testing import random_rotation, wigner_D
+from se3t.testing import random_rotation, rounding_tolerance, wigner_D
 
 
 def reference_basis(edge_vec, max_degree):
@@ -69,7 +69,8 @@ def test_chunks_and_out_argument(monkeypatch):
     monkeypatch.setattr(basis_mod, "_CHUNK", 7)
     out = torch.empty(25, basis_size(2), dtype=torch.float64)
     assert compute_basis_flat(x, 2, out=out) is out
-    torch.testing.assert_close(out, whole, rtol=0, atol=0)
+    # chunks of 7 rows are other GEMM shapes than 25 rows: the same sums, other rounding
+    torch.testing.assert_close(out, whole, **rounding_tolerance(whole.dtype, whole.abs().max()))
 
 
 def test_kernel_is_equivariant():
@@ -95,6 +96,7 @@ def test_flatten_unflatten_roundtrip_views():
     views = unflatten_basis(flat, 3)
     for v in views.values():
         assert v.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+    # a copy through views, no arithmetic: identical on every machine
     torch.testing.assert_close(flatten_basis(views, 3), flat, rtol=0, atol=0)
     # each flat column belongs to exactly one pair view
     marker = torch.zeros(1, basis_size(3))

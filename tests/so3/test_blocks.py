@@ -29,7 +29,7 @@ def test_block_basis_is_the_flat_basis_rearranged(ins, outs):
             view[:, :, j0 : j0 + nf, c0 : c0 + 2 * di + 1] = pairs[(di, do)].permute(0, 3, 2, 1)
             j0, c0 = j0 + nf, c0 + 2 * di + 1
         r0 += m * nf_all
-    assert torch.equal(block, expected)
+    assert torch.equal(block, expected)  # both are the same copies (permutes), no arithmetic
 
 
 def test_block_basis_gradient_reaches_the_flat_basis():

@@ -6,6 +6,7 @@ comment and attaches to it, and submits only when SLURM runs none."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -68,9 +69,17 @@ def _cancel_all(cluster, tag: str) -> None:
         cluster.cancel(job)
 
 
+def _messages(caplog) -> str:
+    """The launcher's messages since the last call (its logger, ``se3t.train.launch``)."""
+    text = caplog.text
+    caplog.clear()
+    return text
+
+
 def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
-    slurm_cluster, qm9_store, tmp_path, capsys
+    slurm_cluster, qm9_store, tmp_path, capsys, caplog
 ):
+    caplog.set_level(logging.INFO, logger="se3t.train.launch")
     run, name = tmp_path / "run", f"gap-{uuid.uuid4().hex[:6]}"
     tag = run_tag(run)
     # the gap for real: `sbatch --wait --hold` submits the job (held: it stays PENDING) and then
@@ -96,6 +105,7 @@ def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
             "se3t.cli",
             "launch",
             "--no-wait",
+            "--config",
             str(empty_config(tmp_path)),
             *as_args(over),
         ],
@@ -127,7 +137,7 @@ def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
         # the same launch again: waits out the grace for the killed launcher's sbatch, then
         # attaches (same id), completes the record, submits nothing
         assert launch(held, wait=False) == 0
-        out, err = capsys.readouterr()
+        out, err = capsys.readouterr().out, _messages(caplog)
         assert out.split() == [job] and "waiting" in err and "attaching" in err
         assert "submitted job" not in err
         # submitit names the job's pickle after sbatch returns: the dead launcher never did
@@ -146,7 +156,7 @@ def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
         subprocess.run(["scontrol", "release", job], check=True, capture_output=True)
         waiting.join(timeout=300)
         assert not waiting.is_alive() and result == [0]
-        err = capsys.readouterr().err
+        err = _messages(caplog)
         assert "attaching" in err and "submitted job" not in err and "done: step 3" in err
         assert slurm_cluster.wait_state(job, {"COMPLETED"}, timeout=60) == "COMPLETED"
         assert sacct_ids(f"se3t-{name}") == [job]  # one job for this run folder, ever
@@ -156,8 +166,9 @@ def test_relaunch_attaches_to_the_job_of_an_interrupted_submission(
 
 
 def test_interrupted_submission_without_a_live_job_submits_again(
-    slurm_cluster, qm9_store, tmp_path, capsys
+    slurm_cluster, qm9_store, tmp_path, capsys, caplog
 ):
+    caplog.set_level(logging.INFO, logger="se3t.train.launch")
     run, name = tmp_path / "run", f"stale-{uuid.uuid4().hex[:6]}"
     tag = run_tag(run)
     try:
@@ -180,7 +191,7 @@ def test_interrupted_submission_without_a_live_job_submits_again(
             **{"launch.extra": {"hold": True, "comment": "mine"}},
         )
         assert launch(held, wait=False) == 0
-        out, err = capsys.readouterr()
+        out, err = capsys.readouterr().out, _messages(caplog)
         job = out.split()[-1]
         assert "interrupted submission" in err and f"submitted job {job}" in err
         assert _record(run)["job_id"] == job and _record(run)["state"] == "submitted"

@@ -36,6 +36,7 @@ def test_two_gloo_ranks_match_one_process(qm9_store, tmp_path):
     one = se3t(
         "train",
         "--no-progress",
+        "--config",
         str(cfg),
         *as_args(tiny_overrides(qm9_store, tmp_path / "one", **RUN)),
     )
@@ -53,6 +54,7 @@ def test_two_gloo_ranks_match_one_process(qm9_store, tmp_path):
             "se3t.cli",
             "train",
             "--no-progress",
+            "--config",
             str(cfg),
             *as_args(tiny_overrides(qm9_store, tmp_path / "two", **RUN)),
         ],
@@ -88,6 +90,7 @@ def _torchrun(cfg, overrides: dict) -> subprocess.CompletedProcess:
             "se3t.cli",
             "train",
             "--no-progress",
+            "--config",
             str(cfg),
             *as_args(overrides),
         ],
@@ -104,7 +107,7 @@ def test_two_ranks_with_chunk_aware_sampling_resume_exactly(qm9_store, tmp_path)
     run stopped after epoch 0 and resumed for epoch 1 ends as the 2-epoch run does."""
     from train_helpers import metrics
 
-    from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
+    from se3t.basis import BasisSettings, finalize, precompute, write_manifest
     from se3t.train.checkpoint import load_checkpoint
 
     receipt = precompute(
@@ -141,5 +144,6 @@ def test_two_ranks_with_chunk_aware_sampling_resume_exactly(qm9_store, tmp_path)
     a, b = step_losses(tmp_path / "ref"), step_losses(part)
     assert a == b and sorted(a) == list(range(1, max(a) + 1))
     wa, wb = weights(tmp_path / "ref" / "last.pt"), weights(part / "last.pt")
+    # the same ranks, shapes and machine resume bit for bit (gloo sums in a fixed order)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k

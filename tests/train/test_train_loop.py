@@ -113,7 +113,7 @@ def test_precisions_train(qm9_store, tmp_path, precision):
 
 @pytest.mark.slow
 def test_bases_from_the_store_match_computed(qm9_store, tmp_path):
-    from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
+    from se3t.basis import BasisSettings, finalize, precompute, write_manifest
 
     receipt = precompute(
         qm9_store,
@@ -204,13 +204,14 @@ def test_cli_reports_bad_input_in_one_line(qm9_store, tmp_path):
 
     proc = se3t(
         "train",
+        "--config",
         str(empty_config(tmp_path)),
         f"data.path={tmp_path / 'x.zarr'}",
         f"run.dir={tmp_path / 'run'}",
     )
     assert proc.returncode == 2
     assert "x.zarr" in proc.stderr and "Traceback" not in proc.stderr
-    proc = se3t("train", str(empty_config(tmp_path)), "train.lr=-0.1")
+    proc = se3t("train", "--config", str(empty_config(tmp_path)), "train.lr=-0.1")
     assert proc.returncode == 2 and "train.lr" in proc.stderr
     proc = se3t("train", "--help")
     assert proc.returncode == 0 and "run.dir" in proc.stdout

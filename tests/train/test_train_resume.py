@@ -48,6 +48,7 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
     ref = se3t(
         "train",
         "--no-progress",
+        "--config",
         str(cfg),
         *as_args(tiny_overrides(store, tmp_path / "ref", **run_cfg)),
     )
@@ -56,7 +57,7 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
     run = tmp_path / "killed"
     args = as_args(tiny_overrides(store, run, **run_cfg))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "se3t.cli", "train", "--no-progress", str(cfg), *args],
+        [sys.executable, "-m", "se3t.cli", "train", "--no-progress", "--config", str(cfg), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -70,13 +71,14 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
     assert proc.returncode == -signal.SIGKILL
     killed_at = max(r["step"] for r in metrics(run))
     assert killed_at < 21
-    # resume: `se3t train RUN_DIR` continues from last.pt
-    res = se3t("train", "--no-progress", str(run))
+    # resume: `se3t train --config RUN_DIR` continues from last.pt
+    res = se3t("train", "--no-progress", "--config", str(run))
     assert res.returncode == 0, res.stderr[-3000:]
     log = (run / "train.log").read_text()
     assert "resuming from" in log and "epoch 1, step " in log
     a, b = weights(tmp_path / "ref" / "last.pt"), weights(run / "last.pt")
     assert a.keys() == b.keys()
+    # resume promises bit-identity on the machine that ran the uninterrupted reference
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     # the metrics read as one run: every step once, the same losses
@@ -94,7 +96,7 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(qm9_store, tmp_path)
 def test_kill_9_resume_with_chunk_aware_sampling(qm9_store, tmp_path):
     """basis.read=chunks: batches come from the store's chunk-aware sampler, whose position
     the checkpoint holds; kill -9 and resume still match the uninterrupted run."""
-    from se3t.data.basis_store import BasisSettings, finalize, precompute, write_manifest
+    from se3t.basis import BasisSettings, finalize, precompute, write_manifest
     from se3t.train.checkpoint import load_checkpoint
 
     # ~25 molecules per chunk: the 220 training molecules span ~10 chunks, 2-chunk windows

@@ -89,6 +89,7 @@ def test_rng_states_survive_a_checkpoint(tmp_path):
     random.seed(99)
     restore_rng(load_checkpoint(tmp_path / "c.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
+    # restored generator states replay the same draws: exact by construction
     assert torch.equal(expect[0], got[0])
     assert np.array_equal(expect[1], got[1])
     assert expect[2] == got[2]
@@ -158,6 +159,10 @@ def test_detect_reads_torchrun_and_slurm_environments():
     )
     assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
     assert env.master_addr == "node7" and env.master_port == 20077
+    # a world of several without a rendezvous address is refused, never localhost
+    with pytest.raises(InputError, match="MASTER_ADDR"):
+        detect({"RANK": "0", "WORLD_SIZE": "2"})
+    assert detect({"RANK": "0", "WORLD_SIZE": "1"}).world_size == 1
 
 
 def test_checkpoint_records_model_code_and_warns_when_it_changed(tmp_path):
@@ -176,8 +181,8 @@ def test_chunk_sampler_resumes_and_splits_the_global_batch_over_ranks(qm9_store,
     """The training wrapper of the basis store's chunk-aware sampler: skipping ``start``
     batches replays the rest of the epoch; each of 2 ranks yields half-size batches, as many
     as the other, from its own chunks; every batch draws from at most 2 windows of chunks."""
+    from se3t.basis import BasisSettings, finalize, open_basis, precompute
     from se3t.data import QM9Dataset
-    from se3t.data.basis_store import BasisSettings, finalize, open_basis, precompute
     from se3t.data.store import fingerprint
     from se3t.train.sampler import ChunkResumableBatchSampler
 

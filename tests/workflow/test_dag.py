@@ -8,6 +8,7 @@ import re
 import shlex
 
 import pytest
+import yaml
 from wf_helpers import REPO, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -36,6 +37,16 @@ def _shell(out: str, rule_word: str) -> list[list[str]]:
     return cmds
 
 
+def _run_configs(tmp_path, config, runs, *args, profile="local") -> dict[str, dict]:
+    """Write the runs' config files for real (only the config rules run) and read them back."""
+    targets = [f"results/configs/runs/{run}.yaml" for run in runs]
+    run_snakemake(tmp_path, config, *targets, *args, profile=profile)
+    return {
+        run: yaml.safe_load((tmp_path / t).read_text())
+        for run, t in zip(runs, targets, strict=True)
+    }
+
+
 def test_lint_is_clean_but_for_software_deployment(tmp_path):
     proc = run_snakemake(REPO, None, "--lint", profile="", check=False)
     titles = re.findall(r"^\s+\* (.+?):?$", proc.stdout, flags=re.M)
@@ -60,8 +71,10 @@ def test_dry_run_full_config(tmp_path):
         "precompute_basis": 8,
         "profile_memory": 1,
         "report": 1,
+        "run_config": 1,
+        "stage_config": 2,
         "train": 1,
-        "total": 16,
+        "total": 19,
     }
 
 
@@ -70,18 +83,24 @@ def test_dry_run_commands_demo_local_profile(tmp_path):
     out = proc.stdout
     data = {c[2]: c for c in _shell(out, "data")}
     assert set(data) == {"fetch", "build"}
-    for cmd in data.values():  # the data section (limit 600 ...) comes from the config file
-        assert cmd[cmd.index("--config") + 1].endswith("config/demo.yaml")
+    for cmd in data.values():  # the data section (limit 600 ...) comes from the stage's file
+        assert cmd[cmd.index("--config") + 1] == "results/configs/data.yaml"
     assert data["build"][data["build"].index("--raw") + 1] == "resources/qm9"
-    shards = sorted(c[c.index("--shard") + 1] for c in _shell(out, "basis") if c[2] == "precompute")
+    basis = [c for c in _shell(out, "basis")]
+    assert {c[c.index("--config") + 1] for c in basis} == {"results/configs/basis.yaml"}
+    shards = sorted(c[c.index("--shard") + 1] for c in basis if c[2] == "precompute")
     assert shards == ["0/2", "1/2"]
     (launch,) = _shell(out, "launch")
-    assert launch[2].endswith("config/demo.yaml")
-    overrides = dict(w.split("=", 1) for w in launch[3:] if "=" in w)
-    assert overrides["run.dir"] == "results/runs/demo"
-    assert overrides["basis.manifest"] == "results/basis/manifest.json"
+    assert launch[2:4] == ["--config", "results/configs/runs/demo.yaml"]
+    assert not [w for w in launch if "=" in w]  # on the local executor: the file and nothing else
+    (profile,) = _shell(out, "profile")
+    assert profile[2:4] == ["--config", "results/configs/runs/demo.yaml"]
     (report,) = _shell(out, "report")
-    assert report[2] == "results"
+    assert report[2] == "results" and report[report.index("--runs") + 1] == "results/runs/demo"
+    run = _run_configs(tmp_path, REPO / "config" / "demo.yaml", ["demo"])["demo"]
+    assert run["run"]["dir"] == "results/runs/demo"
+    assert run["basis"]["manifest"] == "results/basis/manifest.json"
+    assert run["data"]["limit"] == 600  # the whole resolved config, not a diff
 
 
 def test_slurm_profile_passes_job_shape_to_launch(tmp_path):
@@ -93,15 +112,18 @@ def test_slurm_profile_passes_job_shape_to_launch(tmp_path):
         profile="slurm",
     )
     (launch,) = _shell(proc.stdout, "launch")
-    overrides = dict(w.split("=", 1) for w in launch[3:] if "=" in w)
-    assert overrides["launch.cluster"] == "slurm"
+    overrides = dict(w.split("=", 1) for w in launch[4:] if "=" in w)
+    assert "launch.cluster" not in overrides  # the run's config file says slurm (below)
     # the values of profiles/slurm/config.yaml's `set-resources: train:`
     assert overrides["launch.gpus_per_node"] == "0"
-    assert overrides["launch.nodes"] == "1"
+    assert overrides["launch.nodes"] == "2"
     assert overrides["launch.time"] == "60"
     assert overrides["launch.account"] == "se3t"
     assert overrides["launch.partition"] == "debug"
     assert overrides["launch.mem_gb"] == "4"
+    config = REPO / "config" / "config.yaml"
+    run = _run_configs(tmp_path, config, ["homo"], "--config", "launch={cluster: slurm}")
+    assert run["homo"]["launch"]["cluster"] == "slurm"  # what profiles/slurm's config sets
 
 
 def test_runs_share_dataset_and_basis(tmp_path):
@@ -122,20 +144,20 @@ def test_runs_share_dataset_and_basis(tmp_path):
     assert jobs["precompute_basis"] == 2
     assert jobs["finalize_basis"] == 1
     assert jobs["train"] == jobs["evaluate"] == jobs["profile_memory"] == 4
-    launches = {}
-    for cmd in _shell(proc.stdout, "launch"):
-        overrides = dict(w.split("=", 1) for w in cmd[3:] if "=" in w)
-        launches[overrides["run.name"]] = overrides
-    assert launches["lumo_seed1"]["data.targets"] == '["lumo"]'
-    assert launches["lumo_seed1"]["train.seed"] == "1"
-    assert launches["bf16"]["train.precision"] == "bf16"
-    assert "train.seed" not in launches["homo"]
-    assert launches["homo"]["basis.manifest"] == "results/basis/manifest.json"
-    assert "basis.manifest" not in launches["otf"]
-    assert launches["otf"]["basis.use"] == "compute"
-    assert {o["run.dir"] for o in launches.values()} == {
-        f"results/runs/{run}" for run in ("homo", "lumo_seed1", "bf16", "otf")
-    }
+    names = ("homo", "lumo_seed1", "bf16", "otf")
+    assert sorted(c[3] for c in _shell(proc.stdout, "launch")) == sorted(
+        f"results/configs/runs/{run}.yaml" for run in names
+    )
+    runs = _run_configs(tmp_path, config, names)
+    assert runs["lumo_seed1"]["data"]["targets"] == ["lumo"]
+    assert runs["lumo_seed1"]["train"]["seed"] == 1
+    assert runs["bf16"]["train"]["precision"] == "bf16"
+    assert runs["homo"]["train"]["seed"] == 0  # the workflow config's
+    assert runs["homo"]["basis"]["manifest"] == "results/basis/manifest.json"
+    assert runs["otf"]["basis"]["manifest"] is None
+    assert runs["otf"]["basis"]["use"] == "compute"
+    assert {r["run"]["dir"] for r in runs.values()} == {f"results/runs/{run}" for run in names}
+    assert {name: r["run"]["name"] for name, r in runs.items()} == {n: n for n in names}
 
 
 @pytest.mark.parametrize(
@@ -161,6 +183,5 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path, changes, message):
 
 def test_config_override_on_command_line_reaches_training(tmp_path):
     config = write_config(tmp_path / "c.yaml")
-    proc = run_snakemake(tmp_path, config, "-n", "-p", "--config", "train={epochs: 7}")
-    (launch,) = _shell(proc.stdout, "launch")
-    assert "train.epochs=7" in launch
+    (run,) = _run_configs(tmp_path, config, ["ci"], "--config", "train={epochs: 7}").values()
+    assert run["train"]["epochs"] == 7

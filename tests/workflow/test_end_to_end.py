@@ -1,5 +1,5 @@
 """The whole DAG for real: with profiles/local from a fresh working directory (download included),
-and with profiles/slurm against the real single-node SLURM cluster of tests/slurm/cluster.sh."""
+and with profiles/slurm against the real multi-node SLURM cluster of tests/slurm/cluster.sh."""
 
 from __future__ import annotations
 
@@ -76,3 +76,14 @@ def test_slurm_profile_whole_dag(tmp_path, shared_data, slurm_cluster):
     for job_id in [*job_ids, launched.group(1)]:
         states[job_id] = slurm_cluster.job_state(job_id)
     assert set(states.values()) == {"COMPLETED"}, states
+    # across nodes: the CPU rules' jobs landed on more than one node (sacct's NodeList), and
+    # training ran as one 2-node job (profiles/slurm: set-resources train nodes: 2)
+    cpu_hosts = {h for job_id in job_ids for h in slurm_cluster.job_nodes(job_id)}
+    assert len(cpu_hosts) > 1, cpu_hosts
+    assert len(slurm_cluster.job_nodes(launched.group(1))) == 2
+    assert "world size 2" in (tmp_path / "results/runs/ci/train.log").read_text()
+
+    # done means done: the same command again submits nothing
+    again = run_snakemake(tmp_path, config, profile=profile)
+    assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
+    assert "has been submitted with SLURM jobid" not in again.stdout

@@ -8,6 +8,10 @@
 # `data.targets: [lumo]`, `train.precision: bf16`, ...) on top of the config.  All runs share the
 # dataset and basis rules; the keys that decide those artifacts can therefore only be set at the
 # top level (PER_RUN_KEYS below lists what a run may change there).
+#
+# Rules pass files, not strings: workflow/rules/config.smk writes each run's resolved config (and
+# the sections a shared stage reads) as a YAML file, and every command of a run takes that file
+# with --config.  Only the job shape of the train rule's resources travels as overrides.
 
 import json
 import os
@@ -18,7 +22,10 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from se3t.config import ConfigError, load, to_dict
+import yaml
+
+from se3t.config import ConfigError, load, save, to_dict
+from se3t.io import write_text
 
 # ------------------------------------------------------------------------------------------------
 # `se3t` in the rules is the one next to the Python that runs Snakemake: the workflow works
@@ -109,11 +116,22 @@ LOGS = CFG.workflow.logs.rstrip("/")
 
 RAW_DIR = CFG.data.raw_dir
 DATASET = CFG.data.path
+CONFIG_DIR = f"{RESULTS}/configs"
 BASIS_DIR = f"{RESULTS}/basis"
 BASIS_MANIFEST = f"{BASIS_DIR}/manifest.json"
 BASIS_SHARDS = CFG.basis.shards
 REPORT_HTML = f"{RESULTS}/report.html"
 REPORT_MD = f"{RESULTS}/report.md"
+
+
+def run_dir(run):
+    """A run's folder; rules pass "{run}" to get the wildcard pattern."""
+    return f"{RESULTS}/runs/{run}"
+
+
+def run_config(run):
+    """The file that holds a run's resolved config, which every command of the run takes."""
+    return f"{CONFIG_DIR}/runs/{run}.yaml"
 
 
 def _run_overrides(name, spec):
@@ -141,7 +159,7 @@ def _resolve_runs():
         flat = _run_overrides(name, spec)
         overrides = dict(sections)
         overrides.update(flat)
-        overrides["run.dir"] = f"{RESULTS}/runs/{name}"
+        overrides["run.dir"] = run_dir(name)
         overrides["run.name"] = str(name)
         if flat.get("basis.use", CFG.basis.use) != "compute":
             overrides["basis.manifest"] = BASIS_MANIFEST
@@ -160,22 +178,20 @@ def _resolve_runs():
 
 RUNS = _resolve_runs()
 
-_BASE_FLAT = _flatten(to_dict(load(CONFIGFILE)))
+
+def stage_sections(stage):
+    """The sections of the config that a shared stage reads: `data` for the data rules, `data`
+    and `basis` for the basis rules (the dataset path and the store's settings).  Its file holds
+    only these, so changing a run's training keys never reruns the shared stages."""
+    sections = {"data": ("data",), "basis": ("data", "basis")}[stage]
+    resolved = to_dict(CFG)
+    return {name: resolved[name] for name in sections}
 
 
-def run_dir(run):
-    return f"{RESULTS}/runs/{run}"
-
-
-def run_overrides(run):
-    """What differs between the run's resolved config and CONFIGFILE, as `key=value` words."""
-    flat = _flatten(to_dict(RUNS[run]))
-    diff = {
-        k: v
-        for k, v in flat.items()
-        if not k.startswith("workflow.") and (k not in _BASE_FLAT or _BASE_FLAT[k] != v)
-    }
-    return diff
+def config_settings(sections):
+    """A config as canonical JSON: a config rule's `params.settings`, so that changing any value
+    (in the file or on the command line) rewrites the file (Snakemake's params trigger)."""
+    return json.dumps(sections, sort_keys=True)
 
 
 # the train rule's resources that shape the training job on SLURM (set in profiles/slurm),
@@ -195,9 +211,9 @@ _LAUNCH_RESOURCES = {
 
 
 def launch_overrides(run, resources):
-    """The train command's overrides: the run's config plus, when the run trains on SLURM, the
+    """The train command's overrides besides its config file: when the run trains on SLURM, the
     job shape from the train rule's resources (the profile is the one place for site values)."""
-    flat = run_overrides(run)
+    flat = {}
     if RUNS[run].launch.cluster == "slurm":
         for resource, (key, convert) in _LAUNCH_RESOURCES.items():
             value = getattr(resources, resource, None)
@@ -222,24 +238,9 @@ def basis_key(receipts):
     return keys.pop()
 
 
-def section_overrides(section):
-    """The `key=value` words of one config section (data, basis) that differ from CONFIGFILE:
-    what the data and basis commands need besides `--config CONFIGFILE`."""
-    flat = _flatten({section: to_dict(CFG)[section]})
-    return as_overrides({k: v for k, v in flat.items() if _BASE_FLAT.get(k, object()) != v})
-
-
-def section_settings(section):
-    """The resolved section as JSON: a rule's `params.settings`, so that changing any of its
-    values (in the file or on the command line) reruns the rule (Snakemake's params trigger)."""
-    return json.dumps(to_dict(CFG)[section], sort_keys=True)
-
-
-def train_inputs(wildcards):
-    inputs = {"dataset": DATASET}
-    if RUNS[wildcards.run].basis.use != "compute":
-        inputs["basis"] = BASIS_MANIFEST
-    return inputs
+def basis_input(wildcards):
+    """A run's basis manifest, when it reads the bases from the store (else none: computed)."""
+    return [] if RUNS[wildcards.run].basis.use == "compute" else [BASIS_MANIFEST]
 
 
 def all_targets():

@@ -1,23 +1,23 @@
-# Evaluation stage (issue 7's `se3t evaluate` and `se3t profile`).
+# Evaluation stage: test metrics of the trained model, and the memory/throughput profile.
 
 
 rule evaluate:
     """MAE and RMSE per target on the test split, predictions, parity plot, error histogram."""
     input:
         trained=rules.train.output.done,
-        dataset=DATASET,
+        dataset=rules.build_dataset.output.dataset,
     output:
-        metrics=f"{RESULTS}/runs/{{run}}/metrics.json",
-        predictions=f"{RESULTS}/runs/{{run}}/predictions.csv",
+        metrics=f"{run_dir('{run}')}/metrics.json",
+        predictions=f"{run_dir('{run}')}/predictions.csv",
         parity=report(
-            f"{RESULTS}/runs/{{run}}/parity.png",
+            f"{run_dir('{run}')}/parity.png",
             caption="../report/parity.rst",
             category="Accuracy",
             subcategory="{run}",
             labels={"run": "{run}", "figure": "parity"},
         ),
         errors=report(
-            f"{RESULTS}/runs/{{run}}/errors.png",
+            f"{run_dir('{run}')}/errors.png",
             caption="../report/errors.rst",
             category="Accuracy",
             subcategory="{run}",
@@ -35,32 +35,31 @@ rule evaluate:
 
 
 rule profile_memory:
-    """Peak memory and molecules/s per batch size, mode and path, each point a few training
+    """Memory and molecules/s per batch size, precision and fusion, each point a few training
     steps in a fresh process, with the run's model on real molecules of the dataset.  Needs no
     trained weights, so it runs beside training."""
     input:
-        dataset=DATASET,
+        config=rules.run_config.output.config,
+        dataset=rules.build_dataset.output.dataset,
     output:
-        memory=f"{RESULTS}/runs/{{run}}/memory.json",
+        memory=f"{run_dir('{run}')}/memory.json",
         memory_plot=report(
-            f"{RESULTS}/runs/{{run}}/memory.png",
+            f"{run_dir('{run}')}/memory.png",
             caption="../report/memory.rst",
             category="Memory and throughput",
             subcategory="{run}",
             labels={"run": "{run}", "figure": "memory"},
         ),
         throughput_plot=report(
-            f"{RESULTS}/runs/{{run}}/throughput.png",
+            f"{run_dir('{run}')}/throughput.png",
             caption="../report/throughput.rst",
             category="Memory and throughput",
             subcategory="{run}",
             labels={"run": "{run}", "figure": "throughput"},
         ),
     params:
-        config=CONFIGFILE,
-        overrides=lambda wildcards: as_overrides(run_overrides(wildcards.run)),
         out=lambda wildcards, output: os.path.dirname(output.memory),
     log:
         f"{LOGS}/profile_memory/{{run}}.log",
     shell:
-        "se3t profile {params.config:q} {params.overrides} --out {params.out:q} > {log:q} 2>&1"
+        "se3t profile --config {input.config:q} --out {params.out:q} > {log:q} 2>&1"

@@ -1,6 +1,6 @@
-# Training stage (issue 5's `se3t launch`).  A local rule: `se3t launch` submits the training job
-# through submitit (SLURM, or the local launcher) and waits for it, so the cluster job is
-# submitted once, by submitit, never by Snakemake's executor as well.
+# Training stage.  A local rule: `se3t launch` submits the training job through submitit (SLURM,
+# or the local launcher) and waits for it, so the cluster job is submitted once, by submitit,
+# never by Snakemake's executor as well.
 #
 # The run folder's files (best.pt, last.pt, metrics.jsonl, config.yaml) are deliberately not
 # declared outputs: Snakemake deletes declared outputs before rerunning a job and after a failed
@@ -16,13 +16,14 @@ localrules:
 rule train:
     """Train one run of `workflow.runs`; continues from the run folder's last checkpoint."""
     input:
-        unpack(train_inputs),
+        config=rules.run_config.output.config,
+        dataset=rules.build_dataset.output.dataset,
+        basis=basis_input,
     output:
-        done=touch(f"{RESULTS}/runs/{{run}}/train.done"),
+        done=touch(f"{run_dir('{run}')}/train.done"),
     params:
-        config=CONFIGFILE,
-        overrides=lambda wildcards, resources: launch_overrides(wildcards.run, resources),
+        job_shape=lambda wildcards, resources: launch_overrides(wildcards.run, resources),
     log:
         f"{LOGS}/train/{{run}}.log",
     shell:
-        "se3t launch {params.config:q} {params.overrides} > {log:q} 2>&1"
+        "se3t launch --config {input.config:q} {params.job_shape} > {log:q} 2>&1"

@@ -1,21 +1,19 @@
-"""The shared basis cache on disk: where stores live, who may write there, listing and cleanup.
+"""The shared basis cache: resolving ``KEY|PATH`` arguments, listing stores and cleanup.
 
 A cache is a folder (or an fsspec URL, for reading) holding ``basis/KEY.zarr`` stores. Stores are
 content-addressed: ``KEY`` hashes everything their values depend on (see
-:func:`se3t.data.basis_store.basis_key`), so runs, users and teams that point at one cache share
-one store per dataset and setting. This module resolves ``KEY|PATH`` arguments, checks that a
-cache can be written *before* any work starts, lists stores (``se3t basis ls``) and removes stale
-or unreferenced ones (``se3t basis gc``).
+:func:`se3t.basis.key.basis_key`), so runs, users and teams that point at one cache share one
+store per dataset and setting. This module lists stores (``se3t basis ls``) and removes stale or
+unreferenced ones (``se3t basis gc``); what a store looks like on disk is asked of
+:mod:`se3t.basis.layout`.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
 import shutil
-import socket
 import stat
 import time
 import uuid
@@ -23,122 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from se3t.basis.layout import (
+    STORE_SUFFIX,
+    is_complete,
+    read_store_meta,
+    store_path,
+    units_present,
+)
+from se3t.basis.location import local_path
+from se3t.basis.manifest import MANIFEST_KIND
 from se3t.errors import InputError
 
 __all__ = [
     "StoreInfo",
-    "atomic_write_bytes",
-    "cache_basis_dir",
-    "ensure_writable_cache",
     "gc",
-    "is_url",
     "list_stores",
-    "local_path",
+    "referenced_keys",
+    "remove_store",
     "resolve_store",
-    "who",
 ]
 
-STORE_SUFFIX = ".zarr"
-CHECKSUMS_FILE = "checksums.json"  # written by finalize: its presence marks a complete store
 _KEY_RE = re.compile(r"^[0-9a-f]{8,64}$")
-
-
-def is_url(path: str | os.PathLike) -> bool:
-    """True for fsspec URLs other than ``file://`` (``s3://bucket/x``, ``memory://x``)."""
-    text = str(path)
-    return "://" in text and not text.startswith("file://")
-
-
-def local_path(path: str | os.PathLike) -> Path:
-    """A local path from a path or ``file://`` URL; raises InputError for other URLs."""
-    text = str(path)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif is_url(text):
-        raise InputError(
-            f"{text!r}: this operation writes to the basis store and needs a local (or shared "
-            "POSIX) folder; build the store there, then copy it to object storage"
-        )
-    return Path(text)
-
-
-def cache_basis_dir(cache: str | os.PathLike) -> str:
-    """``CACHE/basis`` as a path or URL string."""
-    text = str(cache).rstrip("/")
-    return f"{text}/basis"
-
-
-def who() -> str:
-    """``user@host`` for the created-by fields."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see a
-    half-written file. With ``exclusive`` the file is only created if absent (hard link, which
-    fails on an existing target) and False is returned when another writer got there first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-        else:
-            os.replace(tmp, path)
-            return True
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def ensure_writable_cache(cache: str | os.PathLike) -> Path:
-    """Create ``CACHE/basis`` and prove it writable with a probe file; return the folder.
-
-    Runs before any work so that a cache the user cannot write (read-only mount, missing
-    permission, a file where the folder should be, immutable folder, full disk) fails at once
-    with a message naming the folder, instead of after minutes of computation. Permission bits
-    alone are not trusted (root ignores them): the probe really creates, writes and removes a file.
-    """
-    root = local_path(cache)
-    target = root / "basis"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise InputError(
-            f"basis cache {str(root)!r} cannot be used: {err.filename or target} is not a folder "
-            "(set basis.cache or --cache to a writable folder)"
-        ) from err
-    except OSError as err:
-        raise InputError(
-            f"basis cache {str(root)!r} cannot be created: {err.strerror} ({err.filename}); "
-            "set basis.cache or --cache to a writable folder"
-        ) from err
-    if not target.is_dir():
-        raise InputError(f"basis cache {str(root)!r}: {target} is not a folder")
-    probe = target / f".probe-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
-            os.write(fd, b"se3t")
-        finally:
-            os.close(fd)
-        probe.unlink()
-    except OSError as err:
-        raise InputError(
-            f"basis cache {str(root)!r} is not writable: {err.strerror} ({target}); "
-            "set basis.cache or --cache to a folder you can write"
-        ) from err
-    return target
 
 
 def resolve_store(key_or_path: str, cache: str | os.PathLike | None) -> str:
@@ -151,7 +54,7 @@ def resolve_store(key_or_path: str, cache: str | os.PathLike | None) -> str:
     if _KEY_RE.match(text) and not Path(text).exists():
         if cache is None:
             raise InputError(f"basis key {text!r}: give --cache (or basis.cache) to find it")
-        return f"{cache_basis_dir(cache)}/{text}{STORE_SUFFIX}"
+        return store_path(cache, text)
     return text
 
 
@@ -211,21 +114,6 @@ class StoreInfo:
         }
 
 
-def _store_meta(path: Path) -> dict[str, Any] | None:
-    group = _read_json(path / "zarr.json")
-    if not group:
-        return None
-    return (group.get("attributes") or {}).get("se3t_basis")
-
-
-def _units_present(path: Path) -> int:
-    count = 0
-    for dirpath, _dirs, files in os.walk(path / "basis" / "c"):
-        count += sum(1 for f in files if not f.endswith(".partial") and not f.startswith("."))
-        del dirpath
-    return count
-
-
 def list_stores(cache: str | os.PathLike) -> list[StoreInfo]:
     """Every basis store in ``CACHE/basis`` with its settings, size and state (newest first)."""
     root = local_path(cache) / "basis"
@@ -235,9 +123,9 @@ def list_stores(cache: str | os.PathLike) -> list[StoreInfo]:
     for entry in sorted(root.iterdir()):
         if not entry.name.endswith(STORE_SUFFIX) or entry.name.startswith("."):
             continue
-        meta = _store_meta(entry) or {}
+        meta = read_store_meta(entry) or {}
         size, newest = _disk_usage(entry)
-        complete = (entry / CHECKSUMS_FILE).is_file()
+        complete = is_complete(entry)
         out.append(
             StoreInfo(
                 key=entry.name[: -len(STORE_SUFFIX)],
@@ -246,14 +134,14 @@ def list_stores(cache: str | os.PathLike) -> list[StoreInfo]:
                 bytes_on_disk=size,
                 modified=newest,
                 meta=meta,
-                units_present=_units_present(entry),
+                units_present=units_present(entry),
             )
         )
     out.sort(key=lambda s: s.modified, reverse=True)
     return out
 
 
-def _referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
+def referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
     """Keys named by basis manifests: files, or folders searched recursively for ``*.json``."""
     keys: set[str] = set()
     for item in manifests:
@@ -263,7 +151,7 @@ def _referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
         files = [p] if p.is_file() else sorted(p.rglob("*.json"))
         for f in files:
             data = _read_json(f)
-            if isinstance(data, dict) and data.get("kind") == "se3t-basis-manifest":
+            if isinstance(data, dict) and data.get("kind") == MANIFEST_KIND:
                 keys.add(str(data.get("key")))
     return keys
 
@@ -305,7 +193,7 @@ def gc(
     root = local_path(cache) / "basis"
     if not root.is_dir():
         return []
-    keep = _referenced_keys(list(manifests or [])) if unreferenced else set()
+    keep = referenced_keys(list(manifests or [])) if unreferenced else set()
     removed = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
@@ -318,7 +206,7 @@ def gc(
                 reason = "temporary folder left by an interrupted process"
         elif entry.name.endswith(STORE_SUFFIX):
             key = entry.name[: -len(STORE_SUFFIX)]
-            complete = (entry / CHECKSUMS_FILE).is_file()
+            complete = is_complete(entry)
             if not complete and age >= older_than_s:
                 reason = f"incomplete, untouched for {age / 3600:.1f} h"
             elif complete and unreferenced and key not in keep:

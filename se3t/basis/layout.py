@@ -1,8 +1,11 @@
-"""The basis store's layout on disk: the chunk plan, the codec chain, the empty skeleton, the
-shard (unit) files and opening the Zarr group with its ``se3t_basis`` metadata."""
+"""The basis store's layout on disk, its one owner: where a store sits in a cache, the chunk
+plan, the codec chain, the empty skeleton, the shard (unit) files, ``checksums.json`` and
+opening the Zarr group with its ``se3t_basis`` metadata. Every other module (the cache listing
+included) asks this one instead of walking the folder itself."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -14,9 +17,25 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-from se3t.data.basis_cache import is_url, local_path
-from se3t.data.basis_store.settings import STORE_FORMAT, BasisSettings
+from se3t.basis.location import is_url, local_path
 from se3t.errors import InputError
+
+STORE_FORMAT = 1  # bump when the basis store's on-disk layout changes
+STORE_SUFFIX = ".zarr"
+CHECKSUMS_FILE = "checksums.json"  # written by finalize: its presence marks a complete store
+CLAIMS_DIR = ".claims"
+PARTIAL_SUFFIX = ".partial"  # a shard being written; renamed onto its name when complete
+
+
+def cache_basis_dir(cache: str | os.PathLike) -> str:
+    """``CACHE/basis`` as a path or URL string."""
+    return f"{str(cache).rstrip('/')}/basis"
+
+
+def store_path(cache: str | os.PathLike, key: str) -> str:
+    """``CACHE/basis/KEY.zarr``: where the store of ``key`` lives (path or URL)."""
+    return f"{cache_basis_dir(cache)}/{key}{STORE_SUFFIX}"
+
 
 # --------------------------------------------------------------------------------------------
 # chunk plan
@@ -57,14 +76,13 @@ def plan_chunks(edge_counts: np.ndarray, chunk_edges: int) -> tuple[np.ndarray, 
 # the store on disk
 
 
-def _codecs(settings: BasisSettings, itemsize: int) -> list[Any]:
-    level = settings.compression_level
-    if settings.compressor == "none":
+def _codecs(compressor: str, level: int | None, itemsize: int) -> list[Any]:
+    if compressor == "none":
         comp: list[Any] = []
-    elif settings.compressor == "zstd":
+    elif compressor == "zstd":
         # level 1: 3.4x faster to write than level 3 for 1.7 % more bytes (BENCHMARKS.md)
         comp = [ZstdCodec(level=1 if level is None else level)]
-    elif settings.compressor == "blosc-lz4":
+    elif compressor == "blosc-lz4":
         comp = [
             BloscCodec(
                 cname="lz4",
@@ -73,7 +91,7 @@ def _codecs(settings: BasisSettings, itemsize: int) -> list[Any]:
                 typesize=itemsize,
             )
         ]
-    elif settings.compressor == "blosc-zstd":
+    elif compressor == "blosc-zstd":
         comp = [
             BloscCodec(
                 cname="zstd",
@@ -87,7 +105,7 @@ def _codecs(settings: BasisSettings, itemsize: int) -> list[Any]:
     return comp + [Crc32cCodec()]  # every chunk checksummed: a flipped byte fails on read
 
 
-def _open_group(path_or_url: str, *, read_only: bool = True) -> zarr.Group:
+def open_group(path_or_url: str, *, read_only: bool = True) -> zarr.Group:
     try:
         if is_url(path_or_url):
             from zarr.storage import FsspecStore
@@ -114,23 +132,22 @@ def store_meta(group: zarr.Group, where: str) -> dict[str, Any]:
     return dict(meta)
 
 
-def _unit_file(u: int) -> str:
+def unit_file(u: int) -> str:
     return f"basis/c/{u}/0"  # the shard (or chunk) key of row block u in the 2-D chunk grid
 
 
-def _unit_range(meta: dict[str, Any], u: int) -> tuple[int, int]:
+def unit_range(meta: dict[str, Any], u: int) -> tuple[int, int]:
     """Chunks ``c0 .. c1-1`` of unit (shard) ``u``."""
     c0 = u * meta["chunks_per_shard"]
     return c0, min(meta["num_chunks"], c0 + meta["chunks_per_shard"])
 
 
-def _create_skeleton(
+def create_skeleton(
     path: Path,
     meta: dict[str, Any],
     chunk_mols: np.ndarray,
     row_start: np.ndarray,
     edge_count: np.ndarray,
-    settings: BasisSettings,
 ) -> bool:
     """Create the empty store by building it in a temporary folder and renaming it into place.
     Returns False when another process created it first (the rename finds a full folder)."""
@@ -145,7 +162,7 @@ def _create_skeleton(
             chunks=(ce, meta["basis_size"]),
             shards=None if cps == 1 else (ce * cps, meta["basis_size"]),
             dtype=dtype,
-            compressors=_codecs(settings, dtype.itemsize),
+            compressors=_codecs(meta["compressor"], meta["compression_level"], dtype.itemsize),
             fill_value=0,
             dimension_names=("row", "basis"),
         )
@@ -165,9 +182,49 @@ def _create_skeleton(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _unit_exists(path: Path, u: int) -> bool:
-    return (path / _unit_file(u)).is_file()
+def unit_exists(path: Path, u: int) -> bool:
+    return (path / unit_file(u)).is_file()
 
 
-def _iso(t: float | None = None) -> str:
+def is_complete(path: Path) -> bool:
+    """True when the local store at ``path`` was finalized (``checksums.json`` present)."""
+    return (path / CHECKSUMS_FILE).is_file()
+
+
+def units_present(path: Path) -> int:
+    """How many shard files of the local store at ``path`` are complete (no ``.partial``)."""
+    count = 0
+    for _dirpath, _dirs, files in os.walk(path / "basis" / "c"):
+        count += sum(1 for f in files if not f.endswith(PARTIAL_SUFFIX) and not f.startswith("."))
+    return count
+
+
+def read_store_meta(path: Path) -> dict[str, Any] | None:
+    """The ``se3t_basis`` attributes of the local store at ``path`` straight from its
+    ``zarr.json`` (no Zarr import: listing a cache of many stores stays fast); None when the
+    folder holds no readable store."""
+    try:
+        group = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(group, dict):
+        return None
+    meta = (group.get("attributes") or {}).get("se3t_basis")
+    return meta if isinstance(meta, dict) else None
+
+
+def read_checksums_bytes(where: str) -> bytes | None:
+    """The raw ``checksums.json`` of the store at ``where`` (path or URL); None when absent."""
+    try:
+        if is_url(where):
+            import fsspec  # deferred: only URL stores need it
+
+            with fsspec.open(f"{where.rstrip('/')}/{CHECKSUMS_FILE}", "rb") as fh:
+                return fh.read()
+        return (local_path(where) / CHECKSUMS_FILE).read_bytes()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def iso_time(t: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))

@@ -29,58 +29,62 @@ a rerun computes the missing ones; concurrent precomputes of one key create the 
 atomic folder rename (one wins, the other adopts it) and claim shards with ``O_EXCL`` files, so
 they split the work and both finish with one valid store.
 
-Modules (everything public is re-exported here, so ``from se3t.data.basis_store import ...``
-is all callers need):
+The public interface is what this package exports (``from se3t.basis import ...``); its modules
+import nothing private from each other:
 
-- :mod:`.settings`: ``BasisSettings``, ``BasisBackend``, ``default_backend``, ``basis_key``,
-  ``store_path`` (the store's content address).
-- :mod:`.layout`: the layout on disk: ``plan_chunks``, the codec chain, the skeleton, shard
-  files, ``store_meta``.
+- :mod:`.layout`: the on-disk format, its one owner: ``store_path``, ``plan_chunks``, the codec
+  chain, the skeleton, shard files, ``checksums.json``, ``store_meta``.
+- :mod:`.key`: the cache's key: ``BasisSettings``, ``BasisBackend``, ``default_backend``,
+  ``basis_key``.
+- :mod:`.location`: local paths versus URLs, ``ensure_writable_cache``, ``who``.
+- :mod:`.cache`: the cache's listing and cleanup: ``list_stores``, ``gc``, ``resolve_store``.
 - :mod:`.geometry`: the dataset's positions and edges the bases are computed from.
-- :mod:`.codec`: ``_ShardCodec``, shard files in Zarr's exact bytes, written and read fast.
+- :mod:`.codec`: ``ShardCodec``, shard files in Zarr's exact bytes, written and read fast.
 - :mod:`.claims`: the ``O_EXCL`` shard claims of concurrent writers.
-- :mod:`.writer`: ``precompute``.
+- :mod:`.compute`: ``ShardFiller``, chunks computed by worker threads, shards written.
+- :mod:`.writer`: ``precompute``, a pipeline of named steps.
 - :mod:`.manifest`: ``finalize`` (``checksums.json``), ``write_manifest``, ``read_manifest``.
 - :mod:`.reader`: ``open_basis``, ``BasisStore`` (memory or chunk-cache reads).
+- :mod:`.sampler`: ``ChunkShuffleBatchSampler``, batches drawn chunk by chunk.
 - :mod:`.verification`: ``verify``, ``VerifyReport``.
 """
 
 from __future__ import annotations
 
-from se3t.data.basis_store.codec import _ShardCodec as _ShardCodec
-from se3t.data.basis_store.layout import plan_chunks, store_meta
-from se3t.data.basis_store.manifest import finalize, read_manifest, write_manifest
-from se3t.data.basis_store.reader import BasisStore, open_basis
-from se3t.data.basis_store.settings import (
-    STORE_FORMAT,
-    BasisBackend,
-    BasisSettings,
-    basis_key,
-    default_backend,
-    store_path,
-)
-from se3t.data.basis_store.settings import _so3_code_version as _so3_code_version
-from se3t.data.basis_store.verification import VerifyReport, verify
-from se3t.data.basis_store.writer import precompute
+from se3t.basis.cache import StoreInfo, gc, list_stores, remove_store, resolve_store
+from se3t.basis.key import BasisBackend, BasisSettings, basis_key, default_backend
+from se3t.basis.layout import STORE_FORMAT, plan_chunks, store_meta, store_path
+from se3t.basis.location import ensure_writable_cache, is_url, local_path
+from se3t.basis.manifest import finalize, read_manifest, write_manifest
+from se3t.basis.reader import BasisStore, open_basis
+from se3t.basis.sampler import ChunkShuffleBatchSampler
+from se3t.basis.verification import VerifyReport, verify
+from se3t.basis.writer import precompute
 
 __all__ = [
+    "STORE_FORMAT",
     "BasisBackend",
     "BasisSettings",
     "BasisStore",
-    "STORE_FORMAT",
+    "ChunkShuffleBatchSampler",
+    "StoreInfo",
     "VerifyReport",
     "basis_key",
     "default_backend",
+    "ensure_writable_cache",
     "finalize",
+    "gc",
+    "is_url",
+    "list_stores",
+    "local_path",
     "open_basis",
     "plan_chunks",
     "precompute",
     "read_manifest",
+    "remove_store",
+    "resolve_store",
     "store_meta",
     "store_path",
     "verify",
     "write_manifest",
 ]
-
-# ``_ShardCodec`` and ``_so3_code_version`` are re-exported above (``X as X``) so that the private
-# names of the former single module stay importable from this path: tests use them.

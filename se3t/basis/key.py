@@ -1,15 +1,14 @@
-"""Basis store settings, the basis backend and the store key (its content address).
+"""The cache's key: basis store settings, the basis backend and the store's content address.
 
 :class:`BasisSettings` says how a store is built, :class:`BasisBackend` which basis maths fills
 it; :func:`basis_key` hashes everything the stored values depend on into the name of the store
-folder ``CACHE/basis/KEY.zarr`` (:func:`store_path`).
+folder ``CACHE/basis/KEY.zarr`` (:func:`se3t.basis.layout.store_path`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from se3t.data.basis_cache import STORE_SUFFIX, cache_basis_dir
+from se3t.basis.layout import STORE_FORMAT
+from se3t.choices import Compressor
 from se3t.errors import InputError, Se3tError
 
-STORE_FORMAT = 1  # bump when the basis store's on-disk layout changes
-MANIFEST_KIND = "se3t-basis-manifest"
-COMPRESSORS = ("none", "zstd", "blosc-lz4", "blosc-zstd", "gzip")
-_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+COMPRESSORS = tuple(c.value for c in Compressor)
+DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,8 @@ class BasisSettings:
     chunks_per_shard: int = 8
 
     def __post_init__(self) -> None:
-        if self.dtype not in _DTYPES:
-            raise InputError(f"basis dtype {self.dtype!r} is not one of {list(_DTYPES)}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"basis dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.compressor not in COMPRESSORS:
             raise InputError(f"basis compressor {self.compressor!r} is not one of {COMPRESSORS}")
         if self.max_degree < 0 or self.chunk_edges <= 0 or self.chunks_per_shard <= 0:
@@ -73,7 +71,7 @@ class BasisBackend:
     code_version: str  # hash of the code the values come from
 
 
-def _so3_code_version() -> str:
+def so3_code_version() -> str:
     """sha256 over the source of ``se3t/so3/basis.py`` (the module every stored value comes
     from) and e3nn's version: any change to the basis maths (or the package it takes spherical
     harmonics and Clebsch-Gordan tensors from) gives new keys. Conservative on purpose: a stale
@@ -99,13 +97,14 @@ def default_backend() -> BasisBackend:
         compute=so3_basis.compute_basis_flat,
         basis_size=so3_basis.basis_size,
         layout_version=int(so3_basis.BASIS_LAYOUT_VERSION),
-        code_version=_so3_code_version(),
+        code_version=so3_code_version(),
     )
 
 
-def _key_fields(
+def key_fields(
     dataset_fingerprint: str, max_degree: int, dtype: str, backend: BasisBackend
 ) -> dict[str, Any]:
+    """The fields :func:`basis_key` hashes, as recorded in the store's metadata."""
     return {
         "dataset_fingerprint": str(dataset_fingerprint),
         "max_degree": int(max_degree),
@@ -128,10 +127,18 @@ def basis_key(
     depend on: the dataset fingerprint, max degree, dtype, the basis layout version, the basis
     code's version and this store's format. Compressor and chunking are not in it: they change
     the bytes, never the values."""
-    fields_ = _key_fields(dataset_fingerprint, max_degree, dtype, backend or default_backend())
+    fields_ = key_fields(dataset_fingerprint, max_degree, dtype, backend or default_backend())
     blob = json.dumps(fields_, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
 
 
-def store_path(cache: str | os.PathLike, key: str) -> str:
-    return f"{cache_basis_dir(cache)}/{key}{STORE_SUFFIX}"
+# the recorded fields that must match for an existing store to be this key's store
+KEY_CHECK = (
+    "key",
+    "dataset_fingerprint",
+    "max_degree",
+    "dtype",
+    "basis_size",
+    "layout_version",
+    "code_version",
+)

@@ -14,13 +14,13 @@ import pytest
 import torch
 from basis_helpers import build, settings, shard_files, stored_rows
 
-from se3t.data import QM9Dataset, collate
-from se3t.data.basis_cache import gc, list_stores
-from se3t.data.basis_store import (
+from se3t.basis import (
     BasisSettings,
     basis_key,
     default_backend,
     finalize,
+    gc,
+    list_stores,
     open_basis,
     plan_chunks,
     precompute,
@@ -28,6 +28,8 @@ from se3t.data.basis_store import (
     verify,
     write_manifest,
 )
+from se3t.basis.codec import ShardCodec
+from se3t.data import QM9Dataset, collate
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
 from se3t.so3.basis import basis_size, compute_basis_flat
@@ -160,18 +162,16 @@ def test_fast_shard_writer_writes_zarrs_bytes(
     """The direct shard writer and reader (fast paths) against Zarr's own write and read paths
     (the reference): every shard file byte-identical, including the partial last shard (15
     chunks), and the same rows read back."""
-    from se3t.data import basis_store
-
     s = settings(compressor=compressor, chunks_per_shard=chunks_per_shard, dtype=dtype)
     fast = precompute(qm9_store, tmp_path / "fast", s, progress=False)
-    real_init = basis_store._ShardCodec.__init__
+    real_init = ShardCodec.__init__
 
     def zarr_only(self, *a, **kw):
         real_init(self, *a, **kw)
         assert self.supported  # every compressor of BasisSettings has the fast path
         self.supported = False
 
-    monkeypatch.setattr(basis_store._ShardCodec, "__init__", zarr_only)
+    monkeypatch.setattr(ShardCodec, "__init__", zarr_only)
     ref = precompute(qm9_store, tmp_path / "ref", s, progress=False)
     fast_files, ref_files = shard_files(fast["store"]), shard_files(ref["store"])
     assert len(fast_files) == len(ref_files) == -(-15 // chunks_per_shard)
@@ -430,7 +430,7 @@ def test_settings_are_validated():
 
 def test_random_batches_over_chunks_warn_once(built, caplog):
     store = _open(built, read="chunks", cache_chunks=2)
-    with caplog.at_level("WARNING", logger="se3t.data.basis_store"):
+    with caplog.at_level("WARNING", logger="se3t.basis"):
         store.gather(torch.arange(0, 275, 3))
         store.gather(torch.arange(1, 275, 3))
     warnings = [r for r in caplog.records if "batch_sampler" in r.getMessage()]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from basis_helpers import build, se3t, shard_files, spawn_worker, stored_rows
 
-from se3t.data.basis_store import basis_key, finalize, store_path, verify
+from se3t.basis import basis_key, finalize, store_path, verify
 from se3t.data.store import fingerprint
 
 pytestmark = pytest.mark.slow

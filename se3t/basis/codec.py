@@ -13,10 +13,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-from se3t.data.basis_store.layout import _unit_file
+from se3t.basis.layout import PARTIAL_SUFFIX, unit_file
 
 
-class _ShardCodec:
+class ShardCodec:
     """Writes and reads unit (shard) files in the exact bytes of Zarr's sharding codec, faster.
 
     Zarr's own path (``arr[r0:r1] = data``) copies every chunk several times through its async
@@ -27,7 +27,7 @@ class _ShardCodec:
     CRC32C, at the end) and writes the file with one ``writev`` to a temporary name and an
     atomic rename, as Zarr's ``LocalStore`` does. Chunks past the array's end in a partial last
     shard are left empty in the index, as Zarr leaves them.
-    ``tests/data/test_basis_store.py`` checks the files are byte-identical to Zarr's.
+    ``tests/basis/test_basis_store.py`` checks the files are byte-identical to Zarr's.
 
     Reading (:meth:`read_into`) is the reverse for one chunk: the shard index (read once per
     shard, its CRC32C checked), one ``pread`` of the chunk's bytes, its CRC32C checked, then
@@ -104,7 +104,7 @@ class _ShardCodec:
         index = self._index.get(u)
         if index is None:
             nbytes = self.cps * 16 + 4
-            with open(self.path / _unit_file(u), "rb") as fh:
+            with open(self.path / unit_file(u), "rb") as fh:
                 fh.seek(-nbytes, os.SEEK_END)
                 raw = fh.read(nbytes)
             if len(raw) != nbytes or np.frombuffer(raw[-4:], dtype="<u4")[0] != (
@@ -127,8 +127,8 @@ class _ShardCodec:
                 out[...] = 0
                 return
         else:
-            offset, length = 0, (self.path / _unit_file(u)).stat().st_size
-        fd = os.open(self.path / _unit_file(u), os.O_RDONLY)
+            offset, length = 0, (self.path / unit_file(u)).stat().st_size
+        fd = os.open(self.path / unit_file(u), os.O_RDONLY)
         try:
             data = os.pread(fd, length, offset)
         finally:
@@ -165,9 +165,9 @@ class _ShardCodec:
                 bufs += parts
             ib = index.tobytes()
             bufs += [ib, np.array([google_crc32c.value(ib)], dtype=np.uint32).tobytes()]
-        target = self.path / _unit_file(u)
+        target = self.path / unit_file(u)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
+        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
         views = [memoryview(b).cast("B") for b in bufs]
         total = sum(len(v) for v in views)
         try:

@@ -1,7 +1,7 @@
 """Shared helpers of the basis-store tests, and a worker run as a real subprocess.
 
-``python tests/data/basis_helpers.py DATASET CACHE RECEIPT --delay S`` runs
-:func:`se3t.data.basis_store.precompute` with the real basis maths slowed by ``S`` seconds per
+``python tests/basis/basis_helpers.py DATASET CACHE RECEIPT --delay S`` runs
+:func:`se3t.basis.precompute` with the real basis maths slowed by ``S`` seconds per
 chunk (values and key unchanged), so that a test can ``kill -9`` it mid-way or run two at once.
 """
 
@@ -25,14 +25,14 @@ SMALL = {"chunk_edges": 512, "chunks_per_shard": 2, "compressor": "zstd"}
 
 
 def settings(**kw):
-    from se3t.data.basis_store import BasisSettings
+    from se3t.basis import BasisSettings
 
     return BasisSettings(**{**SMALL, **kw})
 
 
 def slow_backend(delay: float):
     """The real backend, sleeping ``delay`` s before each chunk: same values, same key."""
-    from se3t.data.basis_store import default_backend
+    from se3t.basis import default_backend
 
     real = default_backend()
 
@@ -45,7 +45,7 @@ def slow_backend(delay: float):
 
 def build(dataset, cache, **kw) -> str:
     """Precompute + finalize a store with the SMALL settings; returns its path."""
-    from se3t.data.basis_store import finalize, precompute
+    from se3t.basis import finalize, precompute
 
     receipt = precompute(dataset, cache, settings(**kw), progress=False)
     finalize(receipt["store"])
@@ -98,7 +98,7 @@ def se3t(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _main() -> None:
-    from se3t.data.basis_store import precompute
+    from se3t.basis import precompute
 
     ap = argparse.ArgumentParser()
     ap.add_argument("dataset")

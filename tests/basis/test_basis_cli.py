@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from se3t.basis import open_basis
 from se3t.cli import main
-from se3t.data.basis_store import open_basis
 from se3t.data.store import fingerprint
 
 SMALL = ["basis.chunk_edges=512", "basis.chunks_per_shard=2"]

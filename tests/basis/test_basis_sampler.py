@@ -8,9 +8,8 @@ import pytest
 import torch
 from basis_helpers import build
 
+from se3t.basis import ChunkShuffleBatchSampler, open_basis
 from se3t.data import QM9Dataset, collate
-from se3t.data.basis_sampler import ChunkShuffleBatchSampler
-from se3t.data.basis_store import open_basis
 from se3t.data.store import fingerprint
 from se3t.so3.basis import compute_basis_flat
 

@@ -3,6 +3,7 @@ manifests that point at a complete store (:func:`write_manifest`, :func:`read_ma
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -11,11 +12,23 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from se3t.data.basis_cache import CHECKSUMS_FILE, atomic_write_bytes, is_url, local_path, who
-from se3t.data.basis_store.layout import _iso, _open_group, _unit_exists, _unit_file, store_meta
-from se3t.data.basis_store.settings import MANIFEST_KIND, STORE_FORMAT
+from se3t.basis.layout import (
+    CHECKSUMS_FILE,
+    CLAIMS_DIR,
+    PARTIAL_SUFFIX,
+    STORE_FORMAT,
+    iso_time,
+    open_group,
+    read_checksums_bytes,
+    store_meta,
+    unit_exists,
+    unit_file,
+)
+from se3t.basis.location import is_url, local_path, who
 from se3t.errors import InputError
-from se3t.io import write_text
+from se3t.io import write_bytes, write_text
+
+MANIFEST_KIND = "se3t-basis-manifest"
 
 
 def _sha256_file(path: Path) -> str:
@@ -41,38 +54,41 @@ def finalize(store: str | os.PathLike, *, progress: bool = False) -> dict[str, A
     file), remove claims and temporary files, and make the store read-only. Idempotent: a
     complete store is left as it is. Returns the checksums record."""
     path = local_path(store)
-    group = _open_group(str(path))
+    group = open_group(str(path))
     meta = store_meta(group, str(path))
     done = path / CHECKSUMS_FILE
     if done.is_file():
         return json.loads(done.read_text())
-    missing = [u for u in range(meta["num_units"]) if not _unit_exists(path, u)]
+    missing = [u for u in range(meta["num_units"]) if not unit_exists(path, u)]
     if missing:
-        names = ", ".join(_unit_file(u) for u in missing[:5])
+        names = ", ".join(unit_file(u) for u in missing[:5])
         raise InputError(
             f"basis store {str(path)!r} is incomplete: {len(missing)} of {meta['num_units']} "
             f"shards missing ({names}{', ...' if len(missing) > 5 else ''}); run "
             "se3t basis precompute (all --shard slices) before finalize"
         )
-    shutil.rmtree(path / ".claims", ignore_errors=True)
-    for leftover in path.rglob("*.partial"):
+    shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
+    for leftover in path.rglob(f"*{PARTIAL_SUFFIX}"):
         leftover.unlink(missing_ok=True)
     from tqdm.auto import tqdm
 
     files = {}
     for u in tqdm(range(meta["num_units"]), desc="checksums", disable=not progress):
-        f = path / _unit_file(u)
-        files[_unit_file(u)] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
+        f = path / unit_file(u)
+        files[unit_file(u)] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
     record = {
         "key": meta["key"],
         "algorithm": "sha256",
         "files": files,
         "total_bytes": sum(v["bytes"] for v in files.values()),
-        "finalized": _iso(),
+        "finalized": iso_time(),
         "finalized_by": who(),
     }
     # exclusive: when two finalizers race, the first record stays (manifests point at its hash)
-    atomic_write_bytes(done, json.dumps(record, indent=1, sort_keys=True).encode(), exclusive=True)
+    with contextlib.suppress(FileExistsError):
+        write_bytes(
+            done, json.dumps(record, indent=1, sort_keys=True).encode(), exclusive=True, fsync=True
+        )
     _make_read_only(path)
     return json.loads(done.read_text())
 
@@ -82,27 +98,20 @@ def _canonical_sha(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _read_checksums_bytes(where: str) -> bytes | None:
-    try:
-        if is_url(where):
-            import fsspec
-
-            with fsspec.open(f"{where.rstrip('/')}/{CHECKSUMS_FILE}", "rb") as fh:
-                return fh.read()
-        return (local_path(where) / CHECKSUMS_FILE).read_bytes()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dict[str, Any]:
+def write_manifest(
+    store: str | os.PathLike, manifest: str | os.PathLike, *, store_url: str | None = None
+) -> dict[str, Any]:
     """Write the run-folder manifest that points at a complete store (what the workflow's basis
     rule outputs): key, store path or URL, dataset fingerprint, settings, sizes, created, and
     ``checksums_sha256`` (hash of the store's checksums file) plus ``manifest_sha256`` (hash of
-    this record), so readers notice a store or manifest changed since. Atomic write."""
+    this record), so readers notice a store or manifest changed since. Atomic write.
+
+    ``store_url``: the manifest points at this object-store URL; ``store`` is its verified local
+    copy (same ``checksums.json`` byte for byte), from which the record is read."""
     where = str(store) if is_url(store) else os.path.abspath(local_path(store))
-    group = _open_group(where)
+    group = open_group(where)
     meta = store_meta(group, where)
-    checks = _read_checksums_bytes(where)
+    checks = read_checksums_bytes(where)
     if checks is None:
         raise InputError(
             f"basis store {where!r} is not finalized (no {CHECKSUMS_FILE}); run se3t basis "
@@ -113,7 +122,7 @@ def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dic
         "kind": MANIFEST_KIND,
         "store_format": STORE_FORMAT,
         "key": meta["key"],
-        "store": where,
+        "store": store_url or where,
         "dataset_fingerprint": meta["dataset_fingerprint"],
         "dataset_path": meta.get("dataset_path"),
         "settings": {
@@ -134,7 +143,7 @@ def write_manifest(store: str | os.PathLike, manifest: str | os.PathLike) -> dic
         "num_edges": meta["num_edges"],
         "store_bytes": sizes.get("total_bytes"),
         "store_created": meta.get("created"),
-        "created": _iso(),
+        "created": iso_time(),
         "created_by": who(),
         "checksums_sha256": hashlib.sha256(checks).hexdigest(),
     }

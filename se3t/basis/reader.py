@@ -18,11 +18,18 @@ import torch
 import zarr
 from torch import Tensor
 
-from se3t.data.basis_cache import is_url, local_path
-from se3t.data.basis_store.codec import _ShardCodec
-from se3t.data.basis_store.layout import _open_group, _unit_exists, _unit_file, store_meta
-from se3t.data.basis_store.manifest import _read_checksums_bytes, read_manifest
-from se3t.data.basis_store.settings import _DTYPES, BasisBackend, _key_fields, default_backend
+from se3t.basis.codec import ShardCodec
+from se3t.basis.key import DTYPES, BasisBackend, default_backend, key_fields
+from se3t.basis.layout import (
+    open_group,
+    read_checksums_bytes,
+    store_meta,
+    unit_exists,
+    unit_file,
+)
+from se3t.basis.location import is_url, local_path
+from se3t.basis.manifest import read_manifest
+from se3t.basis.sampler import ChunkShuffleBatchSampler
 from se3t.errors import InputError
 
 # the package's logger, as before the split, so that settings made for it still apply
@@ -55,7 +62,7 @@ class BasisStore:
         self.meta = meta
         self.key: str = meta["key"]
         self.max_degree: int = meta["max_degree"]
-        self.dtype: torch.dtype = _DTYPES[meta["dtype"]]
+        self.dtype: torch.dtype = DTYPES[meta["dtype"]]
         self.basis_size: int = meta["basis_size"]
         self.chunk_edges: int = meta["chunk_edges"]
         self.num_molecules: int = meta["num_molecules"]
@@ -81,7 +88,7 @@ class BasisStore:
         if read not in ("memory", "chunks"):
             raise InputError(f"basis read mode {read!r} is not one of ['auto', 'memory', 'chunks']")
         self.read = read
-        codec = None if is_url(where) else _ShardCodec(self._array, Path(where), meta)
+        codec = None if is_url(where) else ShardCodec(self._array, Path(where), meta)
         self._codec = codec if codec is not None and codec.supported else None
         if read == "memory":
             self._full = self._read_all()
@@ -147,7 +154,7 @@ class BasisStore:
         """``chunk C (shard file basis/c/U/0, molecules a..b)``: how errors name a chunk."""
         u = c // self.meta["chunks_per_shard"]
         return (
-            f"chunk {c} (file {_unit_file(u)}, molecule rows {int(self.chunk_mols[c])}.."
+            f"chunk {c} (file {unit_file(u)}, molecule rows {int(self.chunk_mols[c])}.."
             f"{int(self.chunk_mols[c + 1]) - 1})"
         )
 
@@ -266,9 +273,7 @@ class BasisStore:
 
     def batch_sampler(self, indices: np.ndarray | Sequence[int], batch_size: int, **kw: Any):
         """A chunk-aware batch sampler over dataset positions (see
-        :class:`se3t.data.basis_sampler.ChunkShuffleBatchSampler`)."""
-        from se3t.data.basis_sampler import ChunkShuffleBatchSampler
-
+        :class:`se3t.basis.sampler.ChunkShuffleBatchSampler`)."""
         idx = np.asarray(indices, dtype=np.int64)
         sampler = ChunkShuffleBatchSampler(self.molecule_chunk[idx], batch_size, **kw)
         # a batch at the seam of two windows touches both: keep two windows decoded
@@ -286,10 +291,10 @@ def _sole_owner(t: Tensor) -> bool:
 
 def _dtype_name(dtype: str | torch.dtype) -> str:
     if isinstance(dtype, torch.dtype):
-        for name, dt in _DTYPES.items():
+        for name, dt in DTYPES.items():
             if dt == dtype:
                 return name
-        raise InputError(f"basis dtype {dtype} is not one of {list(_DTYPES)}")
+        raise InputError(f"basis dtype {dtype} is not one of {list(DTYPES)}")
     return str(dtype)
 
 
@@ -302,12 +307,17 @@ def open_basis(
     read: str = "auto",
     cache_chunks: int = 32,
     backend: BasisBackend | None = None,
+    local_cache: str | os.PathLike | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> BasisStore:
     """Open a complete basis store read-only, for a run manifest file or a store path/URL.
 
     Refuses (InputError naming the store and the field) a store that is missing, incomplete
     (never finalized), changed since the manifest was written, or built for another dataset
     fingerprint, degree, dtype, layout or basis code version. Readers never write.
+
+    An ``s3://`` store is read through its verified copy in ``local_cache`` (filled on first
+    use; see :mod:`.mirror`), with ``storage_options`` for the object store.
     """
     where = str(manifest_or_store)
     manifest = None
@@ -316,10 +326,14 @@ def open_basis(
         where = manifest["store"]
     elif not is_url(where):
         where = str(local_path(where))
-    group = _open_group(where)
+    if where.startswith(("s3://", "s3a://")):  # object-store cache (issue 17): local copy
+        from se3t.basis.mirror import read_through
+
+        where = str(read_through(where, local_cache, storage_options))
+    group = open_group(where)
     meta = store_meta(group, where)
     backend = backend or default_backend()
-    want = _key_fields(dataset_fingerprint, max_degree, _dtype_name(dtype), backend)
+    want = key_fields(dataset_fingerprint, max_degree, _dtype_name(dtype), backend)
     labels = {"dataset_fingerprint": "dataset", "max_degree": "max degree", "dtype": "dtype"}
     for k, v in want.items():
         if meta.get(k) != v:
@@ -328,12 +342,12 @@ def open_basis(
                 f"this run needs {v!r}; it cannot be used (run se3t basis precompute for "
                 "this dataset and settings)"
             )
-    checks = _read_checksums_bytes(where)
+    checks = read_checksums_bytes(where)
     if checks is None:
         present = (
             None
             if is_url(where)
-            else sum(_unit_exists(Path(where), u) for u in range(meta["num_units"]))
+            else sum(unit_exists(Path(where), u) for u in range(meta["num_units"]))
         )
         raise InputError(
             f"basis store {where!r} is incomplete ({present} of {meta['num_units']} shards, not "

@@ -8,8 +8,10 @@ import socket
 import time
 from pathlib import Path
 
+from se3t.basis.layout import CLAIMS_DIR
 
-class _Claims:
+
+class Claims:
     """Per-shard claim files (``O_EXCL``) so that processes sharing a store split the work.
 
     A claim is stale when its process is gone (same host) or it is older than ``timeout_s`` (a
@@ -17,7 +19,7 @@ class _Claims:
     """
 
     def __init__(self, store: Path, timeout_s: float) -> None:
-        self.dir = store / ".claims"
+        self.dir = store / CLAIMS_DIR
         self.timeout_s = timeout_s
         self.host = socket.gethostname()
         self.dir.mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 
 @dataclass
-class _Geometry:
+class Geometry:
     """The arrays of a dataset store that the bases depend on, read once into memory."""
 
     path: str
@@ -51,12 +51,12 @@ class _Geometry:
         return pos[d].to(dtype) - pos[s].to(dtype)
 
 
-def _load_geometry(path: str | os.PathLike) -> _Geometry:
+def load_geometry(path: str | os.PathLike) -> Geometry:
     """The dataset store's geometry (``se3t.data.store.open_dataset``, read-only)."""
     from se3t.data.store import open_dataset
 
     ds = open_dataset(path)
-    return _Geometry(
+    return Geometry(
         path=str(path),
         fingerprint=ds.fingerprint,
         pos=np.array(ds.pos, dtype=np.float32, copy=True),  # writable: torch.from_numpy

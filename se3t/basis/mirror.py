@@ -1,0 +1,239 @@
+"""The local read-through cache (``basis.local_cache``): a verified local copy of a store
+published on an object store, so that training reads local files, not the network, every epoch.
+
+The copy is ``LOCAL_CACHE/basis/KEY.zarr``, the same path a local cache would use, so a store
+precomputed on this node for upload and its mirror are one folder. Filling it:
+
+- runs under an exclusive ``flock`` on ``LOCAL_CACHE/basis/.KEY.zarr.lock``: several jobs on a
+  node (or on nodes sharing the folder) download once; the others wait, then find it complete;
+- holds a lease on the remote store (``gc`` leaves it alone meanwhile);
+- keeps local files whose sha256 already matches the remote ``checksums.json`` (a shard this
+  node computed itself, or one downloaded before a kill) and downloads the rest;
+- checks every shard file's sha256 and every other object's MD5 before it renames the file
+  into place, and refuses (InputError naming the object's URL) anything that differs;
+- writes the remote ``checksums.json`` bytes last and makes the copy read-only. A local copy is
+  complete, and used, only when its ``checksums.json`` equals the remote one byte for byte.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from se3t.basis.layout import CHECKSUMS_FILE, CLAIMS_DIR, STORE_SUFFIX
+from se3t.basis.location import ensure_writable_cache
+from se3t.basis.remote import RemoteCache
+from se3t.errors import InputError
+
+__all__ = ["mirror", "read_through"]
+
+_WORKERS = 8
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _writable(path: Path) -> None:
+    for dirpath, _dirs, files in os.walk(path):
+        os.chmod(dirpath, os.stat(dirpath).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        for f in files:
+            full = os.path.join(dirpath, f)
+            os.chmod(full, os.stat(full).st_mode | stat.S_IWUSR)
+
+
+def _read_only(path: Path) -> None:
+    ro = ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    for dirpath, _dirs, files in os.walk(path, topdown=False):
+        for f in files:
+            full = os.path.join(dirpath, f)
+            os.chmod(full, os.stat(full).st_mode & ro)
+        os.chmod(dirpath, os.stat(dirpath).st_mode & ro)
+
+
+def _key_of(store_url: str) -> str:
+    name = store_url.rstrip("/").rsplit("/", 1)[-1]
+    if not name.endswith(STORE_SUFFIX):
+        raise InputError(f"{store_url!r} is not a basis store URL (.../basis/KEY.zarr)")
+    return name[: -len(STORE_SUFFIX)]
+
+
+def mirror(
+    store_url: str,
+    local_cache: str | os.PathLike,
+    remote: RemoteCache,
+    *,
+    progress: bool = False,
+    workers: int = _WORKERS,
+) -> Path:
+    """The verified local copy of the published store ``store_url`` (downloaded if needed).
+
+    InputError (naming the URL) when the store is not published (no ``checksums.json``: being
+    uploaded, interrupted, or absent), or when a downloaded object does not match its checksum.
+    """
+    checks = remote.get(remote.join(store_url, CHECKSUMS_FILE))
+    if checks is None:
+        exists = remote.head(remote.join(store_url, "zarr.json")) is not None
+        raise InputError(
+            f"basis store {store_url!r} "
+            + (
+                "is not published yet (no checksums.json: an upload is under way or was "
+                "interrupted; rerun se3t basis precompute and finalize)"
+                if exists
+                else "does not exist; run se3t basis precompute with this basis.cache"
+            )
+        )
+    record = json.loads(checks)
+    root = ensure_writable_cache(local_cache)
+    path = root / f"{_key_of(store_url)}{STORE_SUFFIX}"
+    done = path / CHECKSUMS_FILE
+    if done.is_file() and done.read_bytes() == checks:
+        return path
+    with _flock(root / f".{path.name}.lock"):
+        if done.is_file() and done.read_bytes() == checks:
+            return path  # another job filled it while we waited
+        with remote.lease(store_url, "read"):
+            _fill(remote, store_url, path, record, checks, progress=progress, workers=workers)
+    return path
+
+
+def _fill(
+    remote: RemoteCache,
+    store_url: str,
+    path: Path,
+    record: dict[str, Any],
+    checks: bytes,
+    *,
+    progress: bool,
+    workers: int,
+) -> None:
+    listing = remote.list(store_url)
+    names = [n for n in listing if n != CHECKSUMS_FILE and not n.startswith(".")]
+    missing = sorted(set(record["files"]) - set(names))
+    if missing:
+        raise InputError(
+            f"basis store {store_url!r}: shard files listed in checksums.json are missing "
+            f"({', '.join(missing[:5])}); the remote store is damaged, run se3t basis verify on it"
+        )
+    if path.exists():
+        _writable(path)  # a sealed copy of an earlier version, or this node's own shards
+        (path / CHECKSUMS_FILE).unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+
+    def fetch(name: str) -> int:
+        dest = path / name
+        want = record["files"].get(name)
+        if dest.is_file():
+            if want is not None and dest.stat().st_size == want["bytes"]:
+                if _sha256(dest) == want["sha256"]:
+                    return 0
+            elif want is None and _md5_file(dest) == listing[name].etag:
+                return 0
+        url = remote.join(store_url, name)
+        data = remote.get(url)
+        if data is None:
+            raise InputError(f"basis store object {url!r} disappeared during the download")
+        if want is not None:
+            got = hashlib.sha256(data).hexdigest()
+            if len(data) != want["bytes"] or got != want["sha256"]:
+                raise InputError(
+                    f"basis store object {url!r}: sha256 {got[:12]}.. ({len(data)} bytes) "
+                    f"differs from checksums.json ({want['sha256'][:12]}.., {want['bytes']} "
+                    "bytes): the remote shard is damaged; it is not used (run se3t basis "
+                    "verify on the store, then gc it and precompute again)"
+                )
+        elif "-" not in listing[name].etag:  # single-part upload: the ETag is the MD5
+            got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if got != listing[name].etag:
+                raise InputError(f"basis store object {url!r}: MD5 differs from its ETag")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+        return len(data)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(names), unit="obj", desc="download", disable=not progress)
+    with cf.ThreadPoolExecutor(max(1, workers), thread_name_prefix="s3-down") as pool:
+        for _ in pool.map(fetch, names):
+            bar.update(1)
+    bar.close()
+    shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
+    for leftover in path.rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
+    tmp = path / f".{CHECKSUMS_FILE}.{uuid.uuid4().hex[:8]}.partial"
+    tmp.write_bytes(checks)
+    os.replace(tmp, path / CHECKSUMS_FILE)  # last: the copy is complete from here on
+    _read_only(path)
+
+
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_through(
+    store_url: str,
+    local_cache: str | os.PathLike | None,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    progress: bool = False,
+) -> Path:
+    """:func:`mirror` from a URL and the config's ``basis.local_cache`` and
+    ``basis.storage_options``: what ``open_basis`` and the tools call for an ``s3://`` store."""
+    if not local_cache:
+        raise InputError(
+            f"basis store {store_url!r} is on an object store: set basis.local_cache to a local "
+            "folder for its verified copy"
+        )
+    cache_url = store_url.rstrip("/").rsplit("/basis/", 1)[0]
+    remote = RemoteCache(cache_url, storage_options)
+    try:
+        return mirror(store_url, local_cache, remote, progress=progress)
+    except InputError as err:
+        if "does not exist" in str(err):
+            remote.check_bucket()  # a missing bucket is named as such, not as a missing store
+        raise
+
+
+def write_remote_manifest(
+    store_url: str,
+    manifest: str | os.PathLike,
+    remote: RemoteCache,
+    local_cache: str | os.PathLike,
+) -> dict[str, Any]:
+    """The run-folder manifest of a published store: built from its verified local copy (whose
+    ``checksums.json`` is the remote one, byte for byte) and pointing at ``store_url``."""
+    from se3t.basis.manifest import write_manifest
+
+    local = mirror(store_url, local_cache, remote)
+    return write_manifest(local, manifest, store_url=store_url)

@@ -1,0 +1,286 @@
+"""The basis store writer: :func:`precompute` fills a store's shards (resumable, shardable
+across cluster jobs, safe under concurrent writers); :mod:`.manifest` then seals it.
+
+``precompute`` is a pipeline of named steps: find the key from the dataset's fingerprint,
+return at once for a complete store, otherwise open (or create) the store's skeleton, pick this
+slice's shards, and fill the missing ones (:class:`se3t.basis.compute.ShardFiller`), sharing the
+work with concurrent writers through claim files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from se3t.basis.claims import Claims
+from se3t.basis.compute import ShardFiller
+from se3t.basis.geometry import Geometry, load_geometry
+from se3t.basis.key import (
+    KEY_CHECK,
+    BasisBackend,
+    BasisSettings,
+    basis_key,
+    default_backend,
+    key_fields,
+)
+from se3t.basis.layout import (
+    STORE_FORMAT,
+    create_skeleton,
+    is_complete,
+    iso_time,
+    open_group,
+    plan_chunks,
+    store_meta,
+    store_path,
+    unit_exists,
+    unit_range,
+)
+from se3t.basis.location import ensure_writable_cache, local_path, who
+from se3t.data.store import fingerprint
+from se3t.errors import InputError
+
+
+def check_same_store(
+    meta: dict[str, Any],
+    existing: dict[str, Any],
+    where: str,
+    fields: Sequence[str] = (*KEY_CHECK, "num_molecules", "num_edges"),
+) -> None:
+    """Refuse an existing store whose recorded ``fields`` differ from ``meta``'s."""
+    for k in fields:
+        if existing.get(k) != meta.get(k):
+            raise InputError(
+                f"basis store {where!r} exists but was built with {k}={existing.get(k)!r}, "
+                f"not {meta.get(k)!r}; remove it (se3t basis gc) or use another cache"
+            )
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """``"I/N"`` (or ``(I, N)``, or None for all) -> ``(I, N)``, checked."""
+    if shard is None:
+        return 0, 1
+    if isinstance(shard, str):
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError as err:
+            raise InputError(f"--shard {shard!r} is not of the form I/N (e.g. 0/4)") from err
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(f"--shard {i}/{n}: need 0 <= I < N")
+    return i, n
+
+
+def _units_of_slice(meta: dict[str, Any], i: int, n: int) -> range:
+    """The shards (units) of slice ``i`` of ``n``: contiguous, about equal in number."""
+    return range(meta["num_units"] * i // n, meta["num_units"] * (i + 1) // n)
+
+
+def _num_chunks(meta: dict[str, Any], u: int) -> int:
+    c0, c1 = unit_range(meta, u)
+    return c1 - c0
+
+
+def _edges_of_units(
+    geom: Geometry, meta: dict[str, Any], chunk_mols: np.ndarray, units: list[int]
+) -> int:
+    """How many real edges (no padding) the shards ``units`` hold."""
+    total = 0
+    for u in units:
+        c0, c1 = unit_range(meta, u)
+        total += int(geom.edge_offsets[chunk_mols[c1]] - geom.edge_offsets[chunk_mols[c0]])
+    return total
+
+
+def _dataset_fingerprint(dataset: str | os.PathLike, cache: str | os.PathLike) -> str:
+    """The dataset's recorded fingerprint (its attributes only: a complete store needs nothing
+    more); an unusable cache is reported before a missing dataset."""
+    try:
+        return fingerprint(dataset)
+    except InputError:
+        ensure_writable_cache(cache)
+        raise
+
+
+def _new_meta(
+    dataset: str | os.PathLike,
+    geom: Geometry,
+    key: str,
+    settings: BasisSettings,
+    backend: BasisBackend,
+    num_chunks: int,
+) -> dict[str, Any]:
+    """The ``se3t_basis`` metadata of a new store."""
+    return {
+        "store_format": STORE_FORMAT,
+        **key_fields(geom.fingerprint, settings.max_degree, settings.dtype, backend),
+        "key": key,
+        "dataset_path": os.path.abspath(str(dataset)),
+        "num_molecules": geom.num_molecules,
+        "num_edges": geom.num_edges,
+        "compressor": settings.compressor,
+        "compression_level": settings.compression_level,
+        "chunk_edges": settings.chunk_edges,
+        "chunks_per_shard": settings.chunks_per_shard,
+        "num_chunks": num_chunks,
+        "num_units": -(-num_chunks // settings.chunks_per_shard),
+        "num_rows": num_chunks * settings.chunk_edges,
+        "created": iso_time(),
+        "created_by": who(),
+    }
+
+
+def _open_or_create(
+    path: Path,
+    dataset: str | os.PathLike,
+    geom: Geometry,
+    key: str,
+    settings: BasisSettings,
+    backend: BasisBackend,
+) -> dict[str, Any]:
+    """The store's metadata, creating its empty skeleton first when absent; an existing store
+    built from other values is refused."""
+    if not path.is_dir():
+        edge_count = np.diff(geom.edge_offsets).astype(np.int32)
+        chunk_mols, row_start = plan_chunks(edge_count, settings.chunk_edges)
+        meta = _new_meta(dataset, geom, key, settings, backend, len(chunk_mols) - 1)
+        create_skeleton(path, meta, chunk_mols, row_start, edge_count)
+    meta = store_meta(open_group(str(path)), str(path))
+    check_same_store(
+        {
+            **key_fields(geom.fingerprint, settings.max_degree, settings.dtype, backend),
+            "key": key,
+            "num_molecules": geom.num_molecules,
+            "num_edges": geom.num_edges,
+        },
+        meta,
+        str(path),
+    )
+    return meta
+
+
+def _fill(filler: ShardFiller, path: Path, todo: list[int], claims: Claims, poll_s: float) -> None:
+    """Compute every shard of ``todo`` that no other process computes; wait for those another
+    live process holds (or take them over when it dies)."""
+    receipt, meta = filler.receipt, filler.meta
+    deferred = []
+    for u in todo:
+        if unit_exists(path, u):
+            receipt["chunks_by_others"] += _num_chunks(meta, u)
+        elif claims.take(u):
+            filler.submit(u)
+        else:
+            deferred.append(u)
+    while deferred:
+        still = []
+        for u in deferred:
+            if unit_exists(path, u):
+                receipt["chunks_by_others"] += _num_chunks(meta, u)
+            elif claims.take(u):
+                if unit_exists(path, u):  # finished between the check and the claim
+                    claims.release(u)
+                    receipt["chunks_by_others"] += _num_chunks(meta, u)
+                else:
+                    filler.submit(u)
+            else:
+                still.append(u)
+        deferred = still
+        if deferred:
+            filler.flush()  # ours first: others may be waiting for it
+            time.sleep(poll_s)
+    filler.flush()
+
+
+def _done(receipt: dict[str, Any], t_start: float, *, complete: bool) -> dict[str, Any]:
+    seconds = time.perf_counter() - t_start
+    receipt["seconds"] = seconds
+    if complete:
+        receipt.update(chunks_reused=receipt["chunks_total"], complete=True, edges_per_s=0.0)
+    else:
+        receipt["edges_per_s"] = receipt["edges_computed"] / seconds if seconds > 0 else 0.0
+    return receipt
+
+
+def precompute(
+    dataset: str | os.PathLike,
+    cache: str | os.PathLike,
+    settings: BasisSettings | None = None,
+    *,
+    shard: str | tuple[int, int] | None = None,
+    backend: BasisBackend | None = None,
+    progress: bool = True,
+    claim_timeout_s: float = 600.0,
+    poll_s: float = 0.5,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Compute the bases of ``dataset``'s edges into ``CACHE/basis/KEY.zarr``; return a receipt.
+
+    With ``shard="I/N"`` only the I-th of N contiguous slices of shards is computed (N cluster
+    jobs fill one store; ``finalize`` then seals it). Shards already present are reused, so a
+    rerun after a crash computes only what is missing, and a complete store costs nothing.
+    Concurrent processes on one key split the shards through claim files and all succeed.
+
+    ``num_workers`` threads (default: ``torch.get_num_threads()``, i.e. the cores torch would
+    use) each compute and compress whole chunks with one torch thread; torch's thread count is
+    restored on return.
+
+    Receipt: ``key``, ``store``, ``shard``, ``chunks_computed``, ``chunks_reused``,
+    ``chunks_by_others`` (computed meanwhile by a concurrent process), ``edges_computed``,
+    ``seconds``, ``edges_per_s``, ``complete`` (the store was already finalized).
+    """
+    settings = settings or BasisSettings()
+    backend = backend or default_backend()
+    i, n = parse_shard(shard)
+    t_start = time.perf_counter()
+    fp = _dataset_fingerprint(dataset, cache)
+    key = basis_key(fp, settings.max_degree, settings.dtype, backend=backend)
+    path = local_path(store_path(cache, key))
+    receipt: dict[str, Any] = {
+        "key": key,
+        "store": str(path),
+        "shard": f"{i}/{n}",
+        "chunks_computed": 0,
+        "chunks_reused": 0,
+        "chunks_by_others": 0,
+        "edges_computed": 0,
+        "complete": False,
+    }
+    if is_complete(path):  # nothing to write: a complete store in a read-only cache is fine
+        meta = store_meta(open_group(str(path)), str(path))
+        want = key_fields(fp, settings.max_degree, settings.dtype, backend)
+        check_same_store({**want, "key": key}, meta, str(path), fields=KEY_CHECK)
+        receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in _units_of_slice(meta, i, n))
+        return _done(receipt, t_start, complete=True)
+
+    ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
+    geom = load_geometry(dataset)
+    meta = _open_or_create(path, dataset, geom, key, settings, backend)
+    units = _units_of_slice(meta, i, n)
+    receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in units)
+    if is_complete(path):  # finalized meanwhile by another process
+        return _done(receipt, t_start, complete=True)
+
+    chunk_mols = np.asarray(open_group(str(path))["chunk_mols"][:])
+    todo = [u for u in units if not unit_exists(path, u)]
+    reused = set(units) - set(todo)
+    receipt["chunks_reused"] = sum(_num_chunks(meta, u) for u in reused)
+    claims = Claims(path, claim_timeout_s)
+    with ShardFiller(
+        path,
+        meta,
+        geom,
+        chunk_mols,
+        backend,
+        claims,
+        receipt,
+        total_edges=_edges_of_units(geom, meta, chunk_mols, todo),
+        num_workers=num_workers,
+        progress=progress,
+    ) as filler:
+        _fill(filler, path, todo, claims, poll_s)
+    return _done(receipt, t_start, complete=False)

@@ -1,0 +1,177 @@
+"""The choices of se3t, each one enum defined once.
+
+The config's fields (:mod:`se3t.config`) are typed with these enums, so a YAML value is checked
+against the members when the config is loaded, and code compares against members rather than
+spelling the strings again. They are :class:`enum.StrEnum`: a member equals its value
+(``Fusion.FULL == "full"``), formats as it, and goes into JSON and YAML as that plain string.
+This module imports nothing of se3t, so the maths, the layers and the config can all use it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "BasisDtype",
+    "BasisRead",
+    "BasisUse",
+    "Cluster",
+    "Compressor",
+    "Device",
+    "Fusion",
+    "Graph",
+    "Optimizer",
+    "Pooling",
+    "Precision",
+    "ProfileBasis",
+    "Scheduler",
+    "Split",
+]
+
+
+class Graph(StrEnum):
+    """Which edges a molecule's graph has (``data.graph``)."""
+
+    BOND = "bond"  # covalent bonds perceived by RDKit, with one-hot bond types
+    RADIUS = "radius"  # every atom pair closer than data.cutoff
+
+
+class BasisDtype(StrEnum):
+    """The floating-point type the basis store holds (``basis.dtype``)."""
+
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+class BasisUse(StrEnum):
+    """Where training takes the bases from (``basis.use``)."""
+
+    AUTO = "auto"  # the store of basis.manifest when it exists, else computed
+    STORE = "store"  # the store of basis.manifest; an error when it is missing
+    COMPUTE = "compute"  # computed in the forward pass
+
+
+class Compressor(StrEnum):
+    """The basis store's chunk codec (``basis.compressor``; speeds in BENCHMARKS.md)."""
+
+    NONE = "none"
+    ZSTD = "zstd"
+    BLOSC_LZ4 = "blosc-lz4"
+    BLOSC_ZSTD = "blosc-zstd"
+    GZIP = "gzip"
+
+
+class BasisRead(StrEnum):
+    """How training reads the basis store (``basis.read``; docs/basis.md)."""
+
+    AUTO = "auto"  # memory when the store takes under a third of the free RAM, else chunks
+    MEMORY = "memory"
+    CHUNKS = "chunks"
+
+
+class Pooling(StrEnum):
+    """How node features become one vector per molecule (``model.pooling``)."""
+
+    MAX = "max"
+    MEAN = "mean"
+
+
+class Fusion(StrEnum):
+    """How a TFN convolution groups its ``d_in x d_out`` sub-convolutions.
+
+    Each group has ONE radial profile (shared hidden layers, one last layer whose rows hold
+    every pair's radial weights) and runs as one edge-chunked fused op
+    (:func:`se3t.nn.kernel.fused_tfn`) that never materializes the radial output of the whole
+    graph.
+
+    - ``PAIRWISE``: one group per pair, computed with plain autograd (radial output, basis
+      contraction, bmm). The reference that every fused level is tested against; memory
+      O(E * C_o * C_i * num_freq) per pair is kept for backward.
+    - ``PER_OUTPUT``: one group per output degree (all input degrees fused).
+    - ``PER_INPUT``: one group per input degree (all output degrees fused).
+    - ``FULL``: one group for the whole layer: one radial MLP, one GEMM per edge chunk.
+
+    NVIDIA's layout (features concatenated along channels) needs equal channel counts across
+    the fused degrees; se3t's contraction keeps a separate block per degree, so every level is
+    valid for any fibers. ``AUTO`` therefore resolves to ``FULL``, the fastest and leanest.
+    Levels differ in the model they define only by which pairs share radial hidden layers;
+    :func:`pairwise_reference` builds the pairwise convolution with identical outputs.
+    """
+
+    AUTO = "auto"
+    PAIRWISE = "pairwise"
+    PER_OUTPUT = "per_output"
+    PER_INPUT = "per_input"
+    FULL = "full"
+
+
+class Kernel(StrEnum):
+    """Which implementation evaluates the fused TFN groups (``model.kernel``; docs/kernel.md).
+
+    - ``AUTO``: ``cpp`` on the CPU in float32/float64 when the kernel builds, else ``torch``
+      (the Triton kernel stays opt-in until it is measured faster on a GPU).
+    - ``TORCH``: the chunked torch evaluations (the readable reference; any dtype and device).
+    - ``CPP``: the C++ kernel compiled at first use (se3t.nn.kernel_cpu); CPU, float32/float64.
+    - ``TRITON``: the Triton kernel (se3t.nn.kernel_triton); CUDA, or Triton's interpreter.
+    """
+
+    AUTO = "auto"
+    TORCH = "torch"
+    CPP = "cpp"
+    TRITON = "triton"
+
+
+class Optimizer(StrEnum):
+    """``train.optimizer``."""
+
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class Scheduler(StrEnum):
+    """The learning-rate schedule after warm-up (``train.scheduler``)."""
+
+    COSINE = "cosine"  # cosine decay to train.min_lr
+    CONSTANT = "constant"
+
+
+class Precision(StrEnum):
+    """The training step's arithmetic (``train.precision``)."""
+
+    FP32 = "fp32"
+    TF32 = "tf32"  # fp32 storage, TF32 matrix products on CUDA
+    FP16 = "fp16"  # autocast with loss scaling
+    BF16 = "bf16"  # autocast
+
+
+class Device(StrEnum):
+    """Where training runs (``train.device``)."""
+
+    AUTO = "auto"  # CUDA when available
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class Cluster(StrEnum):
+    """Where ``se3t launch`` submits (``launch.cluster``; submitit's executors)."""
+
+    SLURM = "slurm"
+    LOCAL = "local"  # subprocesses on this machine
+    DEBUG = "debug"  # in this process, for tests
+
+
+class Split(StrEnum):
+    """A dataset split (``eval.split``)."""
+
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class ProfileBasis(StrEnum):
+    """Where a profiled training step takes its bases from (``eval.profile_basis``)."""
+
+    STEP = "step"  # computed in every step (NVIDIA's benchmark)
+    PRECOMPUTED = "precomputed"  # computed once before timing, as if read from the store
