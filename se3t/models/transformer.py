@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from se3t.choices import Fusion
 from se3t.graph import Batch, Graph
 from se3t.nn.attention import AttentionBlockSE3
-from se3t.nn.conv import ConvSE3
+from se3t.nn.conv import ConvSE3, nvidia_fusion
 from se3t.nn.kernel import Backend, KernelState
 from se3t.nn.norm import NormSE3
 from se3t.nn.pooling import GraphPooling
@@ -23,7 +23,7 @@ from se3t.nn.tuning import KernelTuner, default_cache
 from se3t.so3.basis import basis_size, compute_basis_flat, flatten_basis
 from se3t.so3.fiber import Fiber
 
-__all__ = ["SE3Transformer", "SE3TransformerPooled", "build", "kernel_tuner"]
+__all__ = ["SE3Transformer", "SE3TransformerPooled", "build", "kernel_tuner", "parameterization"]
 
 
 class SE3Transformer(nn.Module):
@@ -37,6 +37,15 @@ class SE3Transformer(nn.Module):
     :class:`se3t.nn.tuning.KernelTuner` (tile sizes per machine and shape), None for defaults.
     Every forward pass builds one :class:`se3t.nn.kernel.KernelState` (or takes ``state``) and
     hands it to every layer.
+    radial outputs held at once by the fused convolutions.
+
+    NVIDIA's parameterization (docs/model.md): ``nvidia_fuse_level`` ("none", "partial",
+    "full") gives every convolution the radial sharing NVIDIA's ``ConvSE3`` would pick for its
+    fibers at that maximum level (:func:`se3t.nn.conv.nvidia_fusion`), and its pairwise
+    convolutions NVIDIA's ``(0, 0)`` kernel without the basis constant; it applies when
+    ``fusion`` is ``auto`` (an explicit fusion sets every layer). ``self_interaction_per_edge``:
+    the final convolution adds its self-interaction per incoming edge (NVIDIA) instead of once
+    per node.
     """
 
     def __init__(
@@ -58,6 +67,8 @@ class SE3Transformer(nn.Module):
         chunk_elements: int | None = None,
         kernel: Backend | str = Backend.AUTO,
         tuner=None,
+        nvidia_fuse_level: str | None = None,
+        self_interaction_per_edge: bool = False,
     ):
         super().__init__()
         try:
@@ -80,16 +91,28 @@ class SE3Transformer(nn.Module):
                 f.max_degree for f in (self.fiber_in, self.fiber_hidden, self.fiber_out)
             )
         self.max_degree, self.low_memory = max_degree, low_memory
+        if nvidia_fuse_level is not None and Fusion(fusion) is not Fusion.AUTO:
+            # an explicit fusion (the pairwise reference of profiling) sets every layer
+            nvidia_fuse_level = None
+        self.nvidia_fuse_level = nvidia_fuse_level
         common = dict(
             max_degree=max_degree,
             layer_norm=layer_norm,
             radial_hidden=radial_hidden,
-            fusion=fusion,
             chunk_elements=chunk_elements,
         )
+
+        def layout(fin: Fiber, fout: Fiber) -> dict:
+            if nvidia_fuse_level is None:
+                return dict(fusion=fusion)
+            fu = nvidia_fusion(fin, fout, self.fiber_edge, max_degree, nvidia_fuse_level)
+            return dict(fusion=fu, unit_scalar_kernel=fu is Fusion.PAIRWISE)
+
         blocks = []
         f = self.fiber_in
         for _ in range(num_layers):
+            value = self.fiber_hidden.scaled(channels_div)
+            key = Fiber({d: c for d, c in value.items() if d in f})
             att = AttentionBlockSE3(
                 f,
                 self.fiber_hidden,
@@ -97,6 +120,7 @@ class SE3Transformer(nn.Module):
                 num_heads=num_heads,
                 channels_div=channels_div,
                 **common,
+                **layout(f, value + key),
             )
             blocks.append(
                 nn.ModuleList([att, NormSE3(self.fiber_hidden) if norm else nn.Identity()])
@@ -104,12 +128,21 @@ class SE3Transformer(nn.Module):
             f = self.fiber_hidden
         self.blocks = nn.ModuleList(blocks)
         self.conv_out = ConvSE3(
-            f, self.fiber_out, self.fiber_edge, pool=True, self_interaction=True, **common
+            f,
+            self.fiber_out,
+            self.fiber_edge,
+            pool=True,
+            self_interaction=True,
+            self_interaction_per_edge=self_interaction_per_edge,
+            **common,
+            **layout(f, self.fiber_out),
         )
 
     @property
     def fusion(self) -> Fusion:
-        return self.conv_out.fusion
+        """The fusion of the hidden layers (NVIDIA's layout may differ in the first and last
+        convolutions: :func:`se3t.nn.conv.nvidia_fusion`)."""
+        return self.blocks[-1][0].to_key_value.fusion
 
     @staticmethod
     def _block(att, norm, feats, graph, basis, edge_scalars, edge_feats, state):
@@ -180,6 +213,8 @@ class SE3TransformerPooled(nn.Module):
         chunk_elements: int | None = None,
         kernel: Backend | str = Backend.AUTO,
         tuner=None,
+        nvidia_fuse_level: str | None = None,
+        self_interaction_per_edge: bool = False,
     ):
         super().__init__()
         for name, v in (
@@ -213,6 +248,8 @@ class SE3TransformerPooled(nn.Module):
             chunk_elements=chunk_elements,
             kernel=kernel,
             tuner=tuner,
+            nvidia_fuse_level=nvidia_fuse_level,
+            self_interaction_per_edge=self_interaction_per_edge,
         )
         self.pooling = GraphPooling(pooling)
         self.mlp = nn.Sequential(nn.Linear(c_out, c_out), nn.ReLU(), nn.Linear(c_out, out_dim))
@@ -298,4 +335,16 @@ def build(model_cfg) -> SE3TransformerPooled:
         low_memory=model_cfg.low_memory,
         kernel=model_cfg.kernel,
         tuner=kernel_tuner(model_cfg),
+        **parameterization(model_cfg),
+    )
+
+
+def parameterization(model_cfg) -> dict:
+    """Keyword arguments of the model's function (radial sharing, self-interaction) from the
+    ``model.radial_sharing`` and ``model.self_interaction`` config keys."""
+    sharing = model_cfg.radial_sharing
+    level = None if sharing == "fusion" else sharing.removeprefix("nvidia_")
+    return dict(
+        nvidia_fuse_level=level,
+        self_interaction_per_edge=model_cfg.self_interaction == "edge",
     )

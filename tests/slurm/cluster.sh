@@ -156,7 +156,9 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
-ReturnToService=2
+# a node DOWN for not answering returns when it registers again; one set DOWN by an admin (the
+# node-failure test) stays DOWN until `scontrol update State=RESUME` (cluster.sh node-start)
+ReturnToService=1
 MpiDefault=none
 KillWait=10
 MinJobAge=600

@@ -1,5 +1,6 @@
-"""``se3t launch`` on the real single-node SLURM cluster (tests/slurm/cluster.sh): a two-task
-DDP job, a job preempted mid-run (SIGUSR2) that requeues and resumes, a job that fails."""
+"""``se3t launch`` on the real multi-node SLURM cluster (tests/slurm/cluster.sh): a two-task
+DDP job on one node, a 2-node job preempted mid-run (SIGUSR2) that requeues and resumes, a job
+that fails, ``srun`` ranks, a relaunch that attaches instead of submitting twice."""
 
 from __future__ import annotations
 

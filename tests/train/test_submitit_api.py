@@ -5,6 +5,7 @@ a submitit release that changes one fails here, naming it, instead of in a user'
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import pytest
 import submitit
@@ -28,6 +29,9 @@ def test_executor_sets_the_time_out_count_of_the_executor_behind(tmp_path):
     ex = submitit_api.executor(tmp_path, "local", 7)
     assert isinstance(ex, submitit.AutoExecutor)
     assert ex._executor.max_num_timeout == 7  # the internal the launcher relies on
+    if shutil.which("sbatch"):  # building it runs no sbatch, but submitit may look for it
+        assert submitit_api.executor(tmp_path, "slurm", 5)._executor.max_num_timeout == 5
+    assert isinstance(submitit_api.executor(tmp_path, "debug", 5), submitit.AutoExecutor)
 
 
 def test_outcome_reads_the_result_pickle_of_each_task(tmp_path):
