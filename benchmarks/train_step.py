@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from se3t.choices import Fusion, Precision, ProfileBasis  # noqa: E402
+from se3t.choices import Fusion, Kernel, Precision, ProfileBasis  # noqa: E402
 
 SIZES = (32, 100, 240, 1000)
 
@@ -110,14 +110,16 @@ def make_batches(
     os.replace(tmp_out, out)
 
 
-def spec(args, size: int, fusion: str, precision: str, low_memory: bool, basis: str) -> dict:
+def spec(
+    args, size: int, fusion: str, precision: str, low_memory: bool, basis: str, kernel="auto"
+) -> dict:
     """The step harness's spec of one point: the paper's model (the config's defaults) with
     ``model.fusion`` and ``model.low_memory`` set, on the batch of ``size`` of ``--batches``."""
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return {
-        "model": {"fusion": fusion, "low_memory": low_memory},
+        "model": {"fusion": fusion, "low_memory": low_memory, "kernel": kernel},
         "precision": precision,
         "batch_size": size,
         "steps": args.steps,
@@ -139,9 +141,10 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     combos = [
-        (size, fusion, prec, low_memory == "true", basis)
+        (size, fusion, prec, low_memory == "true", basis, kernel)
         for size in args.sizes
         for fusion in args.fusion
+        for kernel in (args.kernel if fusion != "pairwise" else ["auto"])
         for prec in args.precision
         for low_memory in args.low_memory
         for basis in args.basis
@@ -259,6 +262,7 @@ def main(argv=None) -> None:
         ("--precision", [p.value for p in Precision], ["fp32"], "train.precision values"),
         ("--low-memory", ["false", "true"], ["false"], "model.low_memory values"),
         ("--basis", [b.value for b in ProfileBasis], ["step"], "eval.profile_basis values"),
+        ("--kernel", [k.value for k in Kernel], ["auto"], "model.kernel values (fused paths)"),
     ):
         q.add_argument(flag, nargs="+", default=default, choices=choices, help=what)
     q.add_argument("--timeout", type=int, default=1800, help="seconds per point")

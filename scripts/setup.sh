@@ -3,7 +3,8 @@
 # (taken first, so nothing pulls a CUDA build), se3t itself with its extras, and, with
 # --system (as root), the Debian packages the tests need: a multi-node SLURM cluster (slurm-wlm, slurmdbd,
 # munge, mariadb-server; iproute2 and util-linux for its network and UTS namespaces) and headless
-# Chromium for the report test.
+# Chromium for the report test, and g++ for the fused TFN's CPU kernel (compiled at first use;
+# without a compiler se3t falls back to torch, slower).
 #
 #   bash scripts/setup.sh            # Python environment only
 #   bash scripts/setup.sh --system   # also the Debian packages (root)
@@ -26,7 +27,7 @@ for arg in "$@"; do
 done
 
 if [ "$SYSTEM" = 1 ]; then
-  pkgs=(slurm-wlm slurmdbd munge mariadb-server iproute2 util-linux chromium)
+  pkgs=(slurm-wlm slurmdbd munge mariadb-server iproute2 util-linux chromium g++)
   missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if [ "${#missing[@]}" -gt 0 ]; then

@@ -111,6 +111,22 @@ class Fusion(StrEnum):
     FULL = "full"
 
 
+class Kernel(StrEnum):
+    """Which implementation evaluates the fused TFN groups (``model.kernel``; docs/kernel.md).
+
+    - ``AUTO``: ``cpp`` on the CPU in float32/float64 when the kernel builds, else ``torch``
+      (the Triton kernel stays opt-in until it is measured faster on a GPU).
+    - ``TORCH``: the chunked torch evaluations (the readable reference; any dtype and device).
+    - ``CPP``: the C++ kernel compiled at first use (se3t.nn.kernel_cpu); CPU, float32/float64.
+    - ``TRITON``: the Triton kernel (se3t.nn.kernel_triton); CUDA, or Triton's interpreter.
+    """
+
+    AUTO = "auto"
+    TORCH = "torch"
+    CPP = "cpp"
+    TRITON = "triton"
+
+
 class RadialSharing(StrEnum):
     """Which degree pairs share a radial MLP (``model.radial_sharing``; docs/model.md)."""
 

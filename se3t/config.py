@@ -32,6 +32,7 @@ from se3t.choices import (
     Device,
     Fusion,
     Graph,
+    Kernel,
     NanPolicy,
     Optimizer,
     Pooling,
@@ -184,6 +185,13 @@ class ModelConfig:
     radial_sharing: RadialSharing = RadialSharing.NVIDIA_FULL
     self_interaction: SelfInteraction = SelfInteraction.EDGE
     low_memory: bool = False
+    # fused-kernel backend (docs/kernel.md): auto (cpp on CPUs, torch elsewhere) | torch | cpp |
+    # triton (opt-in on GPUs); tile sizes: 0 = from the per-machine tuning cache
+    kernel: Kernel = Kernel.AUTO
+    kernel_tuning: bool = True  # timed trial at first use of a shape (else defaults/cache)
+    kernel_chunk_edges: int = non_negative(0)
+    kernel_edge_block: int = non_negative(0)
+    kernel_k_tile: int = non_negative(0)
     radial_hidden: int = positive(32)
     # the input widths are set from the dataset's encoding when training starts (QM9's below)
     node_features: int = positive(6)  # one-hot H, C, N, O, F + atomic number

@@ -18,6 +18,7 @@ from se3t.graph import Batch, Graph
 from se3t.so3.basis import compute_basis_flat
 
 __all__ = [
+    "expected_fused_param_grads",
     "TOLERANCE",
     "assert_equivariant",
     "edge_inputs",
@@ -187,3 +188,29 @@ def edge_inputs(batch: Batch, max_degree: int = 3) -> tuple[Tensor, Tensor]:
     ``SE3TransformerPooled`` builds them (edge features with the edge length appended)."""
     scalars = torch.cat([batch.edge_feats, batch.edge_vec.norm(dim=1, keepdim=True)], 1)
     return compute_basis_flat(batch.edge_vec, max_degree), scalars
+
+
+def expected_fused_param_grads(conv, ref) -> dict[str, Tensor]:
+    """Gradients of a fused ``ConvSE3``'s parameters assembled from those of its pairwise copy
+    ``ref`` (:func:`se3t.nn.conv.pairwise_reference`, after ``backward``): hidden layers summed
+    over the pairs of each group, last-layer rows taken pair by pair."""
+    from se3t.nn.conv import _pair_rows  # deferred: keeps this module's imports light
+
+    expected = {}
+    pairs = [(s.ins[0][0], s.outs[0][0]) for s in ref.specs]
+    for g, (spec, radial) in enumerate(zip(conv.specs, conv.radial, strict=True)):
+        last = torch.zeros_like(radial.last.weight)
+        hidden = {n: torch.zeros_like(p) for n, p in radial.net.named_parameters()}
+        for k, (di, do) in enumerate(pairs):
+            if (di, do) not in spec.w_off:
+                continue
+            last[_pair_rows(spec, di, do)] = ref.radial[k].last.weight.grad
+            for n, p in ref.radial[k].net.named_parameters():
+                hidden[n] += p.grad
+        expected[f"radial.{g}.last.weight"] = last
+        for n, v in hidden.items():
+            expected[f"radial.{g}.net.{n}"] = v
+    for n, p in ref.named_parameters():
+        if n.startswith("self_weights"):
+            expected[n] = p.grad
+    return expected

@@ -119,6 +119,11 @@ PROFILE_SCHEMA: dict[str, Any] = {
                     "num_edges": {"type": ["integer", "null"], "minimum": 0},
                     "error": {"type": ["string", "null"]},
                     "wall_s": {"type": "number", "minimum": 0},
+                    "kernel": {
+                        "type": "string",
+                        "description": "model.kernel and the fused kernel's tiles per shape "
+                        "(se3t.nn.tuning.KernelTuner.report)",
+                    },
                     "peak_reset": {
                         "type": ["boolean", "null"],
                         "description": "CPU: the peak-RSS mark was reset after the warm-up "

@@ -16,12 +16,14 @@ from se3t.choices import Fusion
 from se3t.graph import Batch, Graph
 from se3t.nn.attention import AttentionBlockSE3
 from se3t.nn.conv import ConvSE3, nvidia_fusion
+from se3t.nn.kernel import Backend, KernelState
 from se3t.nn.norm import NormSE3
 from se3t.nn.pooling import GraphPooling
+from se3t.nn.tuning import KernelTuner, default_cache
 from se3t.so3.basis import basis_size, compute_basis_flat, flatten_basis
 from se3t.so3.fiber import Fiber
 
-__all__ = ["SE3Transformer", "SE3TransformerPooled", "build", "parameterization"]
+__all__ = ["SE3Transformer", "SE3TransformerPooled", "build", "kernel_tuner", "parameterization"]
 
 
 class SE3Transformer(nn.Module):
@@ -30,6 +32,11 @@ class SE3Transformer(nn.Module):
     ``low_memory``: in training, every attention block (with its norm) runs under activation
     checkpointing: only its input is kept and its forward pass is recomputed in backward
     (~1.3x the compute for a fraction of the activation memory). ``chunk_elements`` bounds the
+    radial outputs held at once by the torch evaluation of the fused convolutions. ``kernel``:
+    the :class:`se3t.nn.kernel.Backend` of the fused convolutions; ``tuner``: a
+    :class:`se3t.nn.tuning.KernelTuner` (tile sizes per machine and shape), None for defaults.
+    Every forward pass builds one :class:`se3t.nn.kernel.KernelState` (or takes ``state``) and
+    hands it to every layer.
     radial outputs held at once by the fused convolutions.
 
     NVIDIA's parameterization (docs/model.md): ``nvidia_fuse_level`` ("none", "partial",
@@ -58,10 +65,20 @@ class SE3Transformer(nn.Module):
         fusion: Fusion | str = Fusion.AUTO,
         low_memory: bool = False,
         chunk_elements: int | None = None,
+        kernel: Backend | str = Backend.AUTO,
+        tuner=None,
         nvidia_fuse_level: str | None = None,
         self_interaction_per_edge: bool = False,
     ):
         super().__init__()
+        try:
+            self.kernel = Backend(kernel)
+        except ValueError:
+            raise ValueError(
+                f"SE3Transformer: kernel must be one of {[b.value for b in Backend]}, "
+                f"got {kernel!r}"
+            ) from None
+        self.tuner, self.chunk_elements = tuner, chunk_elements
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(
                 f"SE3Transformer: num_layers must be a positive int, got {num_layers!r}"
@@ -128,8 +145,12 @@ class SE3Transformer(nn.Module):
         return self.blocks[-1][0].to_key_value.fusion
 
     @staticmethod
-    def _block(att, norm, feats, graph, basis, edge_scalars, edge_feats):
-        return norm(att(feats, graph, basis, edge_scalars, edge_feats))
+    def _block(att, norm, feats, graph, basis, edge_scalars, edge_feats, state):
+        return norm(att(feats, graph, basis, edge_scalars, edge_feats, state))
+
+    def kernel_state(self, basis: Tensor) -> KernelState:
+        """A fresh :class:`se3t.nn.kernel.KernelState` for one forward pass on ``basis``."""
+        return KernelState(basis, self.kernel, self.tuner, self.chunk_elements)
 
     def forward(
         self,
@@ -138,9 +159,12 @@ class SE3Transformer(nn.Module):
         basis: Tensor,
         edge_scalars: Tensor,
         edge_feats: dict[int, Tensor] | None = None,
+        state: KernelState | None = None,
     ) -> dict[int, Tensor]:
         """``feats {d: [N, C, 2d+1]}``, flat ``basis [E, basis_size]``, ``edge_scalars
-        [E, F_edge + 1]`` -> ``{d: [N, C_out, 2d+1]}``."""
+        [E, F_edge + 1]`` -> ``{d: [N, C_out, 2d+1]}``; ``state``: see :meth:`kernel_state`."""
+        if state is None:
+            state = self.kernel_state(basis)
         for att, norm in self.blocks:
             if self.low_memory and torch.is_grad_enabled():
                 feats = checkpoint(
@@ -152,11 +176,12 @@ class SE3Transformer(nn.Module):
                     basis,
                     edge_scalars,
                     edge_feats,
+                    state,
                     use_reentrant=False,
                 )
             else:
-                feats = self._block(att, norm, feats, graph, basis, edge_scalars, edge_feats)
-        return self.conv_out(feats, graph, basis, edge_scalars, edge_feats)
+                feats = self._block(att, norm, feats, graph, basis, edge_scalars, edge_feats, state)
+        return self.conv_out(feats, graph, basis, edge_scalars, edge_feats, state)
 
 
 class SE3TransformerPooled(nn.Module):
@@ -186,6 +211,8 @@ class SE3TransformerPooled(nn.Module):
         fusion: Fusion | str = Fusion.AUTO,
         low_memory: bool = False,
         chunk_elements: int | None = None,
+        kernel: Backend | str = Backend.AUTO,
+        tuner=None,
         nvidia_fuse_level: str | None = None,
         self_interaction_per_edge: bool = False,
     ):
@@ -222,6 +249,8 @@ class SE3TransformerPooled(nn.Module):
             fusion=fusion,
             low_memory=low_memory,
             chunk_elements=chunk_elements,
+            kernel=kernel,
+            tuner=tuner,
             nvidia_fuse_level=nvidia_fuse_level,
             self_interaction_per_edge=self_interaction_per_edge,
         )
@@ -245,7 +274,11 @@ class SE3TransformerPooled(nn.Module):
             raise ValueError(f"basis: expected [{E}, {size}] for the batch's {E} edges, got {got}")
         return basis.to(batch.pos.device)
 
-    def forward(self, batch: Batch, basis: Tensor | dict | None = None) -> Tensor:
+    def forward(
+        self, batch: Batch, basis: Tensor | dict | None = None, state: KernelState | None = None
+    ) -> Tensor:
+        """``state``: the pass's :class:`se3t.nn.kernel.KernelState` (None: a fresh one from
+        ``self.transformer.kernel_state``); pass one to see which evaluations ran."""
         graph = batch.graph
         N, E = graph.num_nodes, graph.num_edges
         if tuple(batch.node_feats.shape) != (N, self.node_features):
@@ -260,14 +293,30 @@ class SE3TransformerPooled(nn.Module):
             )
         dtype = self.mlp[0].weight.dtype
         basis = self.prepare_basis(batch, basis)  # [E, basis_size]
+        if state is not None and state.basis is not basis:
+            raise ValueError(
+                "SE3TransformerPooled: the kernel state was built for another basis tensor; "
+                "build it with model.transformer.kernel_state(model.prepare_basis(batch, basis))"
+            )
         edge_vec = batch.edge_vec  # [E, 3]
         edge_scalars = torch.cat(
             [batch.edge_feats.to(dtype), edge_vec.norm(dim=1, keepdim=True).to(dtype)], dim=1
         )  # [E, F_edge + 1]
         feats = {0: batch.node_feats.to(dtype).unsqueeze(-1)}  # {0: [N, F_node, 1]}
-        out = self.transformer(feats, graph, basis, edge_scalars)  # {0: [N, C_out, 1]}
+        out = self.transformer(feats, graph, basis, edge_scalars, None, state)  # {0: [N, C_out, 1]}
         pooled = self.pooling(out, graph.node_graph, graph.num_graphs)  # [B, C_out]
         return self.mlp(pooled)  # [B, out_dim]
+
+
+def kernel_tuner(model_cfg) -> KernelTuner:
+    """The :class:`se3t.nn.tuning.KernelTuner` of a ``ModelConfig``: config overrides, the
+    user's tuning cache, a timed trial at first use unless ``kernel_tuning`` is off."""
+    overrides = {
+        "chunk_edges": model_cfg.kernel_chunk_edges,
+        "edge_block": model_cfg.kernel_edge_block,
+        "k_tile": model_cfg.kernel_k_tile,
+    }
+    return KernelTuner(overrides, cache=default_cache(), trial=model_cfg.kernel_tuning)
 
 
 def build(model_cfg) -> SE3TransformerPooled:
@@ -287,6 +336,8 @@ def build(model_cfg) -> SE3TransformerPooled:
         pooling=model_cfg.pooling,
         fusion=model_cfg.fusion,
         low_memory=model_cfg.low_memory,
+        kernel=model_cfg.kernel,
+        tuner=kernel_tuner(model_cfg),
         **parameterization(model_cfg),
     )
 

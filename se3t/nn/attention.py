@@ -119,9 +119,12 @@ class AttentionBlockSE3(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.fiber_in} -> {self.fiber_out}, heads={self.attention.num_heads}"
 
-    def forward(self, feats, graph: Graph, basis: Tensor, edge_scalars: Tensor, edge_feats=None):
+    def forward(
+        self, feats, graph: Graph, basis: Tensor, edge_scalars: Tensor, edge_feats=None, state=None
+    ):
+        """``state``: the pass's :class:`se3t.nn.kernel.KernelState` (None: one for this call)."""
         kv = self.to_key_value(
-            feats, graph, basis, edge_scalars, edge_feats
+            feats, graph, basis, edge_scalars, edge_feats, state
         )  # {d: [E, Cv+Ck, 2d+1]}
         value = {d: kv[d][:, : self.value_fiber[d]] for d in self.value_fiber}
         key = {d: kv[d][:, self.value_fiber[d] :] for d in self.key_fiber}

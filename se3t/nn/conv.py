@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from se3t.choices import Fusion
 from se3t.graph import Graph
 from se3t.nn.graph_ops import gather, scatter_sum
-from se3t.nn.kernel import KernelSpec, fused_tfn
+from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
 from se3t.nn.radial import RadialProfile
 from se3t.so3.basis import basis_size, num_freq, unflatten_basis
 from se3t.so3.fiber import Fiber
@@ -210,13 +210,20 @@ class ConvSE3(nn.Module):
         basis: Tensor,
         edge_scalars: Tensor,
         edge_feats: dict[int, Tensor] | None = None,
+        state: KernelState | None = None,
     ) -> dict[int, Tensor]:
         """``feats {d: [N, C_in_d, 2d+1]}``, ``basis [E, basis_size]`` flat, ``edge_scalars
-        [E, F_edge + 1]`` -> ``{d: [N, C_out_d, 2d+1]}`` (pool) or ``{d: [E, C_out_d, 2d+1]}``."""
+        [E, F_edge + 1]`` -> ``{d: [N, C_out_d, 2d+1]}`` (pool) or ``{d: [E, C_out_d, 2d+1]}``.
+
+        ``state``: the forward pass's :class:`se3t.nn.kernel.KernelState` (backend, tuning,
+        block bases shared by the layers, chunk sizes); None builds one for this call (backend
+        ``auto``, this layer's ``chunk_elements``)."""
         self._check(feats, graph, basis, edge_scalars, edge_feats)
         if self.unit_scalar_kernel and 0 in self.fiber_out:
             # flat column 0 is the (0, 0) pair's only basis value (se3t.so3.basis layout)
             basis = torch.cat([torch.ones_like(basis[:, :1]), basis[:, 1:]], dim=1)
+        if state is None:
+            state = KernelState(basis, chunk_elements=self.chunk_elements)
         src = graph.src
         if self.edge_hi:
             # per-edge inputs: the source's features with the edge's own features appended
@@ -243,9 +250,8 @@ class ConvSE3(nn.Module):
             for spec, radial in zip(self.specs, self.radial, strict=True):
                 z = radial.hidden(edge_scalars)  # [E, H]
                 xl = [xs[d] for d, _ in spec.ins]
-                chunk = spec.chunk_size(self.chunk_elements) if self.chunk_elements else None
                 for do, msg in fused_tfn(
-                    spec, z, radial.last.weight, basis, src, xl, chunk
+                    spec, z, radial.last.weight, basis, src, xl, state
                 ).items():
                     msgs[do] = msg if do not in msgs else msgs[do] + msg  # [E, C_o, 2 d_out + 1]
         if not self.pool:

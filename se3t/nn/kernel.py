@@ -19,32 +19,35 @@ keeps it: the forward pass runs edge chunk by edge chunk, and the backward pass 
 layer is O(E * H + N * C * 16) instead of O(E * C_o * K); the price is one extra GEMM
 (``z @ W^T``) in backward. Gradients flow to ``z``, ``W``, the node features and the basis.
 
-Two evaluations of the same sums:
+Evaluations of the same sums (chosen per fusion group by :class:`KernelState`, recorded in
+its ``repr``):
 
-- **degree-concatenated** (:class:`_ConcatTFN`, used when every input degree of the group has
-  the same channel count, as in every hidden layer of the paper's model): node features of all
-  input degrees are concatenated along ``m`` (``[N, C, sum (2 d_in + 1)]``) and the basis is laid
-  out per output degree as a block matrix ``[E, sum (2 d_in + 1), sum_{d_in} num_freq (2 d_out
-  + 1)]`` (zero off the diagonal blocks, :func:`se3t.so3.basis.block_basis`). Then ``T`` of
-  ALL input degrees is one bmm and the message to ``d_out`` another, with the radial weights'
-  rows permuted to ``(c_o, c_i, d_in, J)`` so that ``K`` runs over every input degree at once:
-  8 bmm per edge chunk instead of 32, each with larger matrices. On CPU, where ``torch.bmm``
-  runs one small GEMM per batch element, this is what makes the op ~1.4x faster.
-- **per pair** (:class:`_FusedTFN`, any fibers): one bmm per ``(d_in, d_out)`` pair.
+- ``cpp`` (:mod:`se3t.nn.kernel_cpu`, CPU, float32/float64): a C++/OpenMP kernel compiled at
+  first use that computes ``R`` tile by tile in L1 and contracts it at once: ``R`` is never
+  written to memory, not even per chunk (docs/kernel.md).
+- ``triton`` (:mod:`se3t.nn.kernel_triton`, CUDA; opt-in): the same tiling in Triton.
+- ``torch-concat`` (:class:`_ConcatTFN`): the readable torch reference of the two above, used
+  when every input degree of the group has the same channel count (every group of the paper's
+  model): node features of all input degrees are concatenated along ``m`` (``[N, sum (2 d_in +
+  1), C]``) and the basis is laid out per output degree as a block matrix ``[E, sum (2 d_in +
+  1), sum_{d_in} num_freq (2 d_out + 1)]`` (zero off the diagonal blocks,
+  :func:`se3t.so3.blocks.block_basis`). Then ``T`` of ALL input degrees is one bmm and the
+  message to ``d_out`` another, with the radial weights' rows permuted to ``(c_o, c_i, d_in,
+  J)`` so that ``K`` runs over every input degree at once.
+- ``torch-pairs`` (:class:`_FusedTFN`, any fibers): one bmm per ``(d_in, d_out)`` pair.
 """
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 
+from se3t.choices import Kernel
 from se3t.nn.graph_ops import gather
 from se3t.so3.basis import num_freq, pair_offsets
 from se3t.so3.blocks import block_basis, block_shape
 
-__all__ = ["KernelSpec", "fused_tfn", "release_workspace"]
+__all__ = ["Backend", "KernelSpec", "KernelState", "fused_tfn"]
 
 # radial outputs held at once per chunk (elements), on CPU: 16 MB in float32, i.e. 256 edges
 # of the paper model's widest output degree. Small enough that the chunk's radial weights stay
@@ -86,8 +89,9 @@ class KernelSpec:
             self.do_rows[do] = (first, o - first)
         self.num_radial = o
 
-        # degree-concatenated evaluation needs one channel count across the input degrees
-        self.concat = len({ci for _, ci in self.ins}) == 1
+        # the degree-concatenated layout (every backend but torch-pairs) needs one channel
+        # count across the input degrees
+        self.uniform_channels = len({ci for _, ci in self.ins}) == 1
         self._perm: dict[tuple[int, bool], Tensor] = {}
         self._on_device: dict[tuple, Tensor] = {}  # index tensors per device (see _cached)
         # rows of each d_out's block in the stacked block basis (se3t.so3.blocks)
@@ -139,10 +143,14 @@ class KernelSpec:
             t = self._on_device[key] = make().to(device)
         return t
 
-    def concat_inverse(self, do: int, device: torch.device) -> Tensor:
-        """The inverse of :meth:`concat_perm` (``channels_first=False``), per device: stored
-        row ``r`` of ``d_out``'s block is row ``inverse[r]`` of the concatenated order."""
-        return self._cached(("inverse", do), device, lambda: torch.argsort(self.concat_perm(do)))
+    def concat_inverse(self, do: int, device: torch.device, channels_first: bool = False) -> Tensor:
+        """The inverse of :meth:`concat_perm`, per device: stored row ``r`` of ``d_out``'s
+        block is row ``inverse[r]`` of the concatenated order."""
+        return self._cached(
+            ("inverse", do, channels_first),
+            device,
+            lambda: torch.argsort(self.concat_perm(do, channels_first)),
+        )
 
     def concat_rows(self, do: int, channels_first: bool, device: torch.device) -> Tensor:
         """:meth:`concat_perm` as absolute row indices, per device."""
@@ -174,35 +182,10 @@ def _pair_radial(R: Tensor, spec: KernelSpec, di: int, ci: int, do: int, co: int
     return R[:, off : off + co * ci * num_freq(di, do)].view(R.shape[0], co, ci * num_freq(di, do))
 
 
-_WORKSPACE: dict[tuple, Tensor] = {}
-
-
-def _scratch(slot: str, numel: int, like: Tensor) -> Tensor:
-    """A flat scratch buffer of ``numel`` elements, reused across chunks, layers and steps.
-
-    On CPU a fresh multi-MB tensor is a fresh ``mmap``: its pages fault in on first write,
-    which made the big radial GEMMs ~3x slower than writing into memory already mapped.
-    The op's temporaries (radial weights, ``T``, their gradients) are never returned or saved,
-    so one buffer per slot, grown on demand, serves every call; callers must not hold a
-    view of a slot across another ``_scratch`` call of the same slot.
-    """
-    key = (slot, like.dtype, like.device)
-    buf = _WORKSPACE.get(key)
-    if buf is None or buf.numel() < numel:
-        _WORKSPACE.pop(key, None)  # free the old buffer before allocating the larger one
-        buf = _WORKSPACE[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
-    return buf[:numel]
-
-
-def release_workspace() -> None:
-    """Free the fused op's scratch buffers (they are otherwise kept for the next call)."""
-    _WORKSPACE.clear()
-
-
 class _FusedTFN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, weight, basis, src, spec, chunk, *xs):
-        E = z.shape[0]
+    def forward(ctx, z, weight, basis, src, spec, state, *xs):
+        E, chunk = z.shape[0], state.chunk_edges(spec, z)
         x_of = {di: x for (di, _), x in zip(spec.ins, xs, strict=True)}
         outs = {do: z.new_empty(E, co, 2 * do + 1) for do, co in spec.outs}
         for s in range(0, E, chunk):
@@ -216,13 +199,15 @@ class _FusedTFN(torch.autograd.Function):
                 R = torch.mm(
                     z_e,
                     weight[first : first + rows].t(),
-                    out=_scratch("R", c * rows, z).view(c, rows),
+                    out=state.scratch("R", c * rows, z).view(c, rows),
                 )
                 acc = outs[do][e]
                 for k, (di, ci) in enumerate(spec.ins):
                     nf = num_freq(di, do)
                     # [c, C_i, 2 d_in+1] @ [c, 2 d_in+1, nf (2 d_out+1)] -> [c, C_i nf, 2 d_out+1]
-                    T = _scratch("T", c * ci * nf * (2 * do + 1), z).view(c, ci, nf * (2 * do + 1))
+                    T = state.scratch("T", c * ci * nf * (2 * do + 1), z).view(
+                        c, ci, nf * (2 * do + 1)
+                    )
                     torch.bmm(xs_e[di], spec.basis_pair(b_e, di, do), out=T)
                     T = T.view(c, ci * nf, 2 * do + 1)
                     Rp = _pair_radial(R, spec, di, ci, do, co)  # [c, C_o, C_i nf]
@@ -230,14 +215,15 @@ class _FusedTFN(torch.autograd.Function):
                         torch.bmm(Rp, T, out=acc)
                     else:
                         acc.baddbmm_(Rp, T)
-        ctx.spec, ctx.chunk = spec, chunk
+        ctx.spec, ctx.state = spec, state
         ctx.save_for_backward(z, weight, basis, src, *xs)
         return tuple(outs[do] for do, _ in spec.outs)
 
     @staticmethod
     def backward(ctx, *grads):
         z, weight, basis, src, *xs = ctx.saved_tensors
-        spec, chunk = ctx.spec, ctx.chunk
+        spec, state = ctx.spec, ctx.state
+        chunk = state.chunk_edges(spec, z)
         need_z, need_w, need_b = ctx.needs_input_grad[:3]
         need_x = ctx.needs_input_grad[6:]
         grad_of = {
@@ -268,21 +254,23 @@ class _FusedTFN(torch.autograd.Function):
                 g = g[e]  # [c, C_o, 2 d_out + 1]
                 first, rows = spec.do_rows[do]
                 W = weight[first : first + rows]
-                R = torch.mm(z_e, W.t(), out=_scratch("R", c * rows, z).view(c, rows))  # recomputed
+                R = torch.mm(
+                    z_e, W.t(), out=state.scratch("R", c * rows, z).view(c, rows)
+                )  # recomputed
                 # gradient of the radial weights of d_out, [c, rows]: pair blocks filled by bmm,
                 # then ONE GEMM each for the weight and z gradients (not one per pair)
-                gR = _scratch("gR", c * rows, z).view(c, rows) if need_w or need_z else None
+                gR = state.scratch("gR", c * rows, z).view(c, rows) if need_w or need_z else None
                 for di, ci in spec.ins:
                     nf, m = num_freq(di, do), 2 * do + 1
                     Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
                     if gR is not None:
-                        T = _scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
+                        T = state.scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
                         torch.bmm(xs_e[di], Bp, out=T)
                         T = T.view(c, ci * nf, m)
                         torch.bmm(g, T.transpose(1, 2), out=_pair_radial(gR, spec, di, ci, do, co))
                     if gx_of[di] is None and not need_b:
                         continue
-                    gT = _scratch("gT", c * ci * nf * m, z).view(c, ci * nf, m)
+                    gT = state.scratch("gT", c * ci * nf * m, z).view(c, ci * nf, m)
                     torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g, out=gT)
                     gT = gT.view(c, ci, nf * m)  # [c, C_i, nf m]
                     if gx_of[di] is not None:
@@ -325,8 +313,9 @@ class _ConcatTFN(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, weight, x_all, src, spec, chunk, block):
+    def forward(ctx, z, weight, x_all, src, spec, state, block):
         E, C, nb = z.shape[0], x_all.shape[2], block.shape[1]
+        chunk = state.chunk_edges(spec, z)
         wts = _permuted_weights(spec, weight)  # {d_out: [H, rows]}, rows (d_in, J, c_i, c_o)
         outs = [z.new_empty(E, 2 * do + 1, co) for do, co in spec.outs]
         for s in range(0, E, chunk):
@@ -335,14 +324,14 @@ class _ConcatTFN(torch.autograd.Function):
             c = z_e.shape[0]
             x_e = gather(x_all, src[e])  # [c, sum (2 d_in + 1), C]
             # T of every degree pair at once: [c, sum_{d_out} (m_out, d_in, J), C]
-            T = torch.bmm(block[e], x_e, out=_scratch("T", c * nb * C, z).view(c, nb, C))
+            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
             for k, (do, co) in enumerate(spec.outs):
                 r0, r1 = spec.block_rows[do]
                 rows, m = wts[do].shape[1], 2 * do + 1
-                R = torch.mm(z_e, wts[do], out=_scratch("R", c * rows, z).view(c, rows))
+                R = torch.mm(z_e, wts[do], out=state.scratch("R", c * rows, z).view(c, rows))
                 T_do = T[:, r0:r1].view(c, m, -1)  # [c, m_out, K]
                 torch.bmm(T_do, R.view(c, rows // co, co), out=outs[k][e])
-        ctx.spec, ctx.chunk = spec, chunk
+        ctx.spec, ctx.state = spec, state
         ctx.wts = wts  # 4 B x num_radial x H: cheaper to keep than to gather again
         ctx.save_for_backward(z, weight, x_all, src, block)
         return tuple(o.transpose(1, 2) for o in outs)  # [E, C_o, 2 d_out + 1]
@@ -350,7 +339,8 @@ class _ConcatTFN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         z, weight, x_all, src, block = ctx.saved_tensors
-        spec, chunk = ctx.spec, ctx.chunk
+        spec, state = ctx.spec, ctx.state
+        chunk = state.chunk_edges(spec, z)
         need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
         C, nb = x_all.shape[2], block.shape[1]
         wts = ctx.wts
@@ -369,10 +359,10 @@ class _ConcatTFN(torch.autograd.Function):
             z_e = z[e]
             c = z_e.shape[0]
             x_e = gather(x_all, src[e])
-            T = torch.bmm(block[e], x_e, out=_scratch("T", c * nb * C, z).view(c, nb, C))
+            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
             gT = None
             if need_x or need_b:
-                gT = _scratch("gT", c * nb * C, z).view(c, nb, C)
+                gT = state.scratch("gT", c * nb * C, z).view(c, nb, C)
             for k, (do, co) in enumerate(spec.outs):
                 r0, r1 = spec.block_rows[do]
                 if grads_t[k] is None:
@@ -383,7 +373,7 @@ class _ConcatTFN(torch.autograd.Function):
                 rows, m = wts[do].shape[1], 2 * do + 1
                 T_do = T[:, r0:r1].view(c, m, -1)  # [c, m, K]
                 if need_w or need_z:
-                    gR = _scratch("gR", c * rows, z).view(c, rows // co, co)
+                    gR = state.scratch("gR", c * rows, z).view(c, rows // co, co)
                     torch.bmm(T_do.transpose(1, 2), g, out=gR)
                     gR = gR.view(c, rows)
                     if need_w:
@@ -395,8 +385,8 @@ class _ConcatTFN(torch.autograd.Function):
                         gz[e].addmm_(gR, wts[do].t())
                 if gT is None:
                     continue  # e.g. the first layer: no gradient to its inputs, no recompute
-                Rt = torch.mm(z_e, wts_cf[do], out=_scratch("R", c * rows, z).view(c, rows))
-                gT_do = _scratch("gTd", c * m * (rows // co), z).view(c, m, rows // co)
+                Rt = torch.mm(z_e, wts_cf[do], out=state.scratch("R", c * rows, z).view(c, rows))
+                gT_do = state.scratch("gTd", c * m * (rows // co), z).view(c, m, rows // co)
                 torch.bmm(g, Rt.view(c, co, rows // co), out=gT_do)
                 gT[:, r0:r1] = gT_do.view(c, r1 - r0, C)
             if gT is None:
@@ -431,29 +421,136 @@ def _permuted_weights(
     return out
 
 
-# block bases per flat basis tensor, shared by every layer of one forward pass: keyed by the
-# basis's id, checked against a weak reference and its version counter, dropped when it dies
-_BLOCKS: dict[int, tuple[weakref.ref, int, dict]] = {}
+# the backends are the config's choice (se3t.choices.Kernel); named Backend here
+Backend = Kernel
 
 
-def _block_basis(basis: Tensor, dt: torch.dtype, spec: KernelSpec) -> Tensor:
-    def build():
-        return block_basis(basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree)
+class KernelState:
+    """The fused kernel's state for ONE forward pass, passed down explicitly to every layer.
 
-    if (basis.requires_grad and torch.is_grad_enabled()) or basis.is_inference():
-        # a graph-tracked block belongs to one forward pass: never reuse it across passes;
-        # inference tensors have no version counter to tell an in-place change (cheap to build)
-        return build()
-    key = id(basis)
-    entry = _BLOCKS.get(key)
-    if entry is None or entry[0]() is not basis or entry[1] != basis._version:
-        entry = (weakref.ref(basis, lambda _, k=key: _BLOCKS.pop(k, None)), basis._version, {})
-        _BLOCKS[key] = entry
-    cache = entry[2]
-    k = (dt, spec.in_degrees, spec.out_degrees)
-    if k not in cache:
-        cache[k] = build()
-    return cache[k]
+    Holds the flat ``basis`` of the pass, the block bases built from it (one per set of input
+    and output degrees and dtype, shared by every layer that needs it), the requested
+    :class:`Backend` and the tuning it runs with (``tuner``: a
+    :class:`se3t.nn.tuning.KernelTuner`, or None for the defaults), the scratch buffers of the
+    torch evaluations (reused across chunks and layers: a fresh multi-MB tensor is a fresh
+    ``mmap`` whose page faults made the radial GEMMs ~3x slower), and a count of the evaluations
+    that ran (``ran``), which its ``repr`` shows.
+
+    Backward passes run with the state of their forward pass (kept by the autograd node), so
+    they reuse its buffers and tuning. A state is not meant to outlive its step.
+    """
+
+    def __init__(
+        self,
+        basis: Tensor,
+        backend: Backend | str = Backend.AUTO,
+        tuner=None,
+        chunk_elements: int | None = None,
+    ):
+        try:
+            self.backend = Backend(backend)
+        except ValueError:
+            raise ValueError(
+                f"kernel: backend must be one of {[b.value for b in Backend]}, got {backend!r}"
+            ) from None
+        self.basis, self.tuner, self.chunk_elements = basis, tuner, chunk_elements
+        self.blocks: dict[tuple, Tensor] = {}
+        self.ran: dict[str, int] = {}
+        self.tiles: dict[str, dict] = {}  # evaluation -> the tile sizes it ran with
+        self._scratch: dict[tuple, Tensor] = {}
+
+    def __repr__(self) -> str:
+        ran = ", ".join(f"{k}: {v}" for k, v in sorted(self.ran.items())) or "nothing yet"
+        blocks = ", ".join(
+            f"{ins}->{outs} {str(dt).removeprefix('torch.')}" for ins, outs, dt in self.blocks
+        )
+        tiles = "; ".join(f"{k} {v}" for k, v in sorted(self.tiles.items()))
+        return (
+            f"KernelState(backend={self.backend.value}, ran {{{ran}}}, "
+            f"block bases [{blocks}]" + (f", tiles {tiles}" if tiles else "") + ")"
+        )
+
+    def block_basis(self, spec: KernelSpec, dt: torch.dtype) -> Tensor:
+        """The stacked block basis of ``spec``'s degrees (:func:`se3t.so3.blocks.block_basis`),
+        built once per pass and shared by the layers. A basis that needs a gradient gets a
+        fresh block per call: each is then its own node of the autograd graph (as under
+        activation checkpointing, where a shared one would tie the recomputed layers
+        together)."""
+        basis = self.basis
+
+        def build():
+            return block_basis(basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree)
+
+        if basis.requires_grad and torch.is_grad_enabled():
+            return build()
+        key = (spec.in_degrees, spec.out_degrees, dt)
+        if key not in self.blocks:
+            self.blocks[key] = build()
+        return self.blocks[key]
+
+    def scratch(self, slot: str, numel: int, like: Tensor) -> Tensor:
+        """A flat buffer of ``numel`` elements for the torch evaluations' temporaries (never
+        returned or saved), grown on demand; callers must not hold a view of a slot across
+        another call for the same slot."""
+        key = (slot, like.dtype, like.device)
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < numel:
+            self._scratch.pop(key, None)  # free the old buffer before allocating the larger one
+            buf = self._scratch[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return buf[:numel]
+
+    def evaluation(self, spec: KernelSpec, z: Tensor) -> str:
+        """The evaluation that runs ``spec`` on ``z``'s device and dtype (see the module
+        docstring); a requested backend that cannot run here raises a ValueError that says
+        why, except a missing compiler, which falls back to torch with a one-line notice."""
+        if not spec.uniform_channels:
+            if self.backend in (Backend.CPP, Backend.TRITON):
+                raise ValueError(
+                    f"kernel: backend {self.backend.value} needs one channel count across the "
+                    f"input degrees of a fused group, got {spec.ins}; use model.kernel=torch"
+                )
+            return "torch-pairs"
+        device, dt = z.device.type, z.dtype
+        if self.backend is Backend.TRITON:
+            from se3t.nn import kernel_triton  # deferred: triton is an optional dependency
+
+            kernel_triton.check_available(z)
+            return "triton"
+        if self.backend is Backend.TORCH:
+            return "torch-concat"
+        cpp_ok = device == "cpu" and dt in (torch.float32, torch.float64)
+        if self.backend is Backend.CPP and not cpp_ok:
+            raise ValueError(
+                f"kernel: backend cpp runs on the CPU in float32/float64, got {device} {dt} "
+                "(use model.kernel=auto)"
+            )
+        if cpp_ok:
+            from se3t.nn import kernel_cpu  # deferred: importing it builds nothing
+
+            if kernel_cpu.extension() is not None:
+                return "cpp"
+        return "torch-concat"
+
+    def chunk_edges(self, spec: KernelSpec, z: Tensor) -> int:
+        """Edges per chunk of the torch evaluations: from ``chunk_elements`` (radial outputs
+        held at once) when given, else the device's default."""
+        elements = self.chunk_elements
+        if not elements:
+            cpu = z.device.type == "cpu"
+            elements = DEFAULT_CHUNK_ELEMENTS if cpu else DEFAULT_CHUNK_ELEMENTS_GPU
+        return spec.chunk_size(elements)
+
+    def tile(self, evaluation: str, spec: KernelSpec, z: Tensor) -> dict:
+        """Tile sizes of ``evaluation`` for this shape: the tuner's (timed trial at first use,
+        cached per machine) or the backend's defaults."""
+        if self.tuner is not None:
+            t = self.tuner.tiles(evaluation, spec, z)
+        else:
+            from se3t.nn import tuning  # deferred: only the compiled backends have tiles
+
+            t = tuning.default_tiles(evaluation)
+        self.tiles[evaluation] = t
+        return t
 
 
 def fused_tfn(
@@ -463,14 +560,15 @@ def fused_tfn(
     basis: Tensor,
     src: Tensor,
     xs: list[Tensor],
-    chunk: int | None = None,
+    state: KernelState,
 ) -> dict[int, Tensor]:
     """Messages ``{d_out: [E, C_o, 2 d_out + 1]}`` of one fusion group (see the module docstring).
 
     ``z [E, H]`` radial hidden features, ``weight [num_radial, H]`` the radial last layer,
-    ``basis [E, basis_size(spec.basis_degree)]`` flat, ``src [E]`` long, ``xs`` node features
-    ``[N, C_i, 2 d_in + 1]`` in ``spec.ins`` order. All floating inputs share one dtype (under
-    autocast they are cast to the autocast dtype first).
+    ``basis [E, basis_size(spec.basis_degree)]`` flat (the state's basis, or a per-layer one
+    such as the first layer's), ``src [E]`` long, ``xs`` node features ``[N, C_i, 2 d_in + 1]``
+    in ``spec.ins`` order, ``state`` the pass's :class:`KernelState`. All floating inputs share
+    one dtype (under autocast they are cast to the autocast dtype first).
     """
     device_type = z.device.type
     if torch.is_autocast_enabled(device_type):
@@ -479,14 +577,27 @@ def fused_tfn(
         dt = z.dtype
     z, weight = z.to(dt), weight.to(dt)
     xs = [x.to(dt) for x in xs]
-    if not chunk:
-        cpu = z.device.type == "cpu"
-        chunk = spec.chunk_size(DEFAULT_CHUNK_ELEMENTS if cpu else DEFAULT_CHUNK_ELEMENTS_GPU)
+    how = state.evaluation(spec, z)
+    state.ran[how] = state.ran.get(how, 0) + 1
     with torch.autocast(device_type, enabled=False):
-        if spec.concat:
-            x_all = torch.cat([x.transpose(1, 2) for x in xs], dim=1)  # [N, sum (2d+1), C]
-            block = _block_basis(basis, dt, spec)
-            out = _ConcatTFN.apply(z, weight, x_all, src, spec, chunk, block)
+        if how == "torch-pairs":
+            out = _FusedTFN.apply(z, weight, basis.to(dt), src, spec, state, *xs)
         else:
-            out = _FusedTFN.apply(z, weight, basis.to(dt), src, spec, chunk, *xs)
+            x_all = torch.cat([x.transpose(1, 2) for x in xs], dim=1)  # [N, sum (2d+1), C]
+            if basis is state.basis:
+                block = state.block_basis(spec, dt)
+            else:
+                block = block_basis(
+                    basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree
+                )
+            if how == "cpp":
+                from se3t.nn.kernel_cpu import ConcatTFNCpu  # deferred: see evaluation()
+
+                out = ConcatTFNCpu.apply(z, weight, x_all, src, spec, state, block)
+            elif how == "triton":
+                from se3t.nn.kernel_triton import ConcatTFNTriton  # deferred: optional
+
+                out = ConcatTFNTriton.apply(z, weight, x_all, src, spec, state, block)
+            else:
+                out = _ConcatTFN.apply(z, weight, x_all, src, spec, state, block)
     return {do: o for (do, _), o in zip(spec.outs, out, strict=True)}

@@ -297,6 +297,12 @@ class Trainer:
             sum(val_mae[t] / std[k] for k, t in enumerate(self.train_set.targets)) / len(val_mae)
         )
 
+    def _kernel_report(self) -> str:
+        """The tiles the fused kernel runs with, per shape (se3t.nn.tuning)."""
+        model = getattr(self.model, "module", self.model)  # DDP wraps the model
+        tuner = getattr(getattr(model, "transformer", None), "tuner", None)
+        return tuner.report() if tuner is not None else "default tiles"
+
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t = self.cfg.train
@@ -418,6 +424,10 @@ class Trainer:
                 if not last_micro:
                     continue
                 lr = self._optimizer_step(loss)
+                if not getattr(self, "_kernel_logged", False) and self.env.is_main:
+                    # the fused kernel's tiles are chosen (or read) during the first step
+                    self._kernel_logged = True
+                    log.info("fused kernel %s: %s", self.cfg.model.kernel, self._kernel_report())
                 self.batch_in_epoch = group_start = i + 1
                 if t.log_every and self.step % t.log_every == 0:
                     tick = self._log_step(metrics, window, tick, bar, lr)

@@ -4,6 +4,7 @@ from e3nn import o3
 
 from se3t.nn import ConvSE3, Fusion, pairwise_reference
 from se3t.nn.conv import _pair_rows
+from se3t.nn.kernel import KernelState
 from se3t.so3 import Fiber, compute_basis_flat
 from se3t.testing import assert_equivariant, edge_inputs, random_batch, random_features
 
@@ -128,13 +129,19 @@ def test_edge_features_of_higher_degree(batch64):
     assert_equivariant(fn, batch64.pos, random_features(fin, g.num_nodes))
 
 
-def test_both_fused_evaluations_are_covered():
-    # uniform input channels take the degree-concatenated op, mixed ones the per-pair op:
-    # test_fused_equals_pairwise_float64 checks both against the reference
-    uniform = ConvSE3(*FIBERS["uniform"], max_degree=3, fusion="full")
-    mixed = ConvSE3(*FIBERS["mixed"], max_degree=3, fusion="full")
-    assert [s.concat for s in uniform.specs] == [True]
-    assert [s.concat for s in mixed.specs] == [False]
+def test_both_torch_evaluations_are_covered(batch64):
+    # uniform input channels take the degree-concatenated evaluation, mixed ones the per-pair
+    # one: test_fused_equals_pairwise_float64 checks both against the reference
+    uniform = ConvSE3(*FIBERS["uniform"], Fiber({0: 4}), max_degree=3, fusion="full").double()
+    mixed = ConvSE3(*FIBERS["mixed"], Fiber({0: 4}), max_degree=3, fusion="full").double()
+    assert [s.uniform_channels for s in uniform.specs] == [True]
+    assert [s.uniform_channels for s in mixed.specs] == [False]
+    basis, es = edge_inputs(batch64)
+    for conv, evaluation in ((uniform, "torch-concat"), (mixed, "torch-pairs")):
+        state = KernelState(basis, "torch")
+        x = random_features(conv.fiber_in, batch64.graph.num_nodes)
+        conv(x, batch64.graph, basis, es, state=state)
+        assert state.ran == {evaluation: 1}
 
 
 @pytest.mark.parametrize("fibers", ["uniform", "scalar_in"])
@@ -153,29 +160,22 @@ def test_fused_without_input_gradient_equals_pairwise(batch64, fibers):
         torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12, msg=n)
 
 
-def test_block_basis_cache_follows_the_basis_tensor(batch64):
-    # the stacked block basis is built once per flat-basis tensor and shared by the layers;
-    # an in-place change of the basis must not be served from the cache
-    from se3t.nn import kernel
-
+def test_a_new_state_sees_an_in_place_change_of_the_basis(batch64):
+    # block bases live in the pass's KernelState, never in a cache keyed by the tensor
     fin, fout = FIBERS["uniform"]
     conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3).double()
     basis, es = edge_inputs(batch64)
     x = random_features(fin, batch64.graph.num_nodes)
     with torch.no_grad():
-        first = conv(x, batch64.graph, basis, es)
-        assert len(kernel._BLOCKS[id(basis)][2]) == 1
-        again = conv(x, batch64.graph, basis, es)
+        first = conv(x, batch64.graph, basis, es, state=KernelState(basis, "torch"))
         basis.mul_(-1.0)
-        flipped = conv(x, batch64.graph, basis, es)
-        fresh = conv(x, batch64.graph, basis.clone(), es)
+        flipped = conv(x, batch64.graph, basis, es, state=KernelState(basis, "torch"))
+        fresh = conv(x, batch64.graph, basis.clone(), es, state=KernelState(basis, "torch"))
     # one process, the same shapes and inputs: the same kernels in the same order, so exact
     for d in first:
-        assert torch.equal(first[d], again[d])
+        # the same arithmetic on the same values in the same order: bit-identical
         torch.testing.assert_close(flipped[d], fresh[d], rtol=0, atol=0)
         assert not torch.allclose(flipped[d], first[d])
-    del basis
-    assert not any(e[0]() is None for e in kernel._BLOCKS.values())  # dead entries dropped
 
 
 def test_fused_under_inference_mode_equals_no_grad(batch64):

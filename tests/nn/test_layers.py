@@ -57,7 +57,7 @@ def test_edge_softmax_sums_to_one_and_gradcheck():
 
 
 def test_fused_kernel_gradcheck():
-    from se3t.nn.kernel import KernelSpec, fused_tfn
+    from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
 
     b = random_batch(num_graphs=1, atoms=(3, 4), dtype=torch.float64)
     basis, _ = edge_inputs(b, 1)
@@ -70,7 +70,9 @@ def test_fused_kernel_gradcheck():
     basis.requires_grad_(True)
 
     def fn(z, w, basis, x0, x1):
-        out = fused_tfn(spec, z, w, basis, b.graph.src, [x0, x1], chunk=2)
+        # two edges per chunk: the chunk loop runs
+        state = KernelState(basis, "torch", chunk_elements=2 * spec.num_radial)
+        out = fused_tfn(spec, z, w, basis, b.graph.src, [x0, x1], state)
         return tuple(out.values())
 
     assert torch.autograd.gradcheck(fn, (z, w, basis, x0, x1))

@@ -1,0 +1,319 @@
+// The fused TFN radial contraction on CPU: the radial weights R = z @ W^T are computed tile by
+// tile into a buffer of a few KB that stays in L1 and consumed at once; R is never written to
+// memory (docs/kernel.md). Built at first use by se3t.nn.kernel_cpu with the host's -march, so
+// the vector width below follows the machine (AVX-512: 64-byte vectors, AVX2: 32-byte). A plain
+// C ABI called through ctypes (no torch headers: the build takes seconds, not minutes), with
+// std::thread workers (no second OpenMP runtime next to torch's).
+//
+// Per output degree, with K = (d_in, J, c_i) the concatenated input index, m the output order:
+//   forward   msg[e, m, c]  = sum_k T[e, m, k] R[e, k, c],   R[e, k, c] = sum_h z[e, h] Wt[h, k C + c]
+//   backward  dR[e, c, k]   = sum_m g[e, m, c] T[e, m, k]
+//             dT[e, m, k]   = sum_c g[e, m, c] R[e, c, k]   (R recomputed in the (c, k) layout)
+//             dW[h, c K + k] += sum_e z[e, h] dR[e, c, k]
+//             dz[e, h]      += sum_{c, k} dR[e, c, k] Wcf[h, c K + k]
+// The forward pass vectorizes over output channels c (weights in (k, c) order), the backward
+// pass over k (weights in (c, k) order, "channels first"): each then reads its operands
+// contiguously and needs no horizontal sums in its inner loops.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// fn(begin, end) on `threads` contiguous slices of [0, n) (static, like an OpenMP for)
+template <typename F>
+void parallel_for(int64_t n, int64_t threads, const F& fn) {
+  threads = std::max<int64_t>(1, std::min(threads, n));
+  if (threads == 1) {
+    if (n > 0) fn(int64_t(0), n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t)
+    pool.emplace_back([&, t] { fn(n * t / threads, n * (t + 1) / threads); });
+  fn(int64_t(0), n / threads);
+  for (auto& th : pool) th.join();
+}
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
+template <typename T>
+struct Vec {
+  static constexpr int lanes = kVecBytes / sizeof(T);
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  typedef T utype __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
+  static inline type load(const T* p) { return *reinterpret_cast<const utype*>(p); }
+  static inline void store(T* p, type v) { *reinterpret_cast<utype*>(p) = v; }
+  static inline type splat(T x) { return type{} + x; }
+  static inline T sum(type v) {
+    T s = 0;
+    for (int l = 0; l < lanes; ++l) s += v[l];
+    return s;
+  }
+};
+
+// one lane: the tails of the vector loops run the same code on scalars
+template <typename T>
+struct Lane {
+  static constexpr int lanes = 1;
+  typedef T type;
+  static inline type load(const T* p) { return *p; }
+  static inline void store(T* p, type v) { *p = v; }
+  static inline type splat(T x) { return x; }
+  static inline T sum(type v) { return v; }
+};
+
+// edges per register tile: TE rows of z against two weight vectors
+constexpr int TE = kVecBytes == 64 ? 8 : 6;
+
+// out[e, j] = sum_h z[e, h] W[h, j] for e < TE, j < n; z is a [TE, H] tile (zero-padded rows)
+template <typename T>
+void radial_tile(const T* z, int64_t H, const T* W, int64_t ldw, int64_t n, T* out, int64_t ldo) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  int64_t j = 0;
+  for (; j + 2 * L <= n; j += 2 * L) {
+    typename V::type a0[TE], a1[TE];
+    for (int e = 0; e < TE; ++e) a0[e] = a1[e] = V::splat(0);
+    for (int64_t h = 0; h < H; ++h) {
+      auto w0 = V::load(W + h * ldw + j), w1 = V::load(W + h * ldw + j + L);
+      for (int e = 0; e < TE; ++e) {
+        auto zb = V::splat(z[e * H + h]);
+        a0[e] += zb * w0;
+        a1[e] += zb * w1;
+      }
+    }
+    for (int e = 0; e < TE; ++e) {
+      V::store(out + e * ldo + j, a0[e]);
+      V::store(out + e * ldo + j + L, a1[e]);
+    }
+  }
+  for (; j + L <= n; j += L) {
+    typename V::type a0[TE];
+    for (int e = 0; e < TE; ++e) a0[e] = V::splat(0);
+    for (int64_t h = 0; h < H; ++h) {
+      auto w0 = V::load(W + h * ldw + j);
+      for (int e = 0; e < TE; ++e) a0[e] += V::splat(z[e * H + h]) * w0;
+    }
+    for (int e = 0; e < TE; ++e) V::store(out + e * ldo + j, a0[e]);
+  }
+  for (; j < n; ++j) {
+    T a[TE] = {};
+    for (int64_t h = 0; h < H; ++h)
+      for (int e = 0; e < TE; ++e) a[e] += z[e * H + h] * W[h * ldw + j];
+    for (int e = 0; e < TE; ++e) out[e * ldo + j] = a[e];
+  }
+}
+
+// msg[m, c..c+lanes) += sum_{kk < kt} T[m, k0 + kk] R[kk, c..]   for every m < M (one edge)
+template <typename T, typename V>
+inline void consume_forward(const T* Te, int64_t K, int64_t M, int64_t k0, int64_t kt, const T* R,
+                            int64_t C, int64_t c, T* msg) {
+  constexpr int MB = 8;  // output orders per pass (2 d_out + 1 <= 7 at degree 3)
+  for (int64_t m0 = 0; m0 < M; m0 += MB) {
+    const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
+    typename V::type acc[MB];
+    for (int i = 0; i < mb; ++i) acc[i] = V::load(msg + (m0 + i) * C + c);
+    for (int64_t kk = 0; kk < kt; ++kk) {
+      auto r = V::load(R + kk * C + c);
+      for (int i = 0; i < mb; ++i) acc[i] += V::splat(Te[(m0 + i) * K + k0 + kk]) * r;
+    }
+    for (int i = 0; i < mb; ++i) V::store(msg + (m0 + i) * C + c, acc[i]);
+  }
+}
+
+template <typename T>
+void forward_impl(const T* z, int64_t E, int64_t H, const T* Wt, int64_t K, int64_t C, const T* Tm,
+                  int64_t t_stride, int64_t M, T* out, int64_t edge_block, int64_t k_tile,
+                  int64_t threads) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  const int64_t blocks = (E + edge_block - 1) / edge_block;
+  parallel_for(blocks, threads, [&](int64_t b0, int64_t b1) {
+    std::vector<T> zt(TE * H), R(TE * k_tile * C);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e0 = b * edge_block, e1 = std::min(E, e0 + edge_block);
+      std::fill(out + e0 * M * C, out + e1 * M * C, T(0));
+      for (int64_t k0 = 0; k0 < K; k0 += k_tile) {
+        const int64_t kt = std::min(k_tile, K - k0), n = kt * C;
+        for (int64_t es = e0; es < e1; es += TE) {
+          const int64_t te = std::min<int64_t>(TE, e1 - es);
+          std::fill(zt.begin(), zt.end(), T(0));
+          std::memcpy(zt.data(), z + es * H, sizeof(T) * te * H);
+          radial_tile<T>(zt.data(), H, Wt + k0 * C, K * C, n, R.data(), n);
+          for (int64_t e = 0; e < te; ++e) {
+            const T* Te = Tm + (es + e) * t_stride;
+            T* msg = out + (es + e) * M * C;
+            const T* Re = R.data() + e * n;
+            int64_t c = 0;
+            for (; c + L <= C; c += L) consume_forward<T, V>(Te, K, M, k0, kt, Re, C, c, msg);
+            for (; c < C; ++c) consume_forward<T, Lane<T>>(Te, K, M, k0, kt, Re, C, c, msg);
+          }
+        }
+      }
+    }
+  });
+}
+
+// dR[c, kv..] and dT[m, kv..] of one edge for lanes(V) consecutive k of the tile
+template <typename T, typename V>
+inline void grad_rt(const T* Te, const T* g, int64_t K, int64_t M, int64_t C, int64_t k0,
+                    int64_t kk, int64_t kt, const T* R, T* dR, T* dTe) {
+  constexpr int MB = 8;
+  for (int64_t m0 = 0; m0 < M; m0 += MB) {
+    const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
+    typename V::type t[MB], dt[MB];
+    for (int i = 0; i < mb; ++i) {
+      t[i] = V::load(Te + (m0 + i) * K + k0 + kk);
+      dt[i] = V::splat(0);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      auto d = m0 == 0 ? V::splat(0) : V::load(dR + c * kt + kk);
+      auto r = R ? V::load(R + c * kt + kk) : V::splat(0);
+      for (int i = 0; i < mb; ++i) {
+        auto gb = V::splat(g[(m0 + i) * C + c]);
+        d += gb * t[i];
+        dt[i] += gb * r;
+      }
+      V::store(dR + c * kt + kk, d);
+    }
+    if (dTe)
+      for (int i = 0; i < mb; ++i) V::store(dTe + (m0 + i) * K + k0 + kk, dt[i]);
+  }
+}
+
+// dW[h, c K + k] += sum_e z[e, h] dR[e, c, k] and dz[e, h] += sum_{c, k} dR[e, c, k] W[h, c K + k]
+// over the tile's kt columns k of every channel c, for every h. The dz partial sums stay in
+// vector registers across all channels: one horizontal sum per (h, edge) and tile.
+template <typename T>
+void weight_grads(const T* zt, int64_t H, const T* dR, int64_t C, int64_t kt, const T* W, T* dW,
+                  int64_t ldw, int64_t K, bool need_w, bool need_z, T* dz /* [TE, H] */) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  const int64_t n = C * kt;  // dR row length of one edge
+  for (int64_t h = 0; h < H; ++h) {
+    typename V::type az[TE], zb[TE];
+    T sz[TE] = {};
+    for (int e = 0; e < TE; ++e) {
+      az[e] = V::splat(0);
+      zb[e] = V::splat(zt[e * H + h]);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const T* w_row = W + h * ldw + c * K;
+      T* dw_row = dW + h * ldw + c * K;
+      const T* dr = dR + c * kt;
+      int64_t j = 0;
+      for (; j + L <= kt; j += L) {
+        auto w = V::load(w_row + j);
+        auto dw = need_w ? V::load(dw_row + j) : V::splat(0);
+        for (int e = 0; e < TE; ++e) {
+          auto d = V::load(dr + e * n + j);
+          dw += zb[e] * d;
+          az[e] += d * w;
+        }
+        if (need_w) V::store(dw_row + j, dw);
+      }
+      for (; j < kt; ++j) {
+        T dw = 0;
+        for (int e = 0; e < TE; ++e) {
+          const T d = dr[e * n + j];
+          dw += zt[e * H + h] * d;
+          sz[e] += d * w_row[j];
+        }
+        if (need_w) dw_row[j] += dw;
+      }
+    }
+    if (need_z)
+      for (int e = 0; e < TE; ++e) dz[e * H + h] += V::sum(az[e]) + sz[e];
+  }
+}
+
+template <typename T>
+void backward_impl(const T* z, int64_t E, int64_t H, const T* Wcf, int64_t K, int64_t C,
+                   const T* Tm, int64_t t_stride, int64_t M, const T* g, T* dT, int64_t dt_stride,
+                   T* dW, T* dz, bool need_w, bool need_z, int64_t k_tile, int64_t threads) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  const int64_t tiles = (K + k_tile - 1) / k_tile;
+  std::mutex dz_lock;
+  // threads own k tiles: dW's and dT's columns of a tile are written by one thread only;
+  // dz sums over every k and is reduced once per thread
+  parallel_for(tiles, threads, [&](int64_t t0, int64_t t1) {
+    std::vector<T> zt(TE * H), R(dT ? TE * C * k_tile : 0), dR(TE * C * k_tile), dzt(TE * H);
+    std::vector<T> dzl(need_z ? E * H : 0, T(0));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k0 = t * k_tile, kt = std::min(k_tile, K - k0), n = C * kt;
+      for (int64_t es = 0; es < E; es += TE) {
+        const int64_t te = std::min<int64_t>(TE, E - es);
+        std::fill(zt.begin(), zt.end(), T(0));
+        std::memcpy(zt.data(), z + es * H, sizeof(T) * te * H);
+        if (dT)  // R in the (c, k) layout of the tile: one k segment per channel
+          for (int64_t c = 0; c < C; ++c)
+            radial_tile<T>(zt.data(), H, Wcf + c * K + k0, C * K, kt, R.data() + c * kt, n);
+        std::fill(dR.begin(), dR.end(), T(0));  // padded edges contribute nothing
+        for (int64_t e = 0; e < te; ++e) {
+          const T* Te = Tm + (es + e) * t_stride;
+          const T* ge = g + (es + e) * M * C;
+          const T* Re = dT ? R.data() + e * n : nullptr;
+          T* dTe = dT ? dT + (es + e) * dt_stride : nullptr;
+          int64_t kk = 0;
+          for (; kk + L <= kt; kk += L)
+            grad_rt<T, V>(Te, ge, K, M, C, k0, kk, kt, Re, dR.data() + e * n, dTe);
+          for (; kk < kt; ++kk)
+            grad_rt<T, Lane<T>>(Te, ge, K, M, C, k0, kk, kt, Re, dR.data() + e * n, dTe);
+        }
+        if (need_w || need_z) {
+          std::fill(dzt.begin(), dzt.end(), T(0));
+          weight_grads<T>(zt.data(), H, dR.data(), C, kt, Wcf + k0, need_w ? dW + k0 : nullptr,
+                          C * K, K, need_w, need_z, dzt.data());
+          if (need_z)
+            for (int64_t e = 0; e < te; ++e)
+              for (int64_t h = 0; h < H; ++h) dzl[(es + e) * H + h] += dzt[e * H + h];
+        }
+      }
+    }
+    if (need_z) {
+      std::lock_guard<std::mutex> guard(dz_lock);
+      for (int64_t i = 0; i < E * H; ++i) dz[i] += dzl[i];
+    }
+  });
+}
+
+}  // namespace
+
+// Shapes and strides are checked by the caller (se3t/nn/kernel_cpu.py). Per output degree:
+// z [E, H], wt [H, K C] in (k, c) order, T [E, M, K] rows contiguous with edge stride ts,
+// out [E, M, C] written. Backward: wcf [H, C K] in (c, k) order, g [E, M, C]; dT (may be null)
+// written with edge stride dts, dwcf [H, C K] and dz [E, H] accumulated (null: skipped).
+#define SE3T_TFN(T, SUFFIX)                                                                   \
+  extern "C" void se3t_tfn_forward_##SUFFIX(const T* z, int64_t E, int64_t H, const T* wt,    \
+                                            int64_t K, int64_t C, const T* tm, int64_t ts,    \
+                                            int64_t M, T* out, int64_t edge_block,            \
+                                            int64_t k_tile, int64_t threads) {                \
+    if (E > 0)                                                                                \
+      forward_impl<T>(z, E, H, wt, K, C, tm, ts, M, out, std::max<int64_t>(1, edge_block),   \
+                      std::max<int64_t>(1, k_tile), threads);                                 \
+  }                                                                                           \
+  extern "C" void se3t_tfn_backward_##SUFFIX(                                                 \
+      const T* z, int64_t E, int64_t H, const T* wcf, int64_t K, int64_t C, const T* tm,      \
+      int64_t ts, int64_t M, const T* g, T* dt, int64_t dts, T* dwcf, T* dz, int64_t k_tile,  \
+      int64_t threads) {                                                                      \
+    if (E > 0)                                                                                \
+      backward_impl<T>(z, E, H, wcf, K, C, tm, ts, M, g, dt, dts, dwcf, dz, dwcf != nullptr,  \
+                       dz != nullptr, std::max<int64_t>(1, k_tile), threads);                 \
+  }
+
+SE3T_TFN(float, f32)
+SE3T_TFN(double, f64)
+
+extern "C" int64_t se3t_tfn_vector_bytes() { return kVecBytes; }

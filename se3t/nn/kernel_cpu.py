@@ -1,0 +1,347 @@
+"""The ``cpp`` evaluation of the fused TFN contraction: a C++/OpenMP kernel built at first use.
+
+The kernel (``csrc/tfn_cpu.cpp``) computes the radial weights ``R = z @ W^T`` of a tile of
+edges and ``K`` indices into a buffer of a few KB that stays in L1, and contracts it with ``T``
+at once; backward recomputes the tile and forms ``dR``, ``dT``, ``dW`` and ``dz`` on it. ``R``
+is never written to memory (docs/kernel.md). ``T = Bb x`` (block basis times node features) and
+the gradients of the node features and the basis stay batched torch matmuls, as in
+:class:`se3t.nn.kernel._ConcatTFN`, whose layout this op shares.
+
+The kernel is a plain shared library (C ABI, called through ``ctypes``; no torch headers, so
+the build takes a few seconds) compiled with the host's ``-march=native`` into the user's cache
+folder (``$XDG_CACHE_HOME/se3t/kernels``, else ``~/.cache/se3t/kernels``), under a name keyed by
+the CPU model and ISA flags, the compiler, the flags and the source, so a home folder shared by
+different machines never loads a binary built for another CPU. Without a compiler (or when the
+build fails) :func:`extension` returns None after one log line, and the torch evaluation runs
+instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from se3t import io
+from se3t.nn.graph_ops import gather
+from se3t.nn.kernel import KernelSpec, KernelState, _permuted_weights
+
+__all__ = ["ConcatTFNCpu", "CpuKernel", "build_info", "cpu_description", "extension"]
+
+log = logging.getLogger("se3t.kernel")
+SOURCE = Path(__file__).resolve().parent / "csrc" / "tfn_cpu.cpp"
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=c++17"]
+
+
+def cpu_description() -> tuple[str, str]:
+    """``(model name, ISA flags)`` of this CPU from /proc/cpuinfo (``platform`` elsewhere)."""
+    model, flags = "", ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = value.strip()
+            if flags and model:
+                break
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def _compiler() -> str | None:
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def kernel_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "se3t" / "kernels"
+
+
+def _library(compiler: str) -> Path:
+    model, flags = cpu_description()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout.splitlines()[:1]
+    key = "\n".join([model, flags, compiler, *version, " ".join(FLAGS), SOURCE.read_text()])
+    return kernel_folder() / f"tfn_cpu_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+_BUILD: dict[str, object] = {}  # what extension() did in this process, for build_info()
+
+
+class CpuKernel:
+    """The compiled library's two entry points, with the shape checks the C code relies on."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        self.vector_bytes = lib.se3t_tfn_vector_bytes()
+        i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        for sfx in ("f32", "f64"):
+            f = getattr(lib, f"se3t_tfn_forward_{sfx}")
+            f.restype, f.argtypes = (
+                None,
+                [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr] + [i64] * 3,
+            )
+            b = getattr(lib, f"se3t_tfn_backward_{sfx}")
+            b.restype = None
+            b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr]
+            b.argtypes += [i64, i64]
+
+    @staticmethod
+    def _sfx(z: Tensor) -> str:
+        if z.dtype not in (torch.float32, torch.float64) or z.device.type != "cpu":
+            raise ValueError(f"cpp kernel: CPU float32/float64 only, got {z.device} {z.dtype}")
+        return "f32" if z.dtype == torch.float32 else "f64"
+
+    @staticmethod
+    def _edge_stride(t: Tensor, name: str) -> int:
+        # T is a view [E, M, K] of the stacked T of every output degree: rows contiguous
+        if t.stride(2) != 1 or t.stride(1) != t.shape[2]:
+            raise ValueError(f"cpp kernel: {name} must be contiguous within an edge")
+        return t.stride(0)
+
+    def forward(self, z, wt, tm, out, edge_block: int, k_tile: int) -> None:
+        """``out [E, M, C]`` = messages of one output degree (``wt [H, K C]``, (k, c) order)."""
+        E, H = z.shape
+        _, M, K = tm.shape
+        C = out.shape[2]
+        for t, shape in ((wt, (H, K * C)), (out, (E, M, C))):
+            if tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != z.dtype:
+                raise ValueError(f"cpp kernel: expected a contiguous {shape}, got {t.shape}")
+        if not z.is_contiguous() or tm.shape[0] != E or tm.dtype != z.dtype:
+            raise ValueError("cpp kernel: z must be contiguous [E, H], T [E, M, K]")
+        getattr(self.lib, f"se3t_tfn_forward_{self._sfx(z)}")(
+            z.data_ptr(),
+            E,
+            H,
+            wt.data_ptr(),
+            K,
+            C,
+            tm.data_ptr(),
+            self._edge_stride(tm, "T"),
+            M,
+            out.data_ptr(),
+            edge_block,
+            k_tile,
+            torch.get_num_threads(),
+        )
+
+    def backward(self, z, wcf, tm, g, dt, dwcf, dz, k_tile: int) -> None:
+        """Accumulates ``dwcf [H, C K]`` and ``dz [E, H]``, writes ``dt [E, M, K]`` (each
+        skipped when None)."""
+        E, H = z.shape
+        _, M, K = tm.shape
+        C = g.shape[2]
+        checks = [(wcf, (H, K * C)), (g, (E, M, C))]
+        checks += [(t, s) for t, s in ((dwcf, (H, K * C)), (dz, (E, H))) if t is not None]
+        for t, shape in checks:
+            if tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != z.dtype:
+                raise ValueError(f"cpp kernel: expected a contiguous {shape}, got {t.shape}")
+        if not z.is_contiguous() or tm.shape[0] != E or tm.dtype != z.dtype:
+            raise ValueError("cpp kernel: z must be contiguous [E, H], T [E, M, K]")
+        if dt is not None and (tuple(dt.shape) != tuple(tm.shape) or dt.dtype != z.dtype):
+            raise ValueError("cpp kernel: dT must be shaped like T")
+        getattr(self.lib, f"se3t_tfn_backward_{self._sfx(z)}")(
+            z.data_ptr(),
+            E,
+            H,
+            wcf.data_ptr(),
+            K,
+            C,
+            tm.data_ptr(),
+            self._edge_stride(tm, "T"),
+            M,
+            g.data_ptr(),
+            None if dt is None else dt.data_ptr(),
+            0 if dt is None else self._edge_stride(dt, "dT"),
+            None if dwcf is None else dwcf.data_ptr(),
+            None if dz is None else dz.data_ptr(),
+            k_tile,
+            torch.get_num_threads(),
+        )
+
+
+def _build(compiler: str, lib: Path) -> None:
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    # compile next to the target, then rename: a concurrent process never loads half a file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip() or f"{compiler} exited {proc.returncode}")
+        io.replace(tmp, lib)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@functools.cache  # like an import: the compiled library is loaded once per process
+def extension() -> CpuKernel | None:
+    """The compiled kernel, built at first use; None (after one log line) when there is no
+    C++ compiler or the build fails."""
+    compiler = _compiler()
+    if compiler is None:
+        log.warning("se3t kernel: no C++ compiler found; the fused TFN runs in torch (slower)")
+        _BUILD.update(status="no compiler")
+        return None
+    lib = _library(compiler)
+    cached = lib.exists()
+    t0 = time.perf_counter()
+    try:
+        if not cached:
+            _build(compiler, lib)
+        kernel = CpuKernel(ctypes.CDLL(str(lib)))
+    except (OSError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[:1]
+        log.warning(
+            "se3t kernel: building the C++ kernel failed (%s); the fused TFN runs in torch",
+            first[0] if first else type(exc).__name__,
+        )
+        _BUILD.update(status="build failed", error=str(exc))
+        return None
+    seconds = time.perf_counter() - t0
+    _BUILD.update(
+        status="loaded" if cached else "built",
+        seconds=seconds,
+        library=str(lib),
+        vector_bytes=kernel.vector_bytes,
+    )
+    if not cached:
+        log.info("se3t kernel: compiled the C++ kernel in %.1f s into %s", seconds, lib)
+    return kernel
+
+
+def build_info() -> dict:
+    """What :func:`extension` did in this process: status (built, loaded, no compiler, build
+    failed), seconds, library, SIMD vector bytes; empty before the first use."""
+    return dict(_BUILD)
+
+
+class ConcatTFNCpu(torch.autograd.Function):
+    """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel._ConcatTFN`."""
+
+    @staticmethod
+    def forward(ctx, z, weight, x_all, src, spec: KernelSpec, state: KernelState, block):
+        ext = extension()
+        tiles = state.tile("cpp", spec, z)
+        chunk = tiles["chunk_edges"]
+        E, C, nb = z.shape[0], x_all.shape[2], block.shape[1]
+        z = z.contiguous()
+        wts = _permuted_weights(spec, weight)  # {d_out: [H, K C_o]}, (k, c_o) order
+        outs = [z.new_empty(E, 2 * do + 1, co) for do, co in spec.outs]
+        for s in range(0, E, chunk):
+            e = slice(s, s + chunk)
+            z_e = z[e]
+            c = z_e.shape[0]
+            x_e = gather(x_all, src[e])  # [c, sum (2 d_in + 1), C]
+            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+            for k, (do, _) in enumerate(spec.outs):
+                r0, r1 = spec.block_rows[do]
+                m = 2 * do + 1
+                T_do = T[:, r0:r1].view(c, m, (r1 - r0) * C // m)  # [c, m, K], strided by edge
+                ext.forward(z_e, wts[do], T_do, outs[k][e], tiles["edge_block"], tiles["k_tile"])
+        ctx.spec, ctx.state = spec, state
+        ctx.save_for_backward(z, weight, x_all, src, block)
+        return tuple(o.transpose(1, 2) for o in outs)  # [E, C_o, 2 d_out + 1]
+
+    @staticmethod
+    def backward(ctx, *grads):
+        z, weight, x_all, src, block = ctx.saved_tensors
+        spec, state = ctx.spec, ctx.state
+        ext = extension()
+        tiles = state.tile("cpp", spec, z)
+        chunk = tiles["chunk_edges"]
+        need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
+        need_t = need_x or need_b
+        C, nb = x_all.shape[2], block.shape[1]
+        wcf = _permuted_weights(spec, weight, channels_first=True)  # {d_out: [H, C_o K]}
+        grads_t = [None if g is None else g.transpose(1, 2).contiguous() for g in grads]
+        gz = torch.zeros_like(z) if need_z else None
+        gx = torch.zeros_like(x_all) if need_x else None
+        gb = torch.zeros_like(block) if need_b else None
+        gw_cf = {do: torch.zeros_like(w) for do, w in wcf.items()} if need_w else None
+        for s in range(0, z.shape[0], chunk):
+            e = slice(s, s + chunk)
+            z_e = z[e]
+            c = z_e.shape[0]
+            x_e = gather(x_all, src[e])
+            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+            gT = state.scratch("gT", c * nb * C, z).view(c, nb, C) if need_t else None
+            for k, (do, _) in enumerate(spec.outs):
+                r0, r1 = spec.block_rows[do]
+                m = 2 * do + 1
+                kk = (r1 - r0) * C // m
+                if grads_t[k] is None:
+                    if gT is not None:
+                        gT[:, r0:r1].zero_()
+                    continue
+                ext.backward(
+                    z_e,
+                    wcf[do],
+                    T[:, r0:r1].view(c, m, kk),
+                    grads_t[k][e],
+                    gT[:, r0:r1].view(c, m, kk) if gT is not None else None,
+                    gw_cf[do] if need_w else None,
+                    gz[e] if need_z else None,
+                    tiles["k_tile"],
+                )
+            if gT is None:
+                continue
+            if need_x:
+                gx_e = torch.bmm(block[e].transpose(1, 2), gT)  # [c, sum (2 d_in + 1), C]
+                gx.view(gx.shape[0], -1).index_add_(0, src[e], gx_e.view(c, -1))
+            if need_b:
+                torch.bmm(gT, x_e.transpose(1, 2), out=gb[e])
+        gw = None
+        if need_w:
+            gw = torch.empty_like(weight)
+            for do, g in gw_cf.items():
+                first, rows = spec.do_rows[do]
+                inv = spec.concat_inverse(do, gw.device, channels_first=True)
+                torch.index_select(g.t(), 0, inv, out=gw[first : first + rows])
+        return (gz, gw, gx, None, None, None, gb)
+
+
+def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
+    """``run(tiles)``: one forward and backward of the kernel on random data of ``spec``'s
+    shape with ``E`` edges (what :class:`se3t.nn.tuning.KernelTuner` times)."""
+    ext = extension()
+    g = torch.Generator().manual_seed(0)
+    C = spec.ins[0][1]
+    z = torch.randn(E, H, generator=g, dtype=dtype)
+    nb = max(r1 for _, r1 in spec.block_rows.values())
+    T = torch.randn(E, nb, C, generator=g, dtype=dtype)
+    dT = torch.empty_like(T)
+    problems = []
+    for do, co in spec.outs:
+        r0, r1 = spec.block_rows[do]
+        m = 2 * do + 1
+        k = (r1 - r0) * C // m
+        w = torch.randn(H, k * co, generator=g, dtype=dtype)
+        out = torch.empty(E, m, co, dtype=dtype)
+        grad = torch.randn(E, m, co, generator=g, dtype=dtype)
+        problems.append((w, T[:, r0:r1].view(E, m, k), out, grad, dT[:, r0:r1].view(E, m, k)))
+    gz = torch.zeros_like(z)
+
+    def run(tiles: dict) -> None:
+        for w, t, out, grad, dt in problems:
+            ext.forward(z, w, t, out, tiles["edge_block"], tiles["k_tile"])
+            ext.backward(z, w, t, grad, dt, torch.zeros_like(w), gz, tiles["k_tile"])
+
+    return run
