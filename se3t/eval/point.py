@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from se3t.config import ModelConfig
 from se3t.device import (
     current_memory,
     device_name,
@@ -49,7 +50,7 @@ from se3t.device import (
 )
 from se3t.graph import Batch, Graph
 from se3t.io import write_json
-from se3t.models.transformer import SE3TransformerPooled
+from se3t.models.transformer import SE3TransformerPooled, build
 from se3t.so3.basis import compute_basis_flat
 from se3t.train.step import TrainingStep, set_matmul_precision
 
@@ -108,11 +109,9 @@ class StepPoint:
 
 
 def build_model(words: dict[str, Any]) -> SE3TransformerPooled:
-    """The pooled model of ModelConfig's keys (``heads`` is the constructor's ``num_heads``);
-    keys left out keep the defaults, which are the config's."""
-    return SE3TransformerPooled(
-        **{("num_heads" if k == "heads" else k): v for k, v in words.items()}
-    )
+    """The pooled model of ModelConfig's keys, built as training builds it
+    (:func:`se3t.models.transformer.build`); keys left out keep the config's defaults."""
+    return build(dataclasses.replace(ModelConfig(), **words))
 
 
 def load_batches(path: str | Path, size: int) -> Batch:
