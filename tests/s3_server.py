@@ -19,18 +19,18 @@ import urllib.request
 from pathlib import Path
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class S3Server:
     """``moto_server`` on 127.0.0.1 with authentication; ``env`` holds valid credentials."""
 
-    def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, log: Path, host: str = "127.0.0.1") -> None:
+        self.port = free_port(host)
+        self.endpoint = f"http://{host}:{self.port}"
         env = {
             **os.environ,
             "INITIAL_NO_AUTH_ACTION_COUNT": "3",  # IAM user, key and policy; then auth is on
@@ -40,7 +40,7 @@ class S3Server:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*cmd, "-H", "127.0.0.1", "-p", str(self.port)],
+            [*cmd, "-H", host, "-p", str(self.port)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

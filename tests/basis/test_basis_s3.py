@@ -286,7 +286,7 @@ def test_two_publishers_race(server, cache_url, aws_env, local_store, qm9_store,
             "--endpoint",
             server.endpoint,
             "--delay",
-            "0.05",
+            "0.5",  # per object: a window of seconds in which both are uploading
             "--workers",
             "2",
             "--start-at",

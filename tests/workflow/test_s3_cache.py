@@ -5,7 +5,9 @@ computing it (receipts: 0 chunks computed) and trains from the downloaded copy."
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 from s3_server import S3Server, keys
@@ -32,11 +34,19 @@ def test_second_site_downloads_the_published_store(tmp_path, shared_data, server
 
 
 @pytest.mark.slurm
-def test_slurm_profile_with_s3_cache(tmp_path, shared_data, server, monkeypatch, slurm_cluster):
-    """Both sites run `snakemake --profile profiles/slurm`: every basis rule is a SLURM job that
-    talks to the object store (the jobs inherit the AWS variables as any SLURM job does)."""
-    profile = site_profile(tmp_path / "profile", slurm_cluster.account, slurm_cluster.partition)
-    _two_sites(tmp_path, shared_data, server, monkeypatch, profile=profile)
+def test_slurm_profile_with_s3_cache(tmp_path, shared_data, monkeypatch, slurm_cluster):
+    """Both sites run `snakemake --profile profiles/slurm`: every basis rule is a SLURM job on a
+    node in its own network namespace, talking to the object store at the bridge address (the
+    jobs inherit the AWS variables as any SLURM job does)."""
+    conf = Path(slurm_cluster.conf).read_text()
+    bridge = re.search(r"^SlurmctldHost=[^(]*\(([0-9.]+)\)", conf, re.M)
+    host = bridge.group(1) if bridge else "127.0.0.1"  # single-node cluster: loopback
+    srv = S3Server(tmp_path / "moto.log", host=host)
+    try:
+        profile = site_profile(tmp_path / "profile", slurm_cluster.account, slurm_cluster.partition)
+        _two_sites(tmp_path, shared_data, srv, monkeypatch, profile=profile)
+    finally:
+        srv.stop()
 
 
 def _two_sites(tmp_path, shared_data, server, monkeypatch, profile):
