@@ -11,7 +11,7 @@ compare ratios within one run):
 - ``copy_local``: the store's files copied to a fresh local folder (the baseline: moving the
   bytes through the file system);
 - ``put_raw``: every file PUT to a fresh bucket, 8 at a time, no checks (the wire alone);
-- ``publish``: ``se3t.basis.publish.publish`` to a fresh bucket (HEAD, Content-MD5,
+- ``publish``: ``se3t.basis.publish`` to a fresh bucket (HEAD, Content-MD5,
   sha256, If-None-Match, verify listing, checksums.json last);
 - ``mirror``: a fresh local copy of the published store (download, sha256 of every shard,
   rename, read-only).
@@ -52,9 +52,7 @@ def _nbytes(store: Path) -> int:
 
 def _point(args: argparse.Namespace) -> dict:
     """One measurement (run in its own process)."""
-    from se3t.basis.mirror import mirror
-    from se3t.basis.publish import publish
-    from se3t.basis.remote import RemoteCache
+    from se3t.basis import RemoteCache, mirror, publish
 
     store = Path(args.store)
     opts = {"endpoint_url": args.endpoint}

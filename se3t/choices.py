@@ -20,11 +20,14 @@ __all__ = [
     "Device",
     "Fusion",
     "Graph",
+    "NanPolicy",
     "Optimizer",
     "Pooling",
     "Precision",
     "ProfileBasis",
+    "RadialSharing",
     "Scheduler",
+    "SelfInteraction",
     "Split",
 ]
 
@@ -106,6 +109,24 @@ class Fusion(StrEnum):
     FULL = "full"
 
 
+class RadialSharing(StrEnum):
+    """Which degree pairs share a radial MLP (``model.radial_sharing``; docs/model.md)."""
+
+    FUSION = "fusion"  # the groups of model.fusion, in every layer (se3t's former function)
+    # NVIDIA's per-layer choice at its maximum fuse level: with tensor_cores (its published
+    # QM9 runs), its default (a CPU), low_memory; applies when model.fusion is auto
+    NVIDIA_FULL = "nvidia_full"
+    NVIDIA_PARTIAL = "nvidia_partial"
+    NVIDIA_NONE = "nvidia_none"
+
+
+class SelfInteraction(StrEnum):
+    """Where the final convolution adds its self-interaction (``model.self_interaction``)."""
+
+    EDGE = "edge"  # to every incoming edge's message, before the sum (NVIDIA: x in-degree)
+    NODE = "node"  # once per atom
+
+
 class Optimizer(StrEnum):
     """``train.optimizer``."""
 
@@ -119,6 +140,13 @@ class Scheduler(StrEnum):
 
     COSINE = "cosine"  # cosine decay to train.min_lr
     CONSTANT = "constant"
+
+
+class NanPolicy(StrEnum):
+    """What training does on a non-finite loss or gradient (``train.nan_policy``)."""
+
+    STOP = "stop"  # fail before anything is saved over the last good checkpoint
+    SKIP = "skip"  # drop the step, as AMP's scaler drops an overflowing one
 
 
 class Precision(StrEnum):

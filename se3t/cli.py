@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from se3t.config import ConfigError
-from se3t.errors import Se3tError
+from se3t.errors import Se3tError, Terminated
 
 # stage modules in the order `se3t --help` lists them
 _COMMANDS = ("data", "basis", "train", "launch", "evaluate", "profile", "predict", "report")
@@ -40,17 +42,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``KEY=VALUE`` overrides come after options too (``se3t train CFG a=1
+    --no-progress b=2``): argparse stops the overrides' list at the first option."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
+    # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C, so temporary files and
+    # folders are removed and the user is told; training installs its own handler (a clean
+    # stop with a checkpoint) for its duration
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, Se3tError) as err:
         print(f"se3t {args.command}: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(
+            f"se3t {args.command}: terminated (SIGTERM); unfinished output was removed, run the "
+            "same command again to continue",
+            file=sys.stderr,
+        )
+        return 143
     except KeyboardInterrupt:
         print(f"se3t {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

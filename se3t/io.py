@@ -1,5 +1,9 @@
 """Atomic file output for every stage: a temporary file in the target folder, then a rename.
 
+The one writer of the project: files (:func:`atomic_write` and its ``write_*`` helpers, which
+also stream many buffers with one ``writev``) and whole folders (:func:`atomic_dir`, for Zarr
+stores built under a temporary name). No other module renames a temporary into place.
+
 A crash (or Ctrl-C) never leaves a half-written ``metrics.json``, CSV or PNG behind: readers see
 either the previous file or the complete new one. With ``fsync=True`` this also holds across a
 power loss: the file's bytes reach the disk before the rename, and the rename (the folder
@@ -9,14 +13,30 @@ renamed-but-empty file. Checkpoints and downloads use it; small reports need not
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "replace", "write_bytes", "write_json", "write_text"]
+from se3t.errors import DiskFullError
+
+__all__ = [
+    "TMP_DIR_MARK",
+    "atomic_dir",
+    "atomic_write",
+    "replace",
+    "write_buffers",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
+
+TMP_DIR_MARK = ".tmp-"  # in the name of a folder being built: ``.NAME.tmp-HEX``
 
 
 def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
@@ -79,10 +99,24 @@ def atomic_write(
                 _fsync_path(path.parent, directory=True)
         else:
             replace(tmp, path, fsync=fsync)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _is_disk_full(err):
+            raise _disk_full(err, path) from None
         raise
     return path
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(err: BaseException, path: Path) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    return DiskFullError(str(path), free)
 
 
 def write_text(
@@ -107,3 +141,69 @@ def write_bytes(
 def write_json(path: str | os.PathLike, obj: Any, *, fsync: bool = False) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     return write_text(path, text, fsync=fsync)
+
+
+def write_buffers(path: str | os.PathLike, buffers: list[Any], *, fsync: bool = False) -> int:
+    """Write the concatenation of ``buffers`` (bytes-like, any number) atomically with as few
+    ``writev`` calls as the kernel allows (no joined copy of a large file in memory); returns
+    the number of bytes written."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    total = sum(len(v) for v in views)
+
+    def writer(tmp: str) -> None:
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            while views:  # one writev; loop only if the kernel wrote part of it
+                done_now = os.writev(fd, views[:1024])
+                while views and done_now >= len(views[0]):
+                    done_now -= len(views[0])
+                    views.pop(0)
+                if views and done_now:
+                    views[0] = views[0][done_now:]
+        finally:
+            os.close(fd)
+
+    atomic_write(path, writer, fsync=fsync)
+    return total
+
+
+def atomic_dir(
+    path: str | os.PathLike, builder: Callable[[Path], None], *, exclusive: bool = False
+) -> Path:
+    """Call ``builder(tmp)`` to fill an empty folder beside ``path`` (``.NAME.tmp-HEX``), then
+    rename it onto ``path``, so readers see no folder or a complete one.
+
+    An existing ``path`` is replaced (moved aside first, removed after the rename) unless
+    ``exclusive``, which instead raises FileExistsError and keeps it: when two processes build
+    one folder, the first complete one wins. If ``builder`` raises (KeyboardInterrupt included),
+    the temporary folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_DIR_MARK}{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
+    try:
+        try:
+            builder(tmp)
+        except OSError as err:
+            if _is_disk_full(err):
+                raise _disk_full(err, path) from None
+            raise
+        if exclusive:
+            try:
+                os.rename(tmp, path)  # fails on an existing non-empty folder
+            except OSError as err:
+                if path.is_dir():  # ENOTEMPTY/EEXIST: someone else created it first
+                    raise FileExistsError(str(path)) from err
+                raise
+        elif path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path

@@ -147,3 +147,45 @@ def test_exclusive_write_keeps_the_first_file(tmp_path, fsync):
         io.write_bytes(target, b"second", exclusive=True, fsync=fsync)
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checksums.json"]
+
+
+def test_write_buffers_writes_the_concatenation(tmp_path):
+    parts = [b"ab", bytearray(b"cd"), memoryview(b"ef"), b""] * 600  # > one writev's 1,024
+    target = tmp_path / "shard"
+    assert io.write_buffers(target, parts) == 6 * 600
+    assert target.read_bytes() == b"abcdef" * 600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard"]
+
+
+def _fill(text):
+    def build(tmp):
+        (tmp / "a").mkdir()
+        (tmp / "a" / "x").write_text(text)
+
+    return build
+
+
+def test_atomic_dir_replaces_a_folder_only_when_the_new_one_is_whole(tmp_path):
+    target = tmp_path / "store.zarr"
+    io.atomic_dir(target, _fill("one"))
+    assert (target / "a" / "x").read_text() == "one"
+
+    def failing(tmp):
+        _fill("two")(tmp)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_dir(target, failing)
+    assert (target / "a" / "x").read_text() == "one"
+    io.atomic_dir(target, _fill("three"))
+    assert (target / "a" / "x").read_text() == "three"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.zarr"]  # no temporaries
+
+
+def test_exclusive_atomic_dir_keeps_the_first_folder(tmp_path):
+    target = tmp_path / "store.zarr"
+    io.atomic_dir(target, _fill("first"), exclusive=True)
+    with pytest.raises(FileExistsError):
+        io.atomic_dir(target, _fill("second"), exclusive=True)
+    assert (target / "a" / "x").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.zarr"]

@@ -47,44 +47,70 @@ import nothing private from each other:
 - :mod:`.reader`: ``open_basis``, ``BasisStore`` (memory or chunk-cache reads).
 - :mod:`.sampler`: ``ChunkShuffleBatchSampler``, batches drawn chunk by chunk.
 - :mod:`.verification`: ``verify``, ``VerifyReport``.
+
+Caches on S3-compatible object stores (``basis.cache: s3://bucket/prefix``; docs/basis.md,
+"sharing across sites"):
+
+- :mod:`.remote`: ``RemoteCache``, the connection, its errors and leases.
+- :mod:`.publisher`: ``publish``, ``upload``, ``finalize_remote`` (checksums.json last,
+  ``If-None-Match``), ``precompute_remote``.
+- :mod:`.local_cache`: ``mirror``, ``read_through``, ``write_remote_manifest``: the verified
+  local copy training reads (``basis.local_cache``).
+- :mod:`.remote_cache`: ``list_remote``, ``verify_remote``, ``gc_remote`` (leases, age rule).
 """
 
 from __future__ import annotations
 
 from se3t.basis.cache import StoreInfo, gc, list_stores, remove_store, resolve_store
 from se3t.basis.key import BasisBackend, BasisSettings, basis_key, default_backend
-from se3t.basis.layout import STORE_FORMAT, plan_chunks, store_meta, store_path
+from se3t.basis.layout import CHECKSUMS_FILE, STORE_FORMAT, plan_chunks, store_meta, store_path
+from se3t.basis.local_cache import mirror, read_through, write_remote_manifest
 from se3t.basis.location import ensure_writable_cache, is_url, local_path
 from se3t.basis.manifest import finalize, read_manifest, write_manifest
+from se3t.basis.publisher import finalize_remote, precompute_remote, publish, upload
 from se3t.basis.reader import BasisStore, open_basis
+from se3t.basis.remote import RemoteCache
+from se3t.basis.remote_cache import gc_remote, list_remote, verify_remote
 from se3t.basis.sampler import ChunkShuffleBatchSampler
 from se3t.basis.verification import VerifyReport, verify
 from se3t.basis.writer import precompute
 
 __all__ = [
+    "CHECKSUMS_FILE",
     "STORE_FORMAT",
     "BasisBackend",
     "BasisSettings",
     "BasisStore",
     "ChunkShuffleBatchSampler",
+    "RemoteCache",
     "StoreInfo",
     "VerifyReport",
     "basis_key",
     "default_backend",
     "ensure_writable_cache",
     "finalize",
+    "finalize_remote",
     "gc",
+    "gc_remote",
     "is_url",
+    "list_remote",
     "list_stores",
     "local_path",
+    "mirror",
     "open_basis",
     "plan_chunks",
     "precompute",
+    "precompute_remote",
+    "publish",
     "read_manifest",
+    "read_through",
     "remove_store",
     "resolve_store",
     "store_meta",
     "store_path",
+    "upload",
     "verify",
+    "verify_remote",
     "write_manifest",
+    "write_remote_manifest",
 ]

@@ -22,6 +22,7 @@ class Claims:
         self.dir = store / CLAIMS_DIR
         self.timeout_s = timeout_s
         self.host = socket.gethostname()
+        self.held: set[int] = set()
         self.dir.mkdir(exist_ok=True)
 
     def _file(self, u: int) -> Path:
@@ -39,6 +40,7 @@ class Claims:
                 return False
             with os.fdopen(fd, "w") as fh:
                 json.dump({"host": self.host, "pid": os.getpid(), "time": time.time()}, fh)
+            self.held.add(u)
             return True
         return False
 
@@ -49,6 +51,10 @@ class Claims:
         except (OSError, ValueError):
             return True  # unreadable or half-written by a killed process
         if info.get("host") == self.host:
+            if int(info.get("pid", -1)) == os.getpid():
+                # this process's own claim that it no longer holds: left by an earlier call
+                # that failed (a full disk), not a shard being computed
+                return int(path.stem) not in self.held
             try:
                 os.kill(int(info["pid"]), 0)
             except ProcessLookupError:
@@ -60,3 +66,9 @@ class Claims:
 
     def release(self, u: int) -> None:
         self._file(u).unlink(missing_ok=True)
+        self.held.discard(u)
+
+    def release_all(self) -> None:
+        """Release every claim still held (a failed precompute: others may take them now)."""
+        for u in list(self.held):
+            self.release(u)

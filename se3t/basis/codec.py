@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-from se3t.basis.layout import PARTIAL_SUFFIX, unit_file
+from se3t.basis.layout import unit_file
+from se3t.io import write_buffers
 
 
 class ShardCodec:
@@ -25,8 +25,8 @@ class ShardCodec:
     compressor object (``bytes`` little-endian -> compressor -> ``crc32c``, as the array metadata
     says), builds the shard index (``uint64`` (offset, length) pairs in chunk order, then its
     CRC32C, at the end) and writes the file with one ``writev`` to a temporary name and an
-    atomic rename, as Zarr's ``LocalStore`` does. Chunks past the array's end in a partial last
-    shard are left empty in the index, as Zarr leaves them.
+    atomic rename (:func:`se3t.io.write_buffers`), as Zarr's ``LocalStore`` does. Chunks past
+    the array's end in a partial last shard are left empty in the index, as Zarr leaves them.
     ``tests/basis/test_basis_store.py`` checks the files are byte-identical to Zarr's.
 
     Reading (:meth:`read_into`) is the reverse for one chunk: the shard index (read once per
@@ -146,6 +146,35 @@ class ShardCodec:
         else:
             self._decompress(body, out=dest)
 
+    def check(self, u: int) -> str | None:
+        """Check unit ``u``'s file without decompressing it: the shard index's CRC32C, every
+        chunk's extent inside the file and its CRC32C. Returns what is wrong, or None."""
+        import google_crc32c
+
+        try:
+            data = (self.path / unit_file(u)).read_bytes()
+        except OSError as err:
+            return f"unreadable ({err.strerror})"
+        if not self.sharded:
+            spans = [(0, len(data))]
+        else:
+            nbytes = self.cps * 16 + 4
+            raw = data[-nbytes:]
+            if len(data) < nbytes or np.frombuffer(raw[-4:], dtype="<u4")[0] != (
+                google_crc32c.value(raw[:-4])
+            ):
+                return f"{len(data)} bytes, its shard index fails its CRC32C (truncated?)"
+            index = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.cps, 2)
+            spans = [(int(o), int(n)) for o, n in index if int(o) != 2**64 - 1]
+        for k, (offset, length) in enumerate(spans):
+            if length < 4 or offset + length > len(data):
+                return f"chunk {k} lies outside the file ({len(data)} bytes)"
+            body = data[offset : offset + length - 4]
+            crc = np.frombuffer(data[offset + length - 4 : offset + length], dtype="<u4")[0]
+            if crc != google_crc32c.value(body):
+                return f"chunk {k} fails its CRC32C"
+        return None
+
     def write(self, u: int, chunks: list[list[Any]]) -> int:
         """Write unit ``u`` from its encoded chunks (``encode`` of each, in order, at most
         ``chunks_per_shard``); returns the file's size."""
@@ -165,24 +194,5 @@ class ShardCodec:
                 bufs += parts
             ib = index.tobytes()
             bufs += [ib, np.array([google_crc32c.value(ib)], dtype=np.uint32).tobytes()]
-        target = self.path / unit_file(u)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
-        views = [memoryview(b).cast("B") for b in bufs]
-        total = sum(len(v) for v in views)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                while views:  # one writev; loop only if the kernel wrote part of it
-                    done_now = os.writev(fd, views[:1024])
-                    while views and done_now >= len(views[0]):
-                        done_now -= len(views[0])
-                        views.pop(0)
-                    if views and done_now:
-                        views[0] = views[0][done_now:]
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)  # atomic: readers see no shard or the whole shard
-        finally:
-            tmp.unlink(missing_ok=True)
-        return total
+        # atomic (se3t.io): readers see no shard or the whole shard, as with Zarr's LocalStore
+        return write_buffers(self.path / unit_file(u), bufs)

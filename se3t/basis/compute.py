@@ -134,6 +134,7 @@ class ShardFiller:
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.claims.release_all()  # after a failure: the shards in flight are free again
         torch.set_num_threads(self.torch_threads)
         self.bar.close()
 

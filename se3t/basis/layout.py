@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,12 @@ from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from se3t.basis.location import is_url, local_path
 from se3t.errors import InputError
+from se3t.io import atomic_dir
 
 STORE_FORMAT = 1  # bump when the basis store's on-disk layout changes
 STORE_SUFFIX = ".zarr"
 CHECKSUMS_FILE = "checksums.json"  # written by finalize: its presence marks a complete store
 CLAIMS_DIR = ".claims"
-PARTIAL_SUFFIX = ".partial"  # a shard being written; renamed onto its name when complete
 
 
 def cache_basis_dir(cache: str | os.PathLike) -> str:
@@ -121,8 +119,13 @@ def open_group(path_or_url: str, *, read_only: bool = True) -> zarr.Group:
         return zarr.open_group(store=store, mode="r" if read_only else "r+")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, NotADirectoryError) as err:
         raise InputError(
-            f"basis store {path_or_url!r} does not exist (or is not a Zarr group)"
+            f"basis store {path_or_url!r} does not exist (no readable zarr.json: not a Zarr group)"
         ) from err
+    except (ValueError, KeyError, TypeError) as err:  # zarr.json present but damaged
+        raise InputError(
+            f"basis store {path_or_url!r}: zarr.json cannot be read ({type(err).__name__}: "
+            f"{err}); the store is corrupt, remove it (se3t basis gc) and rebuild"
+        ) from None
 
 
 def store_meta(group: zarr.Group, where: str) -> dict[str, Any]:
@@ -149,12 +152,12 @@ def create_skeleton(
     row_start: np.ndarray,
     edge_count: np.ndarray,
 ) -> bool:
-    """Create the empty store by building it in a temporary folder and renaming it into place.
-    Returns False when another process created it first (the rename finds a full folder)."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    """Create the empty store by building it in a temporary folder and renaming it into place
+    (:func:`se3t.io.atomic_dir`). Returns False when another process created it first."""
     dtype = np.dtype(meta["dtype"])
     ce, cps = meta["chunk_edges"], meta["chunks_per_shard"]
-    try:
+
+    def build(tmp: Path) -> None:
         group = zarr.open_group(str(tmp), mode="w", attributes={"se3t_basis": meta})
         group.create_array(
             "basis",
@@ -170,16 +173,20 @@ def create_skeleton(
         group.create_array("row_start", data=row_start, chunks=(max(1, len(row_start)),))
         group.create_array("edge_count", data=edge_count, chunks=(max(1, len(edge_count)),))
         os.makedirs(tmp / "basis" / "c", exist_ok=True)
-        try:
-            os.rename(tmp, path)
-            return True
-        except OSError as err:
-            if path.is_dir():  # ENOTEMPTY/EEXIST: someone else created it first
-                return False
-            raise InputError(f"basis store {str(path)!r} cannot be created: {err}") from err
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    try:
+        atomic_dir(path, build, exclusive=True)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        raise InputError(f"basis store {str(path)!r} cannot be created: {err}") from err
+
+
+def is_temporary(name: str) -> bool:
+    """True for the hidden name of a file or folder still being written (``se3t.io`` names
+    its temporaries ``.NAME.*``); a killed writer may leave one behind."""
+    return name.startswith(".")
 
 
 def unit_exists(path: Path, u: int) -> bool:
@@ -191,11 +198,27 @@ def is_complete(path: Path) -> bool:
     return (path / CHECKSUMS_FILE).is_file()
 
 
+def store_files(path: Path) -> list[str]:
+    """Every file of the local store at ``path`` that ``checksums.json`` covers (metadata,
+    index arrays and shards; not the checksums file itself, claims or temporaries), as sorted
+    paths relative to the store."""
+    out = []
+    for dirpath, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not is_temporary(d)]  # .claims and unfinished folders
+        rel = os.path.relpath(dirpath, path)
+        for name in files:
+            if is_temporary(name) or (rel == "." and name == CHECKSUMS_FILE):
+                continue
+            out.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    return sorted(out)
+
+
 def units_present(path: Path) -> int:
-    """How many shard files of the local store at ``path`` are complete (no ``.partial``)."""
+    """How many shard files of the local store at ``path`` are complete (temporaries, hidden
+    names left by a killed writer, are not counted)."""
     count = 0
     for _dirpath, _dirs, files in os.walk(path / "basis" / "c"):
-        count += sum(1 for f in files if not f.endswith(PARTIAL_SUFFIX) and not f.startswith("."))
+        count += sum(1 for f in files if not is_temporary(f))
     return count
 
 

@@ -15,16 +15,18 @@ from typing import Any
 from se3t.basis.layout import (
     CHECKSUMS_FILE,
     CLAIMS_DIR,
-    PARTIAL_SUFFIX,
     STORE_FORMAT,
+    is_temporary,
     iso_time,
     open_group,
     read_checksums_bytes,
+    store_files,
     store_meta,
     unit_exists,
     unit_file,
 )
 from se3t.basis.location import is_url, local_path, who
+from se3t.basis.verification import index_problems, shard_problems
 from se3t.errors import InputError
 from se3t.io import write_bytes, write_text
 
@@ -49,10 +51,29 @@ def _make_read_only(path: Path) -> None:
         os.chmod(dirpath, os.stat(dirpath).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+def _refuse_damage(path: Path, group: Any, meta: dict[str, Any], progress: bool) -> None:
+    bad = [
+        f"{unit_file(u)}: {what}"
+        for u, what in shard_problems(
+            path, meta, range(meta["num_units"]), progress=progress
+        ).items()
+    ]
+    bad += index_problems(str(path), group, meta)
+    if bad:
+        shown = "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+        raise InputError(
+            f"basis store {str(path)!r} fails verification and is not finalized: {shown}. "
+            "Rerun se3t basis precompute: it recomputes damaged shards"
+        )
+
+
 def finalize(store: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
-    """Seal a store: check every shard is present, write ``checksums.json`` (sha256 per shard
-    file), remove claims and temporary files, and make the store read-only. Idempotent: a
-    complete store is left as it is. Returns the checksums record."""
+    """Seal a store: check every shard is present and intact (CRC32C of every chunk) and the
+    index arrays agree with the chunk plan, write ``checksums.json`` (size and sha256 of every
+    file: metadata, index arrays, shards), remove claims and temporary files, and make the store
+    read-only. A damaged store is refused (InputError naming the files; rerun precompute, which
+    recomputes damaged shards). Idempotent: a complete store is left as it is. Returns the
+    checksums record."""
     path = local_path(store)
     group = open_group(str(path))
     meta = store_meta(group, str(path))
@@ -67,15 +88,17 @@ def finalize(store: str | os.PathLike, *, progress: bool = False) -> dict[str, A
             f"shards missing ({names}{', ...' if len(missing) > 5 else ''}); run "
             "se3t basis precompute (all --shard slices) before finalize"
         )
+    _refuse_damage(path, group, meta, progress)
     shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
-    for leftover in path.rglob(f"*{PARTIAL_SUFFIX}"):
-        leftover.unlink(missing_ok=True)
+    for leftover in (path / "basis").rglob(".*"):
+        if leftover.is_file() and is_temporary(leftover.name):
+            leftover.unlink(missing_ok=True)
     from tqdm.auto import tqdm
 
     files = {}
-    for u in tqdm(range(meta["num_units"]), desc="checksums", disable=not progress):
-        f = path / unit_file(u)
-        files[unit_file(u)] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
+    for name in tqdm(store_files(path), desc="checksums", disable=not progress):
+        f = path / name
+        files[name] = {"bytes": f.stat().st_size, "sha256": _sha256_file(f)}
     record = {
         "key": meta["key"],
         "algorithm": "sha256",

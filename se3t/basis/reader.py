@@ -30,6 +30,7 @@ from se3t.basis.layout import (
 from se3t.basis.location import is_url, local_path
 from se3t.basis.manifest import read_manifest
 from se3t.basis.sampler import ChunkShuffleBatchSampler
+from se3t.basis.verification import index_problems
 from se3t.errors import InputError
 
 # the package's logger, as before the split, so that settings made for it still apply
@@ -68,9 +69,9 @@ class BasisStore:
         self.num_molecules: int = meta["num_molecules"]
         self.num_edges: int = meta["num_edges"]
         self._array = group["basis"]
-        self.row_start = np.asarray(group["row_start"][:], dtype=np.int64)
-        self.edge_count = np.asarray(group["edge_count"][:], dtype=np.int64)
-        self.chunk_mols = np.asarray(group["chunk_mols"][:], dtype=np.int64)
+        self.row_start = _index_array(where, group, "row_start")
+        self.edge_count = _index_array(where, group, "edge_count")
+        self.chunk_mols = _index_array(where, group, "chunk_mols")
         self.molecule_chunk = self.row_start // self.chunk_edges  # [M] chunk of each molecule
         self.cache_chunks = max(1, int(cache_chunks))
         self._lru: OrderedDict[int, int] = OrderedDict()  # chunk -> slab slot, LRU first
@@ -281,6 +282,17 @@ class BasisStore:
         return sampler
 
 
+def _index_array(where: str, group: zarr.Group, name: str) -> np.ndarray:
+    """One of the store's index arrays, or InputError naming its file."""
+    try:
+        return np.asarray(group[name][:], dtype=np.int64)
+    except Exception as err:  # a damaged chunk fails its decompression
+        raise InputError(
+            f"basis store {where!r}: {name}/c/0 cannot be read ({type(err).__name__}: {err}); "
+            "the store is corrupt, run se3t basis verify on it and rebuild"
+        ) from None
+
+
 def _sole_owner(t: Tensor) -> bool:
     """True when only ``t`` itself refers to its storage (no view of it lives anywhere)."""
     try:  # ``t``'s own reference + the temporary storage object of this call
@@ -317,7 +329,7 @@ def open_basis(
     fingerprint, degree, dtype, layout or basis code version. Readers never write.
 
     An ``s3://`` store is read through its verified copy in ``local_cache`` (filled on first
-    use; see :mod:`.mirror`), with ``storage_options`` for the object store.
+    use; see :mod:`.local_cache`), with ``storage_options`` for the object store.
     """
     where = str(manifest_or_store)
     manifest = None
@@ -327,7 +339,7 @@ def open_basis(
     elif not is_url(where):
         where = str(local_path(where))
     if where.startswith(("s3://", "s3a://")):  # object-store cache (issue 17): local copy
-        from se3t.basis.mirror import read_through
+        from se3t.basis.local_cache import read_through
 
         where = str(read_through(where, local_cache, storage_options))
     group = open_group(where)
@@ -357,5 +369,12 @@ def open_basis(
         raise InputError(
             f"basis store {where!r} changed since manifest {str(manifest_or_store)!r} was "
             "written (checksums differ); rerun se3t basis finalize --manifest"
+        )
+    # the index arrays decide which rows a batch gets: a missing chunk of one reads as zeros
+    bad = index_problems(where, group, meta)
+    if bad:
+        raise InputError(
+            f"basis store {where!r} is damaged: {'; '.join(bad)}; run se3t basis verify on it "
+            "and rebuild"
         )
     return BasisStore(where, group, meta, read=read, cache_chunks=cache_chunks)

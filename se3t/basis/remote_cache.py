@@ -79,7 +79,7 @@ def verify_remote(
     """Every shard object against ``checksums.json`` (downloaded and hashed; a bad one is named
     by its URL); then, when all match and ``sample`` > 0, the sampled recomputation of
     :func:`~se3t.basis.verify` on the verified local copy in ``local_cache``."""
-    from se3t.basis.mirror import mirror
+    from se3t.basis.local_cache import mirror
     from se3t.basis.verification import verify
 
     raw = remote.get(remote.join(store_url, "zarr.json"))

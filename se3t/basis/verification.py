@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -16,9 +18,18 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from se3t.basis.geometry import load_geometry
+from se3t.basis.codec import ShardCodec
+from se3t.basis.geometry import Geometry, load_geometry
 from se3t.basis.key import BasisBackend, default_backend
-from se3t.basis.layout import open_group, read_checksums_bytes, store_meta, unit_file
+from se3t.basis.layout import (
+    open_group,
+    plan_chunks,
+    read_checksums_bytes,
+    store_meta,
+    unit_exists,
+    unit_file,
+    unit_range,
+)
 from se3t.basis.location import is_url, local_path
 from se3t.errors import InputError
 
@@ -61,6 +72,86 @@ class VerifyReport:
         }
 
 
+def shard_problems(
+    path: Path, meta: dict[str, Any], units: Iterable[int], *, progress: bool = False
+) -> dict[int, str]:
+    """Shard (unit) files of the local store at ``path`` that are damaged: ``{unit: what}``.
+
+    Checks each present file without decompressing it (shard index and every chunk against
+    their CRC32C, extents inside the file; :meth:`ShardCodec.check`), or through Zarr for codec
+    chains the fast codec does not know. Absent files are not reported (the caller knows)."""
+    arr = zarr.open_array(str(path / "basis"), mode="r")
+    codec = ShardCodec(arr, path, meta)
+    ce = meta["chunk_edges"]
+    bad = {}
+    units = [u for u in units if unit_exists(path, u)]
+    for u in tqdm(units, desc="shard CRC32C", disable=not progress):
+        if codec.supported:
+            problem = codec.check(u)
+        else:
+            c0, c1 = unit_range(meta, u)
+            try:
+                arr[c0 * ce : c1 * ce]
+                problem = None
+            except Exception as err:
+                problem = f"cannot be decoded ({type(err).__name__}: {err})"
+        if problem is not None:
+            bad[u] = problem
+    return bad
+
+
+def index_problems(
+    where: str, group: zarr.Group, meta: dict[str, Any], edge_offsets: np.ndarray | None = None
+) -> list[str]:
+    """What is wrong with the index arrays (``row_start``, ``edge_count``, ``chunk_mols``):
+    undecodable, or inconsistent with the recorded plan and, given the dataset's
+    ``edge_offsets``, with the chunk plan recomputed from it. Each problem names its file."""
+    bad = _index_plan_problems(group, meta, edge_offsets)
+    root = None if is_url(where) else local_path(where)
+    # Zarr reads an absent chunk as zeros and skips writing an all-zero one (``row_start`` of a
+    # one-molecule store): absence is damage only when the zeros do not fit the plan
+    return [
+        f"{b.split(':')[0]}: missing"
+        if root is not None and not (root / b.split(":")[0]).is_file()
+        else b
+        for b in bad
+    ]
+
+
+def _index_plan_problems(
+    group: zarr.Group, meta: dict[str, Any], edge_offsets: np.ndarray | None
+) -> list[str]:
+    arrays = {}
+    for name in ("row_start", "edge_count", "chunk_mols"):
+        try:
+            arrays[name] = np.asarray(group[name][:], dtype=np.int64)
+        except Exception as err:
+            return [f"{name}/c/0: cannot be read ({type(err).__name__}: {err})"]
+    m, c = meta["num_molecules"], meta["num_chunks"]
+    shapes = {"row_start": m, "edge_count": m, "chunk_mols": c + 1}
+    bad = [
+        f"{name}/c/0: {len(arrays[name])} entries, the store records {n}"
+        for name, n in shapes.items()
+        if len(arrays[name]) != n
+    ]
+    if bad:
+        return bad
+    edge_count = arrays["edge_count"]
+    if int(edge_count.sum()) != meta["num_edges"] or (edge_count < 0).any():
+        bad.append(f"edge_count/c/0: sums to {int(edge_count.sum())}, not {meta['num_edges']}")
+    if edge_offsets is not None:
+        want = np.diff(np.asarray(edge_offsets, dtype=np.int64))
+        if len(want) != m or not np.array_equal(want, edge_count):
+            bad.append("edge_count/c/0: differs from the dataset's edges per molecule")
+            return bad
+    chunk_mols, row_start = plan_chunks(edge_count, meta["chunk_edges"])
+    if not np.array_equal(chunk_mols, arrays["chunk_mols"]):
+        bad.append("chunk_mols/c/0: differs from the chunk plan of edge_count")
+    if not np.array_equal(row_start, arrays["row_start"]):
+        bad.append("row_start/c/0: differs from the chunk plan of edge_count")
+    return bad
+
+
 def _check_files(where: str, record: dict[str, Any], report: VerifyReport, progress: bool) -> None:
     """Every file ``checksums.json`` lists: present, its size and sha256 as recorded."""
     fs, root = fsspec.core.url_to_fs(where) if is_url(where) else (fsspec.filesystem("file"), where)
@@ -83,24 +174,31 @@ def _check_files(where: str, record: dict[str, Any], report: VerifyReport, progr
             report.bad_files.append(f"{name}: sha256 differs from checksums.json")
 
 
-def _check_sampled_edges(
-    where: str,
-    group: zarr.Group,
-    meta: dict[str, Any],
-    report: VerifyReport,
-    *,
-    sample: int,
-    dataset: str | os.PathLike | None,
-    backend: BasisBackend | None,
-    seed: int | None,
-) -> None:
-    """``sample`` random edges recomputed from the dataset and compared with the stored rows."""
+def _dataset_geometry(meta: dict[str, Any], dataset: str | os.PathLike | None) -> Geometry:
+    """The verified geometry of the store's dataset (InputError when it is damaged or another
+    dataset than the store was built from)."""
     geom = load_geometry(dataset or meta["dataset_path"])
     if geom.fingerprint != meta["dataset_fingerprint"]:
         raise InputError(
             f"dataset {geom.path!r} has fingerprint {geom.fingerprint}, the store was built "
             f"from {meta['dataset_fingerprint']}; give --dataset with the right one"
         )
+    return geom
+
+
+def _check_sampled_edges(
+    where: str,
+    group: zarr.Group,
+    meta: dict[str, Any],
+    report: VerifyReport,
+    geom: Geometry,
+    *,
+    sample: int,
+    backend: BasisBackend | None,
+    seed: int | None,
+) -> None:
+    """``sample`` random edges recomputed from the dataset's verified content and compared with
+    the stored rows."""
     backend = backend or default_backend()
     if backend.code_version != meta["code_version"]:
         raise InputError(
@@ -150,9 +248,11 @@ def verify(
     seed: int | None = None,
     progress: bool = False,
 ) -> VerifyReport:
-    """Check a store: every shard file against ``checksums.json`` (size, sha256), then ``sample``
-    random edges recomputed from the dataset (the one recorded in the store unless given) and
-    compared with the stored rows. Every problem names its file or chunk."""
+    """Check a store: every file against ``checksums.json`` (size, sha256: metadata, index
+    arrays and shards), the index arrays against the chunk plan (recomputed from the dataset's
+    edges when ``sample`` > 0), then ``sample`` random edges recomputed from the dataset (the
+    one recorded in the store unless given; verified on open) and compared with the stored
+    rows. Every problem names its file or chunk."""
     where = str(store) if is_url(store) else str(local_path(store))
     group = open_group(where)
     meta = store_meta(group, where)
@@ -162,8 +262,11 @@ def verify(
         report.complete = False
         return report
     _check_files(where, json.loads(checks), report, progress)
-    if sample > 0 and meta["num_edges"] > 0:
+    geom = _dataset_geometry(meta, dataset) if sample > 0 and meta["num_edges"] > 0 else None
+    index_bad = index_problems(where, group, meta, None if geom is None else geom.edge_offsets)
+    report.bad_files += index_bad
+    if geom is not None and not index_bad:
         _check_sampled_edges(
-            where, group, meta, report, sample=sample, dataset=dataset, backend=backend, seed=seed
+            where, group, meta, report, geom, sample=sample, backend=backend, seed=seed
         )
     return report

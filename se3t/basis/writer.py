@@ -1,7 +1,8 @@
 """The basis store writer: :func:`precompute` fills a store's shards (resumable, shardable
 across cluster jobs, safe under concurrent writers); :mod:`.manifest` then seals it.
 
-``precompute`` is a pipeline of named steps: find the key from the dataset's fingerprint,
+``precompute`` is a pipeline of named steps: read and verify the dataset, find the key from its
+fingerprint,
 return at once for a complete store, otherwise open (or create) the store's skeleton, pick this
 slice's shards, and fill the missing ones (:class:`se3t.basis.compute.ShardFiller`), sharing the
 work with concurrent writers through claim files.
@@ -9,6 +10,7 @@ work with concurrent writers through claim files.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -38,11 +40,14 @@ from se3t.basis.layout import (
     store_meta,
     store_path,
     unit_exists,
+    unit_file,
     unit_range,
 )
 from se3t.basis.location import ensure_writable_cache, local_path, who
-from se3t.data.store import fingerprint
+from se3t.basis.verification import shard_problems
 from se3t.errors import InputError
+
+log = logging.getLogger("se3t.basis")
 
 
 def check_same_store(
@@ -97,11 +102,13 @@ def _edges_of_units(
     return total
 
 
-def _dataset_fingerprint(dataset: str | os.PathLike, cache: str | os.PathLike) -> str:
-    """The dataset's recorded fingerprint (its attributes only: a complete store needs nothing
-    more); an unusable cache is reported before a missing dataset."""
+def _verified_geometry(dataset: str | os.PathLike, cache: str | os.PathLike) -> Geometry:
+    """The dataset's geometry, its content verified against its fingerprint on open, so the key
+    computed from that fingerprint always describes the values computed from this content (a
+    damaged dataset never gets a clean dataset's key). An unusable cache is reported before a
+    missing dataset."""
     try:
-        return fingerprint(dataset)
+        return load_geometry(dataset)
     except InputError:
         ensure_writable_cache(cache)
         raise
@@ -164,6 +171,14 @@ def _open_or_create(
     return meta
 
 
+def _remove_damaged_shards(path: Path, meta: dict[str, Any], units: range) -> None:
+    """A shard is reused only once it checks out (CRC32C of its index and every chunk): a
+    truncated or altered one, left by a crash or a bad disk, is removed and so recomputed."""
+    for u, what in shard_problems(path, meta, units).items():
+        log.warning("basis store %s: %s is damaged (%s); recomputing it", path, unit_file(u), what)
+        (path / unit_file(u)).unlink(missing_ok=True)
+
+
 def _fill(filler: ShardFiller, path: Path, todo: list[int], claims: Claims, poll_s: float) -> None:
     """Compute every shard of ``todo`` that no other process computes; wait for those another
     live process holds (or take them over when it dies)."""
@@ -222,7 +237,8 @@ def precompute(
 
     With ``shard="I/N"`` only the I-th of N contiguous slices of shards is computed (N cluster
     jobs fill one store; ``finalize`` then seals it). Shards already present are reused, so a
-    rerun after a crash computes only what is missing, and a complete store costs nothing.
+    rerun after a crash computes only what is missing (or damaged), and a complete store costs
+    only the dataset's verification.
     Concurrent processes on one key split the shards through claim files and all succeed.
 
     ``num_workers`` threads (default: ``torch.get_num_threads()``, i.e. the cores torch would
@@ -237,7 +253,8 @@ def precompute(
     backend = backend or default_backend()
     i, n = parse_shard(shard)
     t_start = time.perf_counter()
-    fp = _dataset_fingerprint(dataset, cache)
+    geom = _verified_geometry(dataset, cache)
+    fp = geom.fingerprint
     key = basis_key(fp, settings.max_degree, settings.dtype, backend=backend)
     path = local_path(store_path(cache, key))
     receipt: dict[str, Any] = {
@@ -258,7 +275,6 @@ def precompute(
         return _done(receipt, t_start, complete=True)
 
     ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
-    geom = load_geometry(dataset)
     meta = _open_or_create(path, dataset, geom, key, settings, backend)
     units = _units_of_slice(meta, i, n)
     receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in units)
@@ -266,6 +282,7 @@ def precompute(
         return _done(receipt, t_start, complete=True)
 
     chunk_mols = np.asarray(open_group(str(path))["chunk_mols"][:])
+    _remove_damaged_shards(path, meta, units)
     todo = [u for u in units if not unit_exists(path, u)]
     reused = set(units) - set(todo)
     receipt["chunks_reused"] = sum(_num_chunks(meta, u) for u in reused)

@@ -232,7 +232,7 @@ def _precompute(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     if is_s3(cfg.basis.cache):  # object-store cache: compute locally, upload (or download)
-        from se3t.basis.publish import precompute_remote
+        from se3t.basis.publisher import precompute_remote
 
         receipt = precompute_remote(
             cfg.data.path,
@@ -292,8 +292,8 @@ def _finalize(args: argparse.Namespace) -> int:
 def _finalize_remote(args: argparse.Namespace, cfg, where: str) -> int:
     """finalize on an object store: checksums.json written last, conditionally; the run
     manifest is written from the verified local copy and points at the URL."""
-    from se3t.basis.mirror import write_remote_manifest
-    from se3t.basis.publish import finalize_remote
+    from se3t.basis.local_cache import write_remote_manifest
+    from se3t.basis.publisher import finalize_remote
     from se3t.basis.remote import RemoteCache
 
     remote = RemoteCache(_cache_of(where), cfg.basis.storage_options)
@@ -319,7 +319,7 @@ def _publish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from se3t.basis import resolve_store, store_path
-    from se3t.basis.publish import publish
+    from se3t.basis.publisher import publish
     from se3t.basis.remote import RemoteCache
 
     cfg = load_config(args)

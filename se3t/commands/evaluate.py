@@ -21,7 +21,26 @@ def register(subparsers) -> None:
     p.add_argument(
         "run",
         metavar="RUN_OR_CHECKPOINT",
+        nargs="?",
         help="a run folder (its best.pt, else last.pt, is used) or a checkpoint file",
+    )
+    p.add_argument(
+        "--nvidia-checkpoint",
+        metavar="PATH",
+        default=None,
+        help=(
+            "evaluate NVIDIA's DeepLearningExamples SE3Transformer training checkpoint instead "
+            "(read with weights_only=True; needs --dataset and a sidecar YAML: docs/model.md)"
+        ),
+    )
+    p.add_argument(
+        "--nvidia-config",
+        metavar="YAML",
+        default=None,
+        help=(
+            "the NVIDIA checkpoint's sidecar: NVIDIA's model arguments, the target and its "
+            "standardization (default: the checkpoint's name with .yaml)"
+        ),
     )
     p.add_argument(
         "--split",
@@ -58,16 +77,38 @@ def register(subparsers) -> None:
         default="csv",
         help="predictions file format: csv (default) or parquet (needs pyarrow)",
     )
+    p.add_argument(
+        "--allow-other-dataset",
+        action="store_true",
+        help="evaluate even when --dataset (or the split drawn from it) is not the one the "
+        "checkpoint was trained on; the metrics then record that (dataset_check)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def nvidia_source(args: argparse.Namespace, positional: str | None, name: str):
+    """``(checkpoint, nvidia)`` for the evaluation functions from the CLI arguments."""
+    from se3t.errors import InputError
+
+    if args.nvidia_checkpoint is None:
+        if args.nvidia_config is not None:
+            raise InputError("--nvidia-config needs --nvidia-checkpoint")
+        if positional is None:
+            raise InputError(f"give {name} or --nvidia-checkpoint PATH")
+        return positional, None
+    if positional is not None and name == "RUN_OR_CHECKPOINT":
+        raise InputError(f"give either {name} or --nvidia-checkpoint, not both")
+    return args.nvidia_checkpoint, args.nvidia_config or True
 
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.eval.metrics import evaluate
 
+    checkpoint, nvidia = nvidia_source(args, args.run, "RUN_OR_CHECKPOINT")
     doc = evaluate(
-        args.run,
+        checkpoint,
         args.split,
         args.out,
         dataset=args.dataset,
@@ -75,8 +116,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         predictions_format=args.format,
         progress=not args.quiet,
+        nvidia=nvidia,
+        allow_other_dataset=args.allow_other_dataset,
     )
     print(f"{doc['split']}: {doc['count']} molecules ({doc['checkpoint']})")
+    if doc["dataset_check"]["matches_training"] is False:
+        print(f"  NOT the training dataset: {doc['dataset_check']['note']}")
     for target, m in doc["metrics"].items():
         mev = f" ({m['mae_mev']:.2f} meV)" if "mae_mev" in m else ""
         print(f"  {target}: MAE {m['mae']:.5g} {m['unit']}{mev}, RMSE {m['rmse']:.5g} {m['unit']}")

@@ -19,9 +19,27 @@ def register(subparsers) -> None:
     p.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",
-        help="a checkpoint file or a run folder (its best.pt, else last.pt)",
+        help=(
+            "a checkpoint file or a run folder (its best.pt, else last.pt); with "
+            "--nvidia-checkpoint, the first molecule file"
+        ),
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="XYZ or SDF files, one molecule each")
+    p.add_argument("files", nargs="*", metavar="FILE", help="XYZ or SDF files, one molecule each")
+    p.add_argument(
+        "--nvidia-checkpoint",
+        metavar="PATH",
+        default=None,
+        help=(
+            "predict with NVIDIA's DeepLearningExamples SE3Transformer training checkpoint "
+            "(read with weights_only=True; needs a sidecar YAML: docs/model.md)"
+        ),
+    )
+    p.add_argument(
+        "--nvidia-config",
+        metavar="YAML",
+        default=None,
+        help="the NVIDIA checkpoint's sidecar (default: the checkpoint's name with .yaml)",
+    )
     p.add_argument("--out", metavar="CSV", default=None, help="CSV file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=64, help="molecules per batch (default: 64)")
     p.add_argument(
@@ -34,18 +52,25 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.commands.evaluate import nvidia_source
+    from se3t.errors import InputError
     from se3t.eval.prediction import predict, predictions_csv
 
+    checkpoint, nvidia = nvidia_source(args, args.checkpoint, "CHECKPOINT")
+    files = list(args.files) if nvidia is None else [args.checkpoint, *args.files]
+    if not files:
+        raise InputError("give at least one XYZ or SDF file")
     frame = predict(
-        args.checkpoint,
-        args.files,
+        checkpoint,
+        files,
         batch_size=args.batch_size,
         device=args.device,
         progress=args.out is not None,
+        nvidia=nvidia,
     )
     text = predictions_csv(frame, args.out)
     if args.out is None:
         sys.stdout.write(text)
     else:
-        print(f"{len(args.files)} molecule(s) -> {args.out}", file=sys.stderr)
+        print(f"{len(files)} molecule(s) -> {args.out}", file=sys.stderr)
     return 0

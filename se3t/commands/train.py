@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from se3t.commands.common import add_config_arguments, load_config
+from se3t.io import write_text
 
 
 def register(subparsers) -> None:
@@ -43,12 +43,13 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
     from se3t.train import train
+    from se3t.train.guards import strict_record
 
     cfg = load_config(args)
     summary = train(cfg, progress=not args.no_progress)
-    text = json.dumps(summary, indent=1, default=float)
+    text = json.dumps(strict_record(summary), indent=1, default=float, allow_nan=False)
     if args.summary:
-        Path(args.summary).write_text(text + "\n")
+        write_text(args.summary, text + "\n")  # atomic: a workflow rule's output
     print(text)
     if summary["status"] != "completed":
         print(

@@ -18,8 +18,10 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +41,10 @@ from se3t.data.parse import (
     read_uncharacterized,
 )
 from se3t.data.qm9 import TARGET_UNITS, Record
-from se3t.data.store import FORMAT_VERSION, read_attrs, write_dataset
+from se3t.data.store import FORMAT_VERSION, open_dataset, read_attrs, write_dataset
 from se3t.errors import InputError
+
+log = logging.getLogger("se3t.data")
 
 __all__ = ["RawSource", "build_dataset", "find_raw", "sha256_file"]
 
@@ -146,6 +150,23 @@ def _hashable(source: RawSource) -> list[Path]:
     return out
 
 
+def _quiet_sigterm() -> None:
+    # a forked worker inherits the command line's SIGTERM handler (which unwinds the main
+    # process with cleanup); pool.terminate() should just end it, without a traceback
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _intact(out: Path) -> bool:
+    """A store is up to date only when its content verifies, not only its build key: one
+    damaged since it was built is rebuilt (and the damage is logged)."""
+    try:
+        open_dataset(out)
+    except InputError as err:
+        log.warning("%s; rebuilding it", err)
+        return False
+    return True
+
+
 def build_dataset(
     raw: str | os.PathLike,
     out: str | os.PathLike,
@@ -174,7 +195,7 @@ def build_dataset(
             attrs = read_attrs(out)
         except InputError:
             attrs = {}
-        if attrs.get("build_key") == key:
+        if attrs.get("build_key") == key and _intact(out):
             return {
                 "path": str(out),
                 "skipped": True,
@@ -204,7 +225,7 @@ def build_dataset(
     def submit(recs: list[Record], last: bool = False) -> None:
         nonlocal pool
         if pool is None and processes > 1 and not last:
-            pool = multiprocessing.get_context("fork").Pool(processes)
+            pool = multiprocessing.get_context("fork").Pool(processes, initializer=_quiet_sigterm)
         task = ([(r.species, r.pos) for r in recs], graph, cutoff)
         pending.append(pool.apply_async(_perceive, (task,)) if pool else _perceive(task))
 

@@ -83,14 +83,18 @@ def parse_number(text: str, where: str, field: str) -> float:
 
 
 def check_geometry(species: np.ndarray, pos: np.ndarray, where: str) -> None:
-    """Finite coordinates and no two atoms closer than :data:`MIN_DISTANCE` Å."""
-    bad = ~np.isfinite(pos)
+    """At least one atom, finite coordinates within float32's range (positions are stored and
+    used as float32: 1e300 would become inf) and no two atoms closer than :data:`MIN_DISTANCE`
+    Å."""
+    if len(species) == 0:
+        raise MoleculeError(where, "atom count", "the molecule has no atoms", "atom_count")
+    bad = ~(np.abs(pos) <= np.finfo(np.float32).max)  # NaN, inf, and beyond float32
     if bad.any():
         atom = int(np.nonzero(bad.any(axis=1))[0][0])
         raise MoleculeError(
             where,
             f"atom {atom + 1} coordinates",
-            f"{pos[atom].tolist()} is not finite",
+            f"{pos[atom].tolist()} is not finite in float32 (|x| <= 3.4e38 Å)",
             "non_finite_coordinate",
         )
     n = len(species)
@@ -149,7 +153,7 @@ def parse_xyz(text: str, where: str, *, qm9: bool | None = None) -> Record:
     is_qm9 = (len(header) >= 17 and header[0] == "gdb") if qm9 is None else qm9
     expected = n + 5 if is_qm9 else n + 2
     atom_lines = lines[2 : 2 + n]
-    if len(lines) != expected or any(len(a.split()) < 4 for a in atom_lines):
+    if len(lines) != expected:
         raise MoleculeError(
             where,
             "atom count",
@@ -157,6 +161,14 @@ def parse_xyz(text: str, where: str, *, qm9: bool | None = None) -> Record:
             f"({'QM9' if is_qm9 else 'plain'} XYZ needs {expected})",
             "atom_count",
         )
+    for k, line in enumerate(atom_lines):
+        if len(line.split()) < 4:
+            raise MoleculeError(
+                where,
+                f"atom {k + 1}",
+                f"line {k + 3} {line.strip()!r} needs an element and x, y, z",
+                "atom_count",
+            )
     mol_id: int | None = None
     targets = None
     if is_qm9:

@@ -25,14 +25,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from se3t.data.integrity import (
+    CHUNK_SUMS_ATTR,
+    check_chunks,
+    chunk_checksums,
+    unreadable_array,
+    verify_dataset,
+)
 from se3t.errors import InputError
+from se3t.io import atomic_dir
 
 __all__ = [
     "ARRAYS",
@@ -111,30 +117,22 @@ def write_dataset(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs:
         num_edges=int(len(arrays["src"])),
         fingerprint=content_hash(arrays, attrs["graph"]),
     )
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+
+    rows = {name: min(_CHUNK_ROWS, max(1, len(arrays[name]))) for name in ARRAYS}
+    data = {name: np.ascontiguousarray(arrays[name], dtype=dtype) for name, dtype in ARRAYS.items()}
+    attrs[CHUNK_SUMS_ATTR] = chunk_checksums(data, rows)  # names a damaged chunk on read
+
+    def build(tmp: Path) -> None:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name, dtype in ARRAYS.items():
-            data = np.ascontiguousarray(arrays[name], dtype=dtype)
-            chunks = (min(_CHUNK_ROWS, max(1, data.shape[0])), *data.shape[1:])
-            arr = group.create_array(name, shape=data.shape, dtype=dtype, chunks=chunks)
-            arr[...] = data
+        # every chunk written, zeros too: a chunk file that is absent is then always damage
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            for name, dtype in ARRAYS.items():
+                chunks = (rows[name], *data[name].shape[1:])
+                arr = group.create_array(name, shape=data[name].shape, dtype=dtype, chunks=chunks)
+                arr[...] = data[name]
         group.attrs.update(json.loads(json.dumps(attrs)))  # plain JSON types only
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    return atomic_dir(path, build)  # an existing store is replaced only once this one is whole
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
@@ -161,8 +159,11 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def fingerprint(path: str | os.PathLike) -> str:
-    """Content hash of the dataset (arrays and graph settings), as recorded at write time."""
-    return str(read_attrs(path)["fingerprint"])
+    """Content hash of the dataset (arrays and graph settings), as recorded at write time and
+    verified now: the store is opened and checked (:func:`open_dataset`), so a fingerprint,
+    and the basis cache key made of it, always describes the content (a damaged store raises
+    InputError naming the array and chunk instead)."""
+    return open_dataset(path).fingerprint
 
 
 class DatasetStore:
@@ -183,13 +184,12 @@ class DatasetStore:
             try:
                 a = group[name][...]
             except Exception as err:
-                raise InputError(
-                    f"{self.path}: array {name!r} is missing or unreadable: {err}"
-                ) from None
+                raise unreadable_array(self.path, group, name, err) from None
             if a.dtype != dtype:
                 raise InputError(f"{self.path}: array {name!r} has dtype {a.dtype}, not {dtype}")
             a.setflags(write=False)
             arrays[name] = a
+        check_chunks(self.path, self.attrs, arrays, group)  # before anything reads the values
         try:
             _check_arrays(arrays)
         except ValueError as err:
@@ -260,5 +260,9 @@ class DatasetStore:
 
 
 def open_dataset(path: str | os.PathLike) -> DatasetStore:
-    """Open a dataset store read-only; InputError naming the path when it is not a valid store."""
-    return DatasetStore(path)
+    """Open a dataset store read-only and verify it (:func:`se3t.data.integrity.verify_dataset`:
+    every chunk present, content equal to the recorded fingerprint); InputError naming the path,
+    array and chunk when it is not a valid, intact store."""
+    store = DatasetStore(path)
+    verify_dataset(store)
+    return store

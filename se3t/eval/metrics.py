@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import logging
 import os
 import time
 from dataclasses import replace
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from se3t.choices import Split
 from se3t.data import QM9Dataset, collate
+from se3t.data.provenance import check_dataset
 from se3t.device import resolve_device
 from se3t.errors import InputError
 from se3t.eval import plots
@@ -34,6 +36,8 @@ from se3t.eval.references import ENERGY_TARGETS, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, METRICS_SCHEMA_VERSION, validate
 from se3t.io import atomic_write, write_json
 from se3t.train.checkpoint import load_checkpoint, load_model
+
+log = logging.getLogger("se3t.eval")
 
 __all__ = [
     "compute_metrics",
@@ -59,8 +63,22 @@ def resolve_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def load_for_inference(checkpoint: str | os.PathLike, device: torch.device):
-    """``(model, cfg, stats)`` from a checkpoint through the training stage's ``load_model``."""
+def load_for_inference(
+    checkpoint: str | os.PathLike,
+    device: torch.device,
+    nvidia: str | os.PathLike | bool | None = None,
+):
+    """``(model, cfg, stats)`` from a checkpoint through the training stage's ``load_model``.
+
+    ``nvidia``: the checkpoint is NVIDIA's DLE training checkpoint, described by this sidecar
+    YAML (``True``: the checkpoint's name with ``.yaml``; :func:`se3t.interop.nvidia.read_sidecar`).
+    It holds no se3t config, so ``cfg`` is the default one (bond graphs, as NVIDIA's QM9)."""
+    if nvidia is not None and nvidia is not False:
+        from se3t.config import Config
+        from se3t.interop.nvidia import load_dle_checkpoint
+
+        model, stats = load_dle_checkpoint(checkpoint, None if nvidia is True else nvidia)
+        return model.to(device).eval(), Config(), stats
     model, cfg, stats = load_model(checkpoint, map_location="cpu")
     model.to(device).eval()
     return model, cfg, stats
@@ -143,14 +161,20 @@ def evaluate(
     device: str = "auto",
     predictions_format: str = "csv",
     progress: bool = True,
+    nvidia: str | os.PathLike | bool | None = None,
+    allow_other_dataset: bool = False,
 ) -> dict:
     """Evaluate a checkpoint on a split; write metrics.json, predictions, parity.png, errors.png.
 
     ``run_or_checkpoint``: a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint.
     ``out_dir`` defaults to the run folder (the checkpoint's folder). ``dataset`` overrides the
     dataset path stored in the checkpoint's config (runs made elsewhere). The split is the one
-    training used: same store, ``split_seed`` and fractions from the checkpoint's config.
-    Returns the ``metrics.json`` document.
+    training used: same store, ``split_seed`` and fractions from the checkpoint's config. A
+    dataset or split other than the checkpoint's training data is refused unless
+    ``allow_other_dataset`` (:func:`se3t.data.provenance.check_dataset`); the document's
+    ``dataset_check`` says what was evaluated. Returns the ``metrics.json`` document.
+    ``nvidia``: evaluate NVIDIA's DLE checkpoint (see :func:`load_for_inference`; ``dataset`` is
+    then required, on se3t's split of it).
     """
     if split not in [s.value for s in Split]:
         raise InputError(f"split {split!r} is not one of {[s.value for s in Split]}")
@@ -158,7 +182,11 @@ def evaluate(
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else ckpt.parent
     dev = resolve_device(device)
-    model, cfg, stats = load_for_inference(ckpt, dev)
+    if nvidia not in (None, False) and dataset is None:
+        raise InputError(
+            f"{str(ckpt)!r} is an NVIDIA checkpoint, which names no dataset: give --dataset"
+        )
+    model, cfg, stats = load_for_inference(ckpt, dev, nvidia)
     names, mean, std = target_stats(stats, str(ckpt))
     data_cfg = cfg.data if dataset is None else replace(cfg.data, path=str(dataset))
     data_cfg = replace(data_cfg, targets=list(names))
@@ -168,6 +196,16 @@ def evaluate(
         if isinstance(err, InputError):
             raise
         raise InputError(f"dataset {data_cfg.path!r}: split {split!r}: {err}") from err
+    dataset_check = check_dataset(
+        ckpt,
+        # NVIDIA's checkpoints record no dataset, and its split of QM9 is not se3t's
+        None if nvidia not in (None, False) else _checkpoint_dataset(ckpt),
+        QM9Dataset.from_config(data_cfg, "train"),  # the split training would have drawn
+        allow_other=allow_other_dataset,
+        overridden=dataset is not None,
+    )
+    if dataset_check["matches_training"] is False:
+        log.warning("evaluating %s on another dataset: %s", ckpt, dataset_check["note"])
     if len(data) == 0:
         raise InputError(
             f"dataset {data_cfg.path!r}: split {split!r} has no molecules "
@@ -227,6 +265,7 @@ def evaluate(
         "environment": describe_environment(dev),
         "batch_size": bs,
         "mol_per_s": float(n / elapsed) if elapsed > 0 else 0.0,
+        "dataset_check": dataset_check,
     }
     validate(doc, METRICS_SCHEMA, "evaluation result")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +287,12 @@ def evaluate(
     # metrics.json last: its presence means the other outputs are complete
     write_json(out_dir / "metrics.json", doc)
     return doc
+
+
+def _checkpoint_dataset(path: Path) -> dict | None:
+    """The checkpoint's record of its training data (None in checkpoints made before it)."""
+    record = load_checkpoint(path, map_location="cpu").get("dataset")
+    return record if isinstance(record, dict) else None
 
 
 def _checkpoint_meta(path: Path) -> dict:

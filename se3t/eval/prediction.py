@@ -45,16 +45,18 @@ def predict(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    nvidia: str | os.PathLike | bool | None = None,
 ) -> pd.DataFrame:
     """One row per (file, target): ``file, target, unit, prediction`` (and ``prediction_mev`` for
     energies). All files are read before the model runs, so a malformed one fails before any
-    prediction is made."""
+    prediction is made. ``nvidia``: ``checkpoint`` is NVIDIA's DLE checkpoint with this sidecar
+    (:func:`se3t.eval.metrics.load_for_inference`)."""
     if not files:
         raise InputError("give at least one XYZ or SDF file")
     ckpt = resolve_checkpoint(checkpoint)
     paths = [Path(f) for f in files]
     dev = resolve_device(device)
-    model, cfg, stats = load_for_inference(ckpt, dev)
+    model, cfg, stats = load_for_inference(ckpt, dev, nvidia)
     names, mean, std = target_stats(stats, str(ckpt))
     # the graph the model was trained on: bonds (perceived as in the build) or a radius graph
     samples = [_read(p, cfg.data.graph, cfg.data.cutoff) for p in paths]

@@ -15,13 +15,13 @@ from torch.utils.checkpoint import checkpoint
 from se3t.choices import Fusion
 from se3t.graph import Batch, Graph
 from se3t.nn.attention import AttentionBlockSE3
-from se3t.nn.conv import ConvSE3
+from se3t.nn.conv import ConvSE3, nvidia_fusion
 from se3t.nn.norm import NormSE3
 from se3t.nn.pooling import GraphPooling
 from se3t.so3.basis import basis_size, compute_basis_flat, flatten_basis
 from se3t.so3.fiber import Fiber
 
-__all__ = ["SE3Transformer", "SE3TransformerPooled", "build"]
+__all__ = ["SE3Transformer", "SE3TransformerPooled", "build", "parameterization"]
 
 
 class SE3Transformer(nn.Module):
@@ -31,6 +31,14 @@ class SE3Transformer(nn.Module):
     checkpointing: only its input is kept and its forward pass is recomputed in backward
     (~1.3x the compute for a fraction of the activation memory). ``chunk_elements`` bounds the
     radial outputs held at once by the fused convolutions.
+
+    NVIDIA's parameterization (docs/model.md): ``nvidia_fuse_level`` ("none", "partial",
+    "full") gives every convolution the radial sharing NVIDIA's ``ConvSE3`` would pick for its
+    fibers at that maximum level (:func:`se3t.nn.conv.nvidia_fusion`), and its pairwise
+    convolutions NVIDIA's ``(0, 0)`` kernel without the basis constant; it applies when
+    ``fusion`` is ``auto`` (an explicit fusion sets every layer). ``self_interaction_per_edge``:
+    the final convolution adds its self-interaction per incoming edge (NVIDIA) instead of once
+    per node.
     """
 
     def __init__(
@@ -50,6 +58,8 @@ class SE3Transformer(nn.Module):
         fusion: Fusion | str = Fusion.AUTO,
         low_memory: bool = False,
         chunk_elements: int | None = None,
+        nvidia_fuse_level: str | None = None,
+        self_interaction_per_edge: bool = False,
     ):
         super().__init__()
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
@@ -64,16 +74,28 @@ class SE3Transformer(nn.Module):
                 f.max_degree for f in (self.fiber_in, self.fiber_hidden, self.fiber_out)
             )
         self.max_degree, self.low_memory = max_degree, low_memory
+        if nvidia_fuse_level is not None and Fusion(fusion) is not Fusion.AUTO:
+            # an explicit fusion (the pairwise reference of profiling) sets every layer
+            nvidia_fuse_level = None
+        self.nvidia_fuse_level = nvidia_fuse_level
         common = dict(
             max_degree=max_degree,
             layer_norm=layer_norm,
             radial_hidden=radial_hidden,
-            fusion=fusion,
             chunk_elements=chunk_elements,
         )
+
+        def layout(fin: Fiber, fout: Fiber) -> dict:
+            if nvidia_fuse_level is None:
+                return dict(fusion=fusion)
+            fu = nvidia_fusion(fin, fout, self.fiber_edge, max_degree, nvidia_fuse_level)
+            return dict(fusion=fu, unit_scalar_kernel=fu is Fusion.PAIRWISE)
+
         blocks = []
         f = self.fiber_in
         for _ in range(num_layers):
+            value = self.fiber_hidden.scaled(channels_div)
+            key = Fiber({d: c for d, c in value.items() if d in f})
             att = AttentionBlockSE3(
                 f,
                 self.fiber_hidden,
@@ -81,6 +103,7 @@ class SE3Transformer(nn.Module):
                 num_heads=num_heads,
                 channels_div=channels_div,
                 **common,
+                **layout(f, value + key),
             )
             blocks.append(
                 nn.ModuleList([att, NormSE3(self.fiber_hidden) if norm else nn.Identity()])
@@ -88,12 +111,21 @@ class SE3Transformer(nn.Module):
             f = self.fiber_hidden
         self.blocks = nn.ModuleList(blocks)
         self.conv_out = ConvSE3(
-            f, self.fiber_out, self.fiber_edge, pool=True, self_interaction=True, **common
+            f,
+            self.fiber_out,
+            self.fiber_edge,
+            pool=True,
+            self_interaction=True,
+            self_interaction_per_edge=self_interaction_per_edge,
+            **common,
+            **layout(f, self.fiber_out),
         )
 
     @property
     def fusion(self) -> Fusion:
-        return self.conv_out.fusion
+        """The fusion of the hidden layers (NVIDIA's layout may differ in the first and last
+        convolutions: :func:`se3t.nn.conv.nvidia_fusion`)."""
+        return self.blocks[-1][0].to_key_value.fusion
 
     @staticmethod
     def _block(att, norm, feats, graph, basis, edge_scalars, edge_feats):
@@ -154,6 +186,8 @@ class SE3TransformerPooled(nn.Module):
         fusion: Fusion | str = Fusion.AUTO,
         low_memory: bool = False,
         chunk_elements: int | None = None,
+        nvidia_fuse_level: str | None = None,
+        self_interaction_per_edge: bool = False,
     ):
         super().__init__()
         for name, v in (
@@ -185,6 +219,8 @@ class SE3TransformerPooled(nn.Module):
             fusion=fusion,
             low_memory=low_memory,
             chunk_elements=chunk_elements,
+            nvidia_fuse_level=nvidia_fuse_level,
+            self_interaction_per_edge=self_interaction_per_edge,
         )
         self.pooling = GraphPooling(pooling)
         self.mlp = nn.Sequential(nn.Linear(c_out, c_out), nn.ReLU(), nn.Linear(c_out, out_dim))
@@ -248,4 +284,16 @@ def build(model_cfg) -> SE3TransformerPooled:
         pooling=model_cfg.pooling,
         fusion=model_cfg.fusion,
         low_memory=model_cfg.low_memory,
+        **parameterization(model_cfg),
+    )
+
+
+def parameterization(model_cfg) -> dict:
+    """Keyword arguments of the model's function (radial sharing, self-interaction) from the
+    ``model.radial_sharing`` and ``model.self_interaction`` config keys."""
+    sharing = model_cfg.radial_sharing
+    level = None if sharing == "fusion" else sharing.removeprefix("nvidia_")
+    return dict(
+        nvidia_fuse_level=level,
+        self_interaction_per_edge=model_cfg.self_interaction == "edge",
     )

@@ -42,9 +42,14 @@ class AttentionSE3(nn.Module):
                 )
 
     def _heads(self, feats: dict[int, Tensor]) -> Tensor:
-        # {d: [X, C, 2d+1]} -> [X, heads, F / heads]
+        # {d: [X, C, 2d+1]} -> [X, heads, F / heads]; sizes spelled out: X may be 0 (no edges)
         return torch.cat(
-            [feats[d].reshape(feats[d].shape[0], self.num_heads, -1) for d in self.key_fiber],
+            [
+                feats[d].reshape(
+                    len(feats[d]), self.num_heads, feats[d].shape[1:].numel() // self.num_heads
+                )
+                for d in self.key_fiber
+            ],
             dim=-1,
         )
 
@@ -84,6 +89,7 @@ class AttentionBlockSE3(nn.Module):
         radial_hidden: int = 32,
         fusion: Fusion | str = Fusion.AUTO,
         chunk_elements: int | None = None,
+        unit_scalar_kernel: bool = False,
     ):
         super().__init__()
         self.fiber_in, self.fiber_out = Fiber(fiber_in), Fiber(fiber_out)
@@ -103,6 +109,7 @@ class AttentionBlockSE3(nn.Module):
             radial_hidden=radial_hidden,
             fusion=fusion,
             chunk_elements=chunk_elements,
+            unit_scalar_kernel=unit_scalar_kernel,
         )
         self.to_query = LinearSE3(self.fiber_in, self.key_fiber)
         self.attention = AttentionSE3(num_heads, self.key_fiber, self.value_fiber)

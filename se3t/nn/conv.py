@@ -5,7 +5,12 @@ For every pair of input degree ``d_in`` and output degree ``d_out`` the message 
 ``W(x)[c_o, m_o, c_i, m_i] = sum_J R_J(|x|, f_e)[c_o, c_i] B_J(x)[m_i, m_o]`` (Fuchs et al. 2020,
 eq. 8; ``B`` from :mod:`se3t.so3.basis`, ``R`` a radial profile MLP). Messages to ``d_out`` are
 summed over ``d_in``; with ``pool`` they are summed over the incoming edges of each node, and
-``self_interaction`` adds ``W_self x_{d_out}[t]`` (a per-degree linear map of the node itself).
+``self_interaction`` adds ``W_self x_{d_out}[t]`` (a per-degree linear map of the node itself):
+once per node (se3t's form), or once per incoming edge before the sum (NVIDIA's form,
+``self_interaction_per_edge``: the term is then scaled by the node's in-degree).
+
+:func:`nvidia_fusion` reproduces NVIDIA's per-layer choice of fuse level, so that a model
+built with it has NVIDIA's exact parameter layout (``se3t.interop.nvidia``, docs/model.md).
 """
 
 from __future__ import annotations
@@ -23,7 +28,42 @@ from se3t.nn.radial import RadialProfile
 from se3t.so3.basis import basis_size, num_freq, unflatten_basis
 from se3t.so3.fiber import Fiber
 
-__all__ = ["ConvSE3", "Fusion", "pairwise_reference"]
+__all__ = ["NVIDIA_FUSE_LEVELS", "ConvSE3", "Fusion", "nvidia_fusion", "pairwise_reference"]
+
+
+# NVIDIA's ConvSE3FuseLevel, lowest first: its SE3Transformer picks "none" with low_memory,
+# "full" with tensor_cores, else "partial"; each convolution then downgrades on its own
+NVIDIA_FUSE_LEVELS = ("none", "partial", "full")
+
+
+def nvidia_fusion(
+    fiber_in: Fiber, fiber_out: Fiber, fiber_edge: Fiber | None, max_degree: int, level: str
+) -> Fusion:
+    """The fusion (radial sharing) NVIDIA's ``ConvSE3`` uses for these fibers at maximum
+    fuse ``level`` ("none", "partial", "full").
+
+    NVIDIA concatenates features of all fused degrees along ``m``, so a level applies only
+    when the fused side has one channel count (input channels counting the concatenated
+    edge features of degree > 0) and spans degrees ``0..max_degree``; otherwise the layer
+    drops to the next condition: FULL, then PARTIAL per output degree, then PARTIAL per input
+    degree, then pairwise.
+    """
+    if level not in NVIDIA_FUSE_LEVELS:
+        raise ValueError(f"nvidia fuse level must be one of {NVIDIA_FUSE_LEVELS}, got {level!r}")
+    rank = NVIDIA_FUSE_LEVELS.index(level)
+    edge = fiber_edge or {}
+    ins = {c + (edge.get(d, 0) if d > 0 else 0) for d, c in fiber_in.items()}
+    outs = set(fiber_out.values())
+    span = list(range(max_degree + 1))
+    in_ok = len(ins) == 1 and fiber_in.degrees == span
+    out_ok = len(outs) == 1 and fiber_out.degrees == span
+    if rank >= 2 and in_ok and out_ok:
+        return Fusion.FULL
+    if rank >= 1 and in_ok:
+        return Fusion.PER_OUTPUT
+    if rank >= 1 and out_ok:
+        return Fusion.PER_INPUT
+    return Fusion.PAIRWISE
 
 
 def _as_fiber(f, name: str) -> Fiber:
@@ -46,7 +86,11 @@ class ConvSE3(nn.Module):
         max_degree: max degree of the flat basis passed to ``forward``.
         pool: sum messages onto destination nodes (else return per-edge messages).
         self_interaction: add a per-degree linear map of the destination node's own features
-            (needs ``pool``).
+            (needs ``pool``). self_interaction_per_edge: add it to every incoming edge's
+            message before the sum (NVIDIA's form: scaled by the in-degree) instead of once.
+        unit_scalar_kernel: the ``(0, 0)`` pair's kernel is its radial profile alone, without
+            the constant basis value ``Y_0 = 1/sqrt(4 pi)``: what NVIDIA's pairwise
+            convolutions compute (they drop that basis), while its fused ones keep it.
         layer_norm: layer norm in the radial profiles. radial_hidden: their width.
         fusion: a :class:`Fusion` or its value (``"auto"``). The level used is ``self.fusion``.
         chunk_elements: radial outputs held at once by the fused op (memory vs. op count).
@@ -61,6 +105,8 @@ class ConvSE3(nn.Module):
         max_degree: int,
         pool: bool = True,
         self_interaction: bool = False,
+        self_interaction_per_edge: bool = False,
+        unit_scalar_kernel: bool = False,
         layer_norm: bool = True,
         radial_hidden: int = 32,
         fusion: Fusion | str = Fusion.AUTO,
@@ -115,6 +161,8 @@ class ConvSE3(nn.Module):
             for spec in self.specs
         )
         self.self_interaction = self_interaction
+        self.self_interaction_per_edge = bool(self_interaction and self_interaction_per_edge)
+        self.unit_scalar_kernel = bool(unit_scalar_kernel and 0 in self.fiber_in)
         if self_interaction:
             self.self_weights = nn.ParameterDict(
                 {
@@ -125,7 +173,12 @@ class ConvSE3(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return f"{self.fiber_in} -> {self.fiber_out}, fusion={self.fusion.value}, pool={self.pool}"
+        extra = ", self_interaction_per_edge" if self.self_interaction_per_edge else ""
+        extra += ", unit_scalar_kernel" if self.unit_scalar_kernel else ""
+        return (
+            f"{self.fiber_in} -> {self.fiber_out}, fusion={self.fusion.value}, "
+            f"pool={self.pool}{extra}"
+        )
 
     def _check(self, feats, graph: Graph, basis: Tensor, edge_scalars: Tensor, edge_feats) -> None:
         self.fiber_in.check(feats, "ConvSE3 node features")
@@ -161,6 +214,9 @@ class ConvSE3(nn.Module):
         """``feats {d: [N, C_in_d, 2d+1]}``, ``basis [E, basis_size]`` flat, ``edge_scalars
         [E, F_edge + 1]`` -> ``{d: [N, C_out_d, 2d+1]}`` (pool) or ``{d: [E, C_out_d, 2d+1]}``."""
         self._check(feats, graph, basis, edge_scalars, edge_feats)
+        if self.unit_scalar_kernel and 0 in self.fiber_out:
+            # flat column 0 is the (0, 0) pair's only basis value (se3t.so3.basis layout)
+            basis = torch.cat([torch.ones_like(basis[:, :1]), basis[:, 1:]], dim=1)
         src = graph.src
         if self.edge_hi:
             # per-edge inputs: the source's features with the edge's own features appended
@@ -196,9 +252,14 @@ class ConvSE3(nn.Module):
             return msgs  # {d: [E, C_o, 2d+1]}
         out = {d: scatter_sum(m, graph.dst, graph.num_nodes) for d, m in msgs.items()}
         if self.self_interaction:
+            if self.self_interaction_per_edge:
+                # sum over incoming edges of W x[t] == in-degree(t) * W x[t]
+                deg = torch.bincount(graph.dst, minlength=graph.num_nodes)
+                deg = deg.to(out[next(iter(out))].dtype)[:, None, None]  # [N, 1, 1]
             for key, w in self.self_weights.items():
                 d = int(key)
-                out[d] = out[d] + torch.matmul(w.to(out[d].dtype), feats[d].to(out[d].dtype))
+                si = torch.matmul(w.to(out[d].dtype), feats[d].to(out[d].dtype))
+                out[d] = out[d] + (deg * si if self.self_interaction_per_edge else si)
         return out  # {d: [N, C_o, 2d+1]}
 
 

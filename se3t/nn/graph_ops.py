@@ -21,8 +21,9 @@ def gather(x: Tensor, index: Tensor) -> Tensor:
 
 def scatter_sum(src: Tensor, index: Tensor, num: int) -> Tensor:
     """``out[i] = sum_{e: index[e] = i} src[e]``: ``[E, ...] -> [num, ...]`` (zeros where empty)."""
-    out = src.new_zeros((num, src[0].numel()))
-    return out.index_add_(0, index, src.reshape(src.shape[0], -1)).view(num, *src.shape[1:])
+    width = src.shape[1:].numel()  # spelled out: src may have no rows (no edges)
+    out = src.new_zeros((num, width))
+    return out.index_add_(0, index, src.reshape(src.shape[0], width)).view(num, *src.shape[1:])
 
 
 def scatter_mean(src: Tensor, index: Tensor, num: int) -> Tensor:

@@ -94,4 +94,5 @@ def block_basis(
     idx = _index_on(in_degrees, out_degrees, max_degree, str(flat.device))
     padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
     cols = block_shape(in_degrees, out_degrees[0])[1]  # the same for every output degree
-    return padded.index_select(1, idx).view(flat.shape[0], -1, cols)
+    # rows spelled out: with no edges (E = 0) a -1 would be ambiguous
+    return padded.index_select(1, idx).view(flat.shape[0], idx.numel() // cols, cols)

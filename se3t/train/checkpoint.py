@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,10 +96,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
-            f"checkpoint {str(path)!r} cannot be loaded safely (weights_only): {first}"
-        ) from err
+            f"checkpoint {str(path)!r} cannot be loaded safely: {_why_unloadable(err)}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"checkpoint {str(path)!r} is not a se3t checkpoint (no format tag)")
     for key in ("model", "config", "target_stats", "epoch", "step"):
@@ -107,10 +107,34 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return state
 
 
+def _why_unloadable(err: Exception) -> str:
+    """torch's reason, without its advice to retry with ``weights_only=False``: that would run
+    whatever code the file carries, and a checkpoint that needs it is not a se3t checkpoint."""
+    text = str(err)
+    found = re.search(r"unsupported GLOBAL ([\w.]+)", text, flags=re.IGNORECASE)
+    if found:
+        return (
+            f"it holds Python objects ({found.group(1)}) that only unpickling with code "
+            "execution could restore, which se3t never does; use a checkpoint written by "
+            "se3t train"
+        )
+    advice = ("weights_only", "file an issue", "documentation of torch.load")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if not any(a in ln for a in advice)]
+    reason = reasons[0] if reasons else type(err).__name__
+    return f"not a readable torch checkpoint ({reason}); is the file damaged or of another kind?"
+
+
 def checkpoint_config(state: dict[str, Any], path: str | os.PathLike) -> Config:
     """The resolved config stored in a checkpoint (InputError naming the file if invalid)."""
+    stored = state["config"]
+    model = stored.get("model") if isinstance(stored, dict) else None
+    if isinstance(model, dict) and "radial_sharing" not in model:
+        # saved before the model's function became a config choice: se3t's former function
+        stored = {**stored, "model": {"radial_sharing": "fusion", "self_interaction": "node"}}
+        stored["model"].update(model)
     try:
-        return from_dict(state["config"])
+        return from_dict(stored)
     except ConfigError as err:
         raise InputError(f"checkpoint {str(path)!r}: stored config is invalid: {err}") from err
 

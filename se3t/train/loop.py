@@ -44,13 +44,16 @@ from tqdm import tqdm
 
 from se3t.config import Config, save, to_dict
 from se3t.data import collate
+from se3t.data.provenance import dataset_record
 from se3t.device import device_name, peak_memory
 from se3t.errors import InputError
 from se3t.models import build
 from se3t.train import distributed as D
 from se3t.train.checkpoint import capture_rng, check_model_state, restore_rng, save_checkpoint
+from se3t.train.guards import NonFiniteGuard
 from se3t.train.inputs import Inputs, check_inputs
 from se3t.train.records import MetricsWriter, log_to
+from se3t.train.runlock import hold_run_folder
 from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
 from se3t.train.signals import StopSignals
@@ -115,6 +118,11 @@ class Trainer:
             self.optimizer, t, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps
         )
         self.scaler = grad_scaler(t.precision, self.device)
+        self.guard = NonFiniteGuard(
+            t.nan_policy,
+            amp_scaler=self.scaler.is_enabled(),
+            checkpoint=str(self.run_dir / "last.pt"),
+        )
 
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -216,6 +224,7 @@ class Trainer:
                 "std": self.train_set.std.clone(),
             },
             "world_size": self.env.world_size,
+            "dataset": dataset_record(self.train_set),  # evaluate checks it (se3t.data.provenance)
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -404,7 +413,7 @@ class Trainer:
                 bar.update(1)
                 if not last_micro:
                     continue
-                lr = self._optimizer_step()
+                lr = self._optimizer_step(loss)
                 self.batch_in_epoch = group_start = i + 1
                 if t.log_every and self.step % t.log_every == 0:
                     tick = self._log_step(metrics, window, tick, bar, lr)
@@ -418,13 +427,17 @@ class Trainer:
             bar.close()
         return True, False
 
-    def _optimizer_step(self) -> float:
-        """The only place the training state changes; returns the learning rate it used."""
-        if self.cfg.train.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def _optimizer_step(self, loss: torch.Tensor) -> float:
+        """The only place the training state changes; returns the learning rate it used. A
+        non-finite loss or gradient stops the run (or skips the step, train.nan_policy) before
+        it changes anything (se3t.train.guards)."""
+        if self.guard.step_allowed(loss, self.model, self.step, self.epoch):
+            if self.cfg.train.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.guard.check_parameters(self.model, self.step + 1, self.epoch)
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -512,7 +525,9 @@ def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:
         torch.backends.cudnn.allow_tf32,
     )
     try:
-        return Trainer(cfg, progress=progress).run()
+        trainer = Trainer(cfg, progress=progress)  # checks every input; writes nothing
+        with hold_run_folder(trainer.run_dir, is_main=trainer.env.is_main):
+            return trainer.run()
     finally:
         D.shutdown()
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from se3t.io import write_text
+from se3t.train.guards import strict_record
 
 __all__ = ["MetricsWriter", "log_to"]
 
@@ -47,7 +48,8 @@ class MetricsWriter:
         if self.fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.fh = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
-        self.fh.write(json.dumps(rec) + "\n")
+        # strict JSON: a non-finite value is null, flagged under "nonfinite" (se3t.train.guards)
+        self.fh.write(json.dumps(strict_record(rec), allow_nan=False) + "\n")
         self.fh.flush()
         if self.tb is not None:
             for key, value in rec.items():

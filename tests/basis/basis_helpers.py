@@ -59,7 +59,7 @@ def stored_rows(store: str | os.PathLike) -> np.ndarray:
 
 def shard_files(store: str | os.PathLike) -> list[Path]:
     root = Path(store) / "basis" / "c"
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def spawn_worker(dataset, cache, receipt, *, delay: float, shard: str = "0/1") -> subprocess.Popen:

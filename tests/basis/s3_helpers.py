@@ -45,7 +45,7 @@ def se3t(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
 
 def _slowed(delay: float):
     """RemoteCache whose object transfers each wait ``delay`` s first (bytes unchanged)."""
-    from se3t.basis.remote import RemoteCache
+    from se3t.basis import RemoteCache
 
     class Slow(RemoteCache):
         def put(self, url, data, **kw):
@@ -77,11 +77,11 @@ def _main() -> None:
     # racing workers start together, whatever their import times (a loaded machine)
     time.sleep(max(0.0, args.start_at - time.time()))
     if args.action == "publish":
-        from se3t.basis import publish as pub
+        from se3t.basis import publish
 
-        result = pub.publish(remote, args.local, args.store_url, workers=args.workers)
+        result = publish(remote, args.local, args.store_url, workers=args.workers)
     else:
-        from se3t.basis.mirror import mirror
+        from se3t.basis import mirror
 
         result = {"local": str(mirror(args.store_url, args.local, remote, workers=args.workers))}
     text = json.dumps(result)

@@ -21,11 +21,18 @@ from basis_helpers import build
 from s3_helpers import REPO, se3t, spawn
 from s3_server import S3Server, free_port, keys
 
-from se3t.basis import basis_key, open_basis, store_path
-from se3t.basis.layout import CHECKSUMS_FILE
-from se3t.basis.mirror import mirror
-from se3t.basis.publish import finalize_remote, publish, upload
-from se3t.basis.remote import RemoteCache
+from se3t.basis import (
+    CHECKSUMS_FILE,
+    RemoteCache,
+    basis_key,
+    finalize_remote,
+    mirror,
+    open_basis,
+    publish,
+    store_path,
+    upload,
+    write_remote_manifest,
+)
 from se3t.data import QM9Dataset, collate
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
@@ -324,8 +331,6 @@ def test_flipped_byte_in_remote_shard(server, cache_url, aws_env, local_store, q
     url = f"{cache_url}/basis/{local_store.name}"
     publish(r, local_store, url)
     manifest = tmp_path / "basis.json"
-    from se3t.basis.mirror import write_remote_manifest
-
     write_remote_manifest(url, manifest, r, tmp_path / "writer")
     bucket, prefix = url[5:].split("/", 1)
     name = f"{prefix}/basis/c/1/0"
@@ -338,8 +343,15 @@ def test_flipped_byte_in_remote_shard(server, cache_url, aws_env, local_store, q
     assert v.returncode == 1
     assert f"BAD {url}/basis/c/1/0: sha256 differs from checksums.json" in v.stdout
     assert "Traceback" not in v.stderr
-    # training refuses it: the read-through copy checks every shard before use
-    with pytest.raises(InputError, match=r"basis/c/1/0.*differs from checksums.json"):
+    # a flipped byte in an index array (not a shard) is caught just the same
+    idx = f"{prefix}/row_start/c/0"
+    body = bytearray(c.get_object(Bucket=bucket, Key=idx)["Body"].read())
+    body[-1] ^= 0x01
+    c.put_object(Bucket=bucket, Key=idx, Body=bytes(body))
+    v = se3t(aws_env, "basis", "verify", url, *_opts(server), "--sample", "0", check=False)
+    assert f"BAD {url}/row_start/c/0: sha256 differs from checksums.json" in v.stdout
+    # training refuses it: the read-through copy checks every object before use
+    with pytest.raises(InputError, match=r"(basis/c/1/0|row_start/c/0).*differs from checksums"):
         open_basis(
             manifest,
             dataset_fingerprint=fingerprint(qm9_store),
@@ -488,4 +500,8 @@ def test_finalize_remote_refuses_incomplete_and_is_idempotent(server, cache_url,
     rec2, won2 = finalize_remote(r, url)
     assert rec2 == rec and not won2
     local = json.loads((local_store / CHECKSUMS_FILE).read_text())
-    assert rec["files"] == local["files"]  # the same shard bytes as the local store
+    for name, info in local["files"].items():  # the same shard bytes as the local store
+        assert rec["files"][name] == info, name
+    # and every other object (metadata, index arrays) is covered too
+    assert {"zarr.json", "basis/zarr.json", "row_start/zarr.json"} <= set(rec["files"])
+    assert len(rec["files"]) == len([p for p in local_store.rglob("*") if p.is_file()]) - 1

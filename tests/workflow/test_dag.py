@@ -185,3 +185,19 @@ def test_config_override_on_command_line_reaches_training(tmp_path):
     config = write_config(tmp_path / "c.yaml")
     (run,) = _run_configs(tmp_path, config, ["ci"], "--config", "train={epochs: 7}").values()
     assert run["train"]["epochs"] == 7
+
+
+def test_a_config_file_changes_only_when_its_sections_do(tmp_path):
+    """A run's training key rewrites the run's file, not the shared stages' files: the data and
+    basis rules, which take only those, do not rerun (Snakemake reruns on a newer input)."""
+    config = write_config(tmp_path / "c.yaml")
+    targets = ["results/configs/data.yaml", "results/configs/basis.yaml"]
+    _run_configs(tmp_path, config, ["ci"], *targets)
+    files = [tmp_path / t for t in (*targets, "results/configs/runs/ci.yaml")]
+    before = [f.stat().st_mtime_ns for f in files]
+    assert yaml.safe_load(files[0].read_text()).keys() == {"data"}
+    assert yaml.safe_load(files[1].read_text()).keys() == {"data", "basis"}
+    run = _run_configs(tmp_path, config, ["ci"], *targets, "--config", "train={epochs: 7}")["ci"]
+    after = [f.stat().st_mtime_ns for f in files]
+    assert after[:2] == before[:2] and after[2] > before[2]
+    assert run["train"]["epochs"] == 7

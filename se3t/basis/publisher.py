@@ -14,10 +14,11 @@ without it), and it is written only after every other object is uploaded and ver
    wins, we adopt it), else it is damaged and replaced.
 3. Verify: one listing; every object's ETag must be the MD5 we uploaded or adopted (a
    concurrent overwrite is caught here and the object redone).
-4. ``checksums.json`` (:func:`finalize_remote`): sha256 and size of every shard file from their
-   metadata, written with ``If-None-Match: *``. Its content is a pure function of the shard
-   objects (no timestamps: those go in the object's metadata), so two finalizers racing on a
-   server that ignores the condition write identical bytes. A loser reads the winner's.
+4. ``checksums.json`` (:func:`finalize_remote`): sha256 and size of every object (metadata,
+   index arrays, shard files) from their metadata, written with ``If-None-Match: *``. Its
+   content is a pure function of the objects (no timestamps: those go in the object's
+   metadata), so two finalizers racing on a server that ignores the condition write identical
+   bytes. A loser reads the winner's.
 
 The receipts say what was uploaded, skipped, adopted and repaired.
 """
@@ -210,8 +211,9 @@ def finalize_remote(remote: RemoteCache, store_url: str) -> tuple[dict[str, Any]
     """Write the remote store's ``checksums.json`` once every shard file is there; returns the
     record and whether this call wrote it (False: it existed, or a concurrent finalizer won).
 
-    The record lists ``sha256`` and ``bytes`` of every shard file, taken from the objects'
-    metadata (each uploader computed it from the bytes whose MD5 the server checked)."""
+    The record lists ``sha256`` and ``bytes`` of every object of the store (metadata, index
+    arrays, shard files), taken from the objects' metadata (each uploader computed it from the
+    bytes whose MD5 the server checked)."""
     checks_url = remote.join(store_url, CHECKSUMS_FILE)
     existing = remote.get(checks_url)
     if existing is not None:
@@ -219,22 +221,20 @@ def finalize_remote(remote: RemoteCache, store_url: str) -> tuple[dict[str, Any]
     meta = _remote_meta(remote, store_url)
     if meta is None:
         raise InputError(f"basis store {store_url!r} does not exist (no zarr.json)")
-    names = [unit_file(u) for u in range(int(meta["num_units"]))]
+    shards = [unit_file(u) for u in range(int(meta["num_units"]))]
+    # every object, not only the shards: a reader checks the metadata and index arrays too
+    listed = [n for n in remote.list(store_url) if n != CHECKSUMS_FILE and not n.startswith(".")]
+    names = sorted(set(listed) | set(shards))
     with cf.ThreadPoolExecutor(_WORKERS) as pool:
-        infos = dict(
-            zip(
-                names,
-                pool.map(lambda n: remote.head(remote.join(store_url, n)), names),
-                strict=True,
-            )
-        )
-    missing = [n for n, i in infos.items() if i is None]
+        heads = list(pool.map(lambda n: remote.head(remote.join(store_url, n)), names))
+    missing = [n for n, i in zip(names, heads, strict=True) if i is None and n in shards]
     if missing:
         raise InputError(
-            f"basis store {store_url!r} is incomplete: {len(missing)} of {len(names)} shard "
+            f"basis store {store_url!r} is incomplete: {len(missing)} of {len(shards)} shard "
             f"files missing ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); "
             "run se3t basis precompute (all --shard slices) before finalize"
         )
+    infos = {n: i for n, i in zip(names, heads, strict=True) if i is not None}
     unsigned = [n for n, i in infos.items() if not i.sha256]
     if unsigned:
         raise InputError(
@@ -296,7 +296,7 @@ def precompute_remote(
     upload its shard files; ``finalize_remote`` then seals the remote store."""
     from se3t.basis.key import basis_key, default_backend
     from se3t.basis.layout import store_path
-    from se3t.basis.mirror import mirror
+    from se3t.basis.local_cache import mirror
     from se3t.basis.writer import parse_shard, precompute
     from se3t.data.store import fingerprint
 

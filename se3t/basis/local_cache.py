@@ -25,15 +25,15 @@ import json
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from se3t.basis.layout import CHECKSUMS_FILE, CLAIMS_DIR, STORE_SUFFIX
+from se3t.basis.layout import CHECKSUMS_FILE, CLAIMS_DIR, STORE_SUFFIX, is_temporary
 from se3t.basis.location import ensure_writable_cache
 from se3t.basis.remote import RemoteCache
 from se3t.errors import InputError
+from se3t.io import write_bytes
 
 __all__ = ["mirror", "read_through"]
 
@@ -170,11 +170,7 @@ def _fill(
             got = hashlib.md5(data, usedforsecurity=False).hexdigest()
             if got != listing[name].etag:
                 raise InputError(f"basis store object {url!r}: MD5 differs from its ETag")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, dest)
+        write_bytes(dest, data)  # atomic (se3t.io): a shard is absent or whole
         return len(data)
 
     from tqdm.auto import tqdm
@@ -185,11 +181,10 @@ def _fill(
             bar.update(1)
     bar.close()
     shutil.rmtree(path / CLAIMS_DIR, ignore_errors=True)
-    for leftover in path.rglob("*.partial"):
-        leftover.unlink(missing_ok=True)
-    tmp = path / f".{CHECKSUMS_FILE}.{uuid.uuid4().hex[:8]}.partial"
-    tmp.write_bytes(checks)
-    os.replace(tmp, path / CHECKSUMS_FILE)  # last: the copy is complete from here on
+    for leftover in path.rglob(".*"):  # se3t.io's temporaries of an interrupted download
+        if leftover.is_file() and is_temporary(leftover.name):
+            leftover.unlink(missing_ok=True)
+    write_bytes(path / CHECKSUMS_FILE, checks)  # last: the copy is complete from here on
     _read_only(path)
 
 

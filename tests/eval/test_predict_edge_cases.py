@@ -1,0 +1,69 @@
+"""Molecules at the edges of what prediction takes: predicted when valid (no edges at all is a
+valid molecule), refused with a message naming the field otherwise, never a traceback
+(issue 16, defects 9 and 10)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from faults import cli
+
+from se3t.data.dataset import read_molecule
+from se3t.errors import InputError
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _predictions(stdout: str) -> dict[str, float]:
+    return {r["file"]: float(r["prediction"]) for r in csv.DictReader(io.StringIO(stdout))}
+
+
+def test_molecules_without_edges_are_predicted(trained_run, tmp_path, capsys):
+    """Before: a 1-atom molecule, or atoms 50 Å apart, raised 'cannot reshape tensor'."""
+    one = _write(tmp_path, "one.xyz", "1\n\nC 0 0 0\n")
+    far = _write(tmp_path, "far.xyz", "2\n\nC 0 0 0\nC 50 0 0\n")
+    near = _write(tmp_path, "near.xyz", "2\n\nC 0 0 0\nC 1.2 0 0\n")
+    code, out, err = cli(capsys, "predict", trained_run, one, far, near)
+    assert code == 0 and "Traceback" not in err
+    got = _predictions(out)
+    assert len(got) == 3
+    # two isolated carbons pool (max) to the same features as one: the same prediction
+    assert got[str(far)] == pytest.approx(got[str(one)], rel=1e-5)
+    assert got[str(near)] != pytest.approx(got[str(one)], rel=1e-5)  # edges do matter
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "field"),
+    [
+        ("huge.xyz", "2\n\nC 0 0 0\nC 1e300 0 0\n", "atom 2 coordinates"),
+        ("nan.xyz", "2\n\nC 0 0 0\nC nan 0 0\n", "atom 2 coordinates"),
+        ("short.xyz", "3\n\nC 0 0 0\nC 1.5 0 0\n", "atom count"),
+        ("fields.xyz", "2\n\nC 0 0 0\nC 1.5\n", "atom 2"),
+        (
+            "empty.sdf",
+            "\n  se3t\n\n  0  0  0  0  0  0  0  0  0  0999 V2000\nM  END\n$$$$\n",
+            "atom count",
+        ),
+    ],
+)
+def test_unusable_molecules_are_named(trained_run, tmp_path, capsys, name, text, field):
+    path = _write(tmp_path, name, text)
+    with pytest.raises(InputError, match=f"field '{field}'"):
+        read_molecule(path)
+    code, _, err = cli(capsys, "predict", trained_run, path)
+    assert code == 2 and name in err and "Traceback" not in err
+
+
+def test_the_line_count_message_agrees_with_itself(tmp_path):
+    """Before: 'has 5 lines (plain XYZ needs 5)' for a short atom line."""
+    with pytest.raises(InputError) as err:
+        read_molecule(_write(tmp_path, "fields.xyz", "2\n\nC 0 0 0\nC 1.5\n"))
+    assert "needs an element and x, y, z" in str(err.value) and "lines" not in str(err.value)
+    with pytest.raises(InputError, match=r"has 4 lines \(plain XYZ needs 5\)"):
+        read_molecule(_write(tmp_path, "short.xyz", "3\n\nC 0 0 0\nC 1.5 0 0\n"))
