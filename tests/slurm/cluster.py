@@ -166,11 +166,13 @@ def slurm_cluster():
     fd = _lock_fd()
     started = False
     try:
-        if not _up():
-            started = True  # a failed start is stopped too: it may have left daemons, netns
-            proc = _run(["bash", str(SCRIPT), "start"], check=False, timeout=300)
-            if proc.returncode != 0:
-                pytest.fail(f"tests/slurm/cluster.sh start failed:\n{proc.stderr[-3000:]}")
+        # a cluster left running may have been started by another checkout's cluster.sh:
+        # `start` is idempotent and rewrites slurm.conf (reconfiguring on a change), so the
+        # tests always run against this tree's settings
+        started = not _up()  # a failed start is stopped too: it may have left daemons, netns
+        proc = _run(["bash", str(SCRIPT), "start"], check=False, timeout=300)
+        if proc.returncode != 0:
+            pytest.fail(f"tests/slurm/cluster.sh start failed:\n{proc.stderr[-3000:]}")
         s = _settings()
         yield SlurmCluster(
             partition=s["PARTITION"],

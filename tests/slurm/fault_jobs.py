@@ -10,19 +10,20 @@ from se3t.train.launch import TrainJob
 
 class CrashOnRank1(TrainJob):
     """Rank 1 raises in the middle of training, right where every rank meets in a collective
-    (the stop-flag all-reduce after each optimizer step); rank 0 is then waiting for it."""
+    (the stop-flag all-reduce after each optimizer step, ``StopSignals.agreed``); rank 0 is
+    then waiting for it."""
 
     CRASH_AT_STEP = 2
 
     def make_trainer(self, trainer_class, cfg, rank):
         trainer = super().make_trainer(trainer_class, cfg, rank)
         if rank == 1:
-            agree = trainer._should_stop
+            agreed = trainer.stop.agreed
 
-            def crash() -> bool:
+            def crash(distributed: bool) -> bool:
                 if trainer.step >= self.CRASH_AT_STEP:
                     raise RuntimeError(f"injected fault on rank 1 at step {trainer.step}")
-                return agree()
+                return agreed(distributed)
 
-            trainer._should_stop = crash
+            trainer.stop.agreed = crash
         return trainer
