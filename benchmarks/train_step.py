@@ -134,11 +134,16 @@ def spec(
 
 
 def run(args) -> None:
-    """Every combination, each point in a fresh process through the step harness."""
-    from se3t.eval.point import run_fresh
+    """Every combination, each point in a fresh process through the step harness, with the
+    step's FLOPs (se3t.eval.roofline) and the machine's square-sgemm rate measured in this
+    window, before and after the points, as the roofline."""
+    from se3t.eval.point import build_model, run_fresh
+    from se3t.eval.roofline import machine, model_step_flops, sgemm_gflops
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    env = {**machine(), "threads": torch.get_num_threads(), "sgemm_gflops_before": sgemm_gflops()}
+    print(f"# {env}", flush=True)
     rows = []
     combos = [
         (size, fusion, prec, low_memory == "true", basis, kernel)
@@ -150,12 +155,22 @@ def run(args) -> None:
         for basis in args.basis
     ]
     for combo in combos:
-        point = run_fresh(spec(args, *combo), timeout=args.timeout)
-        rows.append(point.as_dict())
+        point_spec = spec(args, *combo)
+        row = run_fresh(point_spec, timeout=args.timeout).as_dict()
+        row["kernel"] = point_spec["model"]["kernel"] if combo[1] != "pairwise" else "-"
+        if row["status"] == "ok":
+            flops = model_step_flops(
+                build_model(point_spec["model"]), row["num_edges"], row["num_atoms"]
+            )
+            row["gflop"] = flops / 1e9
+            row["gflop_s"] = row["gflop"] / row["step_time_s"]
+        rows.append(row)
         print(format_row(rows[-1]), flush=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
-    (out / "table.md").write_text(table(rows))
-    print(table(rows))
+    env["sgemm_gflops_after"] = sgemm_gflops()
+    env["load_after"] = machine()["load"]
+    (out / "results.json").write_text(json.dumps({"machine": env, "points": rows}, indent=1))
+    (out / "table.md").write_text(table(rows, env))
+    print(table(rows, env))
 
 
 def _gib(x) -> str:
@@ -164,35 +179,44 @@ def _gib(x) -> str:
 
 def format_row(r: dict) -> str:
     what = (
-        f"{r['batch_size']:>5} {r['fusion']:>10} {r['precision']:>5} "
+        f"{r['batch_size']:>5} {r['fusion']:>10} kernel={r['kernel']:>5} {r['precision']:>5} "
         f"low_memory={r['low_memory']!s:5} basis={r['basis']:>11}"
     )
     if r["status"] != "ok":
         return f"{what}: {r['status']}: {r['error']}"
     return (
-        f"{what} {r['mol_per_s']:8.2f} mol/s  peak {_gib(r['peak_memory_bytes'])} GiB, "
-        f"added {_gib(r['added_memory_bytes'])} GiB"
+        f"{what} {r['mol_per_s']:8.2f} mol/s  {r['gflop_s']:6.1f} GFLOP/s  "
+        f"peak {_gib(r['peak_memory_bytes'])} GiB, added {_gib(r['added_memory_bytes'])} GiB"
     )
 
 
 HEADER = (
-    "| batch | fusion | precision | low memory | basis | mol/s | step (s) | peak memory (GiB) "
-    "| added by the step (GiB) |\n|---:|---|---|---|---|---:|---:|---:|---:|"
+    "| batch | fusion | kernel | precision | low memory | basis | mol/s | step (s) | GFLOP/step "
+    "| GFLOP/s | of sgemm | peak memory (GiB) | added by the step (GiB) |\n"
+    "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
-def table(rows: list[dict]) -> str:
-    lines = [HEADER]
+def table(rows: list[dict], env: dict) -> str:
+    roof = min(env["sgemm_gflops_before"], env.get("sgemm_gflops_after", float("inf")))
+    lines = [
+        f"{env['cpu']} ({env['threads']} threads; {env['isa']}), load {env['load']} -> "
+        f"{env.get('load_after', '?')}; square sgemm {env['sgemm_gflops_before']:.0f} / "
+        f"{env.get('sgemm_gflops_after', float('nan')):.0f} GFLOP/s (before / after the points)",
+        "",
+        HEADER,
+    ]
     for r in rows:
         what = (
-            f"| {r['batch_size']} | {r['fusion']} | {r['precision']} | "
+            f"| {r['batch_size']} | {r['fusion']} | {r['kernel']} | {r['precision']} | "
             f"{'on' if r['low_memory'] else 'off'} | {r['basis']} |"
         )
         if r["status"] != "ok":
-            lines.append(f"{what} {r['status']}: {r['error']} | | | |")
+            lines.append(f"{what} {r['status']}: {r['error']} | | | | | | |")
         else:
             lines.append(
-                f"{what} {r['mol_per_s']:.2f} | {r['step_time_s']:.3f} | "
+                f"{what} {r['mol_per_s']:.2f} | {r['step_time_s']:.3f} | {r['gflop']:.1f} | "
+                f"{r['gflop_s']:.1f} | {100 * r['gflop_s'] / roof:.0f} % | "
                 f"{_gib(r['peak_memory_bytes'])} | {_gib(r['added_memory_bytes'])} |"
             )
     return "\n".join(lines) + "\n"

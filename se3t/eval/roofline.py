@@ -17,14 +17,14 @@ of a square float32 matmul (``torch.mm``, MKL/oneDNN), measured in the same proc
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import torch
 
+from se3t.device import cpu_model
 from se3t.so3.basis import num_freq
 
-__all__ = ["conv_flops", "cpu_model", "model_step_flops", "sgemm_gflops"]
+__all__ = ["conv_flops", "machine", "model_step_flops", "sgemm_gflops"]
 
 
 def conv_flops(conv, num_edges: int, num_nodes: int) -> int:
@@ -72,22 +72,27 @@ def sgemm_gflops(n: int = 2048, repeats: int = 3, device: str = "cpu") -> float:
     return 2 * n**3 / best / 1e9
 
 
-def cpu_model() -> dict:
-    """``lscpu``'s model name, the SIMD/matrix ISA flags (avx2, avx512*, amx*) and the load."""
-    model, flags = "", []
+def machine() -> dict:
+    """The CPU's model name (:func:`se3t.device.cpu_model`), its SIMD/matrix ISA flags (avx2,
+    avx512*, amx*, fma) and the load average: what every CPU figure records beside it."""
+    flags: list[str] = []
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = sorted(
+                        {
+                            f
+                            for f in line.split(":", 1)[1].split()
+                            if re.match(r"(avx2|avx512|amx|fma)", f)
+                        }
+                    )
+                    break
     except OSError:
-        out = ""
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "Model name" and not model:
-            model = value.strip()
-        elif key.strip() == "Flags":
-            flags = [f for f in value.split() if re.match(r"(avx2|avx512|amx|fma)", f)]
+        pass
     try:
         with open("/proc/loadavg") as f:
             load = f.read().split()[0]
     except OSError:
         load = ""
-    return {"cpu": model, "isa": " ".join(flags), "load": load}
+    return {"cpu": cpu_model(), "isa": " ".join(flags), "load": load}

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import torch
 
-from se3t.eval.roofline import conv_flops, cpu_model, model_step_flops, sgemm_gflops
+from se3t.eval.roofline import conv_flops, machine, model_step_flops, sgemm_gflops
 from se3t.models.transformer import SE3TransformerPooled
 from se3t.nn import ConvSE3
 from se3t.so3 import Fiber
@@ -26,9 +26,9 @@ def test_model_step_is_three_forward_passes_of_its_convolutions():
     assert model_step_flops(model, 30, 12) == 3 * sum(conv_flops(c, 30, 12) for c in convs)
 
 
-def test_roofline_measures_and_cpu_model_names_the_isa():
+def test_roofline_measures_and_machine_names_the_isa():
     assert sgemm_gflops(128, repeats=2) > 0
-    info = cpu_model()
+    info = machine()
     assert set(info) == {"cpu", "isa", "load"}
     flags = Path("/proc/cpuinfo").read_text()
     if " avx2" in flags:
