@@ -74,15 +74,15 @@ def _main() -> None:
     args = ap.parse_args()
     cache_url = args.store_url.rsplit("/basis/", 1)[0]
     remote = _slowed(args.delay)(cache_url, {"endpoint_url": args.endpoint})
-    # racing workers start together, whatever their import times (a loaded machine)
+    from se3t.basis import mirror, publish
+
+    # the client's lazy set-up (botocore's session, the first connection) happens before the
+    # wait: taking seconds after it, it let one publisher finish before the other began
+    remote.check_bucket()
     time.sleep(max(0.0, args.start_at - time.time()))
     if args.action == "publish":
-        from se3t.basis import publish
-
         result = publish(remote, args.local, args.store_url, workers=args.workers)
     else:
-        from se3t.basis import mirror
-
         result = {"local": str(mirror(args.store_url, args.local, remote, workers=args.workers))}
     text = json.dumps(result)
     if args.out:
