@@ -3,10 +3,15 @@ import torch
 from e3nn import o3
 
 from se3t.nn import ConvSE3, Fusion, pairwise_reference
-from se3t.nn.conv import _pair_rows
 from se3t.nn.kernel import KernelState
 from se3t.so3 import Fiber, compute_basis_flat
-from se3t.testing import assert_equivariant, edge_inputs, random_batch, random_features
+from se3t.testing import (
+    assert_equivariant,
+    edge_inputs,
+    expected_fused_param_grads,
+    random_batch,
+    random_features,
+)
 
 FIBERS = {
     "uniform": (Fiber({0: 2, 1: 2, 2: 2, 3: 2}), Fiber({0: 2, 1: 2, 2: 2, 3: 2})),
@@ -28,29 +33,6 @@ def _loss(out):
     return sum(
         (o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for _, o in sorted(out.items())
     )
-
-
-def _expected_param_grads(conv, ref):
-    """Fused parameters' gradients assembled from the pairwise copy's: hidden layers summed over
-    the pairs of each group, last-layer rows taken pair by pair."""
-    expected = {}
-    pairs = [(s.ins[0][0], s.outs[0][0]) for s in ref.specs]
-    for g, (spec, radial) in enumerate(zip(conv.specs, conv.radial, strict=True)):
-        last = torch.zeros_like(radial.last.weight)
-        hidden = {n: torch.zeros_like(p) for n, p in radial.net.named_parameters()}
-        for k, (di, do) in enumerate(pairs):
-            if (di, do) not in spec.w_off:
-                continue
-            last[_pair_rows(spec, di, do)] = ref.radial[k].last.weight.grad
-            for n, p in ref.radial[k].net.named_parameters():
-                hidden[n] += p.grad
-        expected[f"radial.{g}.last.weight"] = last
-        for n, v in hidden.items():
-            expected[f"radial.{g}.net.{n}"] = v
-    for n, p in ref.named_parameters():
-        if n.startswith("self_weights"):
-            expected[n] = p.grad
-    return expected
 
 
 @pytest.mark.parametrize("fusion", FUSED, ids=lambda f: f.value)
@@ -88,7 +70,7 @@ def test_fused_equals_pairwise_float64(batch64, fusion, fibers, pool):
         torch.testing.assert_close(a, b.grad, rtol=1e-10, atol=1e-12)
     conv.zero_grad()
     _loss(conv(x, batch64.graph, basis, es)).backward(inputs=list(conv.parameters()))
-    expected = _expected_param_grads(conv, ref)
+    expected = expected_fused_param_grads(conv, ref)
     for n, p in conv.named_parameters():
         torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12, msg=n)
 
@@ -155,7 +137,7 @@ def test_fused_without_input_gradient_equals_pairwise(batch64, fibers):
     x = random_features(fin, batch64.graph.num_nodes)
     _loss(conv(x, batch64.graph, basis, es)).backward()
     _loss(ref(x, batch64.graph, basis, es)).backward()
-    expected = _expected_param_grads(conv, ref)
+    expected = expected_fused_param_grads(conv, ref)
     for n, p in conv.named_parameters():
         torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12, msg=n)
 
