@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -167,6 +168,33 @@ def write_buffers(path: str | os.PathLike, buffers: list[Any], *, fsync: bool = 
     return total
 
 
+def _settle_background_writes(timeout: float = 120.0) -> None:
+    """Wait for the writes Zarr still has in flight on its event-loop thread.
+
+    Zarr 3 runs every store write on its own thread and the caller only waits for it. A signal
+    (SIGTERM, Ctrl-C) raised in the caller during that wait leaves the writes running, and they
+    recreate files inside a temporary folder after it has been removed. Nothing to do when zarr
+    was never used in this process.
+    """
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    import asyncio
+
+    async def drain() -> None:
+        me = asyncio.current_task()
+        while pending := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+            await asyncio.wait(pending)
+
+    import concurrent.futures
+    import contextlib
+
+    # best effort: the builder's own error is what the caller must see
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        asyncio.run_coroutine_threadsafe(drain(), loop).result(timeout=timeout)
+
+
 def atomic_dir(
     path: str | os.PathLike, builder: Callable[[Path], None], *, exclusive: bool = False
 ) -> Path:
@@ -181,13 +209,18 @@ def atomic_dir(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TMP_DIR_MARK}{uuid.uuid4().hex[:12]}")
-    tmp.mkdir()
     try:
+        # inside the try: a signal that lands just after mkdir still removes the folder
+        tmp.mkdir()
         try:
             builder(tmp)
         except OSError as err:
+            _settle_background_writes()
             if _is_disk_full(err):
                 raise _disk_full(err, path) from None
+            raise
+        except BaseException:
+            _settle_background_writes()
             raise
         if exclusive:
             try:

@@ -40,27 +40,28 @@ def _qm9pack_folder() -> Path:
     return next(iter(files.values()))[0].parent
 
 
+def _children(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["parsing", "writing"])
 def test_sigterm_during_data_build_cleans_up_and_says_so(tmp_path, when):
     """Before: exit 143 with no message, and .qm9.zarr.tmp-* left behind."""
     out = tmp_path / "qm9.zarr"
+    # parsing: long enough that the signal lands before the store is written (6,000 molecules
+    # took under 3 s here, so a fixed sleep sometimes hit a finished build)
+    limit = "60000" if when == "parsing" else "6000"
     proc = _se3t(
-        "data",
-        "build",
-        "--raw",
-        _qm9pack_folder(),
-        "--out",
-        out,
-        "--limit",
-        "6000",
-        "--processes",
-        "2",
-        "--quiet",
-    )
+        "data", "build", "--raw", _qm9pack_folder(), "--out", out,
+        "--limit", limit, "--processes", "2", "--quiet",
+    )  # fmt: skip
     deadline = time.time() + 240
-    if when == "parsing":
-        time.sleep(3)
+    if when == "parsing":  # the bond workers start with the first parsed chunk
+        while not _children(proc.pid) and time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail("the build finished before it started its workers")
+            time.sleep(0.005)
     else:  # the store's temporary folder appears only while the arrays are written
         while not list(tmp_path.glob(".qm9.zarr.tmp-*")) and time.time() < deadline:
             if proc.poll() is not None:

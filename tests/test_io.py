@@ -189,3 +189,31 @@ def test_exclusive_atomic_dir_keeps_the_first_folder(tmp_path):
         io.atomic_dir(target, _fill("second"), exclusive=True)
     assert (target / "a" / "x").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store.zarr"]
+
+
+def test_an_interrupted_zarr_build_leaves_no_temporary_behind(tmp_path):
+    """Zarr 3 writes chunks on its own event-loop thread. A signal that interrupts the builder
+    while it waits (SIGTERM, Ctrl-C) leaves those writes running; before the fix they recreated
+    ``.store.zarr.tmp-*`` after it was removed (CI, test_sigterm_during_data_build...[writing])."""
+    import asyncio
+
+    import numpy as np
+    import zarr
+    from zarr.core.sync import _get_loop
+
+    data = np.arange(400_000, dtype=np.float32)
+    in_flight = []
+
+    def interrupted(tmp):
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        arr = group.create_array("x", shape=data.shape, dtype=data.dtype, chunks=(1_000,))
+        # what zarr's sync() leaves running when the wait in the main thread is interrupted
+        in_flight.append(
+            asyncio.run_coroutine_threadsafe(arr._async_array.setitem(..., data), _get_loop())
+        )
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_dir(tmp_path / "store.zarr", interrupted)
+    in_flight[0].result(timeout=60)  # every write has landed (or been refused) by now
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

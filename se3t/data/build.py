@@ -19,9 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import signal
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +40,7 @@ from se3t.data.parse import (
 )
 from se3t.data.qm9 import TARGET_UNITS, Record
 from se3t.data.store import FORMAT_VERSION, open_dataset, read_attrs, write_dataset
+from se3t.data.workers import fork_pool
 from se3t.errors import InputError
 
 log = logging.getLogger("se3t.data")
@@ -150,12 +149,6 @@ def _hashable(source: RawSource) -> list[Path]:
     return out
 
 
-def _quiet_sigterm() -> None:
-    # a forked worker inherits the command line's SIGTERM handler (which unwinds the main
-    # process with cleanup); pool.terminate() should just end it, without a traceback
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _intact(out: Path) -> bool:
     """A store is up to date only when its content verifies, not only its build key: one
     damaged since it was built is rebuilt (and the damage is logged)."""
@@ -225,7 +218,7 @@ def build_dataset(
     def submit(recs: list[Record], last: bool = False) -> None:
         nonlocal pool
         if pool is None and processes > 1 and not last:
-            pool = multiprocessing.get_context("fork").Pool(processes, initializer=_quiet_sigterm)
+            pool = fork_pool(processes)
         task = ([(r.species, r.pos) for r in recs], graph, cutoff)
         pending.append(pool.apply_async(_perceive, (task,)) if pool else _perceive(task))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from se3t.data.qm9 import Record
 from se3t.data.sources import Molecule, parse_value
 from se3t.data.splits import column_split
 from se3t.data.store import FORMAT_VERSION, read_attrs, write_dataset
+from se3t.data.workers import fork_pool
 from se3t.errors import InputError
 from se3t.io import write_json
 
@@ -389,7 +389,7 @@ def build_molecules(
     results: list = []
     with tqdm(total=len(kept), desc="graphs", unit="mol", disable=not progress) as bar:
         if processes > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
+            with fork_pool(processes) as pool:
                 for res in pool.imap(_graph_chunk, tasks):
                     results.extend(res)
                     bar.update(len(res))

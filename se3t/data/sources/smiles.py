@@ -12,7 +12,6 @@ naming the row, never a silent drop.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from se3t.data.parse import MoleculeError
 from se3t.data.sources import Molecule, bonds_of
 from se3t.data.sources.xyz_dir import read_properties
+from se3t.data.workers import fork_pool
 from se3t.errors import InputError
 
 __all__ = ["conformer_settings", "embed", "iter_smiles"]
@@ -115,7 +115,7 @@ def iter_smiles(
     tasks = [(smiles[i : i + _CHUNK], seed, iterations) for i in range(0, len(smiles), _CHUNK)]
     with tqdm(total=len(rows), desc="embed", unit="mol", disable=not progress) as bar:
         if processes > 1 and len(tasks) > 1:
-            with multiprocessing.get_context("fork").Pool(processes) as pool:
+            with fork_pool(processes) as pool:
                 results = []
                 for res in pool.imap(_embed_chunk, tasks):  # imap keeps the input order
                     results.extend(res)
