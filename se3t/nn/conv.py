@@ -248,10 +248,12 @@ class ConvSE3(nn.Module):
                 msgs[do] = msg if do not in msgs else msgs[do] + msg
         else:
             for spec, radial in zip(self.specs, self.radial, strict=True):
-                z = radial.hidden(edge_scalars)  # [E, H]
+                # an edge and its reverse share radial weights where the evaluation can use it
+                share = state.radial_share(spec, edge_scalars, graph)
+                z = radial.hidden(edge_scalars if share is None else share.take(edge_scalars))
                 xl = [xs[d] for d, _ in spec.ins]
                 for do, msg in fused_tfn(
-                    spec, z, radial.last.weight, basis, src, xl, state
+                    spec, z, radial.last.weight, basis, src, xl, state, share
                 ).items():
                     msgs[do] = msg if do not in msgs else msgs[do] + msg  # [E, C_o, 2 d_out + 1]
         if not self.pool:

@@ -24,7 +24,8 @@ its ``repr``):
 
 - ``cpp`` (:mod:`se3t.nn.kernel_cpu`, CPU, float32/float64): a C++/OpenMP kernel compiled at
   first use that computes ``R`` tile by tile in L1 and contracts it at once: ``R`` is never
-  written to memory, not even per chunk (docs/kernel.md).
+  written to memory, not even per chunk (docs/kernel.md). It computes ``R`` once for an edge
+  and its reverse when their radial inputs are equal (:mod:`se3t.nn.sharing`).
 - ``triton`` (:mod:`se3t.nn.kernel_triton`, CUDA; opt-in): the same tiling in Triton.
 - ``torch-concat`` (:class:`_ConcatTFN`): the readable torch reference of the two above, used
   when every input degree of the group has the same channel count (every group of the paper's
@@ -44,6 +45,7 @@ from torch import Tensor
 
 from se3t.choices import Kernel
 from se3t.nn.graph_ops import gather
+from se3t.nn.sharing import RadialShare, radial_share
 from se3t.so3.basis import num_freq, pair_offsets
 from se3t.so3.blocks import block_basis, block_shape
 
@@ -455,6 +457,8 @@ class KernelState:
             ) from None
         self.basis, self.tuner, self.chunk_elements = basis, tuner, chunk_elements
         self.blocks: dict[tuple, Tensor] = {}
+        self.share: RadialShare | None = None  # of the pass's edge inputs (radial_share)
+        self._share_of: tuple[Tensor, Tensor] | None = None  # (edge inputs, src) it was built on
         self.ran: dict[str, int] = {}
         self.tiles: dict[str, dict] = {}  # evaluation -> the tile sizes it ran with
         self._scratch: dict[tuple, Tensor] = {}
@@ -462,31 +466,51 @@ class KernelState:
     def __repr__(self) -> str:
         ran = ", ".join(f"{k}: {v}" for k, v in sorted(self.ran.items())) or "nothing yet"
         blocks = ", ".join(
-            f"{ins}->{outs} {str(dt).removeprefix('torch.')}" for ins, outs, dt in self.blocks
+            " ".join([f"{ins}->{outs} {str(dt).removeprefix('torch.')}", *order])
+            for ins, outs, dt, *order in self.blocks
         )
         tiles = "; ".join(f"{k} {v}" for k, v in sorted(self.tiles.items()))
+        share = f", {self.share}" if self.share is not None else ""
         return (
             f"KernelState(backend={self.backend.value}, ran {{{ran}}}, "
-            f"block bases [{blocks}]" + (f", tiles {tiles}" if tiles else "") + ")"
+            f"block bases [{blocks}]" + (f", tiles {tiles}" if tiles else "") + share + ")"
         )
 
-    def block_basis(self, spec: KernelSpec, dt: torch.dtype) -> Tensor:
+    def block_basis(
+        self, spec: KernelSpec, dt: torch.dtype, share: RadialShare | None = None
+    ) -> Tensor:
         """The stacked block basis of ``spec``'s degrees (:func:`se3t.so3.blocks.block_basis`),
-        built once per pass and shared by the layers. A basis that needs a gradient gets a
-        fresh block per call: each is then its own node of the autograd graph (as under
-        activation checkpointing, where a shared one would tie the recomputed layers
-        together)."""
+        built once per pass and shared by the layers; with ``share``, its edges in run order
+        (:attr:`RadialShare.order`). A basis that needs a gradient gets a fresh block per call:
+        each is then its own node of the autograd graph (as under activation checkpointing,
+        where a shared one would tie the recomputed layers together)."""
         basis = self.basis
 
         def build():
-            return block_basis(basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree)
+            return _block_in_order(basis, spec, dt, share)
 
         if basis.requires_grad and torch.is_grad_enabled():
             return build()
-        key = (spec.in_degrees, spec.out_degrees, dt)
+        key = (spec.in_degrees, spec.out_degrees, dt) + (("run order",) if _permutes(share) else ())
         if key not in self.blocks:
             self.blocks[key] = build()
         return self.blocks[key]
+
+    def radial_share(self, spec: KernelSpec, edge_inputs: Tensor, graph) -> RadialShare | None:
+        """The pass's :class:`se3t.nn.sharing.RadialShare` of ``edge_inputs [E, F]`` (the
+        radial profiles' inputs) when ``spec`` runs in an evaluation that shares radial rows
+        (``cpp``), else None. Built once per pass: every layer gets the same inputs."""
+        device_type = edge_inputs.device.type
+        dt = edge_inputs.dtype
+        if torch.is_autocast_enabled(device_type):
+            dt = torch.get_autocast_dtype(device_type)
+        if self._evaluation(spec, edge_inputs.device, dt) != "cpp":
+            return None
+        made = self._share_of
+        if made is None or made[0] is not edge_inputs or made[1] is not graph.src:
+            self.share = radial_share(edge_inputs, graph.src, graph.dst, graph.num_nodes)
+            self._share_of = (edge_inputs, graph.src)
+        return self.share
 
     def scratch(self, slot: str, numel: int, like: Tensor) -> Tensor:
         """A flat buffer of ``numel`` elements for the torch evaluations' temporaries (never
@@ -503,6 +527,9 @@ class KernelState:
         """The evaluation that runs ``spec`` on ``z``'s device and dtype (see the module
         docstring); a requested backend that cannot run here raises a ValueError that says
         why, except a missing compiler, which falls back to torch with a one-line notice."""
+        return self._evaluation(spec, z.device, z.dtype)
+
+    def _evaluation(self, spec: KernelSpec, device: torch.device, dt: torch.dtype) -> str:
         if not spec.uniform_channels:
             if self.backend in (Backend.CPP, Backend.TRITON):
                 raise ValueError(
@@ -510,12 +537,12 @@ class KernelState:
                     f"input degrees of a fused group, got {spec.ins}; use model.kernel=torch"
                 )
             return "torch-pairs"
-        device, dt = z.device.type, z.dtype
         if self.backend is Backend.TRITON:
             from se3t.nn import kernel_triton  # deferred: triton is an optional dependency
 
-            kernel_triton.check_available(z)
+            kernel_triton.check_available(torch.empty(0, device=device, dtype=dt))
             return "triton"
+        device = device.type
         if self.backend is Backend.TORCH:
             return "torch-concat"
         cpp_ok = device == "cpu" and dt in (torch.float32, torch.float64)
@@ -553,6 +580,18 @@ class KernelState:
         return t
 
 
+def _permutes(share: RadialShare | None) -> bool:
+    return share is not None and share.num_runs != share.num_edges  # runs of one: identity
+
+
+def _block_in_order(
+    basis: Tensor, spec: KernelSpec, dt: torch.dtype, share: RadialShare | None
+) -> Tensor:
+    if _permutes(share):
+        basis = basis.index_select(0, share.order)
+    return block_basis(basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree)
+
+
 def fused_tfn(
     spec: KernelSpec,
     z: Tensor,
@@ -561,6 +600,7 @@ def fused_tfn(
     src: Tensor,
     xs: list[Tensor],
     state: KernelState,
+    share: RadialShare | None = None,
 ) -> dict[int, Tensor]:
     """Messages ``{d_out: [E, C_o, 2 d_out + 1]}`` of one fusion group (see the module docstring).
 
@@ -568,7 +608,9 @@ def fused_tfn(
     ``basis [E, basis_size(spec.basis_degree)]`` flat (the state's basis, or a per-layer one
     such as the first layer's), ``src [E]`` long, ``xs`` node features ``[N, C_i, 2 d_in + 1]``
     in ``spec.ins`` order, ``state`` the pass's :class:`KernelState`. All floating inputs share
-    one dtype (under autocast they are cast to the autocast dtype first).
+    one dtype (under autocast they are cast to the autocast dtype first). With ``share``
+    (:meth:`KernelState.radial_share`), ``z`` has one row per run of edges that share their
+    radial weights, ``[U, H]`` (:mod:`se3t.nn.sharing`).
     """
     device_type = z.device.type
     if torch.is_autocast_enabled(device_type):
@@ -579,21 +621,27 @@ def fused_tfn(
     xs = [x.to(dt) for x in xs]
     how = state.evaluation(spec, z)
     state.ran[how] = state.ran.get(how, 0) + 1
+    if share is not None and how != "cpp":
+        z = share.expand(z)  # the other evaluations take one row per edge
     with torch.autocast(device_type, enabled=False):
         if how == "torch-pairs":
             out = _FusedTFN.apply(z, weight, basis.to(dt), src, spec, state, *xs)
         else:
+            if how != "cpp":
+                share = None
+            elif share is None:
+                share = RadialShare.single(z.shape[0], z.device)
             x_all = torch.cat([x.transpose(1, 2) for x in xs], dim=1)  # [N, sum (2d+1), C]
             if basis is state.basis:
-                block = state.block_basis(spec, dt)
+                block = state.block_basis(spec, dt, share)
             else:
-                block = block_basis(
-                    basis.to(dt), spec.in_degrees, spec.out_degrees, spec.basis_degree
-                )
+                block = _block_in_order(basis, spec, dt, share)
             if how == "cpp":
                 from se3t.nn.kernel_cpu import ConcatTFNCpu  # deferred: see evaluation()
 
-                out = ConcatTFNCpu.apply(z, weight, x_all, src, spec, state, block)
+                if _permutes(share):
+                    src = src.index_select(0, share.order)  # the block's edge order
+                out = ConcatTFNCpu.apply(z, weight, x_all, src, spec, state, block, share)
             elif how == "triton":
                 from se3t.nn.kernel_triton import ConcatTFNTriton  # deferred: optional
 

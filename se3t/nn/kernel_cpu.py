@@ -92,14 +92,12 @@ class CpuKernel:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         for sfx in ("f32", "f64"):
             f = getattr(lib, f"se3t_tfn_forward_{sfx}")
-            f.restype, f.argtypes = (
-                None,
-                [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr] + [i64] * 3,
-            )
+            f.restype = None
+            f.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, i64, i64, i64]
             b = getattr(lib, f"se3t_tfn_backward_{sfx}")
             b.restype = None
-            b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr, ptr]
-            b.argtypes += [i64, i64]
+            b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
+            b.argtypes += [ptr, ptr, i64, i64]
 
     @staticmethod
     def _sfx(z: Tensor) -> str:
@@ -114,19 +112,34 @@ class CpuKernel:
             raise ValueError(f"cpp kernel: {name} must be contiguous within an edge")
         return t.stride(0)
 
-    def forward(self, z, wt, tm, out, edge_block: int, k_tile: int) -> None:
-        """``out [E, M, C]`` = messages of one output degree (``wt [H, K C]``, (k, c) order)."""
-        E, H = z.shape
+    @staticmethod
+    def _runs(z, tm, off, rows, out_rows: int) -> None:
+        # the C code trusts these: a bad offset or row would read or write out of bounds
+        U, n = z.shape[0], tm.shape[0]
+        for t, name, size in ((off, "off", U + 1), (rows, "rows", n)):
+            if t.dtype != torch.int64 or not t.is_contiguous() or t.shape != (size,):
+                raise ValueError(f"cpp kernel: {name} must be a contiguous int64 [{size}]")
+        if int(off[0]) != 0 or int(off[-1]) != n or (U and bool((off.diff() < 0).any())):
+            raise ValueError(f"cpp kernel: off must rise from 0 to the {n} edges of T")
+        if n and (int(rows.min()) < 0 or int(rows.max()) >= out_rows):
+            raise ValueError(f"cpp kernel: rows must index the {out_rows} output rows")
+
+    def forward(self, z, wt, tm, out, off, rows, edge_block: int, k_tile: int) -> None:
+        """``out[rows[i]] [M, C]`` = the message of edge ``i`` of ``T [n, M, K]`` to one output
+        degree, edge ``i`` in run ``u`` (``off[u] <= i < off[u + 1]``) whose radial weights
+        are ``z[u] @ wt`` (``z [U, H]``, ``wt [H, K C]`` in (k, c) order)."""
+        U, H = z.shape
         _, M, K = tm.shape
         C = out.shape[2]
-        for t, shape in ((wt, (H, K * C)), (out, (E, M, C))):
+        for t, shape in ((wt, (H, K * C)), (out, (out.shape[0], M, C))):
             if tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != z.dtype:
                 raise ValueError(f"cpp kernel: expected a contiguous {shape}, got {t.shape}")
-        if not z.is_contiguous() or tm.shape[0] != E or tm.dtype != z.dtype:
-            raise ValueError("cpp kernel: z must be contiguous [E, H], T [E, M, K]")
+        if not z.is_contiguous() or tm.dtype != z.dtype:
+            raise ValueError("cpp kernel: z must be contiguous [U, H], T [n, M, K] of its dtype")
+        self._runs(z, tm, off, rows, out.shape[0])
         getattr(self.lib, f"se3t_tfn_forward_{self._sfx(z)}")(
             z.data_ptr(),
-            E,
+            U,
             H,
             wt.data_ptr(),
             K,
@@ -134,30 +147,33 @@ class CpuKernel:
             tm.data_ptr(),
             self._edge_stride(tm, "T"),
             M,
+            off.data_ptr(),
+            rows.data_ptr(),
             out.data_ptr(),
             edge_block,
             k_tile,
             torch.get_num_threads(),
         )
 
-    def backward(self, z, wcf, tm, g, dt, dwcf, dz, k_tile: int) -> None:
-        """Accumulates ``dwcf [H, C K]`` and ``dz [E, H]``, writes ``dt [E, M, K]`` (each
-        skipped when None)."""
-        E, H = z.shape
+    def backward(self, z, wcf, tm, off, rows, g, dt, dwcf, dz, k_tile: int) -> None:
+        """Accumulates ``dwcf [H, C K]`` and ``dz [U, H]``, writes ``dt [n, M, K]`` (each
+        skipped when None), from the messages' gradient ``g[rows[i]]`` of edge ``i``."""
+        U, H = z.shape
         _, M, K = tm.shape
         C = g.shape[2]
-        checks = [(wcf, (H, K * C)), (g, (E, M, C))]
-        checks += [(t, s) for t, s in ((dwcf, (H, K * C)), (dz, (E, H))) if t is not None]
+        checks = [(wcf, (H, K * C)), (g, (g.shape[0], M, C))]
+        checks += [(t, s) for t, s in ((dwcf, (H, K * C)), (dz, (U, H))) if t is not None]
         for t, shape in checks:
             if tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != z.dtype:
                 raise ValueError(f"cpp kernel: expected a contiguous {shape}, got {t.shape}")
-        if not z.is_contiguous() or tm.shape[0] != E or tm.dtype != z.dtype:
-            raise ValueError("cpp kernel: z must be contiguous [E, H], T [E, M, K]")
+        if not z.is_contiguous() or tm.dtype != z.dtype:
+            raise ValueError("cpp kernel: z must be contiguous [U, H], T [n, M, K] of its dtype")
         if dt is not None and (tuple(dt.shape) != tuple(tm.shape) or dt.dtype != z.dtype):
             raise ValueError("cpp kernel: dT must be shaped like T")
+        self._runs(z, tm, off, rows, g.shape[0])
         getattr(self.lib, f"se3t_tfn_backward_{self._sfx(z)}")(
             z.data_ptr(),
-            E,
+            U,
             H,
             wcf.data_ptr(),
             K,
@@ -165,6 +181,8 @@ class CpuKernel:
             tm.data_ptr(),
             self._edge_stride(tm, "T"),
             M,
+            off.data_ptr(),
+            rows.data_ptr(),
             g.data_ptr(),
             None if dt is None else dt.data_ptr(),
             0 if dt is None else self._edge_stride(dt, "dT"),
@@ -234,55 +252,65 @@ def build_info() -> dict:
 
 
 class ConcatTFNCpu(torch.autograd.Function):
-    """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel._ConcatTFN`."""
+    """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel._ConcatTFN`, except
+    that ``z [U, H]`` has one row per run of ``share`` (:class:`se3t.nn.sharing.RadialShare`)
+    and ``src`` and ``block`` list the edges in run order; the messages come out in edge
+    order."""
 
     @staticmethod
-    def forward(ctx, z, weight, x_all, src, spec: KernelSpec, state: KernelState, block):
+    def forward(ctx, z, weight, x_all, src, spec: KernelSpec, state: KernelState, block, share):
         ext = extension()
         tiles = state.tile("cpp", spec, z)
-        chunk = tiles["chunk_edges"]
-        E, C, nb = z.shape[0], x_all.shape[2], block.shape[1]
+        chunk = tiles["chunk_edges"]  # runs per chunk (an edge or two each)
+        E, C, nb = share.num_edges, x_all.shape[2], block.shape[1]
         z = z.contiguous()
+        off, order = share.offsets.tolist(), share.order
         wts = _permuted_weights(spec, weight)  # {d_out: [H, K C_o]}, (k, c_o) order
         outs = [z.new_empty(E, 2 * do + 1, co) for do, co in spec.outs]
-        for s in range(0, E, chunk):
-            e = slice(s, s + chunk)
-            z_e = z[e]
-            c = z_e.shape[0]
-            x_e = gather(x_all, src[e])  # [c, sum (2 d_in + 1), C]
-            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+        for u0 in range(0, share.num_runs, chunk):
+            u1 = min(u0 + chunk, share.num_runs)
+            e0, e1 = off[u0], off[u1]
+            x_e = gather(x_all, src[e0:e1])  # [c, sum (2 d_in + 1), C]
+            c = e1 - e0
+            T = torch.bmm(block[e0:e1], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+            off_c = share.offsets[u0 : u1 + 1] - e0
             for k, (do, _) in enumerate(spec.outs):
                 r0, r1 = spec.block_rows[do]
                 m = 2 * do + 1
                 T_do = T[:, r0:r1].view(c, m, (r1 - r0) * C // m)  # [c, m, K], strided by edge
-                ext.forward(z_e, wts[do], T_do, outs[k][e], tiles["edge_block"], tiles["k_tile"])
-        ctx.spec, ctx.state = spec, state
+                ext.forward(
+                    z[u0:u1], wts[do], T_do, outs[k], off_c, order[e0:e1],
+                    tiles["edge_block"], tiles["k_tile"],
+                )  # fmt: skip
+        ctx.spec, ctx.state, ctx.share = spec, state, share
         ctx.save_for_backward(z, weight, x_all, src, block)
         return tuple(o.transpose(1, 2) for o in outs)  # [E, C_o, 2 d_out + 1]
 
     @staticmethod
     def backward(ctx, *grads):
         z, weight, x_all, src, block = ctx.saved_tensors
-        spec, state = ctx.spec, ctx.state
+        spec, state, share = ctx.spec, ctx.state, ctx.share
         ext = extension()
         tiles = state.tile("cpp", spec, z)
         chunk = tiles["chunk_edges"]
         need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
         need_t = need_x or need_b
         C, nb = x_all.shape[2], block.shape[1]
+        off, order = share.offsets.tolist(), share.order
         wcf = _permuted_weights(spec, weight, channels_first=True)  # {d_out: [H, C_o K]}
         grads_t = [None if g is None else g.transpose(1, 2).contiguous() for g in grads]
         gz = torch.zeros_like(z) if need_z else None
         gx = torch.zeros_like(x_all) if need_x else None
         gb = torch.zeros_like(block) if need_b else None
         gw_cf = {do: torch.zeros_like(w) for do, w in wcf.items()} if need_w else None
-        for s in range(0, z.shape[0], chunk):
-            e = slice(s, s + chunk)
-            z_e = z[e]
-            c = z_e.shape[0]
-            x_e = gather(x_all, src[e])
-            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+        for u0 in range(0, share.num_runs, chunk):
+            u1 = min(u0 + chunk, share.num_runs)
+            e0, e1 = off[u0], off[u1]
+            c = e1 - e0
+            x_e = gather(x_all, src[e0:e1])
+            T = torch.bmm(block[e0:e1], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
             gT = state.scratch("gT", c * nb * C, z).view(c, nb, C) if need_t else None
+            off_c = share.offsets[u0 : u1 + 1] - e0
             for k, (do, _) in enumerate(spec.outs):
                 r0, r1 = spec.block_rows[do]
                 m = 2 * do + 1
@@ -292,22 +320,24 @@ class ConcatTFNCpu(torch.autograd.Function):
                         gT[:, r0:r1].zero_()
                     continue
                 ext.backward(
-                    z_e,
+                    z[u0:u1],
                     wcf[do],
                     T[:, r0:r1].view(c, m, kk),
-                    grads_t[k][e],
+                    off_c,
+                    order[e0:e1],
+                    grads_t[k],
                     gT[:, r0:r1].view(c, m, kk) if gT is not None else None,
                     gw_cf[do] if need_w else None,
-                    gz[e] if need_z else None,
+                    gz[u0:u1] if need_z else None,
                     tiles["k_tile"],
                 )
             if gT is None:
                 continue
             if need_x:
-                gx_e = torch.bmm(block[e].transpose(1, 2), gT)  # [c, sum (2 d_in + 1), C]
-                gx.view(gx.shape[0], -1).index_add_(0, src[e], gx_e.view(c, -1))
+                gx_e = torch.bmm(block[e0:e1].transpose(1, 2), gT)  # [c, sum (2 d_in + 1), C]
+                gx.view(gx.shape[0], -1).index_add_(0, src[e0:e1], gx_e.view(c, -1))
             if need_b:
-                torch.bmm(gT, x_e.transpose(1, 2), out=gb[e])
+                torch.bmm(gT, x_e.transpose(1, 2), out=gb[e0:e1])
         gw = None
         if need_w:
             gw = torch.empty_like(weight)
@@ -315,16 +345,20 @@ class ConcatTFNCpu(torch.autograd.Function):
                 first, rows = spec.do_rows[do]
                 inv = spec.concat_inverse(do, gw.device, channels_first=True)
                 torch.index_select(g.t(), 0, inv, out=gw[first : first + rows])
-        return (gz, gw, gx, None, None, None, gb)
+        return (gz, gw, gx, None, None, None, gb, None)
 
 
 def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
     """``run(tiles)``: one forward and backward of the kernel on random data of ``spec``'s
-    shape with ``E`` edges (what :class:`se3t.nn.tuning.KernelTuner` times)."""
+    shape with ``E`` edges, in runs of two (an edge and its reverse, as in a molecule's bond
+    graph): what :class:`se3t.nn.tuning.KernelTuner` times."""
     ext = extension()
     g = torch.Generator().manual_seed(0)
     C = spec.ins[0][1]
-    z = torch.randn(E, H, generator=g, dtype=dtype)
+    U = (E + 1) // 2
+    z = torch.randn(U, H, generator=g, dtype=dtype)
+    off = torch.arange(0, 2 * U + 1, 2).clamp_(max=E)
+    rows = torch.arange(E)
     nb = max(r1 for _, r1 in spec.block_rows.values())
     T = torch.randn(E, nb, C, generator=g, dtype=dtype)
     dT = torch.empty_like(T)
@@ -341,7 +375,7 @@ def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
 
     def run(tiles: dict) -> None:
         for w, t, out, grad, dt in problems:
-            ext.forward(z, w, t, out, tiles["edge_block"], tiles["k_tile"])
-            ext.backward(z, w, t, grad, dt, torch.zeros_like(w), gz, tiles["k_tile"])
+            ext.forward(z, w, t, out, off, rows, tiles["edge_block"], tiles["k_tile"])
+            ext.backward(z, w, t, off, rows, grad, dt, torch.zeros_like(w), gz, tiles["k_tile"])
 
     return run

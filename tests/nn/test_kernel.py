@@ -80,14 +80,18 @@ def _loss(out):
     )
 
 
-def check_against_reference(conv, batch, backend, tiles=None, dtype=torch.float64):
+def check_against_reference(
+    conv, batch, backend, tiles=None, dtype=torch.float64, scalars_grad=True
+):
     """Outputs and every gradient of ``conv`` run with ``backend`` against its pairwise
-    reference: node features, basis, edge scalars (so ``z``), every parameter (so ``W``).
+    reference: node features, basis, edge scalars (so ``z``; with ``scalars_grad``, else
+    through the radial hidden layers' parameters), every parameter (so ``W``). Edge scalars
+    without a gradient let an edge and its reverse share radial weights (se3t.nn.sharing).
     Returns the kernel state of the pass."""
     conv = conv.to(dtype)
     ref = pairwise_reference(conv)
     basis, es = edge_inputs(batch)
-    basis, es = basis.to(dtype).requires_grad_(True), es.to(dtype).requires_grad_(True)
+    basis, es = basis.to(dtype).requires_grad_(True), es.to(dtype).requires_grad_(scalars_grad)
     x = {
         d: v.requires_grad_(True)
         for d, v in random_features(conv.fiber_in, batch.graph.num_nodes, dtype).items()
@@ -99,7 +103,7 @@ def check_against_reference(conv, batch, backend, tiles=None, dtype=torch.float6
     assert set(out) == set(out_ref)
     for d in out:
         torch.testing.assert_close(out[d], out_ref[d], **TOL[dtype])
-    inputs = [*x.values(), basis, es]
+    inputs = [*x.values(), basis, *([es] if scalars_grad else [])]
     conv.zero_grad()
     _loss(out).backward(inputs=[*inputs, *conv.parameters()])
     got = [t.grad.clone() for t in inputs]

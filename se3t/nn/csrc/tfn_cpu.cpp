@@ -14,6 +14,11 @@
 // The forward pass vectorizes over output channels c (weights in (k, c) order), the backward
 // pass over k (weights in (c, k) order, "channels first"): each then reads its operands
 // contiguously and needs no horizontal sums in its inner loops.
+//
+// Radial rows are shared: row u of z serves the run of edges i in [off[u], off[u + 1]) (an edge
+// and its reverse, whose radial inputs are equal: se3t.nn.sharing), so R is computed once per
+// run and dR summed over the run before dW and dz. T, dT are indexed by the run's edges i; the
+// messages and their gradient g by rows[i] (the edge's row in the layer's output).
 
 #include <algorithm>
 #include <cstdint>
@@ -115,49 +120,109 @@ void radial_tile(const T* z, int64_t H, const T* W, int64_t ldw, int64_t n, T* o
   }
 }
 
-// msg[m, c..c+lanes) += sum_{kk < kt} T[m, k0 + kk] R[kk, c..]   for every m < M (one edge)
-template <typename T, typename V>
+// The tile of R in the (c, k) layout for backward: out[e, c kt + kk] = sum_h z[e, h]
+// W[h, c K + k0 + kk] for c < C, kk < kt. When kt is a multiple of the vector width the (c, kk)
+// vectors are taken two at a time across channels (as radial_tile does along a row), so a tile
+// of one vector per channel still feeds two FMAs per broadcast of z.
+template <typename T>
+void radial_tile_cf(const T* z, int64_t H, const T* W, int64_t K, int64_t k0, int64_t C,
+                    int64_t kt, T* out) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  const int64_t ldw = C * K, n = C * kt;
+  if (kt % L != 0) {  // ragged tile: one channel at a time
+    for (int64_t c = 0; c < C; ++c) radial_tile<T>(z, H, W + c * K + k0, ldw, kt, out + c * kt, n);
+    return;
+  }
+  const int64_t per_c = kt / L, vecs = C * per_c;
+  auto col = [&](int64_t v) { return (v / per_c) * K + k0 + (v % per_c) * L; };
+  int64_t v = 0;
+  for (; v + 2 <= vecs; v += 2) {
+    const T* w0 = W + col(v);
+    const T* w1 = W + col(v + 1);
+    typename V::type a0[TE], a1[TE];
+    for (int e = 0; e < TE; ++e) a0[e] = a1[e] = V::splat(0);
+    for (int64_t h = 0; h < H; ++h) {
+      auto x0 = V::load(w0 + h * ldw), x1 = V::load(w1 + h * ldw);
+      for (int e = 0; e < TE; ++e) {
+        auto zb = V::splat(z[e * H + h]);
+        a0[e] += zb * x0;
+        a1[e] += zb * x1;
+      }
+    }
+    for (int e = 0; e < TE; ++e) {
+      V::store(out + e * n + v * L, a0[e]);
+      V::store(out + e * n + (v + 1) * L, a1[e]);
+    }
+  }
+  for (; v < vecs; ++v) {
+    const T* w0 = W + col(v);
+    typename V::type a0[TE];
+    for (int e = 0; e < TE; ++e) a0[e] = V::splat(0);
+    for (int64_t h = 0; h < H; ++h) {
+      auto x0 = V::load(w0 + h * ldw);
+      for (int e = 0; e < TE; ++e) a0[e] += V::splat(z[e * H + h]) * x0;
+    }
+    for (int e = 0; e < TE; ++e) V::store(out + e * n + v * L, a0[e]);
+  }
+}
+
+// msg[m, c..c+NV lanes) += sum_{kk < kt} T[m, k0 + kk] R[kk, c..]   for every m < M (one edge);
+// NV vectors of channels at once, so each broadcast of T feeds NV FMAs
+template <typename T, typename V, int NV>
 inline void consume_forward(const T* Te, int64_t K, int64_t M, int64_t k0, int64_t kt, const T* R,
                             int64_t C, int64_t c, T* msg) {
-  constexpr int MB = 8;  // output orders per pass (2 d_out + 1 <= 7 at degree 3)
+  constexpr int MB = 7;  // output orders per pass (2 d_out + 1 <= 7 at degree 3)
+  constexpr int L = V::lanes;
   for (int64_t m0 = 0; m0 < M; m0 += MB) {
     const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
-    typename V::type acc[MB];
-    for (int i = 0; i < mb; ++i) acc[i] = V::load(msg + (m0 + i) * C + c);
+    typename V::type acc[MB][NV];
+    for (int i = 0; i < mb; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][v] = V::load(msg + (m0 + i) * C + c + v * L);
     for (int64_t kk = 0; kk < kt; ++kk) {
-      auto r = V::load(R + kk * C + c);
-      for (int i = 0; i < mb; ++i) acc[i] += V::splat(Te[(m0 + i) * K + k0 + kk]) * r;
+      typename V::type r[NV];
+      for (int v = 0; v < NV; ++v) r[v] = V::load(R + kk * C + c + v * L);
+      for (int i = 0; i < mb; ++i) {
+        auto t = V::splat(Te[(m0 + i) * K + k0 + kk]);
+        for (int v = 0; v < NV; ++v) acc[i][v] += t * r[v];
+      }
     }
-    for (int i = 0; i < mb; ++i) V::store(msg + (m0 + i) * C + c, acc[i]);
+    for (int i = 0; i < mb; ++i)
+      for (int v = 0; v < NV; ++v) V::store(msg + (m0 + i) * C + c + v * L, acc[i][v]);
   }
 }
 
 template <typename T>
-void forward_impl(const T* z, int64_t E, int64_t H, const T* Wt, int64_t K, int64_t C, const T* Tm,
-                  int64_t t_stride, int64_t M, T* out, int64_t edge_block, int64_t k_tile,
-                  int64_t threads) {
+void forward_impl(const T* z, int64_t U, int64_t H, const T* Wt, int64_t K, int64_t C, const T* Tm,
+                  int64_t t_stride, int64_t M, const int64_t* off, const int64_t* rows, T* out,
+                  int64_t edge_block, int64_t k_tile, int64_t threads) {
   using V = Vec<T>;
   constexpr int L = V::lanes;
-  const int64_t blocks = (E + edge_block - 1) / edge_block;
+  const int64_t blocks = (U + edge_block - 1) / edge_block;
   parallel_for(blocks, threads, [&](int64_t b0, int64_t b1) {
     std::vector<T> zt(TE * H), R(TE * k_tile * C);
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t e0 = b * edge_block, e1 = std::min(E, e0 + edge_block);
-      std::fill(out + e0 * M * C, out + e1 * M * C, T(0));
+      const int64_t u0 = b * edge_block, u1 = std::min(U, u0 + edge_block);
+      for (int64_t i = off[u0]; i < off[u1]; ++i)
+        std::fill(out + rows[i] * M * C, out + (rows[i] + 1) * M * C, T(0));
       for (int64_t k0 = 0; k0 < K; k0 += k_tile) {
         const int64_t kt = std::min(k_tile, K - k0), n = kt * C;
-        for (int64_t es = e0; es < e1; es += TE) {
-          const int64_t te = std::min<int64_t>(TE, e1 - es);
+        for (int64_t us = u0; us < u1; us += TE) {
+          const int64_t te = std::min<int64_t>(TE, u1 - us);
           std::fill(zt.begin(), zt.end(), T(0));
-          std::memcpy(zt.data(), z + es * H, sizeof(T) * te * H);
+          std::memcpy(zt.data(), z + us * H, sizeof(T) * te * H);
           radial_tile<T>(zt.data(), H, Wt + k0 * C, K * C, n, R.data(), n);
-          for (int64_t e = 0; e < te; ++e) {
-            const T* Te = Tm + (es + e) * t_stride;
-            T* msg = out + (es + e) * M * C;
-            const T* Re = R.data() + e * n;
-            int64_t c = 0;
-            for (; c + L <= C; c += L) consume_forward<T, V>(Te, K, M, k0, kt, Re, C, c, msg);
-            for (; c < C; ++c) consume_forward<T, Lane<T>>(Te, K, M, k0, kt, Re, C, c, msg);
+          for (int64_t u = 0; u < te; ++u) {
+            const T* Re = R.data() + u * n;
+            for (int64_t i = off[us + u]; i < off[us + u + 1]; ++i) {
+              const T* Te = Tm + i * t_stride;
+              T* msg = out + rows[i] * M * C;
+              int64_t c = 0;
+              for (; c + 2 * L <= C; c += 2 * L)
+                consume_forward<T, V, 2>(Te, K, M, k0, kt, Re, C, c, msg);
+              for (; c + L <= C; c += L) consume_forward<T, V, 1>(Te, K, M, k0, kt, Re, C, c, msg);
+              for (; c < C; ++c) consume_forward<T, Lane<T>, 1>(Te, K, M, k0, kt, Re, C, c, msg);
+            }
           }
         }
       }
@@ -165,7 +230,7 @@ void forward_impl(const T* z, int64_t E, int64_t H, const T* Wt, int64_t K, int6
   });
 }
 
-// dR[c, kv..] and dT[m, kv..] of one edge for lanes(V) consecutive k of the tile
+// dR[c, kv..] += (one edge's part) and dT[m, kv..] = of one edge, for lanes(V) consecutive k
 template <typename T, typename V>
 inline void grad_rt(const T* Te, const T* g, int64_t K, int64_t M, int64_t C, int64_t k0,
                     int64_t kk, int64_t kt, const T* R, T* dR, T* dTe) {
@@ -178,7 +243,7 @@ inline void grad_rt(const T* Te, const T* g, int64_t K, int64_t M, int64_t C, in
       dt[i] = V::splat(0);
     }
     for (int64_t c = 0; c < C; ++c) {
-      auto d = m0 == 0 ? V::splat(0) : V::load(dR + c * kt + kk);
+      auto d = V::load(dR + c * kt + kk);  // summed over the run's edges (zeroed per tile)
       auto r = R ? V::load(R + c * kt + kk) : V::splat(0);
       for (int i = 0; i < mb; ++i) {
         auto gb = V::splat(g[(m0 + i) * C + c]);
@@ -239,9 +304,10 @@ void weight_grads(const T* zt, int64_t H, const T* dR, int64_t C, int64_t kt, co
 }
 
 template <typename T>
-void backward_impl(const T* z, int64_t E, int64_t H, const T* Wcf, int64_t K, int64_t C,
-                   const T* Tm, int64_t t_stride, int64_t M, const T* g, T* dT, int64_t dt_stride,
-                   T* dW, T* dz, bool need_w, bool need_z, int64_t k_tile, int64_t threads) {
+void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, int64_t C,
+                   const T* Tm, int64_t t_stride, int64_t M, const int64_t* off,
+                   const int64_t* rows, const T* g, T* dT, int64_t dt_stride, T* dW, T* dz,
+                   bool need_w, bool need_z, int64_t k_tile, int64_t threads) {
   using V = Vec<T>;
   constexpr int L = V::lanes;
   const int64_t tiles = (K + k_tile - 1) / k_tile;
@@ -250,41 +316,42 @@ void backward_impl(const T* z, int64_t E, int64_t H, const T* Wcf, int64_t K, in
   // dz sums over every k and is reduced once per thread
   parallel_for(tiles, threads, [&](int64_t t0, int64_t t1) {
     std::vector<T> zt(TE * H), R(dT ? TE * C * k_tile : 0), dR(TE * C * k_tile), dzt(TE * H);
-    std::vector<T> dzl(need_z ? E * H : 0, T(0));
+    std::vector<T> dzl(need_z ? U * H : 0, T(0));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t k0 = t * k_tile, kt = std::min(k_tile, K - k0), n = C * kt;
-      for (int64_t es = 0; es < E; es += TE) {
-        const int64_t te = std::min<int64_t>(TE, E - es);
+      for (int64_t us = 0; us < U; us += TE) {
+        const int64_t te = std::min<int64_t>(TE, U - us);
         std::fill(zt.begin(), zt.end(), T(0));
-        std::memcpy(zt.data(), z + es * H, sizeof(T) * te * H);
+        std::memcpy(zt.data(), z + us * H, sizeof(T) * te * H);
         if (dT)  // R in the (c, k) layout of the tile: one k segment per channel
-          for (int64_t c = 0; c < C; ++c)
-            radial_tile<T>(zt.data(), H, Wcf + c * K + k0, C * K, kt, R.data() + c * kt, n);
-        std::fill(dR.begin(), dR.end(), T(0));  // padded edges contribute nothing
-        for (int64_t e = 0; e < te; ++e) {
-          const T* Te = Tm + (es + e) * t_stride;
-          const T* ge = g + (es + e) * M * C;
-          const T* Re = dT ? R.data() + e * n : nullptr;
-          T* dTe = dT ? dT + (es + e) * dt_stride : nullptr;
-          int64_t kk = 0;
-          for (; kk + L <= kt; kk += L)
-            grad_rt<T, V>(Te, ge, K, M, C, k0, kk, kt, Re, dR.data() + e * n, dTe);
-          for (; kk < kt; ++kk)
-            grad_rt<T, Lane<T>>(Te, ge, K, M, C, k0, kk, kt, Re, dR.data() + e * n, dTe);
+          radial_tile_cf<T>(zt.data(), H, Wcf, K, k0, C, kt, R.data());
+        std::fill(dR.begin(), dR.end(), T(0));  // padded rows contribute nothing
+        for (int64_t u = 0; u < te; ++u) {
+          const T* Re = dT ? R.data() + u * n : nullptr;
+          for (int64_t i = off[us + u]; i < off[us + u + 1]; ++i) {
+            const T* Te = Tm + i * t_stride;
+            const T* ge = g + rows[i] * M * C;
+            T* dTe = dT ? dT + i * dt_stride : nullptr;
+            int64_t kk = 0;
+            for (; kk + L <= kt; kk += L)
+              grad_rt<T, V>(Te, ge, K, M, C, k0, kk, kt, Re, dR.data() + u * n, dTe);
+            for (; kk < kt; ++kk)
+              grad_rt<T, Lane<T>>(Te, ge, K, M, C, k0, kk, kt, Re, dR.data() + u * n, dTe);
+          }
         }
         if (need_w || need_z) {
           std::fill(dzt.begin(), dzt.end(), T(0));
           weight_grads<T>(zt.data(), H, dR.data(), C, kt, Wcf + k0, need_w ? dW + k0 : nullptr,
                           C * K, K, need_w, need_z, dzt.data());
           if (need_z)
-            for (int64_t e = 0; e < te; ++e)
-              for (int64_t h = 0; h < H; ++h) dzl[(es + e) * H + h] += dzt[e * H + h];
+            for (int64_t u = 0; u < te; ++u)
+              for (int64_t h = 0; h < H; ++h) dzl[(us + u) * H + h] += dzt[u * H + h];
         }
       }
     }
     if (need_z) {
       std::lock_guard<std::mutex> guard(dz_lock);
-      for (int64_t i = 0; i < E * H; ++i) dz[i] += dzl[i];
+      for (int64_t i = 0; i < U * H; ++i) dz[i] += dzl[i];
     }
   });
 }
@@ -292,25 +359,27 @@ void backward_impl(const T* z, int64_t E, int64_t H, const T* Wcf, int64_t K, in
 }  // namespace
 
 // Shapes and strides are checked by the caller (se3t/nn/kernel_cpu.py). Per output degree:
-// z [E, H], wt [H, K C] in (k, c) order, T [E, M, K] rows contiguous with edge stride ts,
-// out [E, M, C] written. Backward: wcf [H, C K] in (c, k) order, g [E, M, C]; dT (may be null)
-// written with edge stride dts, dwcf [H, C K] and dz [E, H] accumulated (null: skipped).
+// z [U, H] (one row per run), wt [H, K C] in (k, c) order, off [U + 1] the runs' first edges
+// (off[0] = 0), T [off[U], M, K] rows contiguous with edge stride ts, rows [off[U]] the output
+// row of each edge, out [*, M, C] written at those rows. Backward: wcf [H, C K] in (c, k) order,
+// g [*, M, C] read at rows; dT (may be null) written with edge stride dts, dwcf [H, C K] and
+// dz [U, H] accumulated (null: skipped).
 #define SE3T_TFN(T, SUFFIX)                                                                   \
-  extern "C" void se3t_tfn_forward_##SUFFIX(const T* z, int64_t E, int64_t H, const T* wt,    \
-                                            int64_t K, int64_t C, const T* tm, int64_t ts,    \
-                                            int64_t M, T* out, int64_t edge_block,            \
-                                            int64_t k_tile, int64_t threads) {                \
-    if (E > 0)                                                                                \
-      forward_impl<T>(z, E, H, wt, K, C, tm, ts, M, out, std::max<int64_t>(1, edge_block),   \
-                      std::max<int64_t>(1, k_tile), threads);                                 \
+  extern "C" void se3t_tfn_forward_##SUFFIX(                                                  \
+      const T* z, int64_t U, int64_t H, const T* wt, int64_t K, int64_t C, const T* tm,       \
+      int64_t ts, int64_t M, const int64_t* off, const int64_t* rows, T* out,                 \
+      int64_t edge_block, int64_t k_tile, int64_t threads) {                                  \
+    if (U > 0)                                                                                \
+      forward_impl<T>(z, U, H, wt, K, C, tm, ts, M, off, rows, out,                           \
+                      std::max<int64_t>(1, edge_block), std::max<int64_t>(1, k_tile), threads); \
   }                                                                                           \
   extern "C" void se3t_tfn_backward_##SUFFIX(                                                 \
-      const T* z, int64_t E, int64_t H, const T* wcf, int64_t K, int64_t C, const T* tm,      \
-      int64_t ts, int64_t M, const T* g, T* dt, int64_t dts, T* dwcf, T* dz, int64_t k_tile,  \
-      int64_t threads) {                                                                      \
-    if (E > 0)                                                                                \
-      backward_impl<T>(z, E, H, wcf, K, C, tm, ts, M, g, dt, dts, dwcf, dz, dwcf != nullptr,  \
-                       dz != nullptr, std::max<int64_t>(1, k_tile), threads);                 \
+      const T* z, int64_t U, int64_t H, const T* wcf, int64_t K, int64_t C, const T* tm,      \
+      int64_t ts, int64_t M, const int64_t* off, const int64_t* rows, const T* g, T* dt,      \
+      int64_t dts, T* dwcf, T* dz, int64_t k_tile, int64_t threads) {                         \
+    if (U > 0)                                                                                \
+      backward_impl<T>(z, U, H, wcf, K, C, tm, ts, M, off, rows, g, dt, dts, dwcf, dz,        \
+                       dwcf != nullptr, dz != nullptr, std::max<int64_t>(1, k_tile), threads); \
   }
 
 SE3T_TFN(float, f32)
