@@ -251,6 +251,11 @@ def build_info() -> dict:
     return dict(_BUILD)
 
 
+def _runs_per_chunk(tiles: dict, share) -> int:
+    # chunk_edges bounds the edges (the T and dT buffers) of a chunk, whatever the runs' sizes
+    return max(1, tiles["chunk_edges"] * share.num_runs // max(1, share.num_edges))
+
+
 class ConcatTFNCpu(torch.autograd.Function):
     """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel._ConcatTFN`, except
     that ``z [U, H]`` has one row per run of ``share`` (:class:`se3t.nn.sharing.RadialShare`)
@@ -261,7 +266,7 @@ class ConcatTFNCpu(torch.autograd.Function):
     def forward(ctx, z, weight, x_all, src, spec: KernelSpec, state: KernelState, block, share):
         ext = extension()
         tiles = state.tile("cpp", spec, z)
-        chunk = tiles["chunk_edges"]  # runs per chunk (an edge or two each)
+        chunk = _runs_per_chunk(tiles, share)
         E, C, nb = share.num_edges, x_all.shape[2], block.shape[1]
         z = z.contiguous()
         off, order = share.offsets.tolist(), share.order
@@ -292,7 +297,7 @@ class ConcatTFNCpu(torch.autograd.Function):
         spec, state, share = ctx.spec, ctx.state, ctx.share
         ext = extension()
         tiles = state.tile("cpp", spec, z)
-        chunk = tiles["chunk_edges"]
+        chunk = _runs_per_chunk(tiles, share)
         need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
         need_t = need_x or need_b
         C, nb = x_all.shape[2], block.shape[1]
