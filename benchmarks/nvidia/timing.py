@@ -22,6 +22,10 @@ make-batches``). Configurations (``--impls``):
 
 ``--kernel-python`` lets another venv run the se3t points (e.g. a kernel build); the worker
 imports only torch, se3t (se3t points) or NVIDIA's code and DGL (NVIDIA points).
+``--baseline TREE`` (a checkout of another commit, e.g. ``git worktree add /tmp/base HEAD~1``)
+adds ``<impl>@baseline`` for every se3t configuration, run by that tree's own copy of this
+script right before the same configuration of this tree: "this vs last commit" in the same
+window, with the per-repetition ratios in the summary.
 Writes ``points.jsonl`` and ``summary.md`` (with lscpu model/flags, load, date, command).
 """
 
@@ -40,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 IMPLS = ("nvidia", "nvidia-pre", "se3t-nvidia", "se3t")
+SCRIPT = Path("benchmarks") / "nvidia" / "timing.py"
 PAPER = dict(
     fiber_in={0: 6},
     fiber_edge={0: 4},
@@ -166,13 +171,18 @@ def run(args) -> None:
     rows = []
     points = out / "points.jsonl"
     points.write_text("")
+    configs = []
+    for impl in args.impls:
+        if args.baseline and impl.startswith("se3t"):
+            configs.append((f"{impl}@baseline", impl, Path(args.baseline) / SCRIPT))
+        configs.append((impl, impl, Path(__file__).resolve()))
     for rep in range(args.reps):
         for size in args.sizes:
-            for impl in args.impls:
+            for name, impl, script in configs:
                 py = args.nvidia_python if impl.startswith("nvidia") else args.kernel_python
                 cmd = [
                     py,
-                    str(Path(__file__).resolve()),
+                    str(script),
                     "point",
                     "--impl",
                     impl,
@@ -189,15 +199,15 @@ def run(args) -> None:
                 ]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode != 0:
-                    sys.exit(f"point {impl} {size} failed:\n{proc.stderr[-3000:]}")
+                    sys.exit(f"point {name} {size} failed:\n{proc.stderr[-3000:]}")
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
-                row["rep"] = rep
+                row["impl"], row["rep"] = name, rep
                 row["load"] = load_avg()
                 rows.append(row)
                 with points.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 print(
-                    f"rep {rep} batch {size} {impl}: {row['mol_per_s']:.2f} mol/s, "
+                    f"rep {rep} batch {size} {name}: {row['mol_per_s']:.2f} mol/s, "
                     f"peak RSS {row['peak_rss_gb']:.2f} GB (load {row['load']})",
                     flush=True,
                 )
@@ -223,7 +233,7 @@ def summary(rows: list[dict], info: dict) -> str:
             if any(r["impl"] == "nvidia" for r in at)
             else None
         )
-        for impl in IMPLS:
+        for impl in [x for i in IMPLS for x in (f"{i}@baseline", i)]:
             rs = [r for r in at if r["impl"] == impl]
             if not rs:
                 continue
@@ -233,7 +243,19 @@ def summary(rows: list[dict], info: dict) -> str:
             ratio = f"{mps / base:.2f}x" if base else ""
             cells = [str(size), impl, f"{rs[0]['params']:,}", per, f"{mps:.2f}", ratio]
             lines.append("| " + " | ".join([*cells, f"{rss:.2f}"]) + " |")
-    return "\n".join(lines) + "\n"
+    notes = []
+    for size in sorted({r["size"] for r in rows}):
+        for impl in IMPLS:
+            base = {
+                r["rep"]: r for r in rows if r["size"] == size and r["impl"] == impl + "@baseline"
+            }
+            this = [r for r in rows if r["size"] == size and r["impl"] == impl and r["rep"] in base]
+            if this:
+                per = ", ".join(
+                    f"{r['mol_per_s'] / base[r['rep']]['mol_per_s']:.2f}x" for r in this
+                )
+                notes.append(f"- batch {size}, {impl} vs {impl}@baseline per repetition: {per}")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def main() -> None:
@@ -254,6 +276,10 @@ def main() -> None:
     r.add_argument("--sizes", type=int, nargs="+", default=[32, 100])
     r.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     r.add_argument("--reps", type=int, default=2, help="A B A B repetitions")
+    r.add_argument(
+        "--baseline",
+        help="another checkout of se3t whose se3t points run beside this tree's (<impl>@baseline)",
+    )
     r.add_argument("--out", required=True, help="output folder")
     pt = sub.add_parser("point", parents=[common], help="one point in this process")
     pt.add_argument("--impl", choices=IMPLS, required=True)
