@@ -19,10 +19,21 @@ import urllib.request
 from pathlib import Path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(host: str = "127.0.0.1", containing: str | None = None) -> int:
+    """A port free on ``host`` now; with ``containing``, the first such port whose number
+    has those digits in it."""
+    if containing is None:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    for port in (p for p in range(1024, 65536) if containing in str(p)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port with {containing!r} in it on {host}")
 
 
 class S3Server:

@@ -89,8 +89,12 @@ def _explain(err: BaseException, url: str, endpoint: str | None) -> str:
             "no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
             "AWS_PROFILE)"
         )
-    if codes & {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"} or (
-        "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "AccessDenied" in text
+    # by the error's type and code, never by searching the message for "403": the message
+    # holds the endpoint URL, whose port may contain those digits (127.0.0.1:34033)
+    if (
+        codes & {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"}
+        or "PermissionError" in names
+        or any(w in text for w in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"))
     ):
         return (
             "access denied: the credentials are wrong or lack permission (check "
@@ -322,13 +326,6 @@ class RemoteCache:
                 f"basis cache {self.url!r}: bucket {self.bucket!r} does not exist at "
                 f"{self.endpoint or 'the default AWS endpoint'}"
             ) from None
-        except InputError as err:
-            if "Forbidden" in str(err) or "403" in str(err):
-                raise InputError(
-                    f"basis cache {self.url!r}: access denied: the credentials are wrong or lack "
-                    "permission (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
-                ) from None
-            raise
         # HEAD on a bucket carries no error body: a wrong secret shows only on a signed listing
         self.list(f"{self.url}/basis")
 

@@ -388,7 +388,8 @@ def test_wrong_credentials_missing_bucket_unreachable_endpoint(server, cache_url
     p = se3t(aws_env, "basis", "ls", "--cache", missing, *_opts(server), check=False)
     _one_line_error(p, missing, "bucket 'no-such-bucket-se3t' does not exist")
 
-    dead = f"http://127.0.0.1:{free_port()}"
+    # a port with "403" in it: once classified as access denied by searching the message
+    dead = f"http://127.0.0.1:{free_port(containing='403')}"
     t0 = time.monotonic()
     p = se3t(
         aws_env,
