@@ -11,7 +11,8 @@ Memory (see :mod:`se3t.device`): ``baseline_memory_bytes`` is what the process h
 first step (interpreter, torch, model, data; on CUDA the tensors allocated), ``peak_memory_bytes``
 the peak over the timed steps (the mark is reset after the warm-up), and
 ``added_memory_bytes`` their difference: what a training step adds, the figure that grows with
-the batch.
+the batch. It is never negative: on a CPU a small step's peak resident set can stay below the
+baseline (the allocator hands freed warm-up memory back to the system), and then it adds 0.
 
 Run in its own interpreter (``python -m se3t.eval.point SPEC.json RESULT.json``), a point's peak
 is its own. The spec is JSON: ``model`` (ModelConfig's keys; missing ones keep their defaults),

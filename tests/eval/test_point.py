@@ -68,7 +68,10 @@ def _batches_file(qm9_store, path, size: int):
 def _assert_measured(p: StepPoint) -> None:
     assert p.status == "ok" and p.error is None, p
     assert p.step_time_s > 0 and p.mol_per_s == pytest.approx(p.batch_size / p.step_time_s)
-    assert p.added_memory_bytes == p.peak_memory_bytes - p.baseline_memory_bytes >= 0
+    # clamped at 0: a small CPU step's peak RSS may stay below the pre-warm-up baseline (seen in
+    # CI: 1,032,192 B below at batch 8, after the warm-up's memory went back to the system)
+    assert p.peak_memory_bytes > 0 and p.baseline_memory_bytes > 0
+    assert p.added_memory_bytes == max(0, p.peak_memory_bytes - p.baseline_memory_bytes)
     assert math.isfinite(p.loss) and p.num_params > 0 and p.device_name
 
 
