@@ -500,10 +500,7 @@ class KernelState:
         """The pass's :class:`se3t.nn.sharing.RadialShare` of ``edge_inputs [E, F]`` (the
         radial profiles' inputs) when ``spec`` runs in an evaluation that shares radial rows
         (``cpp``), else None. Built once per pass: every layer gets the same inputs."""
-        device_type = edge_inputs.device.type
-        dt = edge_inputs.dtype
-        if torch.is_autocast_enabled(device_type):
-            dt = torch.get_autocast_dtype(device_type)
+        dt = _compute_dtype(edge_inputs)
         if self._evaluation(spec, edge_inputs.device, dt) != "cpp":
             return None
         made = self._share_of
@@ -580,6 +577,13 @@ class KernelState:
         return t
 
 
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """The dtype the fused op computes in for inputs like ``t``: autocast's when enabled."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return t.dtype
+
+
 def _permutes(share: RadialShare | None) -> bool:
     return share is not None and share.num_runs != share.num_edges  # runs of one: identity
 
@@ -613,10 +617,7 @@ def fused_tfn(
     radial weights, ``[U, H]`` (:mod:`se3t.nn.sharing`).
     """
     device_type = z.device.type
-    if torch.is_autocast_enabled(device_type):
-        dt = torch.get_autocast_dtype(device_type)
-    else:
-        dt = z.dtype
+    dt = _compute_dtype(z)
     z, weight = z.to(dt), weight.to(dt)
     xs = [x.to(dt) for x in xs]
     how = state.evaluation(spec, z)
