@@ -35,13 +35,23 @@ from torch import Tensor
 
 from se3t import io
 from se3t.nn.graph_ops import gather
-from se3t.nn.kernel import KernelSpec, KernelState, _permuted_weights
+from se3t.nn.kernel import KernelSpec, KernelState
 
-__all__ = ["ConcatTFNCpu", "CpuKernel", "build_info", "cpu_description", "extension"]
+__all__ = [
+    "ConcatTFNCpu",
+    "CpuKernel",
+    "build_info",
+    "cpu_description",
+    "extension",
+    "openmp_runtimes",
+]
 
 log = logging.getLogger("se3t.kernel")
 SOURCE = Path(__file__).resolve().parent / "csrc" / "tfn_cpu.cpp"
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-std=c++17"]
+# how the kernel's threads are made: "openmp" joins torch's own libgomp team (the library's
+# libgomp.so.1 binds to the copy torch loaded, by its soname); "threads" starts std::threads
+THREADING = {"openmp": ["-fopenmp"], "threads": ["-DSE3T_STD_THREADS"]}
 
 
 def cpu_description() -> tuple[str, str]:
@@ -71,12 +81,32 @@ def kernel_folder() -> Path:
     return Path(base) / "se3t" / "kernels"
 
 
-def _library(compiler: str) -> Path:
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtimes mapped into this process (from /proc/self/maps), by file path."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    paths = {line.split()[-1] for line in maps.splitlines() if " /" in line}
+    return sorted(p for p in paths if Path(p).name.startswith(("libgomp", "libiomp", "libomp")))
+
+
+def _threadings() -> list[str]:
+    # torch's idle OpenMP workers spin for a while after each op; the kernel's threads must be
+    # those workers, or they share the cores with them (a third of the kernel's time on 2 cores)
+    runtimes = openmp_runtimes()
+    if runtimes and all(Path(p).name.startswith("libgomp") for p in runtimes):
+        return ["openmp", "threads"]
+    return ["threads"]  # another runtime (or none): -fopenmp would load a second one
+
+
+def _library(compiler: str, threading: str) -> Path:
     model, flags = cpu_description()
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
-    key = "\n".join([model, flags, compiler, *version, " ".join(FLAGS), SOURCE.read_text()])
+    build = " ".join(FLAGS + THREADING[threading])
+    key = "\n".join([model, flags, compiler, *version, build, SOURCE.read_text()])
     return kernel_folder() / f"tfn_cpu_{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
@@ -89,6 +119,7 @@ class CpuKernel:
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
         self.vector_bytes = lib.se3t_tfn_vector_bytes()
+        self.threading = "openmp" if lib.se3t_tfn_openmp() else "threads"
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
         for sfx in ("f32", "f64"):
             f = getattr(lib, f"se3t_tfn_forward_{sfx}")
@@ -98,6 +129,10 @@ class CpuKernel:
             b.restype = None
             b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
             b.argtypes += [ptr, ptr, i64, i64]
+            for name in ("pack", "unpack"):
+                f = getattr(lib, f"se3t_tfn_{name}_{sfx}")
+                f.restype = None
+                f.argtypes = [ptr, i64, ptr, i64, ptr, i64]
 
     @staticmethod
     def _sfx(z: Tensor) -> str:
@@ -123,6 +158,39 @@ class CpuKernel:
             raise ValueError(f"cpp kernel: off must rise from 0 to the {n} edges of T")
         if n and (int(rows.min()) < 0 or int(rows.max()) >= out_rows):
             raise ValueError(f"cpp kernel: rows must index the {out_rows} output rows")
+
+    @staticmethod
+    def _perm(weight: Tensor, perm: Tensor) -> None:
+        if weight.dim() != 2 or not weight.is_contiguous():
+            raise ValueError(
+                f"cpp kernel: weights must be a contiguous [rows, H], got {weight.shape}"
+            )
+        if perm.dtype != torch.int64 or not perm.is_contiguous() or perm.dim() != 1:
+            raise ValueError("cpp kernel: perm must be a contiguous int64 vector")
+        if perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= weight.shape[0]):
+            raise ValueError(f"cpp kernel: perm must index the {weight.shape[0]} weight rows")
+
+    def pack(self, weight: Tensor, perm: Tensor) -> Tensor:
+        """``weight[perm].t()`` as a new contiguous ``[H, n]``: the rows of the radial last
+        layer ``[rows, H]`` in the order the kernel reads them."""
+        self._perm(weight, perm)
+        out = weight.new_empty(weight.shape[1], perm.numel())
+        getattr(self.lib, f"se3t_tfn_pack_{self._sfx(weight)}")(
+            weight.data_ptr(), weight.shape[1], perm.data_ptr(), perm.numel(), out.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def unpack(self, packed: Tensor, perm: Tensor, out: Tensor) -> None:
+        """``out[perm] = packed.t()``: a gradient in the kernel's order ``[H, n]`` back into
+        rows ``perm`` of the parameter's layout ``out [rows, H]``."""
+        self._perm(out, perm)
+        H, n = out.shape[1], perm.numel()
+        if tuple(packed.shape) != (H, n) or not packed.is_contiguous() or packed.dtype != out.dtype:
+            raise ValueError(f"cpp kernel: expected a contiguous {(H, n)}, got {packed.shape}")
+        getattr(self.lib, f"se3t_tfn_unpack_{self._sfx(out)}")(
+            packed.data_ptr(), H, perm.data_ptr(), n, out.data_ptr(), torch.get_num_threads()
+        )
 
     def forward(self, z, wt, tm, out, off, rows, edge_block: int, k_tile: int) -> None:
         """``out[rows[i]] [M, C]`` = the message of edge ``i`` of ``T [n, M, K]`` to one output
@@ -193,14 +261,16 @@ class CpuKernel:
         )
 
 
-def _build(compiler: str, lib: Path) -> None:
+def _build(compiler: str, threading: str, lib: Path) -> None:
     lib.parent.mkdir(parents=True, exist_ok=True)
     # compile next to the target, then rename: a concurrent process never loads half a file
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
     os.close(fd)
     try:
         proc = subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True
+            [compiler, *FLAGS, *THREADING[threading], "-o", tmp, str(SOURCE)],
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.strip() or f"{compiler} exited {proc.returncode}")
@@ -218,27 +288,34 @@ def extension() -> CpuKernel | None:
         log.warning("se3t kernel: no C++ compiler found; the fused TFN runs in torch (slower)")
         _BUILD.update(status="no compiler")
         return None
-    lib = _library(compiler)
-    cached = lib.exists()
     t0 = time.perf_counter()
-    try:
-        if not cached:
-            _build(compiler, lib)
-        kernel = CpuKernel(ctypes.CDLL(str(lib)))
-    except (OSError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[:1]
-        log.warning(
-            "se3t kernel: building the C++ kernel failed (%s); the fused TFN runs in torch",
-            first[0] if first else type(exc).__name__,
-        )
-        _BUILD.update(status="build failed", error=str(exc))
-        return None
+    for threading in _threadings():
+        lib = _library(compiler, threading)
+        cached = lib.exists()
+        try:
+            if not cached:
+                _build(compiler, threading, lib)
+            kernel = CpuKernel(ctypes.CDLL(str(lib)))
+            break
+        except (OSError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[:1]
+            error = first[0] if first else type(exc).__name__
+            if threading == "openmp":  # e.g. a compiler without OpenMP: std::threads next
+                log.info("se3t kernel: the OpenMP build failed (%s); trying std::thread", error)
+                continue
+            log.warning(
+                "se3t kernel: building the C++ kernel failed (%s); the fused TFN runs in torch",
+                error,
+            )
+            _BUILD.update(status="build failed", error=str(exc))
+            return None
     seconds = time.perf_counter() - t0
     _BUILD.update(
         status="loaded" if cached else "built",
         seconds=seconds,
         library=str(lib),
         vector_bytes=kernel.vector_bytes,
+        threading=kernel.threading,
     )
     if not cached:
         log.info("se3t kernel: compiled the C++ kernel in %.1f s into %s", seconds, lib)
@@ -247,7 +324,8 @@ def extension() -> CpuKernel | None:
 
 def build_info() -> dict:
     """What :func:`extension` did in this process: status (built, loaded, no compiler, build
-    failed), seconds, library, SIMD vector bytes; empty before the first use."""
+    failed), seconds, library, SIMD vector bytes, threading (``openmp``: torch's own OpenMP
+    team, ``threads``: std::threads); empty before the first use."""
     return dict(_BUILD)
 
 
@@ -270,7 +348,12 @@ class ConcatTFNCpu(torch.autograd.Function):
         E, C, nb = share.num_edges, x_all.shape[2], block.shape[1]
         z = z.contiguous()
         off, order = share.offsets.tolist(), share.order
-        wts = _permuted_weights(spec, weight)  # {d_out: [H, K C_o]}, (k, c_o) order
+        weight = weight.contiguous()
+        # {d_out: [H, K C_o]}, (k, c_o) order
+        wts = {
+            do: ext.pack(weight, spec.concat_rows(do, False, weight.device))
+            for do in spec.out_degrees
+        }
         outs = [z.new_empty(E, 2 * do + 1, co) for do, co in spec.outs]
         for u0 in range(0, share.num_runs, chunk):
             u1 = min(u0 + chunk, share.num_runs)
@@ -302,7 +385,8 @@ class ConcatTFNCpu(torch.autograd.Function):
         need_t = need_x or need_b
         C, nb = x_all.shape[2], block.shape[1]
         off, order = share.offsets.tolist(), share.order
-        wcf = _permuted_weights(spec, weight, channels_first=True)  # {d_out: [H, C_o K]}
+        rows_cf = {do: spec.concat_rows(do, True, weight.device) for do in spec.out_degrees}
+        wcf = {do: ext.pack(weight, r) for do, r in rows_cf.items()}  # {d_out: [H, C_o K]}
         grads_t = [None if g is None else g.transpose(1, 2).contiguous() for g in grads]
         gz = torch.zeros_like(z) if need_z else None
         gx = torch.zeros_like(x_all) if need_x else None
@@ -345,11 +429,9 @@ class ConcatTFNCpu(torch.autograd.Function):
                 torch.bmm(gT, x_e.transpose(1, 2), out=gb[e0:e1])
         gw = None
         if need_w:
-            gw = torch.empty_like(weight)
+            gw = torch.empty_like(weight)  # every row is one d_out's: all written
             for do, g in gw_cf.items():
-                first, rows = spec.do_rows[do]
-                inv = spec.concat_inverse(do, gw.device, channels_first=True)
-                torch.index_select(g.t(), 0, inv, out=gw[first : first + rows])
+                ext.unpack(g, rows_cf[do], gw)
         return (gz, gw, gx, None, None, None, gb, None)
 
 

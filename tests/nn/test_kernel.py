@@ -138,6 +138,43 @@ def test_cpp_kernel_was_compiled_for_this_cpu():
     assert info["vector_bytes"] == (64 if "avx512f" in flags else 32 if "avx" in flags else 16)
 
 
+def test_cpp_kernel_threads_are_torchs_openmp_team():
+    # torch's idle OpenMP workers spin after each op: the kernel must run on them, not on
+    # threads of its own (or a second OpenMP runtime) that would share the cores with them
+    kernel = kernel_cpu.extension()
+    runtimes = kernel_cpu.openmp_runtimes()
+    assert runtimes, "torch runs on an OpenMP runtime; none mapped?"
+    if all(Path(r).name.startswith("libgomp") for r in runtimes):
+        assert kernel.threading == "openmp", kernel_cpu.build_info()
+        assert kernel_cpu.build_info()["threading"] == "openmp"
+    assert len(runtimes) == 1, runtimes  # loading the kernel added no second runtime
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_weight_packing_is_a_gather_and_transpose(dtype):
+    kernel = kernel_cpu.extension()
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(53, 7, generator=g, dtype=dtype)  # 53 rows: a ragged last row block
+    perm = torch.randperm(53, generator=g)[:37]
+    packed = kernel.pack(weight, perm)
+    assert torch.equal(packed, weight[perm].t())
+    out = torch.full_like(weight, float("nan"))
+    kernel.unpack(packed, perm, out)
+    assert torch.equal(out[perm], weight[perm])
+    assert torch.isnan(out[torch.ones(53, dtype=torch.bool).index_fill_(0, perm, False)]).all()
+
+
+def test_cpp_weight_packing_refuses_rows_out_of_range():
+    kernel = kernel_cpu.extension()
+    weight = torch.zeros(5, 3)
+    with pytest.raises(ValueError, match="perm must index the 5 weight rows"):
+        kernel.pack(weight, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel.pack(weight.t(), torch.tensor([0]))
+    with pytest.raises(ValueError, match="expected a contiguous"):
+        kernel.unpack(torch.zeros(3, 4), torch.tensor([0, 1]), weight)
+
+
 @pytest.mark.parametrize(
     "tiles",
     [

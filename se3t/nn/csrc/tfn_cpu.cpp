@@ -2,8 +2,11 @@
 // tile into a buffer of a few KB that stays in L1 and consumed at once; R is never written to
 // memory (docs/kernel.md). Built at first use by se3t.nn.kernel_cpu with the host's -march, so
 // the vector width below follows the machine (AVX-512: 64-byte vectors, AVX2: 32-byte). A plain
-// C ABI called through ctypes (no torch headers: the build takes seconds, not minutes), with
-// std::thread workers (no second OpenMP runtime next to torch's).
+// C ABI called through ctypes (no torch headers: the build takes seconds, not minutes). Its
+// threads are torch's own OpenMP team when torch runs on libgomp (built with -fopenmp, the
+// library binds to the libgomp.so.1 torch already loaded): torch's idle workers spin for a while
+// after each op, and separate std::thread workers (the fallback, SE3T_STD_THREADS) would share
+// the cores with them.
 //
 // Per output degree, with K = (d_in, J, c_i) the concatenated input index, m the output order:
 //   forward   msg[e, m, c]  = sum_k T[e, m, k] R[e, k, c],   R[e, k, c] = sum_h z[e, h] Wt[h, k C + c]
@@ -26,6 +29,9 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -37,6 +43,14 @@ void parallel_for(int64_t n, int64_t threads, const F& fn) {
     if (n > 0) fn(int64_t(0), n);
     return;
   }
+#if defined(_OPENMP) && !defined(SE3T_STD_THREADS)
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), k = omp_get_num_threads();  // k may be < threads
+    fn(n * t / k, n * (t + 1) / k);
+  }
+  return;
+#endif
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < threads; ++t)
     pool.emplace_back([&, t] { fn(n * t / threads, n * (t + 1) / threads); });
@@ -356,6 +370,34 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
   });
 }
 
+// Packing the radial last layer for the kernel: out[h, p] = W[perm[p], h] (rows of the stored
+// [rows, H] parameter gathered into the kernel's order and transposed) and, for its gradient,
+// G[perm[p], h] = g[h, p]. One pass each over blocks of PB rows that stay in L1 (a gather and
+// a transposed copy in torch were ~10 % of a training step).
+constexpr int64_t PB = 16;
+
+template <typename T>
+void pack_impl(const T* W, int64_t H, const int64_t* perm, int64_t n, T* out, int64_t threads) {
+  parallel_for((n + PB - 1) / PB, threads, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * PB, pb = std::min(PB, n - p0);
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t p = 0; p < pb; ++p) out[h * n + p0 + p] = W[perm[p0 + p] * H + h];
+    }
+  });
+}
+
+template <typename T>
+void unpack_impl(const T* g, int64_t H, const int64_t* perm, int64_t n, T* G, int64_t threads) {
+  parallel_for((n + PB - 1) / PB, threads, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t p0 = b * PB, pb = std::min(PB, n - p0);
+      for (int64_t p = 0; p < pb; ++p)
+        for (int64_t h = 0; h < H; ++h) G[perm[p0 + p] * H + h] = g[h * n + p0 + p];
+    }
+  });
+}
+
 }  // namespace
 
 // Shapes and strides are checked by the caller (se3t/nn/kernel_cpu.py). Per output degree:
@@ -363,7 +405,8 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
 // (off[0] = 0), T [off[U], M, K] rows contiguous with edge stride ts, rows [off[U]] the output
 // row of each edge, out [*, M, C] written at those rows. Backward: wcf [H, C K] in (c, k) order,
 // g [*, M, C] read at rows; dT (may be null) written with edge stride dts, dwcf [H, C K] and
-// dz [U, H] accumulated (null: skipped).
+// dz [U, H] accumulated (null: skipped). Pack: w [*, H], perm [n] rows of w, out [H, n];
+// unpack: g [H, n] into the rows perm of out [*, H].
 #define SE3T_TFN(T, SUFFIX)                                                                   \
   extern "C" void se3t_tfn_forward_##SUFFIX(                                                  \
       const T* z, int64_t U, int64_t H, const T* wt, int64_t K, int64_t C, const T* tm,       \
@@ -380,9 +423,26 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
     if (U > 0)                                                                                \
       backward_impl<T>(z, U, H, wcf, K, C, tm, ts, M, off, rows, g, dt, dts, dwcf, dz,        \
                        dwcf != nullptr, dz != nullptr, std::max<int64_t>(1, k_tile), threads); \
+  }                                                                                           \
+  extern "C" void se3t_tfn_pack_##SUFFIX(const T* w, int64_t H, const int64_t* perm,         \
+                                         int64_t n, T* out, int64_t threads) {               \
+    pack_impl<T>(w, H, perm, n, out, threads);                                                \
+  }                                                                                           \
+  extern "C" void se3t_tfn_unpack_##SUFFIX(const T* g, int64_t H, const int64_t* perm,       \
+                                           int64_t n, T* out, int64_t threads) {             \
+    unpack_impl<T>(g, H, perm, n, out, threads);                                              \
   }
 
 SE3T_TFN(float, f32)
 SE3T_TFN(double, f64)
 
 extern "C" int64_t se3t_tfn_vector_bytes() { return kVecBytes; }
+
+// 1 when the workers are the caller's OpenMP team, 0 for std::thread workers
+extern "C" int64_t se3t_tfn_openmp() {
+#if defined(_OPENMP) && !defined(SE3T_STD_THREADS)
+  return 1;
+#else
+  return 0;
+#endif
+}
