@@ -192,6 +192,7 @@ class ModelConfig:
     kernel_chunk_edges: int = non_negative(0)
     kernel_edge_block: int = non_negative(0)
     kernel_k_tile: int = non_negative(0)
+    kernel_k_tile_backward: int = non_negative(0)
     radial_hidden: int = positive(32)
     # the input widths are set from the dataset's encoding when training starts (QM9's below)
     node_features: int = positive(6)  # one-hot H, C, N, O, F + atomic number

@@ -315,6 +315,7 @@ def kernel_tuner(model_cfg) -> KernelTuner:
         "chunk_edges": model_cfg.kernel_chunk_edges,
         "edge_block": model_cfg.kernel_edge_block,
         "k_tile": model_cfg.kernel_k_tile,
+        "k_tile_backward": model_cfg.kernel_k_tile_backward,
     }
     return KernelTuner(overrides, cache=default_cache(), trial=model_cfg.kernel_tuning)
 

@@ -418,7 +418,7 @@ class ConcatTFNCpu(torch.autograd.Function):
                     gT[:, r0:r1].view(c, m, kk) if gT is not None else None,
                     gw_cf[do] if need_w else None,
                     gz[u0:u1] if need_z else None,
-                    tiles["k_tile"],
+                    tiles["k_tile_backward"],
                 )
             if gT is None:
                 continue
@@ -436,9 +436,9 @@ class ConcatTFNCpu(torch.autograd.Function):
 
 
 def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
-    """``run(tiles)``: one forward and backward of the kernel on random data of ``spec``'s
-    shape with ``E`` edges, in runs of two (an edge and its reverse, as in a molecule's bond
-    graph): what :class:`se3t.nn.tuning.KernelTuner` times."""
+    """``{"forward": run(tiles), "backward": run(tiles)}``: one pass of the kernel on random
+    data of ``spec``'s shape with ``E`` edges, in runs of two (an edge and its reverse, as in a
+    molecule's bond graph): what :class:`se3t.nn.tuning.KernelTuner` times."""
     ext = extension()
     g = torch.Generator().manual_seed(0)
     C = spec.ins[0][1]
@@ -457,12 +457,16 @@ def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
         w = torch.randn(H, k * co, generator=g, dtype=dtype)
         out = torch.empty(E, m, co, dtype=dtype)
         grad = torch.randn(E, m, co, generator=g, dtype=dtype)
-        problems.append((w, T[:, r0:r1].view(E, m, k), out, grad, dT[:, r0:r1].view(E, m, k)))
+        gw = torch.zeros_like(w)
+        problems.append((w, T[:, r0:r1].view(E, m, k), out, grad, dT[:, r0:r1].view(E, m, k), gw))
     gz = torch.zeros_like(z)
 
-    def run(tiles: dict) -> None:
-        for w, t, out, grad, dt in problems:
+    def forward(tiles: dict) -> None:
+        for w, t, out, *_ in problems:
             ext.forward(z, w, t, out, off, rows, tiles["edge_block"], tiles["k_tile"])
-            ext.backward(z, w, t, off, rows, grad, dt, torch.zeros_like(w), gz, tiles["k_tile"])
 
-    return run
+    def backward(tiles: dict) -> None:
+        for w, t, _, grad, dt, gw in problems:
+            ext.backward(z, w, t, off, rows, grad, dt, gw, gz, tiles["k_tile_backward"])
+
+    return {"forward": forward, "backward": backward}

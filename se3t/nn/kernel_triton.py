@@ -316,8 +316,8 @@ class ConcatTFNTriton(torch.autograd.Function):
 
 
 def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
-    """``run(tiles)``: forward and backward on random data of ``spec``'s shape (the tuner's
-    trial; on a GPU the first run of each candidate also compiles it)."""
+    """``{"both": run(tiles)}``: forward and backward on random data of ``spec``'s shape (the
+    tuner's trial; on a GPU the first run of each candidate also compiles it)."""
     g = torch.Generator(device=device).manual_seed(0)
     C = spec.ins[0][1]
     z = torch.randn(E, H, generator=g, dtype=dtype, device=device)
@@ -341,4 +341,4 @@ def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return run
+    return {"both": run}

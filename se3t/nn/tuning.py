@@ -1,14 +1,17 @@
 """Tile sizes of the compiled fused-TFN kernels, from a short timed trial per machine and shape.
 
-The best edge block and ``K`` tile depend on the cache sizes and vector width of the machine
+The best edge block and ``K`` tiles depend on the cache sizes and vector width of the machine
 (a tiling tuned on one Xeon was wrong for an EPYC), so nothing about speed is fixed here: the
-first use of a shape times a few candidates on synthetic data of that shape (well under a
-second each), keeps the fastest, and caches the choice in the user's cache folder
+first use of a shape times a few candidates on synthetic data of that shape (a few ms each),
+keeps the fastest, and caches the choice in the user's cache folder
 (``$XDG_CACHE_HOME/se3t/kernel_tuning.json``, else ``~/.cache/se3t/...``), keyed by the CPU model
 (or GPU name), torch version, evaluation, dtype and shape bucket. Config overrides
-(``model.kernel_edge_block``, ``model.kernel_k_tile``, ``model.kernel_chunk_edges``; 0 = tuned)
-replace the tuned values. :meth:`KernelTuner.report` is what the training log and ``se3t
-profile`` show.
+(``model.kernel_edge_block``, ``model.kernel_k_tile``, ``model.kernel_k_tile_backward``,
+``model.kernel_chunk_edges``; 0 = tuned) replace the tuned values. The CPU kernel's forward and
+backward passes are tuned apart (their best ``K`` tiles differ: the forward pass vectorizes
+over channels, the backward pass over ``K``), each candidate timed as the best of a few runs
+taken in turns, so a minute of machine drift hits every candidate alike.
+:meth:`KernelTuner.report` is what the training log and ``se3t profile`` show.
 """
 
 from __future__ import annotations
@@ -32,13 +35,21 @@ log = logging.getLogger("se3t.kernel")
 # per-chunk T and dT buffers of the compiled evaluations (2 x 27 KB per edge at the paper's
 # sizes, 14 MB at 512 edges): memory, not speed, so it is not part of the trial.
 _DEFAULTS = {
-    "cpp": {"chunk_edges": 512, "edge_block": 32, "k_tile": 32},
+    "cpp": {"chunk_edges": 512, "edge_block": 32, "k_tile": 32, "k_tile_backward": 32},
     "triton": {"chunk_edges": 4096, "block_e": 16, "block_k": 32},
 }
+# per pass of the trial problem (se3t.nn.kernel_cpu / kernel_triton.trial_problem): the
+# candidates of the tiles that pass reads
 _CANDIDATES = {
-    "cpp": [{"edge_block": eb, "k_tile": kt} for eb in (8, 32, 128) for kt in (16, 32, 64)],
-    "triton": [{"block_e": be, "block_k": bk} for be in (16, 32) for bk in (16, 32, 64)],
+    "cpp": {
+        "forward": [{"edge_block": eb, "k_tile": kt} for eb in (8, 32, 128) for kt in (16, 32, 64)],
+        "backward": [{"k_tile_backward": kt} for kt in (16, 32, 64)],
+    },
+    "triton": {
+        "both": [{"block_e": be, "block_k": bk} for be in (16, 32) for bk in (16, 32, 64)],
+    },
 }
+ROUNDS = 3  # timed runs per candidate, in turns; the best counts
 
 
 def default_tiles(evaluation: str) -> dict:
@@ -115,6 +126,8 @@ class KernelTuner:
         if tiles is None:
             disk = self._load()
             tiles = disk.get(key)
+            if tiles is not None and set(tiles) != set(default_tiles(evaluation)):
+                tiles = None  # written by a version with other tiles: tuned again
             if tiles is None:
                 tiles = default_tiles(evaluation)
                 if self.trial:
@@ -130,18 +143,21 @@ class KernelTuner:
             from se3t.nn.kernel_cpu import trial_problem  # deferred: cycle
         else:
             from se3t.nn.kernel_triton import trial_problem  # deferred: optional dependency
-        E = max(1, min(z.shape[0], base["chunk_edges"], 256))
-        run = trial_problem(spec, E, z.shape[1], z.dtype, z.device)
+        E = max(1, min(z.shape[0], base["chunk_edges"], 512))
+        passes = trial_problem(spec, E, z.shape[1], z.dtype, z.device)  # {pass: run(tiles)}
         t0 = time.perf_counter()
-        best, best_t = base, float("inf")
-        for cand in _CANDIDATES[evaluation]:
-            tiles = {**base, **cand}
-            run(tiles)  # warm-up (and, on a GPU, compilation)
-            t = time.perf_counter()
-            run(tiles)
-            t = time.perf_counter() - t
-            if t < best_t:
-                best, best_t = tiles, t
+        best = dict(base)
+        for name, run in passes.items():
+            cands = [{**best, **c} for c in _CANDIDATES[evaluation][name]]
+            for tiles in cands:
+                run(tiles)  # warm-up (and, on a GPU, compilation)
+            times = [float("inf")] * len(cands)
+            for _ in range(ROUNDS):
+                for i, tiles in enumerate(cands):
+                    t = time.perf_counter()
+                    run(tiles)
+                    times[i] = min(times[i], time.perf_counter() - t)
+            best = cands[times.index(min(times))]
         log.info(
             "se3t kernel: tuned %s for %s in %.1f s: %s",
             evaluation,

@@ -178,9 +178,24 @@ def test_cpp_weight_packing_refuses_rows_out_of_range():
 @pytest.mark.parametrize(
     "tiles",
     [
-        {"chunk_edges": 7, "edge_block": 3, "k_tile": 5},  # ragged tiles and chunks
-        {"chunk_edges": 1, "edge_block": 1, "k_tile": 1},  # one edge, one k per tile
-        {"chunk_edges": 10_000, "edge_block": 1000, "k_tile": 1000},  # one tile, mostly empty
+        {
+            "chunk_edges": 7,
+            "edge_block": 3,
+            "k_tile": 5,
+            "k_tile_backward": 6,
+        },  # ragged tiles and chunks
+        {
+            "chunk_edges": 1,
+            "edge_block": 1,
+            "k_tile": 1,
+            "k_tile_backward": 1,
+        },  # one edge, one k per tile
+        {
+            "chunk_edges": 10_000,
+            "edge_block": 1000,
+            "k_tile": 1000,
+            "k_tile_backward": 1000,
+        },  # one tile, mostly empty
     ],
     ids=["ragged", "ones", "huge"],
 )
@@ -228,7 +243,9 @@ def test_cpp_kernel_gradcheck(batch):
     w = torch.randn(spec.num_radial, 3, dtype=torch.float64, requires_grad=True)
     x0 = torch.randn(N, 2, 1, dtype=torch.float64, requires_grad=True)
     x1 = torch.randn(N, 2, 3, dtype=torch.float64, requires_grad=True)
-    tuner = KernelTuner({"chunk_edges": 4, "edge_block": 3, "k_tile": 3}, trial=False)
+    tuner = KernelTuner(
+        {"chunk_edges": 4, "edge_block": 3, "k_tile": 3, "k_tile_backward": 2}, trial=False
+    )
 
     def fn(z, w, basis, x0, x1):
         state = KernelState(basis, "cpp", tuner)
@@ -365,6 +382,38 @@ def test_tuner_times_candidates_once_and_caches_them_per_machine(tmp_path, batch
     conv(x, batch.graph, basis, es, state=state)
     assert state.tiles["cpp"] == {**tiles, "k_tile": 7}
     assert json.loads(cache.read_text()) == stored
+
+
+def test_forward_and_backward_run_with_their_own_k_tiles(batch, monkeypatch):
+    calls = []
+    kernel = kernel_cpu.extension()
+    for name in ("forward", "backward"):
+        real = getattr(kernel, name)
+
+        def spy(*args, _real=real, _name=name):  # records the k tile, runs the real kernel
+            calls.append((_name, args[-1]))
+            return _real(*args)
+
+        monkeypatch.setattr(kernel, name, spy)
+    fin, fout, _ = LAYERS["hidden"]
+    conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3)
+    tiles = {"chunk_edges": 512, "edge_block": 8, "k_tile": 16, "k_tile_backward": 64}
+    state = check_against_reference(conv, batch, "cpp", tiles)
+    assert state.tiles["cpp"] == tiles
+    assert {k for name, k in calls if name == "forward"} == {16}
+    assert {k for name, k in calls if name == "backward"} == {64}
+
+
+def test_a_cache_entry_without_todays_tiles_is_retuned(tmp_path, batch):
+    cache = tmp_path / "tuning.json"
+    spec = ConvSE3(*LAYERS["out"][:2], max_degree=3).specs[0]
+    z = torch.randn(40, 32)
+    tuner = KernelTuner(cache=cache, trial=False)
+    key = tuner.key("cpp", spec, z)
+    cache.write_text(json.dumps({key: {"chunk_edges": 512, "edge_block": 8, "k_tile": 16}}))
+    tiles = KernelTuner(cache=cache).tiles("cpp", spec, z)
+    assert set(tiles) == set(default_tiles("cpp"))
+    assert set(json.loads(cache.read_text())[key]) == set(default_tiles("cpp"))
 
 
 def test_unreadable_tuning_cache_is_retuned(tmp_path, batch, caplog):
