@@ -3,9 +3,10 @@
 The kernel (``csrc/tfn_cpu.cpp``) computes the radial weights ``R = z @ W^T`` of a tile of
 edges and ``K`` indices into a buffer of a few KB that stays in L1, and contracts it with ``T``
 at once; backward recomputes the tile and forms ``dR``, ``dT``, ``dW`` and ``dz`` on it. ``R``
-is never written to memory (docs/kernel.md). ``T = Bb x`` (block basis times node features) and
-the gradients of the node features and the basis stay batched torch matmuls, as in
-:class:`se3t.nn.kernel._ConcatTFN`, whose layout this op shares.
+is never written to memory (docs/kernel.md). ``T = Bb x[src]`` (block basis times node
+features) and its node-feature gradient come from the library too, on the block basis's nonzero
+entries only; the basis gradient stays a batched torch matmul. The layout is that of
+:class:`se3t.nn.kernel._ConcatTFN`.
 
 The kernel is a plain shared library (C ABI, called through ``ctypes``; no torch headers, so
 the build takes a few seconds) compiled with the host's ``-march=native`` into the user's cache
@@ -36,6 +37,7 @@ from torch import Tensor
 from se3t import io
 from se3t.nn.graph_ops import gather
 from se3t.nn.kernel import KernelSpec, KernelState
+from se3t.so3.blocks import block_column_ranges
 
 __all__ = [
     "ConcatTFNCpu",
@@ -133,6 +135,12 @@ class CpuKernel:
                 f = getattr(lib, f"se3t_tfn_{name}_{sfx}")
                 f.restype = None
                 f.argtypes = [ptr, i64, ptr, i64, ptr, i64]
+            f = getattr(lib, f"se3t_tfn_basis_x_{sfx}")
+            f.restype = None
+            f.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64]
+            f = getattr(lib, f"se3t_tfn_basis_t_{sfx}")
+            f.restype = None
+            f.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64]
 
     @staticmethod
     def _sfx(z: Tensor) -> str:
@@ -191,6 +199,48 @@ class CpuKernel:
         getattr(self.lib, f"se3t_tfn_unpack_{self._sfx(out)}")(
             packed.data_ptr(), H, perm.data_ptr(), n, out.data_ptr(), torch.get_num_threads()
         )
+
+    @staticmethod
+    def _block(block: Tensor, lo: Tensor, hi: Tensor, *tensors: tuple[Tensor, tuple]) -> None:
+        E, nb, ni = block.shape
+        checks = [(block, block.shape), *tensors]
+        for t, shape in checks:
+            if tuple(t.shape) != tuple(shape) or not t.is_contiguous() or t.dtype != block.dtype:
+                raise ValueError(f"cpp kernel: expected a contiguous {tuple(shape)}, got {t.shape}")
+        for t, name in ((lo, "lo"), (hi, "hi")):
+            if t.dtype != torch.int64 or not t.is_contiguous() or t.shape != (nb,):
+                raise ValueError(f"cpp kernel: {name} must be a contiguous int64 [{nb}]")
+        if nb and (int(lo.min()) < 0 or bool((hi < lo).any()) or int(hi.max()) > ni):
+            raise ValueError(f"cpp kernel: column ranges must lie in [0, {ni}]")
+
+    def basis_x(self, block: Tensor, x: Tensor, src: Tensor, lo: Tensor, hi: Tensor, out: Tensor):
+        """``out[e] = block[e] @ x[src[e]]`` (``[E, nb, C]``) over each row's nonzero columns
+        ``[lo, hi)`` of ``block [E, nb, ni]``; ``x [N, ni, C]``. Returns ``out``."""
+        E, nb, ni = block.shape
+        N, C = x.shape[0], x.shape[2]
+        self._block(block, lo, hi, (x, (N, ni, C)), (out, (E, nb, C)))
+        if src.dtype != torch.int64 or not src.is_contiguous() or src.shape != (E,):
+            raise ValueError(f"cpp kernel: src must be a contiguous int64 [{E}]")
+        if E and (int(src.min()) < 0 or int(src.max()) >= N):
+            raise ValueError(f"cpp kernel: src must index the {N} nodes")
+        getattr(self.lib, f"se3t_tfn_basis_x_{self._sfx(block)}")(
+            block.data_ptr(), E, nb, ni, x.data_ptr(), C, src.data_ptr(), lo.data_ptr(),
+            hi.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def basis_t(self, block: Tensor, gt: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """``block[e].t() @ gt[e]`` (``[E, ni, C]``) over each row's nonzero columns: the
+        gradient of :meth:`basis_x` for ``x[src[e]]``."""
+        E, nb, ni = block.shape
+        C = gt.shape[2]
+        out = block.new_empty(E, ni, C)
+        self._block(block, lo, hi, (gt, (E, nb, C)))
+        getattr(self.lib, f"se3t_tfn_basis_t_{self._sfx(block)}")(
+            block.data_ptr(), E, nb, ni, gt.data_ptr(), C, lo.data_ptr(), hi.data_ptr(),
+            out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
 
     def forward(self, z, wt, tm, out, off, rows, edge_block: int, k_tile: int) -> None:
         """``out[rows[i]] [M, C]`` = the message of edge ``i`` of ``T [n, M, K]`` to one output
@@ -346,7 +396,8 @@ class ConcatTFNCpu(torch.autograd.Function):
         tiles = state.tile("cpp", spec, z)
         chunk = _runs_per_chunk(tiles, share)
         E, C, nb = share.num_edges, x_all.shape[2], block.shape[1]
-        z = z.contiguous()
+        z, x_all, block = z.contiguous(), x_all.contiguous(), block.contiguous()
+        lo, hi = block_column_ranges(spec.in_degrees, spec.out_degrees)
         off, order = share.offsets.tolist(), share.order
         weight = weight.contiguous()
         # {d_out: [H, K C_o]}, (k, c_o) order
@@ -358,9 +409,9 @@ class ConcatTFNCpu(torch.autograd.Function):
         for u0 in range(0, share.num_runs, chunk):
             u1 = min(u0 + chunk, share.num_runs)
             e0, e1 = off[u0], off[u1]
-            x_e = gather(x_all, src[e0:e1])  # [c, sum (2 d_in + 1), C]
             c = e1 - e0
-            T = torch.bmm(block[e0:e1], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+            T = state.scratch("T", c * nb * C, z).view(c, nb, C)
+            ext.basis_x(block[e0:e1], x_all, src[e0:e1], lo, hi, T)
             off_c = share.offsets[u0 : u1 + 1] - e0
             for k, (do, _) in enumerate(spec.outs):
                 r0, r1 = spec.block_rows[do]
@@ -384,6 +435,7 @@ class ConcatTFNCpu(torch.autograd.Function):
         need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
         need_t = need_x or need_b
         C, nb = x_all.shape[2], block.shape[1]
+        lo, hi = block_column_ranges(spec.in_degrees, spec.out_degrees)
         off, order = share.offsets.tolist(), share.order
         rows_cf = {do: spec.concat_rows(do, True, weight.device) for do in spec.out_degrees}
         wcf = {do: ext.pack(weight, r) for do, r in rows_cf.items()}  # {d_out: [H, C_o K]}
@@ -396,8 +448,8 @@ class ConcatTFNCpu(torch.autograd.Function):
             u1 = min(u0 + chunk, share.num_runs)
             e0, e1 = off[u0], off[u1]
             c = e1 - e0
-            x_e = gather(x_all, src[e0:e1])
-            T = torch.bmm(block[e0:e1], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+            T = state.scratch("T", c * nb * C, z).view(c, nb, C)
+            ext.basis_x(block[e0:e1], x_all, src[e0:e1], lo, hi, T)
             gT = state.scratch("gT", c * nb * C, z).view(c, nb, C) if need_t else None
             off_c = share.offsets[u0 : u1 + 1] - e0
             for k, (do, _) in enumerate(spec.outs):
@@ -423,9 +475,10 @@ class ConcatTFNCpu(torch.autograd.Function):
             if gT is None:
                 continue
             if need_x:
-                gx_e = torch.bmm(block[e0:e1].transpose(1, 2), gT)  # [c, sum (2 d_in + 1), C]
+                gx_e = ext.basis_t(block[e0:e1], gT, lo, hi)  # [c, sum (2 d_in + 1), C]
                 gx.view(gx.shape[0], -1).index_add_(0, src[e0:e1], gx_e.view(c, -1))
-            if need_b:
+            if need_b:  # dense: the zeros' gradient goes to the padding column, unused
+                x_e = gather(x_all, src[e0:e1])
                 torch.bmm(gT, x_e.transpose(1, 2), out=gb[e0:e1])
         gw = None
         if need_w:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from se3t.so3.basis import basis_size, num_freq, pair_offsets
 
-__all__ = ["block_basis", "block_basis_index", "block_shape"]
+__all__ = ["block_basis", "block_basis_index", "block_column_ranges", "block_shape"]
 
 
 def block_shape(in_degrees: tuple[int, ...], d_out: int) -> tuple[int, int]:
@@ -70,6 +70,25 @@ def block_basis_index(
             j0, c0 = j0 + nf, c0 + m_in
         blocks.append(idx.view(rows, cols))
     return torch.cat(blocks).flatten()
+
+
+@functools.cache
+def block_column_ranges(
+    in_degrees: tuple[int, ...], out_degrees: tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
+    """``(lo, hi)``, each ``[rows]``: the columns ``[lo, hi)`` of the stacked block basis
+    where a row can be nonzero (the ``2 d_in + 1`` columns of the row's input degree; the
+    rest are the padding column's zeros), rows in :func:`block_basis_index`'s order."""
+    lo, hi = [], []
+    for d_out in out_degrees:
+        for _ in range(2 * d_out + 1):
+            c0 = 0
+            for d_in in in_degrees:
+                m_in = 2 * d_in + 1
+                lo += [c0] * num_freq(d_in, d_out)
+                hi += [c0 + m_in] * num_freq(d_in, d_out)
+                c0 += m_in
+    return torch.tensor(lo, dtype=torch.long), torch.tensor(hi, dtype=torch.long)
 
 
 @functools.cache

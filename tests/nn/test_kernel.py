@@ -19,6 +19,7 @@ from se3t.nn import ConvSE3, kernel_cpu, pairwise_reference
 from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
 from se3t.nn.tuning import KernelTuner, default_tiles
 from se3t.so3 import Fiber, compute_basis_flat
+from se3t.so3.blocks import block_basis, block_column_ranges
 from se3t.testing import (
     assert_equivariant,
     edge_inputs,
@@ -162,6 +163,29 @@ def test_cpp_weight_packing_is_a_gather_and_transpose(dtype):
     kernel.unpack(packed, perm, out)
     assert torch.equal(out[perm], weight[perm])
     assert torch.isnan(out[torch.ones(53, dtype=torch.bool).index_fill_(0, perm, False)]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_basis_products_equal_dense_matmuls_on_qm9(batch, dtype):
+    # T = Bb x[src] and its x gradient on the nonzero columns only, against torch's bmm
+    kernel = kernel_cpu.extension()
+    basis, _ = edge_inputs(batch)
+    ins, outs = (0, 1, 2, 3), (0, 1, 2, 3)
+    block = block_basis(basis.to(dtype), ins, outs, 3)
+    lo, hi = block_column_ranges(ins, outs)
+    g = torch.Generator().manual_seed(0)
+    N, E = batch.graph.num_nodes, block.shape[0]
+    x = torch.randn(N, block.shape[2], 5, generator=g, dtype=dtype)  # C = 5: a ragged vector
+    src = batch.graph.src
+    T = kernel.basis_x(block, x, src, lo, hi, torch.empty(E, block.shape[1], 5, dtype=dtype))
+    torch.testing.assert_close(T, torch.bmm(block, x[src]), **TOL[dtype])
+    gT = torch.randn(T.shape, generator=g, dtype=dtype)
+    gx = kernel.basis_t(block, gT, lo, hi)
+    torch.testing.assert_close(gx, torch.bmm(block.transpose(1, 2), gT), **TOL[dtype])
+    with pytest.raises(ValueError, match=f"src must index the {N} nodes"):
+        kernel.basis_x(block, x, src + N, lo, hi, T)
+    with pytest.raises(ValueError, match="column ranges"):
+        kernel.basis_t(block, gT, lo, hi + block.shape[2])
 
 
 def test_cpp_weight_packing_refuses_rows_out_of_range():

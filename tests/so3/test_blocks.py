@@ -3,7 +3,7 @@ import torch
 
 from se3t.so3 import compute_basis_flat
 from se3t.so3.basis import num_freq, unflatten_basis
-from se3t.so3.blocks import block_basis, block_shape
+from se3t.so3.blocks import block_basis, block_column_ranges, block_shape
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,20 @@ def test_block_basis_is_the_flat_basis_rearranged(ins, outs):
             j0, c0 = j0 + nf, c0 + 2 * di + 1
         r0 += m * nf_all
     assert torch.equal(block, expected)  # both are the same copies (permutes), no arithmetic
+
+
+@pytest.mark.parametrize(
+    ("ins", "outs"), [((0, 1, 2, 3), (0, 1, 2, 3)), ((1, 3), (2,)), ((0,), (3, 0))]
+)
+def test_block_column_ranges_hold_every_nonzero(ins, outs):
+    flat = compute_basis_flat(torch.randn(11, 3, dtype=torch.float64), 3)
+    block = block_basis(flat, ins, outs, 3)
+    lo, hi = block_column_ranges(ins, outs)
+    cols = torch.arange(block.shape[2])
+    inside = (cols >= lo[:, None]) & (cols < hi[:, None])  # [rows, cols]
+    assert inside.shape == block.shape[1:]
+    assert (block[:, ~inside] == 0).all()
+    assert (block[:, inside] != 0).float().mean() > 0.5  # the ranges are not wider than needed
 
 
 def test_block_basis_gradient_reaches_the_flat_basis():
