@@ -181,28 +181,44 @@ void radial_tile_cf(const T* z, int64_t H, const T* W, int64_t K, int64_t k0, in
   }
 }
 
-// msg[m, c..c+NV lanes) += sum_{kk < kt} T[m, k0 + kk] R[kk, c..]   for every m < M (one edge);
-// NV vectors of channels at once, so each broadcast of T feeds NV FMAs
+// msg[m, c..c+NV lanes) += sum_{kk < kt} T[m, k0 + kk] R[kk, c..]   for MB rows m of one edge;
+// NV vectors of channels at once, so each broadcast of T feeds NV FMAs. MB is a compile-time
+// count (the block's accumulators stay in registers, fully unrolled)
+template <typename T, typename V, int NV, int MB>
+inline void consume_rows(const T* Te, int64_t K, int64_t k0, int64_t kt, const T* R, int64_t C,
+                         int64_t c, T* msg) {
+  constexpr int L = V::lanes;
+  typename V::type acc[MB][NV];
+  for (int i = 0; i < MB; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = V::load(msg + i * C + c + v * L);
+  for (int64_t kk = 0; kk < kt; ++kk) {
+    typename V::type r[NV];
+    for (int v = 0; v < NV; ++v) r[v] = V::load(R + kk * C + c + v * L);
+    for (int i = 0; i < MB; ++i) {
+      auto t = V::splat(Te[i * K + k0 + kk]);
+      for (int v = 0; v < NV; ++v) acc[i][v] += t * r[v];
+    }
+  }
+  for (int i = 0; i < MB; ++i)
+    for (int v = 0; v < NV; ++v) V::store(msg + i * C + c + v * L, acc[i][v]);
+}
+
+// every m < M of one edge, in blocks of at most 7 rows (2 d_out + 1 <= 7 at degree 3)
 template <typename T, typename V, int NV>
 inline void consume_forward(const T* Te, int64_t K, int64_t M, int64_t k0, int64_t kt, const T* R,
                             int64_t C, int64_t c, T* msg) {
-  constexpr int MB = 7;  // output orders per pass (2 d_out + 1 <= 7 at degree 3)
-  constexpr int L = V::lanes;
-  for (int64_t m0 = 0; m0 < M; m0 += MB) {
-    const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
-    typename V::type acc[MB][NV];
-    for (int i = 0; i < mb; ++i)
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::load(msg + (m0 + i) * C + c + v * L);
-    for (int64_t kk = 0; kk < kt; ++kk) {
-      typename V::type r[NV];
-      for (int v = 0; v < NV; ++v) r[v] = V::load(R + kk * C + c + v * L);
-      for (int i = 0; i < mb; ++i) {
-        auto t = V::splat(Te[(m0 + i) * K + k0 + kk]);
-        for (int v = 0; v < NV; ++v) acc[i][v] += t * r[v];
-      }
+  for (int64_t m0 = 0; m0 < M; m0 += 7) {
+    const T* t = Te + m0 * K;
+    T* o = msg + m0 * C;
+    switch (std::min<int64_t>(7, M - m0)) {
+      case 7: consume_rows<T, V, NV, 7>(t, K, k0, kt, R, C, c, o); break;
+      case 6: consume_rows<T, V, NV, 6>(t, K, k0, kt, R, C, c, o); break;
+      case 5: consume_rows<T, V, NV, 5>(t, K, k0, kt, R, C, c, o); break;
+      case 4: consume_rows<T, V, NV, 4>(t, K, k0, kt, R, C, c, o); break;
+      case 3: consume_rows<T, V, NV, 3>(t, K, k0, kt, R, C, c, o); break;
+      case 2: consume_rows<T, V, NV, 2>(t, K, k0, kt, R, C, c, o); break;
+      default: consume_rows<T, V, NV, 1>(t, K, k0, kt, R, C, c, o); break;
     }
-    for (int i = 0; i < mb; ++i)
-      for (int v = 0; v < NV; ++v) V::store(msg + (m0 + i) * C + c + v * L, acc[i][v]);
   }
 }
 
@@ -245,29 +261,44 @@ void forward_impl(const T* z, int64_t U, int64_t H, const T* Wt, int64_t K, int6
 }
 
 // dR[c, kv..] += (one edge's part) and dT[m, kv..] = of one edge, for lanes(V) consecutive k
+// and MB rows m (a compile-time count: the block's registers are unrolled)
+template <typename T, typename V, int MB>
+inline void grad_rows(const T* Te, const T* g, int64_t K, int64_t C, int64_t k0, int64_t kk,
+                      int64_t kt, const T* R, T* dR, T* dTe) {
+  typename V::type t[MB], dt[MB];
+  for (int i = 0; i < MB; ++i) {
+    t[i] = V::load(Te + i * K + k0 + kk);
+    dt[i] = V::splat(0);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    auto d = V::load(dR + c * kt + kk);  // summed over the run's edges (zeroed per tile)
+    auto r = R ? V::load(R + c * kt + kk) : V::splat(0);
+    for (int i = 0; i < MB; ++i) {
+      auto gb = V::splat(g[i * C + c]);
+      d += gb * t[i];
+      dt[i] += gb * r;
+    }
+    V::store(dR + c * kt + kk, d);
+  }
+  if (dTe)
+    for (int i = 0; i < MB; ++i) V::store(dTe + i * K + k0 + kk, dt[i]);
+}
+
 template <typename T, typename V>
 inline void grad_rt(const T* Te, const T* g, int64_t K, int64_t M, int64_t C, int64_t k0,
                     int64_t kk, int64_t kt, const T* R, T* dR, T* dTe) {
-  constexpr int MB = 8;
-  for (int64_t m0 = 0; m0 < M; m0 += MB) {
-    const int mb = static_cast<int>(std::min<int64_t>(MB, M - m0));
-    typename V::type t[MB], dt[MB];
-    for (int i = 0; i < mb; ++i) {
-      t[i] = V::load(Te + (m0 + i) * K + k0 + kk);
-      dt[i] = V::splat(0);
+  for (int64_t m0 = 0; m0 < M; m0 += 7) {
+    const T *t = Te + m0 * K, *gm = g + m0 * C;
+    T* dt = dTe ? dTe + m0 * K : nullptr;
+    switch (std::min<int64_t>(7, M - m0)) {
+      case 7: grad_rows<T, V, 7>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
+      case 6: grad_rows<T, V, 6>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
+      case 5: grad_rows<T, V, 5>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
+      case 4: grad_rows<T, V, 4>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
+      case 3: grad_rows<T, V, 3>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
+      case 2: grad_rows<T, V, 2>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
+      default: grad_rows<T, V, 1>(t, gm, K, C, k0, kk, kt, R, dR, dt); break;
     }
-    for (int64_t c = 0; c < C; ++c) {
-      auto d = V::load(dR + c * kt + kk);  // summed over the run's edges (zeroed per tile)
-      auto r = R ? V::load(R + c * kt + kk) : V::splat(0);
-      for (int i = 0; i < mb; ++i) {
-        auto gb = V::splat(g[(m0 + i) * C + c]);
-        d += gb * t[i];
-        dt[i] += gb * r;
-      }
-      V::store(dR + c * kt + kk, d);
-    }
-    if (dTe)
-      for (int i = 0; i < mb; ++i) V::store(dTe + (m0 + i) * K + k0 + kk, dt[i]);
   }
 }
 
