@@ -73,7 +73,9 @@ struct Vec {
   typedef T utype __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
   static inline type load(const T* p) { return *reinterpret_cast<const utype*>(p); }
   static inline void store(T* p, type v) { *reinterpret_cast<utype*>(p) = v; }
-  static inline type splat(T x) { return type{} + x; }
+  // x - 0 is x for every x (0 + x is not, for x = -0), so the compiler drops the subtraction
+  // and emits a bare broadcast; `type{} + x` cost an extra scalar add per broadcast
+  static inline type splat(T x) { return x - type{}; }
   static inline T sum(type v) {
     T s = 0;
     for (int l = 0; l < lanes; ++l) s += v[l];
