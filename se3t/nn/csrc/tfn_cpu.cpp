@@ -466,15 +466,33 @@ void basis_t_impl(const T* Bb, int64_t E, int64_t nb, int64_t ni, const T* gT, i
 // [rows, H] parameter gathered into the kernel's order and transposed) and, for its gradient,
 // G[perm[p], h] = g[h, p]. One pass each over blocks of PB rows that stay in L1 (a gather and
 // a transposed copy in torch were ~10 % of a training step).
-constexpr int64_t PB = 16;
+constexpr int64_t PB = 16, QB = 16;
+
+// the [pb, qb] tile at a (row stride lda) into b transposed (row stride ldb); compile-time
+// sizes on the full tiles, so the compiler can keep the tile in registers
+template <typename T>
+inline void transpose_tile(const T* const* rows, int64_t q0, int64_t pb, int64_t qb, T* b,
+                           int64_t ldb) {
+  if (pb == PB && qb == QB) {
+    T tile[PB][QB];
+    for (int64_t p = 0; p < PB; ++p) std::memcpy(tile[p], rows[p] + q0, sizeof(T) * QB);
+    for (int64_t q = 0; q < QB; ++q)
+      for (int64_t p = 0; p < PB; ++p) b[q * ldb + p] = tile[p][q];
+    return;
+  }
+  for (int64_t q = 0; q < qb; ++q)
+    for (int64_t p = 0; p < pb; ++p) b[q * ldb + p] = rows[p][q0 + q];
+}
 
 template <typename T>
 void pack_impl(const T* W, int64_t H, const int64_t* perm, int64_t n, T* out, int64_t threads) {
   parallel_for((n + PB - 1) / PB, threads, [&](int64_t b0, int64_t b1) {
+    const T* rows[PB];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * PB, pb = std::min(PB, n - p0);
-      for (int64_t h = 0; h < H; ++h)
-        for (int64_t p = 0; p < pb; ++p) out[h * n + p0 + p] = W[perm[p0 + p] * H + h];
+      for (int64_t p = 0; p < pb; ++p) rows[p] = W + perm[p0 + p] * H;
+      for (int64_t h0 = 0; h0 < H; h0 += QB)
+        transpose_tile<T>(rows, h0, pb, std::min(QB, H - h0), out + h0 * n + p0, n);
     }
   });
 }
@@ -482,10 +500,17 @@ void pack_impl(const T* W, int64_t H, const int64_t* perm, int64_t n, T* out, in
 template <typename T>
 void unpack_impl(const T* g, int64_t H, const int64_t* perm, int64_t n, T* G, int64_t threads) {
   parallel_for((n + PB - 1) / PB, threads, [&](int64_t b0, int64_t b1) {
+    T tile[QB][PB];  // [h, p] of the block, then written out as rows perm[p]
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * PB, pb = std::min(PB, n - p0);
-      for (int64_t p = 0; p < pb; ++p)
-        for (int64_t h = 0; h < H; ++h) G[perm[p0 + p] * H + h] = g[h * n + p0 + p];
+      for (int64_t h0 = 0; h0 < H; h0 += QB) {
+        const int64_t qb = std::min(QB, H - h0);
+        const T* rows[QB];
+        for (int64_t q = 0; q < qb; ++q) rows[q] = g + (h0 + q) * n;
+        transpose_tile<T>(rows, p0, qb, pb, &tile[0][0], PB);  // tile[p][q] = g[h0 + q, p0 + p]
+        for (int64_t p = 0; p < pb; ++p)
+          std::memcpy(G + perm[p0 + p] * H + h0, &tile[0][0] + p * PB, sizeof(T) * qb);
+      }
     }
   });
 }
