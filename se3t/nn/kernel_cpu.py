@@ -3,10 +3,12 @@
 The kernel (``csrc/tfn_cpu.cpp``) computes the radial weights ``R = z @ W^T`` of a tile of
 edges and ``K`` indices into a buffer of a few KB that stays in L1, and contracts it with ``T``
 at once; backward recomputes the tile and forms ``dR``, ``dT``, ``dW`` and ``dz`` on it. ``R``
-is never written to memory (docs/kernel.md). ``T = Bb x[src]`` (block basis times node
-features) and its node-feature gradient come from the library too, on the block basis's nonzero
-entries only; the basis gradient stays a batched torch matmul. The layout is that of
-:class:`se3t.nn.kernel._ConcatTFN`.
+is never written to memory (docs/kernel.md). The forward pass is one call per fusion group that
+also computes ``T = Bb x[src]`` (block basis times node features) per block of edges in a
+thread-local buffer; the backward pass runs per chunk of edges on a ``T`` the library computes
+for the chunk (``basis_x``), and forms the node-feature gradient (``basis_t``), both on the
+block basis's nonzero entries only; the basis gradient stays a batched torch matmul. The layout
+is that of :class:`se3t.nn.kernel._ConcatTFN`.
 
 The kernel is a plain shared library (C ABI, called through ``ctypes``; no torch headers, so
 the build takes a few seconds) compiled with the host's ``-march=native`` into the user's cache
@@ -116,37 +118,73 @@ _BUILD: dict[str, object] = {}  # what extension() did in this process, for buil
 
 
 class CpuKernel:
-    """The compiled library's two entry points, with the shape checks the C code relies on."""
+    """The compiled library's entry points, with the shape checks the C code relies on."""
 
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
         self.vector_bytes = lib.se3t_tfn_vector_bytes()
         self.threading = "openmp" if lib.se3t_tfn_openmp() else "threads"
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
+        group = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, ptr]
         for sfx in ("f32", "f64"):
             f = getattr(lib, f"se3t_tfn_forward_{sfx}")
             f.restype = None
-            f.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, i64, i64, i64]
+            f.argtypes = group + [ptr, ptr, i64, i64, i64]
             b = getattr(lib, f"se3t_tfn_backward_{sfx}")
             b.restype = None
             b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
             b.argtypes += [ptr, ptr, i64, i64]
-            for name in ("pack", "unpack"):
-                f = getattr(lib, f"se3t_tfn_{name}_{sfx}")
-                f.restype = None
-                f.argtypes = [ptr, i64, ptr, i64, ptr, i64]
             f = getattr(lib, f"se3t_tfn_basis_x_{sfx}")
             f.restype = None
             f.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64]
             f = getattr(lib, f"se3t_tfn_basis_t_{sfx}")
             f.restype = None
             f.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, i64]
+            for name in ("pack", "unpack"):
+                f = getattr(lib, f"se3t_tfn_{name}_{sfx}")
+                f.restype = None
+                f.argtypes = [ptr, i64, ptr, i64, ptr, i64]
 
     @staticmethod
     def _sfx(z: Tensor) -> str:
         if z.dtype not in (torch.float32, torch.float64) or z.device.type != "cpu":
             raise ValueError(f"cpp kernel: CPU float32/float64 only, got {z.device} {z.dtype}")
         return "f32" if z.dtype == torch.float32 else "f64"
+
+    @staticmethod
+    def _dense(t: Tensor, shape: tuple, dtype: torch.dtype, name: str) -> None:
+        if tuple(t.shape) != tuple(shape) or not t.is_contiguous() or t.dtype != dtype:
+            raise ValueError(
+                f"cpp kernel: {name} must be a contiguous {dtype} {list(shape)}, "
+                f"got {t.dtype} {list(t.shape)}"
+            )
+
+    def _group(self, z, block, lo, hi, x, src, off, rows, desc) -> tuple[int, ...]:
+        # the C code trusts every index below: a bad one would read or write out of bounds
+        (U, H), (E, nb, ni), (N, C) = z.shape, block.shape, (x.shape[0], x.shape[-1])
+        self._dense(z, (U, H), z.dtype, "z")
+        self._dense(block, (E, nb, ni), z.dtype, "the block basis")
+        self._dense(x, (N, ni, C), z.dtype, "x")
+        for t, name, size in ((lo, "lo", nb), (hi, "hi", nb), (src, "src", E), (rows, "rows", E)):
+            self._dense(t, (size,), torch.int64, name)
+        self._dense(off, (U + 1,), torch.int64, "off")
+        if nb and (int(lo.min()) < 0 or bool((hi < lo).any()) or int(hi.max()) > ni):
+            raise ValueError(f"cpp kernel: column ranges must lie in [0, {ni}]")
+        if int(off[0]) != 0 or int(off[-1]) != E or (U and bool((off.diff() < 0).any())):
+            raise ValueError(f"cpp kernel: off must rise from 0 to the {E} edges")
+        if E and (int(src.min()) < 0 or int(src.max()) >= N):
+            raise ValueError(f"cpp kernel: src must index the {N} nodes")
+        if E and (int(rows.min()) < 0 or int(rows.max()) >= E):
+            raise ValueError(f"cpp kernel: rows must index the {E} output rows")
+        self._dense(desc, (desc.shape[0], 4), torch.int64, "desc")
+        for r0, M, K, Co in desc.tolist():
+            if min(r0, M, K, Co) < 0 or M * K % C or r0 + M * K // C > nb:
+                raise ValueError(f"cpp kernel: degree {(r0, M, K, Co)} outside the {nb} rows of T")
+        return U, H, E, nb, ni, C
+
+    @staticmethod
+    def _pointers(ts) -> ctypes.Array:
+        return (ctypes.c_void_p * len(ts))(*[None if t is None else t.data_ptr() for t in ts])
 
     @staticmethod
     def _edge_stride(t: Tensor, name: str) -> int:
@@ -166,39 +204,6 @@ class CpuKernel:
             raise ValueError(f"cpp kernel: off must rise from 0 to the {n} edges of T")
         if n and (int(rows.min()) < 0 or int(rows.max()) >= out_rows):
             raise ValueError(f"cpp kernel: rows must index the {out_rows} output rows")
-
-    @staticmethod
-    def _perm(weight: Tensor, perm: Tensor) -> None:
-        if weight.dim() != 2 or not weight.is_contiguous():
-            raise ValueError(
-                f"cpp kernel: weights must be a contiguous [rows, H], got {weight.shape}"
-            )
-        if perm.dtype != torch.int64 or not perm.is_contiguous() or perm.dim() != 1:
-            raise ValueError("cpp kernel: perm must be a contiguous int64 vector")
-        if perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= weight.shape[0]):
-            raise ValueError(f"cpp kernel: perm must index the {weight.shape[0]} weight rows")
-
-    def pack(self, weight: Tensor, perm: Tensor) -> Tensor:
-        """``weight[perm].t()`` as a new contiguous ``[H, n]``: the rows of the radial last
-        layer ``[rows, H]`` in the order the kernel reads them."""
-        self._perm(weight, perm)
-        out = weight.new_empty(weight.shape[1], perm.numel())
-        getattr(self.lib, f"se3t_tfn_pack_{self._sfx(weight)}")(
-            weight.data_ptr(), weight.shape[1], perm.data_ptr(), perm.numel(), out.data_ptr(),
-            torch.get_num_threads(),
-        )  # fmt: skip
-        return out
-
-    def unpack(self, packed: Tensor, perm: Tensor, out: Tensor) -> None:
-        """``out[perm] = packed.t()``: a gradient in the kernel's order ``[H, n]`` back into
-        rows ``perm`` of the parameter's layout ``out [rows, H]``."""
-        self._perm(out, perm)
-        H, n = out.shape[1], perm.numel()
-        if tuple(packed.shape) != (H, n) or not packed.is_contiguous() or packed.dtype != out.dtype:
-            raise ValueError(f"cpp kernel: expected a contiguous {(H, n)}, got {packed.shape}")
-        getattr(self.lib, f"se3t_tfn_unpack_{self._sfx(out)}")(
-            packed.data_ptr(), H, perm.data_ptr(), n, out.data_ptr(), torch.get_num_threads()
-        )
 
     @staticmethod
     def _block(block: Tensor, lo: Tensor, hi: Tensor, *tensors: tuple[Tensor, tuple]) -> None:
@@ -242,36 +247,23 @@ class CpuKernel:
         )  # fmt: skip
         return out
 
-    def forward(self, z, wt, tm, out, off, rows, edge_block: int, k_tile: int) -> None:
-        """``out[rows[i]] [M, C]`` = the message of edge ``i`` of ``T [n, M, K]`` to one output
-        degree, edge ``i`` in run ``u`` (``off[u] <= i < off[u + 1]``) whose radial weights
-        are ``z[u] @ wt`` (``z [U, H]``, ``wt [H, K C]`` in (k, c) order)."""
-        U, H = z.shape
-        _, M, K = tm.shape
-        C = out.shape[2]
-        for t, shape in ((wt, (H, K * C)), (out, (out.shape[0], M, C))):
-            if tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != z.dtype:
-                raise ValueError(f"cpp kernel: expected a contiguous {shape}, got {t.shape}")
-        if not z.is_contiguous() or tm.dtype != z.dtype:
-            raise ValueError("cpp kernel: z must be contiguous [U, H], T [n, M, K] of its dtype")
-        self._runs(z, tm, off, rows, out.shape[0])
+    def forward(self, z, block, lo, hi, x, src, off, rows, desc, wts, outs, edge_block, k_tile):
+        """The messages of one fusion group: ``outs[d][rows[i]] [M, C_o]`` of edge ``i`` for
+        every output degree ``d`` (``desc[d] = (r0, M, K, C_o)``: rows ``r0 .. r0 + M K / C``
+        of ``T = Bb x[src]`` viewed ``[M, K]``), with radial weights ``z[u] @ wts[d]`` for
+        the run ``u`` of the edge (``off[u] <= i < off[u + 1]``; ``z [U, H]``, ``wts[d] [H,
+        K C_o]`` in (k, c) order). ``block [E, nb, ni]`` the block basis, zero outside each
+        row's columns ``[lo, hi)``; ``x [N, ni, C]``."""
+        U, H, E, nb, ni, C = self._group(z, block, lo, hi, x, src, off, rows, desc)
+        for (_, M, K, Co), w, o in zip(desc.tolist(), wts, outs, strict=True):
+            self._dense(w, (H, K * Co), z.dtype, "the radial weights")
+            self._dense(o, (E, M, Co), z.dtype, "a message tensor")
         getattr(self.lib, f"se3t_tfn_forward_{self._sfx(z)}")(
-            z.data_ptr(),
-            U,
-            H,
-            wt.data_ptr(),
-            K,
-            C,
-            tm.data_ptr(),
-            self._edge_stride(tm, "T"),
-            M,
-            off.data_ptr(),
-            rows.data_ptr(),
-            out.data_ptr(),
-            edge_block,
-            k_tile,
+            z.data_ptr(), U, H, block.data_ptr(), nb, ni, lo.data_ptr(), hi.data_ptr(),
+            x.data_ptr(), C, src.data_ptr(), off.data_ptr(), rows.data_ptr(), len(outs),
+            desc.data_ptr(), self._pointers(wts), self._pointers(outs), edge_block, k_tile,
             torch.get_num_threads(),
-        )
+        )  # fmt: skip
 
     def backward(self, z, wcf, tm, off, rows, g, dt, dwcf, dz, k_tile: int) -> None:
         """Accumulates ``dwcf [H, C K]`` and ``dz [U, H]``, writes ``dt [n, M, K]`` (each
@@ -308,6 +300,39 @@ class CpuKernel:
             None if dz is None else dz.data_ptr(),
             k_tile,
             torch.get_num_threads(),
+        )
+
+    @staticmethod
+    def _perm(weight: Tensor, perm: Tensor) -> None:
+        if weight.dim() != 2 or not weight.is_contiguous():
+            raise ValueError(
+                f"cpp kernel: weights must be a contiguous [rows, H], got {weight.shape}"
+            )
+        if perm.dtype != torch.int64 or not perm.is_contiguous() or perm.dim() != 1:
+            raise ValueError("cpp kernel: perm must be a contiguous int64 vector")
+        if perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= weight.shape[0]):
+            raise ValueError(f"cpp kernel: perm must index the {weight.shape[0]} weight rows")
+
+    def pack(self, weight: Tensor, perm: Tensor) -> Tensor:
+        """``weight[perm].t()`` as a new contiguous ``[H, n]``: the rows of the radial last
+        layer ``[rows, H]`` in the order the kernel reads them."""
+        self._perm(weight, perm)
+        out = weight.new_empty(weight.shape[1], perm.numel())
+        getattr(self.lib, f"se3t_tfn_pack_{self._sfx(weight)}")(
+            weight.data_ptr(), weight.shape[1], perm.data_ptr(), perm.numel(), out.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+    def unpack(self, packed: Tensor, perm: Tensor, out: Tensor) -> None:
+        """``out[perm] = packed.t()``: a gradient in the kernel's order ``[H, n]`` back into
+        rows ``perm`` of the parameter's layout ``out [rows, H]``."""
+        self._perm(out, perm)
+        H, n = out.shape[1], perm.numel()
+        if tuple(packed.shape) != (H, n) or not packed.is_contiguous() or packed.dtype != out.dtype:
+            raise ValueError(f"cpp kernel: expected a contiguous {(H, n)}, got {packed.shape}")
+        getattr(self.lib, f"se3t_tfn_unpack_{self._sfx(out)}")(
+            packed.data_ptr(), H, perm.data_ptr(), n, out.data_ptr(), torch.get_num_threads()
         )
 
 
@@ -380,47 +405,43 @@ def build_info() -> dict:
 
 
 def _runs_per_chunk(tiles: dict, share) -> int:
-    # chunk_edges bounds the edges (the T and dT buffers) of a chunk, whatever the runs' sizes
+    # chunk_edges bounds the edges (the backward pass's T and dT buffers) of a chunk, whatever
+    # the runs' sizes
     return max(1, tiles["chunk_edges"] * share.num_runs // max(1, share.num_edges))
+
+
+def degrees(spec: KernelSpec, C: int) -> Tensor:
+    """``[n_out, 4]``: ``(r0, M, K, C_o)`` of every output degree of ``spec`` (rows ``r0 ..``
+    of ``T`` viewed ``[M, K]``, ``C_o`` channels), as :meth:`CpuKernel.forward` takes them."""
+    desc = []
+    for do, co in spec.outs:
+        r0, r1 = spec.block_rows[do]
+        m = 2 * do + 1
+        desc.append((r0, m, (r1 - r0) * C // m, co))
+    return torch.tensor(desc, dtype=torch.long).view(-1, 4)
 
 
 class ConcatTFNCpu(torch.autograd.Function):
     """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel._ConcatTFN`, except
     that ``z [U, H]`` has one row per run of ``share`` (:class:`se3t.nn.sharing.RadialShare`)
     and ``src`` and ``block`` list the edges in run order; the messages come out in edge
-    order."""
+    order. One call of the library per pass: no chunks, no ``T`` in memory."""
 
     @staticmethod
     def forward(ctx, z, weight, x_all, src, spec: KernelSpec, state: KernelState, block, share):
         ext = extension()
         tiles = state.tile("cpp", spec, z)
-        chunk = _runs_per_chunk(tiles, share)
-        E, C, nb = share.num_edges, x_all.shape[2], block.shape[1]
-        z, x_all, block = z.contiguous(), x_all.contiguous(), block.contiguous()
+        z, x_all, block, weight = (t.contiguous() for t in (z, x_all, block, weight))
         lo, hi = block_column_ranges(spec.in_degrees, spec.out_degrees)
-        off, order = share.offsets.tolist(), share.order
-        weight = weight.contiguous()
-        # {d_out: [H, K C_o]}, (k, c_o) order
-        wts = {
-            do: ext.pack(weight, spec.concat_rows(do, False, weight.device))
-            for do in spec.out_degrees
-        }
-        outs = [z.new_empty(E, 2 * do + 1, co) for do, co in spec.outs]
-        for u0 in range(0, share.num_runs, chunk):
-            u1 = min(u0 + chunk, share.num_runs)
-            e0, e1 = off[u0], off[u1]
-            c = e1 - e0
-            T = state.scratch("T", c * nb * C, z).view(c, nb, C)
-            ext.basis_x(block[e0:e1], x_all, src[e0:e1], lo, hi, T)
-            off_c = share.offsets[u0 : u1 + 1] - e0
-            for k, (do, _) in enumerate(spec.outs):
-                r0, r1 = spec.block_rows[do]
-                m = 2 * do + 1
-                T_do = T[:, r0:r1].view(c, m, (r1 - r0) * C // m)  # [c, m, K], strided by edge
-                ext.forward(
-                    z[u0:u1], wts[do], T_do, outs[k], off_c, order[e0:e1],
-                    tiles["edge_block"], tiles["k_tile"],
-                )  # fmt: skip
+        desc = degrees(spec, x_all.shape[2])
+        wts = [
+            ext.pack(weight, spec.concat_rows(do, False, weight.device)) for do in spec.out_degrees
+        ]
+        outs = [z.new_empty(share.num_edges, 2 * do + 1, co) for do, co in spec.outs]
+        ext.forward(
+            z, block, lo, hi, x_all, src, share.offsets, share.order, desc, wts, outs,
+            tiles["edge_block"], tiles["k_tile"],
+        )  # fmt: skip
         ctx.spec, ctx.state, ctx.share = spec, state, share
         ctx.save_for_backward(z, weight, x_all, src, block)
         return tuple(o.transpose(1, 2) for o in outs)  # [E, C_o, 2 d_out + 1]
@@ -499,27 +520,29 @@ def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
     z = torch.randn(U, H, generator=g, dtype=dtype)
     off = torch.arange(0, 2 * U + 1, 2).clamp_(max=E)
     rows = torch.arange(E)
+    ni = sum(2 * d + 1 for d in spec.in_degrees)
     nb = max(r1 for _, r1 in spec.block_rows.values())
-    T = torch.randn(E, nb, C, generator=g, dtype=dtype)
-    dT = torch.empty_like(T)
-    problems = []
-    for do, co in spec.outs:
-        r0, r1 = spec.block_rows[do]
-        m = 2 * do + 1
-        k = (r1 - r0) * C // m
-        w = torch.randn(H, k * co, generator=g, dtype=dtype)
-        out = torch.empty(E, m, co, dtype=dtype)
-        grad = torch.randn(E, m, co, generator=g, dtype=dtype)
-        gw = torch.zeros_like(w)
-        problems.append((w, T[:, r0:r1].view(E, m, k), out, grad, dT[:, r0:r1].view(E, m, k), gw))
+    block = torch.randn(E, nb, ni, generator=g, dtype=dtype)
+    x = torch.randn(max(1, E // 2), ni, C, generator=g, dtype=dtype)
+    src = torch.randint(0, x.shape[0], (E,), generator=g)
+    lo, hi = block_column_ranges(spec.in_degrees, spec.out_degrees)
+    desc = degrees(spec, C)
+    wts = [torch.randn(H, K * co, generator=g, dtype=dtype) for _, _, K, co in desc.tolist()]
+    outs = [torch.empty(E, M, co, dtype=dtype) for _, M, _, co in desc.tolist()]
+    grads = [torch.randn(o.shape, generator=g, dtype=dtype) for o in outs]
+    dws = [torch.zeros_like(w) for w in wts]
     gz = torch.zeros_like(z)
+    group = (z, block, lo, hi, x, src, off, rows, desc)
 
     def forward(tiles: dict) -> None:
-        for w, t, out, *_ in problems:
-            ext.forward(z, w, t, out, off, rows, tiles["edge_block"], tiles["k_tile"])
+        ext.forward(*group, wts, outs, tiles["edge_block"], tiles["k_tile"])
+
+    T = ext.basis_x(block, x, src, lo, hi, torch.empty(E, nb, C, dtype=dtype))
+    dT = torch.empty_like(T)
 
     def backward(tiles: dict) -> None:
-        for w, t, _, grad, dt, gw in problems:
-            ext.backward(z, w, t, off, rows, grad, dt, gw, gz, tiles["k_tile_backward"])
+        for (r0, M, K, _), w, grad, dw in zip(desc.tolist(), wts, grads, dws, strict=True):
+            t, dt = (a[:, r0 : r0 + M * K // C].view(E, M, K) for a in (T, dT))
+            ext.backward(z, w, t, off, rows, grad, dt, dw, gz, tiles["k_tile_backward"])
 
     return {"forward": forward, "backward": backward}

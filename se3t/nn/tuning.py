@@ -32,12 +32,14 @@ __all__ = ["KernelTuner", "default_cache", "default_tiles", "device_name"]
 log = logging.getLogger("se3t.kernel")
 
 # tiles used without a tuner, and the first candidate of every trial. chunk_edges bounds the
-# per-chunk T and dT buffers of the compiled evaluations (2 x 27 KB per edge at the paper's
-# sizes, 14 MB at 512 edges): memory, not speed, so it is not part of the trial.
+# per-chunk T and dT buffers of the backward passes (2 x 27 KB per edge at the paper's sizes,
+# 28 MB at 512 edges): memory, not speed, so it is not part of the trial. The CPU forward pass
+# keeps T in per-thread buffers of edge_block runs and takes a whole pass at once.
 _DEFAULTS = {
-    "cpp": {"chunk_edges": 512, "edge_block": 32, "k_tile": 32, "k_tile_backward": 32},
+    "cpp": {"edge_block": 32, "k_tile": 32, "chunk_edges": 512, "k_tile_backward": 32},
     "triton": {"chunk_edges": 4096, "block_e": 16, "block_k": 32},
 }
+TRIAL_EDGES = 512  # the trial's largest problem
 # per pass of the trial problem (se3t.nn.kernel_cpu / kernel_triton.trial_problem): the
 # candidates of the tiles that pass reads
 _CANDIDATES = {
@@ -143,7 +145,7 @@ class KernelTuner:
             from se3t.nn.kernel_cpu import trial_problem  # deferred: cycle
         else:
             from se3t.nn.kernel_triton import trial_problem  # deferred: optional dependency
-        E = max(1, min(z.shape[0], base["chunk_edges"], 512))
+        E = max(1, min(z.shape[0], base["chunk_edges"], TRIAL_EDGES))
         passes = trial_problem(spec, E, z.shape[1], z.dtype, z.device)  # {pass: run(tiles)}
         t0 = time.perf_counter()
         best = dict(base)

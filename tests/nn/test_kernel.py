@@ -202,24 +202,12 @@ def test_cpp_weight_packing_refuses_rows_out_of_range():
 @pytest.mark.parametrize(
     "tiles",
     [
-        {
-            "chunk_edges": 7,
-            "edge_block": 3,
-            "k_tile": 5,
-            "k_tile_backward": 6,
-        },  # ragged tiles and chunks
-        {
-            "chunk_edges": 1,
-            "edge_block": 1,
-            "k_tile": 1,
-            "k_tile_backward": 1,
-        },  # one edge, one k per tile
-        {
-            "chunk_edges": 10_000,
-            "edge_block": 1000,
-            "k_tile": 1000,
-            "k_tile_backward": 1000,
-        },  # one tile, mostly empty
+        # ragged tiles and edge blocks
+        {"edge_block": 3, "k_tile": 5, "chunk_edges": 7, "k_tile_backward": 6},
+        # one run, one k per tile
+        {"edge_block": 1, "k_tile": 1, "chunk_edges": 1, "k_tile_backward": 1},
+        # one tile, mostly empty
+        {"edge_block": 1000, "k_tile": 1000, "chunk_edges": 10_000, "k_tile_backward": 1000},
     ],
     ids=["ragged", "ones", "huge"],
 )
@@ -268,7 +256,7 @@ def test_cpp_kernel_gradcheck(batch):
     x0 = torch.randn(N, 2, 1, dtype=torch.float64, requires_grad=True)
     x1 = torch.randn(N, 2, 3, dtype=torch.float64, requires_grad=True)
     tuner = KernelTuner(
-        {"chunk_edges": 4, "edge_block": 3, "k_tile": 3, "k_tile_backward": 2}, trial=False
+        {"edge_block": 3, "k_tile": 3, "chunk_edges": 4, "k_tile_backward": 2}, trial=False
     )
 
     def fn(z, w, basis, x0, x1):
@@ -421,7 +409,7 @@ def test_forward_and_backward_run_with_their_own_k_tiles(batch, monkeypatch):
         monkeypatch.setattr(kernel, name, spy)
     fin, fout, _ = LAYERS["hidden"]
     conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3)
-    tiles = {"chunk_edges": 512, "edge_block": 8, "k_tile": 16, "k_tile_backward": 64}
+    tiles = {"edge_block": 8, "k_tile": 16, "chunk_edges": 512, "k_tile_backward": 64}
     state = check_against_reference(conv, batch, "cpp", tiles)
     assert state.tiles["cpp"] == tiles
     assert {k for name, k in calls if name == "forward"} == {16}
@@ -434,7 +422,7 @@ def test_a_cache_entry_without_todays_tiles_is_retuned(tmp_path, batch):
     z = torch.randn(40, 32)
     tuner = KernelTuner(cache=cache, trial=False)
     key = tuner.key("cpp", spec, z)
-    cache.write_text(json.dumps({key: {"chunk_edges": 512, "edge_block": 8, "k_tile": 16}}))
+    cache.write_text(json.dumps({key: {"edge_block": 8, "k_tile": 16}}))
     tiles = KernelTuner(cache=cache).tiles("cpp", spec, z)
     assert set(tiles) == set(default_tiles("cpp"))
     assert set(json.loads(cache.read_text())[key]) == set(default_tiles("cpp"))

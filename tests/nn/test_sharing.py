@@ -91,8 +91,8 @@ def test_cpp_with_shared_radial_rows_equals_pairwise_on_qm9(batch, layer):
 @pytest.mark.parametrize(
     "tiles",
     [
-        {"chunk_edges": 7, "edge_block": 3, "k_tile": 5, "k_tile_backward": 6},
-        {"chunk_edges": 1, "edge_block": 1, "k_tile": 1, "k_tile_backward": 1},
+        {"edge_block": 3, "k_tile": 5, "chunk_edges": 7, "k_tile_backward": 6},
+        {"edge_block": 1, "k_tile": 1, "chunk_edges": 1, "k_tile_backward": 1},
     ],
     ids=["ragged", "ones"],
 )

@@ -18,6 +18,13 @@
 // pass over k (weights in (c, k) order, "channels first"): each then reads its operands
 // contiguously and needs no horizontal sums in its inner loops.
 //
+// The forward pass is one call per fusion group: threads own blocks of runs, and a block's
+// T = Bb x[src] is computed into a thread-local buffer, so T is never written to memory either.
+// The backward pass is one call per output degree and chunk of edges, on a T computed for the
+// chunk (basis_x): its threads own K tiles, so a tile's W and dW stay in L2 across all the
+// chunk's runs. (Owning blocks of runs, as the forward pass does, streamed all of W and dW once
+// per block and was 1.3x slower in a training step; measured 2026-12-02.)
+//
 // Radial rows are shared: row u of z serves the run of edges i in [off[u], off[u + 1]) (an edge
 // and its reverse, whose radial inputs are equal: se3t.nn.sharing), so R is computed once per
 // run and dR summed over the run before dW and dz. T, dT are indexed by the run's edges i; the
@@ -224,44 +231,6 @@ inline void consume_forward(const T* Te, int64_t K, int64_t M, int64_t k0, int64
   }
 }
 
-template <typename T>
-void forward_impl(const T* z, int64_t U, int64_t H, const T* Wt, int64_t K, int64_t C, const T* Tm,
-                  int64_t t_stride, int64_t M, const int64_t* off, const int64_t* rows, T* out,
-                  int64_t edge_block, int64_t k_tile, int64_t threads) {
-  using V = Vec<T>;
-  constexpr int L = V::lanes;
-  const int64_t blocks = (U + edge_block - 1) / edge_block;
-  parallel_for(blocks, threads, [&](int64_t b0, int64_t b1) {
-    std::vector<T> zt(TE * H), R(TE * k_tile * C);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t u0 = b * edge_block, u1 = std::min(U, u0 + edge_block);
-      for (int64_t i = off[u0]; i < off[u1]; ++i)
-        std::fill(out + rows[i] * M * C, out + (rows[i] + 1) * M * C, T(0));
-      for (int64_t k0 = 0; k0 < K; k0 += k_tile) {
-        const int64_t kt = std::min(k_tile, K - k0), n = kt * C;
-        for (int64_t us = u0; us < u1; us += TE) {
-          const int64_t te = std::min<int64_t>(TE, u1 - us);
-          std::fill(zt.begin(), zt.end(), T(0));
-          std::memcpy(zt.data(), z + us * H, sizeof(T) * te * H);
-          radial_tile<T>(zt.data(), H, Wt + k0 * C, K * C, n, R.data(), n);
-          for (int64_t u = 0; u < te; ++u) {
-            const T* Re = R.data() + u * n;
-            for (int64_t i = off[us + u]; i < off[us + u + 1]; ++i) {
-              const T* Te = Tm + i * t_stride;
-              T* msg = out + rows[i] * M * C;
-              int64_t c = 0;
-              for (; c + 2 * L <= C; c += 2 * L)
-                consume_forward<T, V, 2>(Te, K, M, k0, kt, Re, C, c, msg);
-              for (; c + L <= C; c += L) consume_forward<T, V, 1>(Te, K, M, k0, kt, Re, C, c, msg);
-              for (; c < C; ++c) consume_forward<T, Lane<T>, 1>(Te, K, M, k0, kt, Re, C, c, msg);
-            }
-          }
-        }
-      }
-    }
-  });
-}
-
 // dR[c, kv..] += (one edge's part) and dT[m, kv..] = of one edge, for lanes(V) consecutive k
 // and MB rows m (a compile-time count: the block's registers are unrolled)
 template <typename T, typename V, int MB>
@@ -409,6 +378,7 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
 // batched matmul at degrees 0..3, and x[src] is read in place instead of gathered.
 //   basis_x  T[e, r, c]  = sum_{lo[r] <= i < hi[r]} Bb[e, r, i] x[src[e], i, c]
 //   basis_t  gx[e, i, c] = sum_{r: lo[r] <= i < hi[r]} Bb[e, r, i] gT[e, r, c]
+// (per edge below; basis_x_impl and basis_t_impl run them over a chunk of edges)
 template <typename T, typename V>
 inline void axpy_rows(const T* b, const T* x, int64_t n_i, int64_t C, int64_t c, T* out) {
   auto acc = V::splat(0);
@@ -416,49 +386,125 @@ inline void axpy_rows(const T* b, const T* x, int64_t n_i, int64_t C, int64_t c,
   V::store(out + c, acc);
 }
 
+// T of one edge: T[r, c] = sum_{lo[r] <= i < hi[r]} Bb[r, i] xs[i, c]
+template <typename T>
+void basis_x_edge(const T* Bb, int64_t nb, int64_t ni, const T* xs, int64_t C, const int64_t* lo,
+                  const int64_t* hi, T* out) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  for (int64_t r = 0; r < nb; ++r) {
+    const T* b = Bb + r * ni + lo[r];
+    const T* xr = xs + lo[r] * C;
+    T* o = out + r * C;
+    const int64_t n_i = hi[r] - lo[r];
+    int64_t c = 0;
+    for (; c + L <= C; c += L) axpy_rows<T, V>(b, xr, n_i, C, c, o);
+    for (; c < C; ++c) axpy_rows<T, Lane<T>>(b, xr, n_i, C, c, o);
+  }
+}
+
+// the node-feature gradient of one edge: gx[i, c] = sum_{r: lo[r] <= i < hi[r]} Bb[r, i] gT[r, c]
+template <typename T>
+void basis_t_edge(const T* Bb, int64_t nb, int64_t ni, const T* gT, int64_t C, const int64_t* lo,
+                  const int64_t* hi, T* out) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  std::fill(out, out + ni * C, T(0));
+  for (int64_t r = 0; r < nb; ++r) {
+    const T* b = Bb + r * ni;
+    const T* g = gT + r * C;
+    for (int64_t i = lo[r]; i < hi[r]; ++i) {
+      const auto bi = V::splat(b[i]);
+      T* oi = out + i * C;
+      int64_t c = 0;
+      for (; c + L <= C; c += L) V::store(oi + c, V::load(oi + c) + bi * V::load(g + c));
+      for (; c < C; ++c) oi[c] += b[i] * g[c];
+    }
+  }
+}
+
+// One output degree of a fusion group: rows [r0, r0 + M K / C_in) of T, viewed [M, K]; C_o
+// output channels. desc holds (r0, M, K, C_o) per degree.
+struct Degree {
+  int64_t r0, M, K, Co;
+  Degree(const int64_t* desc, int64_t d)
+      : r0(desc[4 * d]), M(desc[4 * d + 1]), K(desc[4 * d + 2]), Co(desc[4 * d + 3]) {}
+};
+
+// The whole fused op of a fusion group, forward. Threads own blocks of edge_block runs: a
+// block's T = Bb x[src] is computed into a thread-local buffer (L2; T is never written to
+// memory either), then per output degree and K tile the radial weights of TE runs are
+// computed into an L1 buffer and contracted with T at once.
+template <typename T>
+void fused_forward_impl(const T* z, int64_t U, int64_t H, const T* Bb, int64_t nb, int64_t ni,
+                        const int64_t* lo, const int64_t* hi, const T* x, int64_t C,
+                        const int64_t* src, const int64_t* off, const int64_t* rows,
+                        int64_t n_out, const int64_t* desc, const T* const* wts, T* const* outs,
+                        int64_t edge_block, int64_t k_tile, int64_t threads) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  int64_t co_max = 0;
+  for (int64_t d = 0; d < n_out; ++d) co_max = std::max(co_max, Degree(desc, d).Co);
+  const int64_t blocks = (U + edge_block - 1) / edge_block;
+  parallel_for(blocks, threads, [&](int64_t b0, int64_t b1) {
+    std::vector<T> zt(TE * H), R(TE * k_tile * co_max), Tb;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t u0 = b * edge_block, u1 = std::min(U, u0 + edge_block);
+      const int64_t e0 = off[u0], e1 = off[u1];
+      if (Tb.size() < static_cast<size_t>((e1 - e0) * nb * C)) Tb.resize((e1 - e0) * nb * C);
+      for (int64_t i = e0; i < e1; ++i)
+        basis_x_edge<T>(Bb + i * nb * ni, nb, ni, x + src[i] * ni * C, C, lo, hi,
+                        Tb.data() + (i - e0) * nb * C);
+      for (int64_t d = 0; d < n_out; ++d) {
+        const Degree g(desc, d);
+        const int64_t M = g.M, K = g.K, Co = g.Co;
+        T* out = outs[d];
+        for (int64_t i = e0; i < e1; ++i)
+          std::fill(out + rows[i] * M * Co, out + (rows[i] + 1) * M * Co, T(0));
+        for (int64_t k0 = 0; k0 < K; k0 += k_tile) {
+          const int64_t kt = std::min(k_tile, K - k0), n = kt * Co;
+          for (int64_t us = u0; us < u1; us += TE) {
+            const int64_t te = std::min<int64_t>(TE, u1 - us);
+            std::fill(zt.begin(), zt.end(), T(0));
+            std::memcpy(zt.data(), z + us * H, sizeof(T) * te * H);
+            radial_tile<T>(zt.data(), H, wts[d] + k0 * Co, K * Co, n, R.data(), n);
+            for (int64_t u = 0; u < te; ++u) {
+              const T* Re = R.data() + u * n;
+              for (int64_t i = off[us + u]; i < off[us + u + 1]; ++i) {
+                const T* Te = Tb.data() + (i - e0) * nb * C + g.r0 * C;
+                T* msg = out + rows[i] * M * Co;
+                int64_t c = 0;
+                for (; c + 2 * L <= Co; c += 2 * L)
+                  consume_forward<T, V, 2>(Te, K, M, k0, kt, Re, Co, c, msg);
+                for (; c + L <= Co; c += L)
+                  consume_forward<T, V, 1>(Te, K, M, k0, kt, Re, Co, c, msg);
+                for (; c < Co; ++c) consume_forward<T, Lane<T>, 1>(Te, K, M, k0, kt, Re, Co, c, msg);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// T and the node-feature gradient of a chunk of edges (the backward pass's), edges in parallel
 template <typename T>
 void basis_x_impl(const T* Bb, int64_t E, int64_t nb, int64_t ni, const T* x, int64_t C,
                   const int64_t* src, const int64_t* lo, const int64_t* hi, T* out,
                   int64_t threads) {
-  using V = Vec<T>;
-  constexpr int L = V::lanes;
   parallel_for(E, threads, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) {
-      const T* xs = x + src[e] * ni * C;
-      for (int64_t r = 0; r < nb; ++r) {
-        const T* b = Bb + (e * nb + r) * ni + lo[r];
-        const T* xr = xs + lo[r] * C;
-        T* o = out + (e * nb + r) * C;
-        const int64_t n_i = hi[r] - lo[r];
-        int64_t c = 0;
-        for (; c + L <= C; c += L) axpy_rows<T, V>(b, xr, n_i, C, c, o);
-        for (; c < C; ++c) axpy_rows<T, Lane<T>>(b, xr, n_i, C, c, o);
-      }
-    }
+    for (int64_t e = e0; e < e1; ++e)
+      basis_x_edge<T>(Bb + e * nb * ni, nb, ni, x + src[e] * ni * C, C, lo, hi, out + e * nb * C);
   });
 }
 
 template <typename T>
 void basis_t_impl(const T* Bb, int64_t E, int64_t nb, int64_t ni, const T* gT, int64_t C,
                   const int64_t* lo, const int64_t* hi, T* out, int64_t threads) {
-  using V = Vec<T>;
-  constexpr int L = V::lanes;
   parallel_for(E, threads, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) {
-      T* o = out + e * ni * C;
-      std::fill(o, o + ni * C, T(0));
-      for (int64_t r = 0; r < nb; ++r) {
-        const T* b = Bb + (e * nb + r) * ni;
-        const T* g = gT + (e * nb + r) * C;
-        for (int64_t i = lo[r]; i < hi[r]; ++i) {
-          const auto bi = V::splat(b[i]);
-          T* oi = o + i * C;
-          int64_t c = 0;
-          for (; c + L <= C; c += L) V::store(oi + c, V::load(oi + c) + bi * V::load(g + c));
-          for (; c < C; ++c) oi[c] += b[i] * g[c];
-        }
-      }
-    }
+    for (int64_t e = e0; e < e1; ++e)
+      basis_t_edge<T>(Bb + e * nb * ni, nb, ni, gT + e * nb * C, C, lo, hi, out + e * ni * C);
   });
 }
 
@@ -517,23 +563,28 @@ void unpack_impl(const T* g, int64_t H, const int64_t* perm, int64_t n, T* G, in
 
 }  // namespace
 
-// Shapes and strides are checked by the caller (se3t/nn/kernel_cpu.py). Per output degree:
-// z [U, H] (one row per run), wt [H, K C] in (k, c) order, off [U + 1] the runs' first edges
-// (off[0] = 0), T [off[U], M, K] rows contiguous with edge stride ts, rows [off[U]] the output
-// row of each edge, out [*, M, C] written at those rows. Backward: wcf [H, C K] in (c, k) order,
-// g [*, M, C] read at rows; dT (may be null) written with edge stride dts, dwcf [H, C K] and
-// dz [U, H] accumulated (null: skipped). Pack: w [*, H], perm [n] rows of w, out [H, n];
-// unpack: g [H, n] into the rows perm of out [*, H]. basis_x: bb [E, nb, ni], x [*, ni, C],
-// src [E] rows of x, lo/hi [nb] each row's nonzero columns, out T [E, nb, C]; basis_t: gt
-// [E, nb, C] into out [E, ni, C]. All contiguous.
+// Shapes are checked by the caller (se3t/nn/kernel_cpu.py). Forward, one call per fusion
+// group: z [U, H] one row per run, off [U + 1] the runs' first edges (off[0] = 0, off[U] = E),
+// rows [E] the output row of each edge; bb [E, nb, ni] the block basis, lo/hi [nb] each row's
+// nonzero columns, x [N, ni, C], src [E] rows of x; per output degree d (desc [n_out, 4]: r0,
+// M, K, C_o): wts[d] [H, K C_o] in (k, c) order, outs[d] [E, M, C_o] written at rows.
+// Backward, per output degree and chunk: z and off of the chunk's runs, wcf [H, C_o K] in
+// (c, k) order, T [n, M, K] rows contiguous with edge stride ts, g [*, M, C_o] read at rows;
+// dT (may be null) written with edge stride dts, dwcf and dz [U, H] accumulated (null:
+// skipped). basis_x: bb [E, nb, ni], x, src, lo/hi, out T [E, nb, C]; basis_t: gt [E, nb, C]
+// into out [E, ni, C]. Pack: w [*, H], perm [n] rows of w, out [H, n]; unpack: g [H, n] into
+// the rows perm of out [*, H]. All contiguous.
 #define SE3T_TFN(T, SUFFIX)                                                                   \
   extern "C" void se3t_tfn_forward_##SUFFIX(                                                  \
-      const T* z, int64_t U, int64_t H, const T* wt, int64_t K, int64_t C, const T* tm,       \
-      int64_t ts, int64_t M, const int64_t* off, const int64_t* rows, T* out,                 \
-      int64_t edge_block, int64_t k_tile, int64_t threads) {                                  \
+      const T* z, int64_t U, int64_t H, const T* bb, int64_t nb, int64_t ni,                  \
+      const int64_t* lo, const int64_t* hi, const T* x, int64_t C, const int64_t* src,        \
+      const int64_t* off, const int64_t* rows, int64_t n_out, const int64_t* desc,            \
+      const T* const* wts, T* const* outs, int64_t edge_block, int64_t k_tile,                \
+      int64_t threads) {                                                                      \
     if (U > 0)                                                                                \
-      forward_impl<T>(z, U, H, wt, K, C, tm, ts, M, off, rows, out,                           \
-                      std::max<int64_t>(1, edge_block), std::max<int64_t>(1, k_tile), threads); \
+      fused_forward_impl<T>(z, U, H, bb, nb, ni, lo, hi, x, C, src, off, rows, n_out, desc,   \
+                            wts, outs, std::max<int64_t>(1, edge_block),                      \
+                            std::max<int64_t>(1, k_tile), threads);                           \
   }                                                                                           \
   extern "C" void se3t_tfn_backward_##SUFFIX(                                                 \
       const T* z, int64_t U, int64_t H, const T* wcf, int64_t K, int64_t C, const T* tm,      \
