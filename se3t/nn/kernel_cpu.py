@@ -159,23 +159,38 @@ class CpuKernel:
                 f"got {t.dtype} {list(t.shape)}"
             )
 
+    # The C code trusts the index tensors: a bad index would read or write out of bounds.
+    @classmethod
+    def _index(cls, t: Tensor, name: str, size: int, bound: int, what: str) -> None:
+        """``t``: a contiguous int64 ``[size]`` of indices into ``bound`` ``what``."""
+        cls._dense(t, (size,), torch.int64, name)
+        if size and (int(t.min()) < 0 or int(t.max()) >= bound):
+            raise ValueError(f"cpp kernel: {name} must index the {bound} {what}")
+
+    @classmethod
+    def _offsets(cls, off: Tensor, U: int, n: int) -> None:
+        """``off [U + 1]``: the first edge of every run, rising from 0 to ``n``."""
+        cls._dense(off, (U + 1,), torch.int64, "off")
+        if int(off[0]) != 0 or int(off[-1]) != n or (U and bool((off.diff() < 0).any())):
+            raise ValueError(f"cpp kernel: off must rise from 0 to the {n} edges")
+
+    @classmethod
+    def _ranges(cls, lo: Tensor, hi: Tensor, nb: int, ni: int) -> None:
+        """``lo, hi [nb]``: each block row's nonzero columns, within ``[0, ni]``."""
+        cls._dense(lo, (nb,), torch.int64, "lo")
+        cls._dense(hi, (nb,), torch.int64, "hi")
+        if nb and (int(lo.min()) < 0 or bool((hi < lo).any()) or int(hi.max()) > ni):
+            raise ValueError(f"cpp kernel: column ranges must lie in [0, {ni}]")
+
     def _group(self, z, block, lo, hi, x, src, off, rows, desc) -> tuple[int, ...]:
-        # the C code trusts every index below: a bad one would read or write out of bounds
         (U, H), (E, nb, ni), (N, C) = z.shape, block.shape, (x.shape[0], x.shape[-1])
         self._dense(z, (U, H), z.dtype, "z")
         self._dense(block, (E, nb, ni), z.dtype, "the block basis")
         self._dense(x, (N, ni, C), z.dtype, "x")
-        for t, name, size in ((lo, "lo", nb), (hi, "hi", nb), (src, "src", E), (rows, "rows", E)):
-            self._dense(t, (size,), torch.int64, name)
-        self._dense(off, (U + 1,), torch.int64, "off")
-        if nb and (int(lo.min()) < 0 or bool((hi < lo).any()) or int(hi.max()) > ni):
-            raise ValueError(f"cpp kernel: column ranges must lie in [0, {ni}]")
-        if int(off[0]) != 0 or int(off[-1]) != E or (U and bool((off.diff() < 0).any())):
-            raise ValueError(f"cpp kernel: off must rise from 0 to the {E} edges")
-        if E and (int(src.min()) < 0 or int(src.max()) >= N):
-            raise ValueError(f"cpp kernel: src must index the {N} nodes")
-        if E and (int(rows.min()) < 0 or int(rows.max()) >= E):
-            raise ValueError(f"cpp kernel: rows must index the {E} output rows")
+        self._ranges(lo, hi, nb, ni)
+        self._offsets(off, U, E)
+        self._index(src, "src", E, N, "nodes")
+        self._index(rows, "rows", E, E, "output rows")
         self._dense(desc, (desc.shape[0], 4), torch.int64, "desc")
         for r0, M, K, Co in desc.tolist():
             if min(r0, M, K, Co) < 0 or M * K % C or r0 + M * K // C > nb:
@@ -193,41 +208,15 @@ class CpuKernel:
             raise ValueError(f"cpp kernel: {name} must be contiguous within an edge")
         return t.stride(0)
 
-    @staticmethod
-    def _runs(z, tm, off, rows, out_rows: int) -> None:
-        # the C code trusts these: a bad offset or row would read or write out of bounds
-        U, n = z.shape[0], tm.shape[0]
-        for t, name, size in ((off, "off", U + 1), (rows, "rows", n)):
-            if t.dtype != torch.int64 or not t.is_contiguous() or t.shape != (size,):
-                raise ValueError(f"cpp kernel: {name} must be a contiguous int64 [{size}]")
-        if int(off[0]) != 0 or int(off[-1]) != n or (U and bool((off.diff() < 0).any())):
-            raise ValueError(f"cpp kernel: off must rise from 0 to the {n} edges of T")
-        if n and (int(rows.min()) < 0 or int(rows.max()) >= out_rows):
-            raise ValueError(f"cpp kernel: rows must index the {out_rows} output rows")
-
-    @staticmethod
-    def _block(block: Tensor, lo: Tensor, hi: Tensor, *tensors: tuple[Tensor, tuple]) -> None:
-        E, nb, ni = block.shape
-        checks = [(block, block.shape), *tensors]
-        for t, shape in checks:
-            if tuple(t.shape) != tuple(shape) or not t.is_contiguous() or t.dtype != block.dtype:
-                raise ValueError(f"cpp kernel: expected a contiguous {tuple(shape)}, got {t.shape}")
-        for t, name in ((lo, "lo"), (hi, "hi")):
-            if t.dtype != torch.int64 or not t.is_contiguous() or t.shape != (nb,):
-                raise ValueError(f"cpp kernel: {name} must be a contiguous int64 [{nb}]")
-        if nb and (int(lo.min()) < 0 or bool((hi < lo).any()) or int(hi.max()) > ni):
-            raise ValueError(f"cpp kernel: column ranges must lie in [0, {ni}]")
-
     def basis_x(self, block: Tensor, x: Tensor, src: Tensor, lo: Tensor, hi: Tensor, out: Tensor):
         """``out[e] = block[e] @ x[src[e]]`` (``[E, nb, C]``) over each row's nonzero columns
         ``[lo, hi)`` of ``block [E, nb, ni]``; ``x [N, ni, C]``. Returns ``out``."""
-        E, nb, ni = block.shape
-        N, C = x.shape[0], x.shape[2]
-        self._block(block, lo, hi, (x, (N, ni, C)), (out, (E, nb, C)))
-        if src.dtype != torch.int64 or not src.is_contiguous() or src.shape != (E,):
-            raise ValueError(f"cpp kernel: src must be a contiguous int64 [{E}]")
-        if E and (int(src.min()) < 0 or int(src.max()) >= N):
-            raise ValueError(f"cpp kernel: src must index the {N} nodes")
+        (E, nb, ni), (N, C) = block.shape, (x.shape[0], x.shape[2])
+        for t, shape, name in ((block, (E, nb, ni), "the block basis"), (x, (N, ni, C), "x")):
+            self._dense(t, shape, block.dtype, name)
+        self._dense(out, (E, nb, C), block.dtype, "T")
+        self._ranges(lo, hi, nb, ni)
+        self._index(src, "src", E, N, "nodes")
         getattr(self.lib, f"se3t_tfn_basis_x_{self._sfx(block)}")(
             block.data_ptr(), E, nb, ni, x.data_ptr(), C, src.data_ptr(), lo.data_ptr(),
             hi.data_ptr(), out.data_ptr(), torch.get_num_threads(),
@@ -237,10 +226,11 @@ class CpuKernel:
     def basis_t(self, block: Tensor, gt: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         """``block[e].t() @ gt[e]`` (``[E, ni, C]``) over each row's nonzero columns: the
         gradient of :meth:`basis_x` for ``x[src[e]]``."""
-        E, nb, ni = block.shape
-        C = gt.shape[2]
+        (E, nb, ni), C = block.shape, gt.shape[2]
+        self._dense(block, (E, nb, ni), block.dtype, "the block basis")
+        self._dense(gt, (E, nb, C), block.dtype, "dT")
+        self._ranges(lo, hi, nb, ni)
         out = block.new_empty(E, ni, C)
-        self._block(block, lo, hi, (gt, (E, nb, C)))
         getattr(self.lib, f"se3t_tfn_basis_t_{self._sfx(block)}")(
             block.data_ptr(), E, nb, ni, gt.data_ptr(), C, lo.data_ptr(), hi.data_ptr(),
             out.data_ptr(), torch.get_num_threads(),
@@ -268,19 +258,19 @@ class CpuKernel:
     def backward(self, z, wcf, tm, off, rows, g, dt, dwcf, dz, k_tile: int) -> None:
         """Accumulates ``dwcf [H, C K]`` and ``dz [U, H]``, writes ``dt [n, M, K]`` (each
         skipped when None), from the messages' gradient ``g[rows[i]]`` of edge ``i``."""
-        U, H = z.shape
-        _, M, K = tm.shape
-        C = g.shape[2]
-        checks = [(wcf, (H, K * C)), (g, (g.shape[0], M, C))]
-        checks += [(t, s) for t, s in ((dwcf, (H, K * C)), (dz, (U, H))) if t is not None]
-        for t, shape in checks:
-            if tuple(t.shape) != shape or not t.is_contiguous() or t.dtype != z.dtype:
-                raise ValueError(f"cpp kernel: expected a contiguous {shape}, got {t.shape}")
-        if not z.is_contiguous() or tm.dtype != z.dtype:
-            raise ValueError("cpp kernel: z must be contiguous [U, H], T [n, M, K] of its dtype")
+        (U, H), (n, M, K), C = z.shape, tm.shape, g.shape[2]
+        self._dense(z, (U, H), z.dtype, "z")
+        self._dense(wcf, (H, K * C), z.dtype, "the radial weights")
+        self._dense(g, (g.shape[0], M, C), z.dtype, "the message gradient")
+        for t, shape, name in ((dwcf, (H, K * C), "dW"), (dz, (U, H), "dz")):
+            if t is not None:
+                self._dense(t, shape, z.dtype, name)
+        if tm.dtype != z.dtype:
+            raise ValueError("cpp kernel: T must have z's dtype")
         if dt is not None and (tuple(dt.shape) != tuple(tm.shape) or dt.dtype != z.dtype):
             raise ValueError("cpp kernel: dT must be shaped like T")
-        self._runs(z, tm, off, rows, g.shape[0])
+        self._offsets(off, U, n)
+        self._index(rows, "rows", n, g.shape[0], "output rows")
         getattr(self.lib, f"se3t_tfn_backward_{self._sfx(z)}")(
             z.data_ptr(),
             U,
@@ -302,16 +292,15 @@ class CpuKernel:
             torch.get_num_threads(),
         )
 
-    @staticmethod
-    def _perm(weight: Tensor, perm: Tensor) -> None:
+    @classmethod
+    def _perm(cls, weight: Tensor, perm: Tensor) -> None:
         if weight.dim() != 2 or not weight.is_contiguous():
             raise ValueError(
                 f"cpp kernel: weights must be a contiguous [rows, H], got {weight.shape}"
             )
-        if perm.dtype != torch.int64 or not perm.is_contiguous() or perm.dim() != 1:
+        if perm.dim() != 1:
             raise ValueError("cpp kernel: perm must be a contiguous int64 vector")
-        if perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= weight.shape[0]):
-            raise ValueError(f"cpp kernel: perm must index the {weight.shape[0]} weight rows")
+        cls._index(perm, "perm", perm.numel(), weight.shape[0], "weight rows")
 
     def pack(self, weight: Tensor, perm: Tensor) -> Tensor:
         """``weight[perm].t()`` as a new contiguous ``[H, n]``: the rows of the radial last
