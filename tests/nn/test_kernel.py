@@ -494,3 +494,25 @@ def test_unreadable_tuning_cache_is_retuned(tmp_path, batch, caplog):
     assert "unreadable" in caplog.text
     assert list(json.loads(cache.read_text()).values()) == [tiles]
     assert Path(cache).stat().st_size > 0
+
+
+def test_deterministic_runs_use_fixed_tiles_not_timed_or_cached_ones(tmp_path, batch):
+    """Under torch.use_deterministic_algorithms (train.deterministic) the tiles, which set the
+    order of the kernel's sums, are the defaults (and config overrides): never a timed choice,
+    which may differ between runs, nor a cached one."""
+    cache = tmp_path / "tuning.json"
+    spec = ConvSE3(*LAYERS["out"][:2], max_degree=3).specs[0]
+    z = torch.randn(40, 32)
+    tuner = KernelTuner(cache=cache, trial=False)
+    cache.write_text(json.dumps({tuner.key("cpp", spec, z): {**default_tiles("cpp"), "k_tile": 7}}))
+    before = cache.read_text()
+    saved = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert KernelTuner(cache=cache).tiles("cpp", spec, z) == default_tiles("cpp")
+        over = KernelTuner(overrides={"k_tile_backward": 16}, cache=cache)
+        assert over.tiles("cpp", spec, z) == {**default_tiles("cpp"), "k_tile_backward": 16}
+        assert "deterministic" in over.report()
+    finally:
+        torch.use_deterministic_algorithms(saved)
+    assert cache.read_text() == before  # nothing timed, nothing written

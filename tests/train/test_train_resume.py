@@ -1,5 +1,7 @@
 """Exact resume: a real ``se3t train`` process killed with SIGKILL at an arbitrary step and
-resumed ends with the same weights as an uninterrupted run (CPU, deterministic settings)."""
+resumed ends with the same weights as an uninterrupted run (CPU, deterministic settings), at
+the thread count users run (2 threads: the fused kernel's reductions are threaded) and with
+the default kernel evaluation (the compiled one on a CPU)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,10 @@ RUN = {
     "train.warmup_epochs": 0.5,
     "train.grad_clip": 5.0,
 }
+# threads of every process: more than one, so the kernel's threaded sums are exercised
+THREADS = {"OMP_NUM_THREADS": "2"}
+# two layers of 16 channels: the kernel's backward pass splits its K tiles between threads
+WIDER = {"model.num_layers": 2, "model.channels": 16}
 
 
 def _wait_for_step(run_dir, step: int, proc, timeout: float = 240) -> None:
@@ -42,8 +48,8 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
     """An uninterrupted run and the same run SIGKILLed mid-epoch then resumed (``extra``:
     more overrides) end with bit-identical weights and the same per-step losses."""
     cfg = empty_config(tmp_path)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run_cfg = {**RUN, **extra}
+    env = {**os.environ, **THREADS}
+    run_cfg = {**RUN, **WIDER, **extra}
     # uninterrupted reference
     ref = se3t(
         "train",
@@ -51,6 +57,7 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
         "--config",
         str(cfg),
         *as_args(tiny_overrides(store, tmp_path / "ref", **run_cfg)),
+        env=THREADS,
     )
     assert ref.returncode == 0, ref.stderr[-3000:]
     # the same run, SIGKILLed at step >= 10 (epoch 1, mid-epoch, maybe mid-checkpoint)
@@ -72,7 +79,7 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
     killed_at = max(r["step"] for r in metrics(run))
     assert killed_at < 21
     # resume: `se3t train --config RUN_DIR` continues from last.pt
-    res = se3t("train", "--no-progress", "--config", str(run))
+    res = se3t("train", "--no-progress", "--config", str(run), env=THREADS)
     assert res.returncode == 0, res.stderr[-3000:]
     log = (run / "train.log").read_text()
     assert "resuming from" in log and "epoch 1, step " in log
@@ -91,6 +98,28 @@ def _kill_9_then_resume(store, tmp_path, **extra) -> None:
 
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(qm9_store, tmp_path):
     _kill_9_then_resume(qm9_store, tmp_path)
+
+
+def test_two_deterministic_processes_at_two_threads_end_bit_identical(qm9_store, tmp_path):
+    """train.deterministic: two processes of the same run at 2 threads, each with its own
+    (empty) kernel tuning cache, end with bit-identical weights and losses: the kernel's
+    threaded sums are combined in a fixed order and its tiles are fixed, not timed."""
+    cfg = empty_config(tmp_path)
+    runs = []
+    for name in ("a", "b"):
+        env = {**THREADS, "XDG_CACHE_HOME": str(tmp_path / f"xdg-{name}")}
+        over = tiny_overrides(qm9_store, tmp_path / name, **{**RUN, **WIDER, "train.epochs": 2})
+        res = se3t("train", "--no-progress", "--config", str(cfg), *as_args(over), env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        log = (tmp_path / name / "train.log").read_text()
+        assert "cpp (deterministic: fixed tiles)" in log  # the compiled kernel ran
+        runs.append(tmp_path / name)
+    a, b = (weights(r / "last.pt") for r in runs)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs between two identical runs"
+    assert [r["loss"] for r in metrics(runs[0]) if r["kind"] == "step"] == [
+        r["loss"] for r in metrics(runs[1]) if r["kind"] == "step"
+    ]
 
 
 def test_kill_9_resume_with_chunk_aware_sampling(qm9_store, tmp_path):

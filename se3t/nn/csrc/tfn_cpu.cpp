@@ -33,7 +33,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <thread>
 #include <vector>
 #if defined(_OPENMP)
@@ -63,6 +62,18 @@ void parallel_for(int64_t n, int64_t threads, const F& fn) {
     pool.emplace_back([&, t] { fn(n * t / threads, n * (t + 1) / threads); });
   fn(int64_t(0), n / threads);
   for (auto& th : pool) th.join();
+}
+
+// fn(s, begin, end) on the fixed slices s < S = min(threads, n) of [0, n), slice s being
+// [n s / S, n (s + 1) / S) however many workers run them (OpenMP may start fewer): a result
+// built per slice and combined in slice order is the same in every run with that many threads
+template <typename F>
+int64_t parallel_slices(int64_t n, int64_t threads, const F& fn) {
+  const int64_t S = std::max<int64_t>(1, std::min(threads, n));
+  parallel_for(S, S, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) fn(s, n * s / S, n * (s + 1) / S);
+  });
+  return S;
 }
 
 #if defined(__AVX512F__)
@@ -327,12 +338,15 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
   using V = Vec<T>;
   constexpr int L = V::lanes;
   const int64_t tiles = (K + k_tile - 1) / k_tile;
-  std::mutex dz_lock;
   // threads own k tiles: dW's and dT's columns of a tile are written by one thread only;
-  // dz sums over every k and is reduced once per thread
-  parallel_for(tiles, threads, [&](int64_t t0, int64_t t1) {
+  // dz sums over every k: each slice of tiles sums its part into its own buffer, and the
+  // buffers are added to dz in slice order (in the order the threads happened to finish, the
+  // sum differed from run to run in its last bits, and so did a training run)
+  const int64_t S = std::max<int64_t>(1, std::min(threads, tiles));
+  std::vector<T> dz_parts(need_z ? S * U * H : 0, T(0));
+  parallel_slices(tiles, S, [&](int64_t s, int64_t t0, int64_t t1) {
     std::vector<T> zt(TE * H), R(dT ? TE * C * k_tile : 0), dR(TE * C * k_tile), dzt(TE * H);
-    std::vector<T> dzl(need_z ? U * H : 0, T(0));
+    T* dzl = need_z ? dz_parts.data() + s * U * H : nullptr;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t k0 = t * k_tile, kt = std::min(k_tile, K - k0), n = C * kt;
       for (int64_t us = 0; us < U; us += TE) {
@@ -365,11 +379,14 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
         }
       }
     }
-    if (need_z) {
-      std::lock_guard<std::mutex> guard(dz_lock);
-      for (int64_t i = 0; i < U * H; ++i) dz[i] += dzl[i];
-    }
   });
+  if (need_z)
+    parallel_for(U * H, threads, [&](int64_t i0, int64_t i1) {
+      for (int64_t s = 0; s < S; ++s) {
+        const T* part = dz_parts.data() + s * U * H;
+        for (int64_t i = i0; i < i1; ++i) dz[i] += part[i];
+      }
+    });
 }
 
 // T = Bb x[src] and its gradient for the node features, on the block basis's nonzero entries
