@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from se3t.basis.claims import describe, live_claims, owner_of
 from se3t.basis.layout import (
     STORE_SUFFIX,
     is_complete,
@@ -157,12 +158,25 @@ def referenced_keys(manifests: list[str | os.PathLike]) -> set[str]:
 
 
 def _make_writable(path: Path) -> None:
+    me = os.geteuid()
     for dirpath, dirs, files in os.walk(path):
-        os.chmod(dirpath, os.stat(dirpath).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        for name in dirs + files:
+        for name in [".", *dirs, *files]:
             full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, os.stat(full).st_mode | stat.S_IWUSR)
+            st = os.lstat(full)
+            # another user's file (a group-shared cache) keeps its mode: only its owner may
+            # change it, and deleting it needs only its folder to be writable
+            if not stat.S_ISLNK(st.st_mode) and me in (0, st.st_uid):
+                os.chmod(full, st.st_mode | stat.S_IWUSR | stat.S_IXUSR * stat.S_ISDIR(st.st_mode))
+
+
+def _removable(path: Path) -> bool:
+    """Whether this user can delete every folder of ``path`` (a finalized store's folders are
+    read-only: deleting needs their owner, who can make them writable, or root)."""
+    me = os.geteuid()
+    for dirpath, _dirs, _files in os.walk(path):
+        if me != 0 and os.stat(dirpath).st_uid != me and not os.access(dirpath, os.W_OK):
+            return False
+    return True
 
 
 def remove_store(path: Path) -> None:
@@ -174,6 +188,26 @@ def remove_store(path: Path) -> None:
     shutil.rmtree(trash)
 
 
+def _remove_unless_claimed(path: Path, claim_ttl_s: float) -> list[dict]:
+    """Remove a store nobody holds a claim on; returns the claims that kept it. Renamed aside
+    first, then checked again: a writer that claimed it between the check and the rename gets
+    it back under its name."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    live = live_claims(trash, claim_ttl_s)
+    if live:
+        os.rename(trash, path)
+        return live
+    _make_writable(trash)
+    shutil.rmtree(trash)
+    return []
+
+
+# a temporary folder has no claim that tells whether its writer still runs (it is being
+# renamed into place within seconds): it counts as abandoned only after this long
+TMP_GRACE_S = 600.0
+
+
 def gc(
     cache: str | os.PathLike,
     *,
@@ -182,10 +216,17 @@ def gc(
     manifests: list[str | os.PathLike] | None = None,
     dry_run: bool = False,
     now: float | None = None,
+    claim_ttl_s: float = 600.0,
 ) -> list[dict[str, Any]]:
-    """Remove incomplete stores (and leftover temporary folders) untouched for ``older_than_s``
-    seconds; with ``unreferenced``, also complete stores that none of ``manifests`` (files or
-    folders searched for basis manifests) names. Returns what was (or, dry run, would be) removed.
+    """Remove abandoned incomplete stores (and leftover temporary folders) untouched for
+    ``older_than_s`` seconds; with ``unreferenced``, also complete stores that none of
+    ``manifests`` (files or folders searched for basis manifests) names.
+
+    Live work is never removed: an incomplete store with a live claim (its writer runs on this
+    host, or its lease from another host is younger than ``claim_ttl_s``) is kept, whatever
+    its age. Returns one dict per store removed (or, dry run, to be removed): ``path``,
+    ``bytes_on_disk``, ``reason``; and per store kept: the same with ``kept: True`` and the
+    reason (``in progress (user, host, since ...)``, or whose store it is).
     """
     if unreferenced and not manifests:
         raise InputError("gc --unreferenced needs --manifests PATH... (files or folders to search)")
@@ -194,28 +235,53 @@ def gc(
     if not root.is_dir():
         return []
     keep = referenced_keys(list(manifests or [])) if unreferenced else set()
-    removed = []
+    out = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
             continue
-        size, newest = _disk_usage(entry)
+        try:
+            size, newest = _disk_usage(entry)
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile (a finalize, another gc)
         age = now - newest
         reason = None
         if entry.name.startswith("."):  # .KEY.zarr.tmp-*, .trash-* left by a crash
-            if age >= older_than_s:
+            if age >= max(older_than_s, TMP_GRACE_S):
                 reason = "temporary folder left by an interrupted process"
         elif entry.name.endswith(STORE_SUFFIX):
             key = entry.name[: -len(STORE_SUFFIX)]
             complete = is_complete(entry)
-            if not complete and age >= older_than_s:
-                reason = f"incomplete, untouched for {age / 3600:.1f} h"
-            elif complete and unreferenced and key not in keep:
+            if not complete:
+                live = live_claims(entry, claim_ttl_s, now)
+                if live:
+                    out.append(_kept(entry, size, f"in progress ({describe(live[0])})"))
+                    continue
+                if age >= older_than_s:
+                    reason = f"incomplete, abandoned, untouched for {age / 3600:.1f} h"
+            elif unreferenced and key not in keep:
                 reason = "complete but referenced by no manifest"
-        if reason:
-            removed.append({"path": str(entry), "bytes_on_disk": size, "reason": reason})
-            if not dry_run:
-                remove_store(entry) if not entry.name.startswith(".") else _rm_tmp(entry)
-    return removed
+        if not reason:
+            continue
+        if not _removable(entry):
+            owner = owner_of(entry)
+            out.append(_kept(entry, size, f"{reason}, but owned by {owner}: {owner} can remove it"))
+            continue
+        if not dry_run:
+            if entry.name.startswith("."):
+                _rm_tmp(entry)
+            elif not entry.name.endswith(STORE_SUFFIX) or is_complete(entry):
+                remove_store(entry)
+            else:
+                live = _remove_unless_claimed(entry, claim_ttl_s)
+                if live:
+                    out.append(_kept(entry, size, f"in progress ({describe(live[0])})"))
+                    continue
+        out.append({"path": str(entry), "bytes_on_disk": size, "reason": reason})
+    return out
+
+
+def _kept(entry: Path, size: int, reason: str) -> dict[str, Any]:
+    return {"path": str(entry), "bytes_on_disk": size, "reason": reason, "kept": True}
 
 
 def _rm_tmp(path: Path) -> None:

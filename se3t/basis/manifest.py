@@ -42,13 +42,21 @@ def _sha256_file(path: Path) -> str:
 
 
 def _make_read_only(path: Path) -> None:
+    # in a group-shared cache, files and folders written by another user's precompute keep
+    # their mode (only their owner may change it); checksums.json still covers their content
+    me = os.geteuid()
+    write = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
     for dirpath, dirs, files in os.walk(path):
         for name in files:
             full = os.path.join(dirpath, name)
-            os.chmod(full, os.stat(full).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+            st = os.stat(full)
+            if me in (0, st.st_uid):
+                os.chmod(full, st.st_mode & ~write)
         del dirs
     for dirpath, _dirs, _files in os.walk(path, topdown=False):
-        os.chmod(dirpath, os.stat(dirpath).st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        st = os.stat(dirpath)
+        if me in (0, st.st_uid):
+            os.chmod(dirpath, st.st_mode & ~write)
 
 
 def _refuse_damage(path: Path, group: Any, meta: dict[str, Any], progress: bool) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from se3t.basis.claims import Claims
+from se3t.basis.claims import Claims, WriterLease, describe, live_claims, owner_of
 from se3t.basis.compute import ShardFiller
 from se3t.basis.geometry import Geometry, load_geometry
 from se3t.basis.key import (
@@ -31,6 +31,7 @@ from se3t.basis.key import (
     key_fields,
 )
 from se3t.basis.layout import (
+    CLAIMS_DIR,
     STORE_FORMAT,
     create_skeleton,
     is_complete,
@@ -211,6 +212,44 @@ def _fill(filler: ShardFiller, path: Path, todo: list[int], claims: Claims, poll
     filler.flush()
 
 
+def _can_write(path: Path) -> bool:
+    """Whether this user can add shards and claims to the store at ``path``: a probe file really
+    created (permission bits alone are not trusted: root ignores them)."""
+    for folder in (path / CLAIMS_DIR, path / "basis" / "c"):
+        try:
+            folder.mkdir(exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}-{time.monotonic_ns()}"
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            probe.unlink()
+        except OSError:
+            return False
+    return True
+
+
+def _wait_or_refuse(path: Path, claim_timeout_s: float, poll_s: float) -> None:
+    """A store this user cannot write: wait while others write it (it is finalized meanwhile,
+    or they stop), then refuse an incomplete one in one line naming its owner."""
+    while not is_complete(path):
+        live = live_claims(path, claim_timeout_s)
+        if not live:
+            owner = owner_of(path)
+            raise InputError(
+                f"basis store {str(path)!r} was left incomplete by user {owner} (no process is "
+                f"writing it) and you cannot write it: ask {owner} to run se3t basis precompute "
+                "again (it continues where it stopped) or se3t basis gc, or make the cache "
+                "group-writable (docs/integrity.md, sharing a cache between users)"
+            )
+        log.info("basis store %s is being written by %s: waiting", path, describe(live[0]))
+        time.sleep(poll_s)
+
+
+def _vanished(path: Path) -> InputError:
+    return InputError(
+        f"basis store {str(path)!r} was removed while this precompute wrote it (se3t basis gc "
+        "or by hand); run the command again"
+    )
+
+
 def _done(receipt: dict[str, Any], t_start: float, *, complete: bool) -> dict[str, Any]:
     seconds = time.perf_counter() - t_start
     receipt["seconds"] = seconds
@@ -278,9 +317,47 @@ def precompute(
     meta = _open_or_create(path, dataset, geom, key, settings, backend)
     units = _units_of_slice(meta, i, n)
     receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in units)
+    if not is_complete(path) and not _can_write(path):  # another user's store
+        _wait_or_refuse(path, claim_timeout_s, poll_s)
     if is_complete(path):  # finalized meanwhile by another process
         return _done(receipt, t_start, complete=True)
+    try:
+        # the writer's lease, before any shard: gc skips the store while it is held
+        with WriterLease(path, claim_timeout_s):
+            _fill_store(
+                path,
+                meta,
+                geom,
+                backend,
+                units,
+                receipt,
+                claim_timeout_s,
+                poll_s,
+                num_workers,
+                progress,
+            )
+    except FileNotFoundError as err:
+        if not path.is_dir():  # removed under us: one line instead of a traceback
+            raise _vanished(path) from err
+        raise
+    if not path.is_dir():
+        raise _vanished(path)
+    return _done(receipt, t_start, complete=False)
 
+
+def _fill_store(
+    path: Path,
+    meta: dict[str, Any],
+    geom: Geometry,
+    backend: BasisBackend,
+    units: range,
+    receipt: dict[str, Any],
+    claim_timeout_s: float,
+    poll_s: float,
+    num_workers: int | None,
+    progress: bool,
+) -> None:
+    """Fill the missing (or damaged) shards of ``units``, sharing them with other writers."""
     chunk_mols = np.asarray(open_group(str(path))["chunk_mols"][:])
     _remove_damaged_shards(path, meta, units)
     todo = [u for u in units if not unit_exists(path, u)]
@@ -300,4 +377,3 @@ def precompute(
         progress=progress,
     ) as filler:
         _fill(filler, path, todo, claims, poll_s)
-    return _done(receipt, t_start, complete=False)

@@ -153,8 +153,11 @@ def register(subparsers) -> None:
         "gc",
         help="remove stale incomplete stores and, on request, unreferenced ones",
         description=(
-            "Remove incomplete stores (and temporary folders of interrupted processes) not "
-            "modified for --older-than. With --unreferenced, also remove complete stores that "
+            "Remove abandoned incomplete stores (and temporary folders of interrupted "
+            "processes) not modified for --older-than. A store being written (a live claim: "
+            "its writer runs on this host, or its lease from another host has not expired) is "
+            "never removed, whatever its age: it is listed as 'in progress (user, host, since)'. "
+            "With --unreferenced, also remove complete stores that "
             "no basis manifest under --manifests names. Use --dry-run first."
         ),
         formatter_class=fmt,
@@ -163,7 +166,7 @@ def register(subparsers) -> None:
         "--older-than",
         metavar="AGE",
         default="24h",
-        help="age of incomplete stores to remove: seconds or 30m, 24h, 7d",
+        help="age of abandoned incomplete stores to remove: seconds or 30m, 24h, 7d",
     )
     p.add_argument(
         "--unreferenced",
@@ -443,10 +446,10 @@ def _gc(args: argparse.Namespace) -> int:
     )
     verb = "would remove" if args.dry_run else "removed"
     for r in removed:
-        print(f"{verb} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
-    print(
-        f"{verb} {len(removed)} store(s), {sum(r['bytes_on_disk'] for r in removed) / 1e6:.1f} MB"
-    )
+        what = "kept" if r.get("kept") else verb
+        print(f"{what} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    gone = [r for r in removed if not r.get("kept")]
+    print(f"{verb} {len(gone)} store(s), {sum(r['bytes_on_disk'] for r in gone) / 1e6:.1f} MB")
     return 0
 
 
