@@ -30,6 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from se3t.basis.location import who
 from se3t.errors import InputError
 
 __all__ = [
@@ -339,9 +340,11 @@ class RemoteCache:
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         url = self.join(store_url, f"{LEASE_DIR}/{name}")
         stop = threading.Event()
+        since = time.time()
 
         def write() -> None:
             body = {"what": what, "host": socket.gethostname(), "pid": os.getpid()}
+            body.update(user=who().split("@")[0], since=since)
             body["expires"] = time.time() + ttl_s
             self.put(url, json.dumps(body).encode(), if_absent=False)
 

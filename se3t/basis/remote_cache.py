@@ -136,7 +136,8 @@ def gc_remote(
 ) -> list[dict[str, Any]]:
     """What ``gc`` removes (or, ``dry_run``, would remove) from a remote cache; see the module
     docstring for the rule that keeps stores in use. Returns one dict per store: ``path``,
-    ``bytes_on_disk``, ``reason``."""
+    ``bytes_on_disk``, ``reason``; a store kept because a lease on it is live has ``kept: True``
+    and the reason ``in progress (user, host, since ...)``."""
     if unreferenced and not manifests:
         raise InputError("gc --unreferenced needs --manifests PATH... (files or folders to search)")
     remote.check_bucket()
@@ -145,8 +146,12 @@ def gc_remote(
     removed = []
     for url in _stores(remote):
         listing = remote.list(url)
-        if remote.live_leases(url, now):
-            continue  # a reader or writer is at work on it
+        leases = remote.live_leases(url, now)
+        if leases:  # a reader or writer is at work on it
+            size = sum(i.size for n, i in listing.items() if not n.startswith("."))
+            reason = f"in progress ({_describe(leases[0])})"
+            removed.append({"path": url, "bytes_on_disk": size, "reason": reason, "kept": True})
+            continue
         key = url.rsplit("/", 1)[-1][: -len(STORE_SUFFIX)]
         complete = CHECKSUMS_FILE in listing
         age = now - max((i.modified for i in listing.values()), default=0.0)
@@ -162,6 +167,12 @@ def gc_remote(
             continue  # a lease appeared while removing: the store stays
         removed.append({"path": url, "bytes_on_disk": size, "reason": reason})
     return removed
+
+
+def _describe(lease: dict[str, Any]) -> str:
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(lease.get("since", 0))))
+    what = f", {lease['what']}" if lease.get("what") else ""
+    return f"{lease.get('user', '?')}, {lease.get('host', '?')}, since {since}{what}"
 
 
 def _remove(remote: RemoteCache, url: str, listing: dict[str, Any], now: float) -> bool:

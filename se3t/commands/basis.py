@@ -464,9 +464,11 @@ def _gc_remote(args: argparse.Namespace, cfg, cache: str) -> int:
         "unreferenced": args.unreferenced,
         "manifests": args.manifests,
     }
-    plan = gc_remote(remote, dry_run=True, **kw)
-    for r in plan:
-        print(f"would remove {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    listed = gc_remote(remote, dry_run=True, **kw)
+    for r in listed:
+        what = "kept" if r.get("kept") else "would remove"
+        print(f"{what} {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
+    plan = [r for r in listed if not r.get("kept")]
     if args.dry_run:
         print(f"would remove {len(plan)} store(s) from {cache}")
         return 0
@@ -483,7 +485,7 @@ def _gc_remote(args: argparse.Namespace, cfg, cache: str) -> int:
         if answer not in ("y", "yes"):
             print("nothing removed")
             return 1
-    removed = gc_remote(remote, **kw)
+    removed = [r for r in gc_remote(remote, **kw) if not r.get("kept")]
     for r in removed:
         print(f"removed {r['path']} ({r['bytes_on_disk'] / 1e6:.1f} MB): {r['reason']}")
     print(

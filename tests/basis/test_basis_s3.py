@@ -6,6 +6,7 @@ errors for wrong credentials / missing bucket / unreachable endpoint, gc while a
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -449,6 +450,7 @@ def test_gc_during_read_removes_nothing_in_use(server, cache_url, aws_env, local
         out = se3t(aws_env, *gc_args).stdout
         assert reader.poll() is None, "the read ended before gc ran: the test proves nothing"
         assert "removed 0 store(s)" in out
+        assert f"kept {url} (" in out and "in progress (" in out and ", read)" in out
         assert before <= set(keys(server, bucket, prefix))
     finally:
         _, err = reader.communicate(timeout=300)
@@ -461,7 +463,7 @@ def test_gc_during_read_removes_nothing_in_use(server, cache_url, aws_env, local
     with r.lease(other, "publish"):
         out = se3t(aws_env, *gc_args).stdout
         assert f"removed {url}" in out  # the finished read released the complete store
-        assert other not in out
+        assert f"kept {other} (" in out and f"in progress ({getpass.getuser()}, " in out
     # without leases and past the age rule, gc takes it (the rule itself works)
     out = se3t(aws_env, *gc_args).stdout
     assert f"removed {other}" in out
