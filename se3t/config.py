@@ -10,6 +10,7 @@ Sections: ``data``, ``basis``, ``model``, ``train``, ``run``, ``launch``, ``eval
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -85,6 +86,8 @@ class Rule:
     def problem(self, value: Any) -> str | None:
         if value is None and self.optional:
             return None
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes `v >= 0`
+            return f"must be a finite number, got {value!r}"
         if value is not None and self.test(value):
             return None
         return f"must {self.text}{' or null' if self.optional else ''}, got {value!r}"

@@ -112,6 +112,16 @@ def test_every_choice_field_has_an_enum_and_every_rule_checks():
     assert C.load(overrides=["data.limit=null"]).data.limit is None
 
 
+@pytest.mark.parametrize(
+    "override", ["train.weight_decay=inf", "train.lr=inf", "train.warmup_epochs=nan"]
+)
+def test_non_finite_numbers_are_refused_by_the_config(override):
+    """inf passes a `>= 0` test: refused at load, naming the key, not at the first step."""
+    key, value = override.split("=")
+    with pytest.raises(C.ConfigError, match=rf"config key '{key}': must be a finite number"):
+        C.load(overrides=[override])
+
+
 def test_retired_profile_keys(tmp_path):
     # a checkpoint of an earlier version still loads; a config file is told the new keys
     stored = C.to_dict(C.load())
