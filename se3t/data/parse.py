@@ -296,7 +296,8 @@ def iter_csv(path: str | Path) -> Iterator[Record | MoleculeError]:
     path = Path(path)
     csv.field_size_limit(1 << 26)
     try:
-        fh = open(path, newline="")  # noqa: SIM115 (closed by the with below)
+        # QM9 is ASCII: a byte that is not UTF-8 makes its record unparsable, not the file
+        fh = open(path, newline="", encoding="utf-8", errors="replace")  # noqa: SIM115
     except OSError as err:
         raise InputError(f"{path}: cannot read: {err}") from err
     with fh:

@@ -10,6 +10,7 @@ the record.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,25 +18,49 @@ import numpy as np
 
 from se3t.data.parse import MoleculeError
 from se3t.data.sources import Molecule, bonds_of
+from se3t.data.sources.text import decode
 from se3t.errors import InputError
 
 __all__ = ["iter_sdf"]
 
 
 def _title(text: str) -> str:
-    return text.split("\n", 1)[0].strip() if text else ""
+    """The record's first line, shortened and quoted when it is not plain text (so a message
+    naming the record stays one readable line)."""
+    title = text.split("\n", 1)[0].strip() if text else ""
+    if title.isprintable() and len(title) <= 80:
+        return title
+    return repr(title[:40]) + ("..." if len(title) > 40 else "")
 
 
 def iter_sdf(path: str | Path, id_key: str | None = None) -> Iterator[Molecule | MoleculeError]:
-    """Molecules of an SDF file, in file order."""
-    from rdkit import Chem, RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
+    """Molecules of an SDF file, in file order. A file that is not UTF-8 (a Latin-1 title,
+    UTF-16) is read through a UTF-8 copy (:mod:`se3t.data.sources.text`): RDKit hands its
+    text to Python as UTF-8."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=True)
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from None
+    text, _ = decode(data, path, record_mark=b"$$$$")
+    if text.encode("utf-8") == data:
+        yield from _iter_sdf(path, path, id_key)
+        return
+    with tempfile.TemporaryDirectory(prefix="se3t-sdf-") as tmp:
+        copy = Path(tmp) / path.name
+        copy.write_text(text, encoding="utf-8")
+        yield from _iter_sdf(copy, path, id_key)
+
+
+def _iter_sdf(readable: Path, path: Path, id_key: str | None) -> Iterator[Molecule | MoleculeError]:
+    """The records of ``readable`` (UTF-8), named after ``path`` (the user's file)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        supplier = Chem.SDMolSupplier(str(readable), removeHs=False, sanitize=True)
         count = len(supplier)
     except (OSError, RuntimeError) as err:
         raise InputError(f"{path}: not readable as SDF: {err}") from None

@@ -104,7 +104,7 @@ def iter_smiles(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    header, rows = read_properties(path, smiles_column)
+    header, rows = read_properties(path, smiles_column, "data.smiles_column", "")
     if id_column and id_column not in header:
         raise InputError(f"{path}: no column {id_column!r} (data.id_column); header {header}")
     if limit is not None:

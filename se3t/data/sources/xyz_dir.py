@@ -13,6 +13,7 @@ breaks this is a MoleculeError naming the file, the line and the field.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from se3t.data.elements import atomic_number
 from se3t.data.parse import MoleculeError, parse_number
 from se3t.data.sources import Molecule
+from se3t.data.sources.text import read_text
 from se3t.errors import InputError
 
 __all__ = ["iter_xyz_dir", "parse_plain_xyz", "read_properties"]
@@ -78,25 +80,23 @@ def parse_plain_xyz(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     return species, pos
 
 
-def read_properties(path: Path, id_column: str) -> tuple[list[str], list[dict[str, str]]]:
-    """(column names, rows as dicts) of a properties CSV; InputError for a bad file."""
+def read_properties(
+    path: Path, id_column: str, key: str = "data.id_column", purpose: str = " to match the files"
+) -> tuple[list[str], list[dict[str, str]]]:
+    """(column names, rows as dicts) of a properties CSV (UTF-8, UTF-16 or Latin-1: see
+    :mod:`se3t.data.sources.text`); InputError for a bad file, or one without the column
+    ``id_column`` (the config ``key`` that names it, and its ``purpose``, in the message)."""
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     try:
-        fh = open(path, newline="")  # noqa: SIM115 (closed by the with below)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read: {err}") from err
-    with fh:
-        reader = csv.DictReader(fh)
-        try:
-            rows = list(reader)
-        except csv.Error as err:
-            raise InputError(f"{path}: line {reader.line_num}: not CSV: {err}") from err
-        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as err:
+        raise InputError(f"{path}: line {reader.line_num}: not CSV: {err}") from err
+    header = list(reader.fieldnames or [])
     if not header:
         raise InputError(f"{path}: the CSV file is empty (no header)")
     if id_column not in header:
         raise InputError(
-            f"{path}: no column {id_column!r} (data.id_column) to match the files; "
-            f"the header has {header}"
+            f"{path}: no column {id_column!r} ({key}){purpose}; the header has {header}"
         )
     return header, rows
 
