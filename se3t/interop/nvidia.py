@@ -33,6 +33,7 @@ NVIDIA's model has for it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -435,7 +436,18 @@ def _unwrap(state_dict) -> Mapping[str, Tensor]:
     # a DLE training checkpoint ({'state_dict', 'optimizer_state_dict', 'epoch', ...})
     if "state_dict" in state_dict and isinstance(state_dict["state_dict"], Mapping):
         state_dict = state_dict["state_dict"]
-    if state_dict and all(k.startswith("module.") for k in state_dict):
+    if "model" in state_dict and "config" in state_dict and "model_code" in state_dict:
+        raise NvidiaStateDictError(
+            "nvidia: this is an se3t checkpoint (a run's last.pt or best.pt), not NVIDIA's: "
+            "give it as --checkpoint (or the run folder), not --nvidia-checkpoint"
+        )
+    for k, v in state_dict.items():
+        if not isinstance(v, Tensor):
+            raise NvidiaStateDictError(
+                f"nvidia: key {str(k)!r} holds a {type(v).__name__}, not a tensor: expected "
+                "NVIDIA's model.state_dict() (or a DLE checkpoint holding it under 'state_dict')"
+            )
+    if state_dict and all(str(k).startswith("module.") for k in state_dict):
         state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}  # DDP
     return state_dict
 
@@ -620,10 +632,20 @@ def load_dle_checkpoint(checkpoint: str | Path, sidecar: str | Path | None = Non
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(
-            f"NVIDIA checkpoint {str(checkpoint)!r} cannot be loaded safely (weights_only): {first}"
-        ) from err
+        # torch's own message advises weights_only=False, which would run the file's code:
+        # se3t never does that (docs/integrity.md), so the message is se3t's own
+        found = re.search(
+            r"unsupported global:? *(?:GLOBAL +)?([\w.]+)", str(err), flags=re.IGNORECASE
+        )
+        if found:
+            why = (
+                f"it holds Python objects other than tensors ({found.group(1)}), which se3t "
+                "does not unpickle: save NVIDIA's model.state_dict() in the DLE layout "
+                "instead (docs/model.md)"
+            )
+        else:
+            why = f"not a torch checkpoint ({type(err).__name__}); is it the right file?"
+        raise InputError(f"NVIDIA checkpoint {str(checkpoint)!r} cannot be read: {why}") from None
     try:
         model = from_state_dict(state, **side["kwargs"])
     except (NvidiaStateDictError, ValueError, NotImplementedError) as err:

@@ -111,7 +111,7 @@ def _why_unloadable(err: Exception) -> str:
     """torch's reason, without its advice to retry with ``weights_only=False``: that would run
     whatever code the file carries, and a checkpoint that needs it is not a se3t checkpoint."""
     text = str(err)
-    found = re.search(r"unsupported GLOBAL ([\w.]+)", text, flags=re.IGNORECASE)
+    found = re.search(r"unsupported global:? *(?:GLOBAL +)?([\w.]+)", text, flags=re.IGNORECASE)
     if found:
         return (
             f"it holds Python objects ({found.group(1)}) that only unpickling with code "

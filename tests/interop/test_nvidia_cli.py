@@ -105,3 +105,45 @@ def test_nvidia_checkpoint_errors_name_the_file(dle, tmp_path):
         nvidia.load_dle_checkpoint(ckpt, side)
     with pytest.raises(InputError, match="sidecar .* does not exist"):
         nvidia.load_dle_checkpoint(ckpt, tmp_path / "none.yaml")
+
+
+def _one_line_refusal(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "weights_only=False" not in proc.stderr  # torch's advice is never passed on
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_wrong_files_as_nvidia_checkpoint_are_refused_in_one_line(dle, tmp_path):
+    """An se3t checkpoint, a state dict holding a non-tensor, a pickled object and random
+    bytes given as --nvidia-checkpoint: one line naming the file and what is wrong."""
+    from se3t.config import load, to_dict
+    from se3t.models import build
+    from se3t.train.checkpoint import save_checkpoint
+
+    ckpt, _ = dle
+    side = ckpt.with_suffix(".yaml")
+    xyz = tmp_path / "dsgdb9nsd_000005.xyz"
+    with tarfile.open(XYZ_TAR) as tar:
+        xyz.write_bytes(tar.extractfile(xyz.name).read())
+    cfg = load()
+    own = save_checkpoint({"model": build(cfg.model).state_dict(), "config": to_dict(cfg)},
+                          tmp_path / "last.pt")  # fmt: skip
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"] = {**state["state_dict"], "note": "trained by hand"}
+    torch.save(state, non_tensor := tmp_path / "non_tensor.pth")
+    torch.save({"state_dict": tarfile.TarInfo("x")}, pickled := tmp_path / "pickled.pth")
+    (noise := tmp_path / "noise.pth").write_bytes(bytes(range(256)) * 8)
+    for path, needle in [
+        (own, "se3t checkpoint"),
+        (non_tensor, "key 'note' holds a str, not a tensor"),
+        (pickled, "Python objects other than tensors"),
+        (noise, "not a torch checkpoint"),
+    ]:
+        proc = cli(
+            "predict", "--nvidia-checkpoint", str(path), "--nvidia-config", str(side), str(xyz)
+        )
+        _one_line_refusal(proc, str(path), needle)
