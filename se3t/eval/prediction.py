@@ -141,6 +141,13 @@ def predict(
             batch = collate(samples[s : s + batch_size]).to(dev)
             outs.append(model(batch).double().cpu() * std + mean)  # [B, T] in target units
     values = torch.cat(outs).numpy()
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():  # an empty or NaN cell in the CSV would pass for a prediction
+        path, mol_id, _ = entries[int(np.nonzero(~finite)[0][0])]
+        raise InputError(
+            f"{str(ckpt)!r}: the model predicts a non-finite value for {path}: molecule "
+            f"{mol_id} ({int((~finite).sum())} of {len(finite)} molecules); nothing written"
+        )
     units = {n: cfg.data.units.get(n) or UNITS.get(n, "") for n in names}
     rows = []
     for (path, mol_id, _), value in zip(entries, values, strict=True):

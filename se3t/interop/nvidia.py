@@ -650,6 +650,12 @@ def load_dle_checkpoint(checkpoint: str | Path, sidecar: str | Path | None = Non
         model = from_state_dict(state, **side["kwargs"])
     except (NvidiaStateDictError, ValueError, NotImplementedError) as err:
         raise InputError(f"NVIDIA checkpoint {str(checkpoint)!r}: {err}") from err
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise InputError(
+                f"NVIDIA checkpoint {str(checkpoint)!r}: parameter {name!r} holds non-finite "
+                "values (NaN or inf): the weights are unusable"
+            )
     stats = {
         "targets": [side["target"]],
         "mean": torch.tensor([float(side["mean"])]),

@@ -159,6 +159,18 @@ def check_model_state(model: torch.nn.Module, state_dict: dict[str, Any], path: 
             )
 
 
+def check_finite_weights(state_dict: dict[str, Any], path: str) -> None:
+    """Refuse a checkpoint whose weights hold NaN or infinity (a run that diverged, or a file
+    altered by hand): every prediction of it would be NaN."""
+    for k, v in state_dict.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise InputError(
+                f"checkpoint {path!r}: parameter {k!r} holds {bad} non-finite value(s) (NaN or "
+                "inf): the weights are unusable (did the run diverge? use an earlier checkpoint)"
+            )
+
+
 def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
     """``(model, cfg, stats)``: the checkpoint's model rebuilt from its stored config, weights
     loaded, in eval mode; ``stats`` is ``{"targets": [...], "mean": Tensor[T], "std": Tensor[T]}``
@@ -168,6 +180,7 @@ def load_model(path: str | os.PathLike, map_location: Any = "cpu"):
     cfg = checkpoint_config(state, path)
     model = build(cfg.model)
     check_model_state(model, state["model"], str(path))
+    check_finite_weights(state["model"], str(path))
     model.load_state_dict(state["model"])
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     model.eval()

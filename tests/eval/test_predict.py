@@ -108,3 +108,55 @@ def test_a_malformed_file_is_named(evaluated_run, tmp_path):
     assert str(bad) in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(InputError, match="does not exist"):
         predict(evaluated_run, [tmp_path / "missing.sdf"], progress=False)
+
+
+def _altered_checkpoint(run: Path, tmp_path: Path, change) -> Path:
+    """A copy of ``run``'s best.pt with ``change(state_dict)`` applied to its weights."""
+    import torch
+
+    state = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    change(state["model"])
+    out = tmp_path / "altered.pt"
+    torch.save(state, out)
+    return out
+
+
+def _refused(ckpt: Path, files: list[Path], out: Path, *needles: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "se3t.cli", "predict", str(ckpt), *map(str, files)]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and not out.exists()
+    # with --out the progress bar shares stderr; the error is the one other line
+    lines = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("predict:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_nan_weights_are_refused_when_the_checkpoint_is_loaded(evaluated_run, tmp_path):
+    def poison(sd):
+        name = next(k for k, v in sd.items() if v.is_floating_point())
+        sd[name].view(-1)[0] = float("nan")
+
+    ckpt = _altered_checkpoint(evaluated_run, tmp_path, poison)
+    files = _extract([1, 2], tmp_path)
+    _refused(ckpt, files, tmp_path / "pred.csv", str(ckpt), "non-finite value(s) (NaN or inf)")
+
+
+@pytest.mark.slow
+def test_non_finite_predictions_are_refused(evaluated_run, tmp_path):
+    """Finite weights that overflow float32 predict inf: refused, naming the molecule, and no
+    CSV with empty or NaN cells is written."""
+
+    def blow_up(sd):
+        for v in sd.values():
+            if v.is_floating_point():
+                v.mul_(1e12)
+
+    ckpt = _altered_checkpoint(evaluated_run, tmp_path, blow_up)
+    files = _extract([1, 2], tmp_path)
+    _refused(ckpt, files, tmp_path / "pred.csv", "predicts a non-finite value", str(files[0]))
