@@ -111,6 +111,9 @@ def perceive(species: np.ndarray, pos: np.ndarray):
     from rdkit.Chem import rdDetermineBonds
 
     RDLogger.DisableLog("rdApp.*")
+    # RDKit's perception is not translation-invariant far from the origin (1e7 Å): centered
+    pos = np.asarray(pos, dtype=np.float64)
+    pos = pos - pos.mean(axis=0) if len(pos) else pos
     mol = _rdkit_mol(species, pos)
     try:
         rdDetermineBonds.DetermineConnectivity(mol)

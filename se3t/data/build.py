@@ -32,7 +32,9 @@ from se3t.choices import Graph
 from se3t.config import QM9_TARGETS
 from se3t.data.bonds import molecule_graph
 from se3t.data.parse import (
+    FAR_FROM_ORIGIN,
     MoleculeError,
+    centered,
     iter_csv,
     iter_xyz_archive,
     iter_xyz_dir,
@@ -320,7 +322,8 @@ def _assemble(records: list[Record], edges: list) -> dict[str, np.ndarray]:
         return np.concatenate(parts).astype(dtype) if parts else np.empty((0, *shape_tail), dtype)
 
     return {
-        "pos": cat([r.pos for r in records], np.float32, (3,)),
+        # stored as read, unless float32 would lose the geometry (far from the origin)
+        "pos": cat([centered(r.pos, FAR_FROM_ORIGIN) for r in records], np.float32, (3,)),
         "species": cat([r.species for r in records], np.int8),
         "atom_offsets": atom_offsets,
         "edge_offsets": edge_offsets,

@@ -22,7 +22,7 @@ from torch import Tensor
 from se3t.config import QM9_TARGETS
 from se3t.data.bonds import molecule_graph
 from se3t.data.elements import Encoding
-from se3t.data.parse import MoleculeError, check_geometry, parse_xyz
+from se3t.data.parse import FAR_FROM_ORIGIN, MoleculeError, centered, check_geometry, parse_xyz
 from se3t.data.qm9 import ELEMENTS
 from se3t.data.splits import store_splits
 from se3t.data.store import DatasetStore, open_dataset
@@ -220,7 +220,7 @@ def read_molecule(
         raise InputError(str(err)) from None
     (src, dst, bt), _ = molecule_graph(species, pos, graph, cutoff)
     return MoleculeSample(
-        pos.astype(np.float32), species, src, dst, bt, None, mol_id, None, str(path)
+        centered(pos, FAR_FROM_ORIGIN), species, src, dst, bt, None, mol_id, None, str(path)
     )
 
 

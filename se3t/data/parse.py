@@ -82,6 +82,21 @@ def parse_number(text: str, where: str, field: str) -> float:
         raise MoleculeError(where, field, f"{text!r} is not a number", "not_a_number") from None
 
 
+# beyond this distance from the origin (Å) float32 keeps less than 1e-3 Å of a position
+FAR_FROM_ORIGIN = 1e4
+
+
+def centered(pos: np.ndarray, beyond: float = 0.0) -> np.ndarray:
+    """``pos`` [n, 3] as float32, moved to its centroid in float64 first when some coordinate
+    lies farther than ``beyond`` Å from the origin (0: always). The model sees only relative
+    positions, and a molecule far from the origin (1e7 Å: float32's spacing there is 1 Å)
+    keeps them only when it is centered before the cast."""
+    pos64 = np.asarray(pos, dtype=np.float64)
+    if len(pos64) == 0 or not np.abs(pos64).max() > beyond:
+        return pos64.astype(np.float32)
+    return (pos64 - pos64.mean(axis=0)).astype(np.float32)
+
+
 def check_geometry(species: np.ndarray, pos: np.ndarray, where: str) -> None:
     """At least one atom, finite coordinates within float32's range (positions are stored and
     used as float32: 1e300 would become inf) and no two atoms closer than :data:`MIN_DISTANCE`

@@ -13,6 +13,7 @@ consumed: the sampler position), ``step`` (optimizer steps done), ``best_val``, 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import random
@@ -77,7 +78,16 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     rename, fsync of the folder (:func:`se3t.io.atomic_write` with ``fsync``). A crash (or
     ``kill -9``, or a power loss) at any moment leaves either the old file or the new one."""
     state = {"format": FORMAT, "version": VERSION, "model_code": model_code_version(), **state}
-    return atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
+
+    def write(tmp: str) -> None:
+        # serialized in memory, then written by Python: a full disk is then an OSError
+        # (ENOSPC), which atomic_write reports naming the path, not torch's RuntimeError
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+
+    return atomic_write(path, write, fsync=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -21,8 +21,10 @@ that nobody else does).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -31,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from se3t.errors import InputError
+from se3t.errors import DiskFullError, InputError
 
 __all__ = ["LOCK_FILE", "RunLock", "RunLocked", "hold_run_folder", "job_identity"]
 
@@ -53,6 +55,13 @@ def job_identity(environ: Mapping[str, str] | None = None) -> str | None:
     if env.get("TORCHELASTIC_RUN_ID"):
         return f"torchrun:{env['TORCHELASTIC_RUN_ID']}"
     return None
+
+
+def _free(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -130,7 +139,16 @@ class RunLock:
     # ---- acquire and release ---------------------------------------------------------------
     def _create(self) -> bool:
         tmp = self.run_dir / f".{LOCK_FILE}.{self.token}"
-        tmp.write_text(json.dumps(self._record()))
+        try:
+            tmp.write_text(json.dumps(self._record()))
+        except OSError as err:
+            tmp.unlink(missing_ok=True)  # an empty file left by a full disk
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(str(self.path), _free(self.run_dir)) from None
+            raise InputError(
+                f"run folder {self.run_dir}: cannot write the lock file {self.path}: "
+                f"{err.strerror or err}"
+            ) from None
         try:
             os.link(tmp, self.path)
             return True

@@ -160,3 +160,27 @@ def test_non_finite_predictions_are_refused(evaluated_run, tmp_path):
     ckpt = _altered_checkpoint(evaluated_run, tmp_path, blow_up)
     files = _extract([1, 2], tmp_path)
     _refused(ckpt, files, tmp_path / "pred.csv", "predicts a non-finite value", str(files[0]))
+
+
+@pytest.mark.parametrize("shift", [1e7, 1e9])
+def test_a_far_translated_molecule_is_predicted_as_at_the_origin(evaluated_run, tmp_path, shift):
+    """The model sees relative positions only: a molecule 1e7-1e9 Å from the origin is predicted
+    as where it was (centered in float64 before the float32 cast), XYZ and SDF alike."""
+    import numpy as np
+
+    (xyz,) = _extract([21], tmp_path)
+    lines = xyz.read_text().splitlines()
+    n = int(lines[0])
+    rows = [ln.split() for ln in lines[2 : 2 + n]]
+    moved = tmp_path / "moved" / xyz.name
+    moved.parent.mkdir()
+    body = [
+        "\t".join([r[0], *(repr(float(x.replace("*^", "e")) + shift) for x in r[1:4]), r[4]])
+        for r in rows
+    ]
+    moved.write_text("\n".join([lines[0], lines[1], *body, *lines[2 + n :]]) + "\n")
+    files = [xyz, moved, _to_sdf(xyz), _to_sdf(moved)]
+    got = predict(evaluated_run / "best.pt", files, progress=False)["prediction"].to_numpy()
+    assert np.isfinite(got).all()
+    assert got[1] == pytest.approx(got[0], rel=1e-5, abs=1e-6)
+    assert got[3] == pytest.approx(got[2], rel=1e-5, abs=1e-6)

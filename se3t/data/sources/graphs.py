@@ -13,6 +13,7 @@ import numpy as np
 from se3t.data.bonds import EdgeList, _directed, bond_graph, molecule_graph, radius_graph
 from se3t.data.dataset import MoleculeSample
 from se3t.data.elements import Encoding
+from se3t.data.parse import FAR_FROM_ORIGIN, centered
 
 __all__ = ["edges_for", "sample_for"]
 
@@ -43,7 +44,7 @@ def sample_for(species, pos, bonds, encoding: Encoding, data) -> MoleculeSample:
         species, pos, bonds, encoding, data.graph, float(data.cutoff), data.max_neighbors
     )
     return MoleculeSample(
-        np.asarray(pos, dtype=np.float32),
+        centered(pos, FAR_FROM_ORIGIN),
         np.asarray(species, dtype=np.int8),
         src,
         dst,
