@@ -167,8 +167,10 @@ def test_b_gc_and_precompute_while_a_writes(two_users, qm9_store):
     assert b.returncode == 0, b.stderr
     _, err = a.communicate(timeout=300)
     assert a.returncode == 0, err[-3000:]
-    done = [t.se3t(u, "basis", "finalize", store.name[:-5], "--cache", str(cache)) for u in
-            ("se3t-a", "se3t-b")]  # fmt: skip
+    done = [
+        t.se3t(u, "basis", "finalize", store.name[:-5], "--cache", str(cache))
+        for u in ("se3t-a", "se3t-b")
+    ]
     assert all(r.returncode == 0 for r in done), [r.stderr for r in done]
     record = json.loads((store / "checksums.json").read_text())
     assert record["finalized_by"].split("@")[0] in ("se3t-a", "se3t-b")
@@ -250,3 +252,68 @@ def test_an_abandoned_store_b_cannot_write_is_refused_in_one_line(two_users, qm9
     assert gc_b.returncode == 0, gc_b.stderr
     assert "owned by se3t-a" in gc_b.stdout
     assert len(list(cache.glob("basis/*.zarr"))) == 1
+
+
+def test_s3_gc_by_b_keeps_a_store_a_publishes_and_b_reads_it(two_users, qm9_store, tmp_path):
+    """The same on a bucket: A publishes (slowly) a store; B's gc --older-than 0 keeps it as in
+    progress under A's name; once published, B reads it through B's own local cache."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from basis_helpers import build
+    from s3_server import S3Server
+
+    t = two_users
+    server = S3Server(tmp_path / "moto.log")
+    try:
+        bucket = server.make_bucket("se3t-team")
+        local = t.share(Path(build(qm9_store, tmp_path / "site")).parent.parent)
+        (store,) = local.glob("basis/*.zarr")
+        url = f"s3://{bucket}/team/basis/{store.name}"
+        helper = str(Path(__file__).with_name("s3_helpers.py"))
+        a = t.spawn(
+            "se3t-a",
+            sys.executable,
+            helper,
+            "publish",
+            str(store),
+            url,
+            "--endpoint",
+            server.endpoint,
+            "--delay",
+            "0.5",
+            env=server.env,
+        )
+        opts = [f"basis.storage_options.endpoint_url={server.endpoint}"]
+        cache = ("--cache", f"s3://{bucket}/team")
+        end = time.monotonic() + 120
+        while not any("/.leases/" in k for k in _keys(server, bucket)):
+            assert a.poll() is None and time.monotonic() < end, a.communicate()[1][-2000:]
+            time.sleep(0.05)
+        gc_b = t.se3t(
+            "se3t-b", "basis", "gc", *cache, "--older-than", "0", "--yes", *opts, env=server.env
+        )
+        assert a.poll() is None, "A's publish ended before B's gc ran: slow it down"
+        assert gc_b.returncode == 0, gc_b.stderr
+        assert f"kept {url} (" in gc_b.stdout and "in progress (se3t-a, " in gc_b.stdout
+        _, err = a.communicate(timeout=300)
+        assert a.returncode == 0, err[-3000:]
+        b_cache = t.home("se3t-b") / "local"
+        ver = t.se3t(
+            "se3t-b",
+            "basis",
+            "verify",
+            url,
+            "--dataset",
+            str(t.share(qm9_store)),
+            *opts,
+            f"basis.local_cache={b_cache}",
+            env=server.env,
+        )
+        assert ver.returncode == 0, ver.stdout + ver.stderr
+    finally:
+        server.stop()
+
+
+def _keys(server, bucket: str) -> list[str]:
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]

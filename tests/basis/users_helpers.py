@@ -71,9 +71,10 @@ class Team:
     def home(self, user: str) -> Path:
         return self.root / f"home-{user}"
 
-    def _argv(self, user: str, args: list[str], umask: str) -> list[str]:
+    def _argv(self, user: str, args: list[str], umask: str, extra: dict | None) -> list[str]:
         pw = pwd.getpwnam(user)
         env = {
+            **(extra or {}),
             "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
             "HOME": str(self.home(user)),
             "XDG_CACHE_HOME": str(self.home(user) / ".cache"),
@@ -99,20 +100,28 @@ class Team:
         ]
 
     def run(
-        self, user: str, *args: str, umask: str = SITE_UMASK, timeout: float = 300
+        self,
+        user: str,
+        *args: str,
+        umask: str = SITE_UMASK,
+        timeout: float = 300,
+        env: dict | None = None,
     ) -> subprocess.CompletedProcess:
-        """``args`` run as ``user`` (cwd: the repository); returns the finished process."""
+        """``args`` run as ``user`` (cwd: the repository; ``env``: more variables, such as
+        credentials); returns the finished process."""
         return subprocess.run(
-            self._argv(user, list(args), umask),
+            self._argv(user, list(args), umask, env),
             cwd=REPO,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
 
-    def spawn(self, user: str, *args: str, umask: str = SITE_UMASK) -> subprocess.Popen:
+    def spawn(
+        self, user: str, *args: str, umask: str = SITE_UMASK, env: dict | None = None
+    ) -> subprocess.Popen:
         return subprocess.Popen(
-            self._argv(user, list(args), umask),
+            self._argv(user, list(args), umask, env),
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -130,8 +130,9 @@ def test_wrong_files_as_nvidia_checkpoint_are_refused_in_one_line(dle, tmp_path)
     with tarfile.open(XYZ_TAR) as tar:
         xyz.write_bytes(tar.extractfile(xyz.name).read())
     cfg = load()
-    own = save_checkpoint({"model": build(cfg.model).state_dict(), "config": to_dict(cfg)},
-                          tmp_path / "last.pt")  # fmt: skip
+    own = save_checkpoint(
+        {"model": build(cfg.model).state_dict(), "config": to_dict(cfg)}, tmp_path / "last.pt"
+    )
     state = torch.load(ckpt, weights_only=True)
     state["state_dict"] = {**state["state_dict"], "note": "trained by hand"}
     torch.save(state, non_tensor := tmp_path / "non_tensor.pth")
