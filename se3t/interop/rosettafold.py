@@ -335,7 +335,13 @@ class _Blocks(nn.Module):
             # the vendored get_basis(compute_gradients=False): no gradient through the basis
             basis = compute_basis_flat(rel_pos.detach(), self.max_degree, dtype=dtype)
         edge_scalars = torch.cat([edge0, self.edge_length(rel_pos).to(dtype)], dim=1)
-        state = KernelState(basis, self.kernel)
+        kernel = self.kernel
+        if kernel is Backend.AUTO and edge0.device.type == "cpu" and torch.is_grad_enabled():
+            # the C++ kernel's backward pass, tuned for QM9's 32 channels per degree, is slower
+            # than the torch evaluation on these blocks' narrow fibers (BENCHMARKS.md); its
+            # forward pass, which never writes the radial weights, serves inference
+            kernel = Backend.TORCH
+        state = KernelState(basis, kernel)
         for att, norm in self.blocks:
             feats = norm(att(feats, graph, basis, edge_scalars, None, state))
         if self.final_layer == "conv":
