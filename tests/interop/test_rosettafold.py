@@ -117,7 +117,11 @@ def flat(res: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.fixture(scope="module", params=NAMES)
+# the protein-size graphs (65,280 edges in full) take tens of seconds per pass on two cores
+PARAMS = [pytest.param(n, marks=pytest.mark.slow) if "_L256_" in n else n for n in NAMES]
+
+
+@pytest.fixture(scope="module", params=PARAMS)
 def fixture(request) -> dict:
     return load(request.param)
 
