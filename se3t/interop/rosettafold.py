@@ -355,11 +355,18 @@ def _positive_int(value, name: str, low: int = 1) -> int:
     return value
 
 
-def _post_hook_register(module: nn.Module, hook) -> None:
-    register = getattr(module, "register_state_dict_post_hook", None)
-    if register is None:  # torch < 2.5
-        register = module._register_state_dict_hook
-    register(hook)
+def _register_hooks(module: nn.Module) -> None:
+    """The state-dict hooks that speak the vendored layout (public names from torch 2.5 on)."""
+    post = getattr(module, "register_state_dict_post_hook", None)
+    if post is not None:
+        post(_to_vendored_hook)
+    else:
+        module._register_state_dict_hook(_to_vendored_hook)
+    pre = getattr(module, "register_load_state_dict_pre_hook", None)
+    if pre is not None:
+        pre(_from_vendored_hook)
+    else:
+        module._register_load_state_dict_pre_hook(_from_vendored_hook, with_module=True)
 
 
 class SE3TransformerWrapper(nn.Module):
@@ -473,8 +480,7 @@ class SE3TransformerWrapper(nn.Module):
         )
         self._entries = _entries(self)
         self.reset_parameter()
-        _post_hook_register(self, _to_vendored_hook)
-        self.register_load_state_dict_pre_hook(_from_vendored_hook)
+        _register_hooks(self)
 
     def extra_repr(self) -> str:
         s = self.se3

@@ -283,3 +283,39 @@ def test_dgl_free_builders_reject_bad_shapes():
         rf.make_full_graph(xyz, torch.zeros(1, 5, 4, 2), torch.arange(5)[None])
     with pytest.raises(TypeError, match="ResidueGraph"):
         rf.SE3TransformerWrapper(num_degrees=2)(object(), torch.zeros(5, 32, 1))
+
+
+class _GraphWithDGLInterface:
+    """The four members of a ``DGLGraph`` the wrapper reads (DGL's wheels stop at torch 2.2,
+    below se3t's minimum, so no real DGLGraph can run here; benchmarks/rosettafold compares
+    on DGL's graphs in the vendored environment)."""
+
+    def __init__(self, src, dst, num_nodes, rel_pos):
+        self._src, self._dst, self._n = src, dst, num_nodes
+        self.edata = {"rel_pos": rel_pos}
+
+    def edges(self):
+        return self._src.int(), self._dst.int()  # DGL's default index dtype
+
+    def batch_num_nodes(self):
+        return torch.tensor([self._n])
+
+    def num_nodes(self):
+        return self._n
+
+
+def test_dgl_graph_input_gives_the_same_outputs():
+    fx = load(NAMES[0])
+    model = build(fx, torch.float64)
+    G, edge = residue_graph(fx)
+    L = fx["meta"]["L"]
+    src, dst = G.edges()
+    like = _GraphWithDGLInterface(src, dst, L, G.rel_pos)
+    x0 = hash_uniform((L, fx["meta"]["kwargs"]["l0_in_features"], 1), 1)
+    x1 = hash_uniform((L, fx["meta"]["kwargs"]["l1_in_features"], 3), 2)
+    want, got = model(G, x0, x1, edge), model(like, x0, x1, edge)
+    for d in want:
+        assert torch.equal(got[d], want[d])
+    like.edata.clear()
+    with pytest.raises(ValueError, match="rel_pos"):
+        model(like, x0, x1, edge)
