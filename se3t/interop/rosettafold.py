@@ -277,26 +277,31 @@ class _Blocks(nn.Module):
         for _ in range(num_layers):
             value = Fiber({d: c // channels_div[d] for d, c in fiber_hidden.items()})
             key = Fiber({d: c for d, c in value.items() if d in f})
+            divs = set(channels_div.values())
             att = AttentionBlockSE3(
                 f,
                 fiber_hidden,
                 fiber_edge,
                 num_heads=num_heads,
-                channels_div=1,
+                channels_div=divs.pop() if len(divs) == 1 else 1,
                 **common,
                 **layout(f, value + key, level),
             )
-            # the vendored value fiber divides per degree; se3t's block takes one divisor
-            att.value_fiber, att.key_fiber = value, key
-            att.to_key_value = ConvSE3(
-                f, value + key, fiber_edge, pool=False, **common, **layout(f, value + key, level)
-            )
-            query_cls = _Float32Query if variant.autocast_off == "attention" else LinearSE3
-            att_cls = _Float32Attention if variant.autocast_off == "attention" else AttentionSE3
-            att.to_query = query_cls(f, key)
-            att.attention = att_cls(num_heads, key, value)
-            cat = value + f
-            att.project = LinearSE3(Fiber({d: cat[d] for d in fiber_hidden}), fiber_hidden)
+            if (att.value_fiber, att.key_fiber) != (value, key):
+                # per-degree divisors (RFAA's option): se3t's block takes one divisor, so its
+                # fibers and the layers built on them are replaced
+                att.value_fiber, att.key_fiber = value, key
+                kv = value + key
+                att.to_key_value = ConvSE3(
+                    f, kv, fiber_edge, pool=False, **common, **layout(f, kv, level)
+                )
+                att.to_query = LinearSE3(f, key)
+                att.attention = AttentionSE3(num_heads, key, value)
+                cat = value + f
+                att.project = LinearSE3(Fiber({d: cat[d] for d in fiber_hidden}), fiber_hidden)
+            if variant.autocast_off == "attention":
+                att.to_query = _Float32Query(f, key)
+                att.attention = _Float32Attention(num_heads, key, value)
             blocks.append(nn.ModuleList([att, NormSE3(fiber_hidden) if norm else nn.Identity()]))
             f = fiber_hidden
         self.blocks = nn.ModuleList(blocks)

@@ -17,7 +17,7 @@ import torch
 from se3t.choices import Fusion
 from se3t.interop import rosettafold as rf
 from se3t.nn.conv import ConvSE3, pairwise_reference
-from se3t.testing import digest, hash_uniform
+from se3t.testing import digest, hash_uniform, random_rotation, wigner_D
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rosettafold"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.pt"))
@@ -319,3 +319,32 @@ def test_dgl_graph_input_gives_the_same_outputs():
     like.edata.clear()
     with pytest.raises(ValueError, match="rel_pos"):
         model(like, x0, x1, edge)
+
+
+@pytest.mark.parametrize("variant", rf.VARIANTS)
+def test_blocks_are_equivariant(variant):
+    """Rotating the backbone rotates the degree-1 outputs (and leaves degree 0 unchanged), for
+    every variant, with RFAA's per-degree value divisors on top."""
+    torch.manual_seed(3)
+    kw = dict(num_layers=2, num_channels=8, num_degrees=2, n_heads=2, div=2)
+    kw |= dict(l0_in_features=5, l0_out_features=4, l1_in_features=3, l1_out_features=2)
+    divs = {0: 2, 1: 4} if variant == "rfaa" else None
+    model = rf.SE3TransformerWrapper(**kw, num_edge_features=3, variant=variant, channels_div=divs)
+    model = model.double()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    if divs:
+        assert dict(model.se3.blocks[0][0].value_fiber) == {0: 4, 1: 2}
+    L = 10
+    xyz = torch.randn(1, L, 3, dtype=torch.float64) * 3
+    pair = torch.randn(1, L, L, 3, dtype=torch.float64)
+    G, edge = rf.make_topk_graph(xyz, pair, torch.arange(L)[None], top_k=4, kmin=2)
+    x0 = torch.randn(L, 5, 1, dtype=torch.float64)
+    x1 = torch.randn(L, 3, 3, dtype=torch.float64)
+    R = random_rotation(torch.float64, torch.Generator().manual_seed(5))
+    D = wigner_D(1, R)
+    out = model(G, x0, x1, edge)
+    turned = rf.ResidueGraph(G.graph, G.rel_pos @ R.T)
+    out_r = model(turned, x0, x1 @ D.T, edge)
+    torch.testing.assert_close(out_r["0"], out["0"], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out_r["1"], out["1"] @ D.T, rtol=1e-9, atol=1e-9)
