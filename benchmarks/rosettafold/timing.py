@@ -163,8 +163,13 @@ def run(args) -> None:
                     elif proc.returncode < 0 or "memory" in proc.stderr.lower():
                         # killed (the kernel's OOM killer) or an allocation failure outside
                         # the measured calls
-                        row = {"impl": impl, "mode": mode, "size": size, "time_s": None,
-                               "status": f"did not fit ({proc.returncode}; cap {args.cap_gib} GiB)"}  # noqa: E501
+                        row = {
+                            "impl": impl,
+                            "mode": mode,
+                            "size": size,
+                            "time_s": None,
+                            "status": f"did not fit ({proc.returncode}; cap {args.cap_gib} GiB)",
+                        }
                     else:
                         sys.exit(f"point {impl} {mode} {size} failed:\n{proc.stderr[-3000:]}")
                     row["rep"], row["load"] = rep, load_avg()
@@ -205,11 +210,11 @@ def summary(rows: list[dict], info: dict) -> str:
             if not at:
                 continue
             by = {i: [r for r in at if r["impl"] == i] for i in IMPLS}
-            ok = {
-                i: [r for r in rs if r.get("time_s") is not None] for i, rs in by.items()
+            ok = {i: [r for r in rs if r.get("time_s") is not None] for i, rs in by.items()}
+            med = {
+                i: statistics.median(r["time_s"] for r in rs) if rs else None
+                for i, rs in ok.items()
             }
-            med = {i: statistics.median(r["time_s"] for r in rs) if rs else None
-                   for i, rs in ok.items()}  # fmt: skip
             add = {i: max((r["added_gib"] for r in rs), default=None) for i, rs in ok.items()}
             for impl in IMPLS:
                 rs = by[impl]
