@@ -21,7 +21,9 @@ __all__ = [
     "expected_fused_param_grads",
     "TOLERANCE",
     "assert_equivariant",
+    "digest",
     "edge_inputs",
+    "hash_uniform",
     "random_batch",
     "random_features",
     "random_rotation",
@@ -214,3 +216,31 @@ def expected_fused_param_grads(conv, ref) -> dict[str, Tensor]:
         if n.startswith("self_weights"):
             expected[n] = p.grad
     return expected
+
+
+def hash_uniform(shape, seed: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Values in [-1, 1) that every torch version computes bit for bit: an integer hash of
+    ``(seed, index)`` (multiplies, xor-shifts, masks in int64) scaled by a power of two. Fixtures
+    made by another project in its own environment (another torch) regenerate their inputs
+    and weights from a seed with it instead of storing them."""
+    shape = tuple(shape)
+    n = 1
+    for s in shape:
+        n *= int(s)
+    mask = 0xFFFFFFFF
+    x = (torch.arange(n, dtype=torch.int64) * 2654435761 + (seed * 40503 + 12345)) & mask
+    for _ in range(3):
+        x = ((x ^ (x >> 16)) * 73244475) & mask
+    x = x ^ (x >> 16)
+    return (x.to(torch.float64) * 2.0**-31 - 1.0).reshape(shape).to(dtype)
+
+
+def digest(t: Tensor, limit: int = 4096, probes: int = 8) -> Tensor:
+    """``t`` itself when it has at most ``limit`` elements, else ``probes`` random-sign sums
+    of its rows (``[probes, *t.shape[1:]]``, signs from :func:`hash_uniform`): a compact
+    stand-in for a large reference tensor whose comparison measures the relative L2 error."""
+    if t.numel() <= limit:
+        return t.detach().clone()
+    rows = t.reshape(t.shape[0], -1)
+    signs = hash_uniform((probes, t.shape[0]), seed=7).sign().to(rows.dtype)
+    return (signs @ rows.detach()).reshape(probes, *t.shape[1:])

@@ -10,7 +10,16 @@ import torch
 
 from se3t.graph import Batch, Graph
 
-__all__ = ["from_dgl"]
+__all__ = ["from_dgl", "graph_of"]
+
+
+def graph_of(g) -> Graph:
+    """The topology of a ``DGLGraph`` (possibly batched) as se3t's :class:`Graph`: its edges
+    in DGL's order, its nodes, and the graph of every node."""
+    src, dst = g.edges()
+    counts = g.batch_num_nodes()
+    node_graph = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    return Graph(src.long(), dst.long(), node_graph.long(), int(g.num_nodes()), len(counts))
 
 
 def from_dgl(
@@ -33,12 +42,9 @@ def from_dgl(
     ):
         if key not in store:
             raise ValueError(f"from_dgl: graph.{what} has no {key!r} (has {sorted(store.keys())})")
-    src, dst = g.edges()
-    counts = g.batch_num_nodes()
-    node_graph = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
     nf = g.ndata[node_key]
     ef = g.edata[edge_key]
-    graph = Graph(src.long(), dst.long(), node_graph.long(), int(g.num_nodes()), len(counts))
+    graph = graph_of(g)
     return Batch(
         graph=graph,
         pos=g.ndata[pos_key],

@@ -53,12 +53,15 @@ __all__ = [
     "NVIDIA_COMMIT",
     "NvidiaSE3Transformer",
     "DLEModel",
+    "Entry",
     "NvidiaStateDictError",
     "expected_shapes",
+    "conv_entries",
     "load_dle_checkpoint",
     "read_sidecar",
     "from_state_dict",
     "fuse_levels",
+    "nv_order",
     "nvidia_model",
     "to_state_dict",
 ]
@@ -129,16 +132,16 @@ class NvidiaSE3Transformer(nn.Module):
         self.fiber_out = _fiber(a["fiber_out"], "fiber_out")
         self.fiber_edge = _fiber(a.get("fiber_edge"), "fiber_edge", allow_empty=True)
         # NVIDIA's Fiber iteration orders (they order its state dict's keys)
-        self.nv_in = _nv_order(a["fiber_in"].items())
-        self.nv_out = _nv_order(a["fiber_out"].items())
+        self.nv_in = nv_order(a["fiber_in"].items())
+        self.nv_out = nv_order(a["fiber_out"].items())
         if pooled:
-            self.nv_hidden = _nv_order((d, a["num_channels"]) for d in range(a["num_degrees"]))
+            self.nv_hidden = nv_order((d, a["num_channels"]) for d in range(a["num_degrees"]))
             self.fiber_hidden = Fiber.create(a["num_degrees"], a["num_channels"])
             self.return_type = 0
             self.pool = a.get("pooling") or "max"
         else:
             self.fiber_hidden = _fiber(a["fiber_hidden"], "fiber_hidden")
-            self.nv_hidden = _nv_order(a["fiber_hidden"].items())
+            self.nv_hidden = nv_order(a["fiber_hidden"].items())
             self.return_type = a.get("return_type")
             self.pool = a.get("pooling")
         if self.pool not in (None, "max", "avg"):
@@ -282,7 +285,9 @@ def nvidia_model(**kwargs) -> NvidiaSE3Transformer:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class Entry:
+    """Where one NVIDIA state-dict tensor lives in an se3t model, and its row transform."""
+
     se3t: str  # parameter name in the se3t model
     # se3t tensor rows = sign * NVIDIA tensor rows [perm] (radial last layers; else None)
     perm: Tensor | None = None
@@ -345,16 +350,16 @@ def _radial_rows(conv: ConvSE3, g: int) -> tuple[Tensor, Tensor]:
     return perm, sign
 
 
-def _nv_order(items) -> list[tuple[int, int]]:
+def nv_order(items) -> list[tuple[int, int]]:
     """The iteration order of NVIDIA's ``Fiber`` built from ``(degree, channels)`` items: a
     stable sort by channels (its ``__init__``). It orders NVIDIA's ModuleDicts and so its
     state-dict keys."""
     return sorted(((int(d), int(c)) for d, c in items), key=lambda t: t[1])
 
 
-def _conv_entries(conv: ConvSE3, nv: str, se: str, ins: list, outs: list) -> dict[str, _Entry]:
-    """Entries of one convolution; ``ins``/``outs``: NVIDIA's fiber orders (``_nv_order``)."""
-    out: dict[str, _Entry] = {}
+def conv_entries(conv: ConvSE3, nv: str, se: str, ins: list, outs: list) -> dict[str, Entry]:
+    """Entries of one convolution; ``ins``/``outs``: NVIDIA's fiber orders (``nv_order``)."""
+    out: dict[str, Entry] = {}
     layer_norm = not isinstance(conv.radial[0].net[1], nn.Identity)
     di_order, do_order = [d for d, _ in ins], [d for d, _ in outs]
     if conv.fusion is Fusion.PAIRWISE:
@@ -375,21 +380,21 @@ def _conv_entries(conv: ConvSE3, nv: str, se: str, ins: list, outs: list) -> dic
         layers = [(0, 0), (1, 1), (3, 3), (4, 4)] if layer_norm else [(0, 0), (2, 3)]
         for i_nv, i_se in layers:
             for w in ("weight", "bias"):
-                out[f"{p}{i_nv}.{w}"] = _Entry(f"{s}net.{i_se}.{w}")
+                out[f"{p}{i_nv}.{w}"] = Entry(f"{s}net.{i_se}.{w}")
         last = 6 if layer_norm else 4
         perm, sign = _radial_rows(conv, g)
-        out[f"{p}{last}.weight"] = _Entry(f"{s}last.weight", perm, sign)
+        out[f"{p}{last}.weight"] = Entry(f"{s}last.weight", perm, sign)
     if conv.self_interaction:
         for d in do_order:
             if str(d) in conv.self_weights:
-                out[f"{nv}to_kernel_self.{d}"] = _Entry(f"{se}self_weights.{d}")
+                out[f"{nv}to_kernel_self.{d}"] = Entry(f"{se}self_weights.{d}")
     return out
 
 
-def _entries(model: NvidiaSE3Transformer) -> dict[str, _Entry]:
+def _entries(model: NvidiaSE3Transformer) -> dict[str, Entry]:
     """NVIDIA state-dict key -> where the tensor lives in ``model``, in NVIDIA's order."""
     nv = "transformer.graph_modules." if model.pooled else "graph_modules."
-    out: dict[str, _Entry] = {}
+    out: dict[str, Entry] = {}
     t = model.transformer
     div = model.args["channels_div"]
     hidden = model.nv_hidden
@@ -397,27 +402,27 @@ def _entries(model: NvidiaSE3Transformer) -> dict[str, _Entry]:
     idx = 0
     for i, (att, norm) in enumerate(t.blocks):
         # the fibers of NVIDIA's AttentionBlockSE3, in its Fiber order
-        value = _nv_order((d, c // div) for d, c in hidden)
-        key = _nv_order((d, c) for d, c in value if d in dict(f_in))
-        kv = _nv_order((d, c + dict(key).get(d, 0)) for d, c in value)
+        value = nv_order((d, c // div) for d, c in hidden)
+        key = nv_order((d, c) for d, c in value if d in dict(f_in))
+        kv = nv_order((d, c + dict(key).get(d, 0)) for d, c in value)
         se = f"transformer.blocks.{i}."
-        out |= _conv_entries(
+        out |= conv_entries(
             att.to_key_value, f"{nv}{idx}.to_key_value.", f"{se}0.to_key_value.", f_in, kv
         )
         for part, fout in (("to_query", key), ("project", hidden)):
             for d, _ in fout:
-                out[f"{nv}{idx}.{part}.weights.{d}"] = _Entry(f"{se}0.{part}.weights.{d}")
+                out[f"{nv}{idx}.{part}.weights.{d}"] = Entry(f"{se}0.{part}.weights.{d}")
         idx += 1
         if not isinstance(norm, nn.Identity):
             for w in ("weight", "bias"):
-                out[f"{nv}{idx}.group_norm.{w}"] = _Entry(f"{se}1.group_norm.{w}")
+                out[f"{nv}{idx}.group_norm.{w}"] = Entry(f"{se}1.group_norm.{w}")
             idx += 1
         f_in = hidden
-    out |= _conv_entries(t.conv_out, f"{nv}{idx}.", "transformer.conv_out.", f_in, model.nv_out)
+    out |= conv_entries(t.conv_out, f"{nv}{idx}.", "transformer.conv_out.", f_in, model.nv_out)
     if model.pooled:
         for i in (0, 2):
             for w in ("weight", "bias"):
-                out[f"mlp.{i}.{w}"] = _Entry(f"mlp.{i}.{w}")
+                out[f"mlp.{i}.{w}"] = Entry(f"mlp.{i}.{w}")
     return out
 
 

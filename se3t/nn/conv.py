@@ -88,6 +88,10 @@ class ConvSE3(nn.Module):
         self_interaction: add a per-degree linear map of the destination node's own features
             (needs ``pool``). self_interaction_per_edge: add it to every incoming edge's
             message before the sum (NVIDIA's form: scaled by the in-degree) instead of once.
+        aggregate: ``"sum"`` the messages onto each node (with ``pool``), or ``"mean"``: divide
+            by the node's in-degree (nodes without incoming edges get zeros). With the
+            per-edge self-interaction the mean keeps it unscaled (the RoseTTAFold All-Atom
+            copy's ``sum_over_edge=False``).
         unit_scalar_kernel: the ``(0, 0)`` pair's kernel is its radial profile alone, without
             the constant basis value ``Y_0 = 1/sqrt(4 pi)``: what NVIDIA's pairwise
             convolutions compute (they drop that basis), while its fused ones keep it.
@@ -111,6 +115,7 @@ class ConvSE3(nn.Module):
         radial_hidden: int = 32,
         fusion: Fusion | str = Fusion.AUTO,
         chunk_elements: int | None = None,
+        aggregate: str = "sum",
     ):
         super().__init__()
         self.fiber_in = _as_fiber(fiber_in, "ConvSE3 fiber_in")
@@ -125,6 +130,9 @@ class ConvSE3(nn.Module):
                 )
         if self_interaction and not pool:
             raise ValueError("ConvSE3: self_interaction needs pool=True")
+        if aggregate not in ("sum", "mean"):
+            raise ValueError(f"ConvSE3: aggregate must be 'sum' or 'mean', got {aggregate!r}")
+        self.mean = aggregate == "mean"
         try:
             fusion = Fusion(fusion)
         except ValueError:
@@ -175,6 +183,7 @@ class ConvSE3(nn.Module):
     def extra_repr(self) -> str:
         extra = ", self_interaction_per_edge" if self.self_interaction_per_edge else ""
         extra += ", unit_scalar_kernel" if self.unit_scalar_kernel else ""
+        extra += ", aggregate=mean" if self.mean else ""
         return (
             f"{self.fiber_in} -> {self.fiber_out}, fusion={self.fusion.value}, "
             f"pool={self.pool}{extra}"
@@ -259,15 +268,20 @@ class ConvSE3(nn.Module):
         if not self.pool:
             return msgs  # {d: [E, C_o, 2d+1]}
         out = {d: scatter_sum(m, graph.dst, graph.num_nodes) for d, m in msgs.items()}
+        if self.mean or self.self_interaction_per_edge:
+            deg = torch.bincount(graph.dst, minlength=graph.num_nodes)
+            deg = deg.to(out[next(iter(out))].dtype)[:, None, None]  # [N, 1, 1]
+        if self.mean:
+            out = {d: o / deg.clamp(min=1) for d, o in out.items()}
         if self.self_interaction:
             if self.self_interaction_per_edge:
-                # sum over incoming edges of W x[t] == in-degree(t) * W x[t]
-                deg = torch.bincount(graph.dst, minlength=graph.num_nodes)
-                deg = deg.to(out[next(iter(out))].dtype)[:, None, None]  # [N, 1, 1]
+                # sum over incoming edges of W x[t] == in-degree(t) * W x[t]; their mean is
+                # W x[t] itself, where t has incoming edges
+                scale = (deg > 0).to(deg.dtype) if self.mean else deg
             for key, w in self.self_weights.items():
                 d = int(key)
                 si = torch.matmul(w.to(out[d].dtype), feats[d].to(out[d].dtype))
-                out[d] = out[d] + (deg * si if self.self_interaction_per_edge else si)
+                out[d] = out[d] + (scale * si if self.self_interaction_per_edge else si)
         return out  # {d: [N, C_o, 2d+1]}
 
 
@@ -296,7 +310,8 @@ def pairwise_reference(conv: ConvSE3) -> ConvSE3:
         r = copy.deepcopy(src)
         rows = _pair_rows(conv.specs[g], di, do)
         n = rows.stop - rows.start
-        r.last = nn.Linear(src.hidden_features, n, bias=False)
+        w = src.last.weight  # the copy keeps its dtype (a default-dtype layer would round it)
+        r.last = nn.Linear(src.hidden_features, n, bias=False, dtype=w.dtype, device=w.device)
         with torch.no_grad():
             r.last.weight.copy_(src.last.weight[rows])
         r.out_features = n

@@ -241,3 +241,32 @@ def test_bad_fiber_degree_shape_raise_value_error(batch64):
         conv(good, batch64.graph, basis[:, :100], es)
     with pytest.raises(ValueError, match="edge_scalars"):
         conv(good, batch64.graph, basis, es[:, :3])
+
+
+@pytest.mark.parametrize("per_edge", [True, False], ids=["si_per_edge", "si_per_node"])
+def test_mean_aggregation_is_the_sum_over_the_in_degree(batch64, per_edge):
+    """``aggregate="mean"``: the messages' sum over incoming edges divided by their number;
+    the self-interaction once per node (per edge, its mean is itself); zeros without edges."""
+    fin, fout = FIBERS["mixed"]
+    args = dict(max_degree=3, pool=True, self_interaction=True, self_interaction_per_edge=per_edge)
+    total = ConvSE3(fin, fout, Fiber({0: 4}), **args).double()
+    mean = ConvSE3(fin, fout, Fiber({0: 4}), **args, aggregate="mean").double()
+    mean.load_state_dict(total.state_dict())
+    g = batch64.graph
+    keep = g.dst != 0  # node 0 without incoming edges
+    graph = type(g)(g.src[keep], g.dst[keep], g.node_graph, g.num_nodes, g.num_graphs)
+    basis, es = edge_inputs(batch64)
+    basis, es = basis[keep], es[keep]
+    x = random_features(fin, g.num_nodes)
+    edges = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3, pool=False).double()
+    edges.radial.load_state_dict(total.radial.state_dict())
+    msgs = edges(x, graph, basis, es)
+    deg = torch.bincount(graph.dst, minlength=g.num_nodes).double()[:, None, None]
+    got = mean(x, graph, basis, es)
+    for d, m in msgs.items():
+        si = total.self_weights[str(d)] @ x[d] if str(d) in total.self_weights else 0
+        want = torch.zeros_like(got[d]).index_add_(0, graph.dst, m) / deg.clamp(min=1)
+        want = want + (si * (deg > 0) if per_edge else si)
+        torch.testing.assert_close(got[d], want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="aggregate"):
+        ConvSE3(fin, fout, max_degree=3, aggregate="max")
