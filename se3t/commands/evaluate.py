@@ -97,17 +97,17 @@ _ARGUMENTS = (
 )
 
 
+_HELP = "MAE/RMSE per target of a trained model on a split, with predictions and plots"
+_DESCRIPTION = (
+    "Evaluate a trained model on the test (or validation) split of the dataset it was "
+    "trained on. Writes metrics.json (MAE and RMSE per target in the target's unit, "
+    "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
+    "reference, prediction, error), parity.png and errors.png."
+)
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="MAE/RMSE per target of a trained model on a split, with predictions and plots",
-        description=(
-            "Evaluate a trained model on the test (or validation) split of the dataset it was "
-            "trained on. Writes metrics.json (MAE and RMSE per target in the target's unit, "
-            "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
-            "reference, prediction, error), parity.png and errors.png."
-        ),
-    )
+    p = subparsers.add_parser("evaluate", help=_HELP, description=_DESCRIPTION)
     for flag, options in _ARGUMENTS:
         p.add_argument(flag, **options)
     p.set_defaults(func=run)

@@ -80,21 +80,21 @@ _ALIASES = (
 )
 
 
+_HELP = "training memory and throughput per batch size, precision and fusion"
+_DESCRIPTION = (
+    "Run a few training steps for every point of the grid eval.profile_precision x "
+    "eval.profile_fusion x eval.profile_low_memory x eval.profile_batch_sizes, each in "
+    "a fresh process (the step harness of se3t.eval.point, which benchmarks/ uses too), "
+    "and record the memory a step adds above the process's baseline (CUDA: "
+    "max_memory_allocated; CPU: peak RSS of that process) and molecules/s. An "
+    "out-of-memory point is recorded and the sweep goes on (larger batches of that "
+    "series are skipped). Writes memory.json, memory.png and throughput.png to --out, "
+    "and prints the largest batch that fits per series."
+)
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "profile",
-        help="training memory and throughput per batch size, precision and fusion",
-        description=(
-            "Run a few training steps for every point of the grid eval.profile_precision x "
-            "eval.profile_fusion x eval.profile_low_memory x eval.profile_batch_sizes, each in "
-            "a fresh process (the step harness of se3t.eval.point, which benchmarks/ uses too), "
-            "and record the memory a step adds above the process's baseline (CUDA: "
-            "max_memory_allocated; CPU: peak RSS of that process) and molecules/s. An "
-            "out-of-memory point is recorded and the sweep goes on (larger batches of that "
-            "series are skipped). Writes memory.json, memory.png and throughput.png to --out, "
-            "and prints the largest batch that fits per series."
-        ),
-    )
+    p = subparsers.add_parser("profile", help=_HELP, description=_DESCRIPTION)
     add_config_arguments(
         p,
         example="model.num_layers=2 eval.profile_batch_sizes=[10,100]",

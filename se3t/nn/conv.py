@@ -25,7 +25,7 @@ from se3t.graph import Graph
 from se3t.nn.graph_ops import gather, scatter_sum
 from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
 from se3t.nn.radial import RadialProfile
-from se3t.so3.basis import basis_size, num_freq
+from se3t.so3.basis import basis_size
 from se3t.so3.fiber import Fiber
 
 __all__ = ["ConvSE3", "Fusion", "NvidiaFuseLevel", "nvidia_fusion", "pairwise_reference"]
@@ -260,13 +260,6 @@ class ConvSE3(nn.Module):
         return out  # {d: [N, C_o, 2d+1]}
 
 
-def _pair_rows(spec: KernelSpec, di: int, do: int) -> slice:
-    """Rows of a group's radial last layer that hold pair ``(d_in, d_out)`` ([C_o, C_i, nf])."""
-    co, ci = dict(spec.outs)[do], dict(spec.ins)[di]
-    start = spec.w_off[(di, do)]
-    return slice(start, start + co * ci * num_freq(di, do))
-
-
 def pairwise_reference(conv: ConvSE3) -> ConvSE3:
     """A ``PAIRWISE`` copy of ``conv`` computing the same function with the same weights:
     each pair's radial profile copies its group's hidden layers and its rows of the last
@@ -283,7 +276,7 @@ def pairwise_reference(conv: ConvSE3) -> ConvSE3:
         g = next(k for k, s in enumerate(conv.specs) if (di, do) in s.w_off)
         src = conv.radial[g]
         r = copy.deepcopy(src)
-        rows = _pair_rows(conv.specs[g], di, do)
+        rows = conv.specs[g].pair_rows(di, do)
         n = rows.stop - rows.start
         r.last = nn.Linear(src.hidden_features, n, bias=False)
         with torch.no_grad():

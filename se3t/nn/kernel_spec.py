@@ -136,6 +136,12 @@ class KernelSpec:
             for di, ci in self.ins:
                 yield di, ci, do, co
 
+    def pair_rows(self, di: int, do: int) -> slice:
+        """Rows of the radial last layer that hold pair ``(d_in, d_out)`` ([C_o, C_i, nf])."""
+        co, ci = dict(self.outs)[do], dict(self.ins)[di]
+        start = self.w_off[(di, do)]
+        return slice(start, start + co * ci * num_freq(di, do))
+
     def basis_pair(self, basis: Tensor, di: int, do: int) -> Tensor:
         """[E, 2 d_in + 1, num_freq * (2 d_out + 1)] view of a flat basis."""
         start, cols, col = self.basis_cols[(di, do)]

@@ -115,17 +115,7 @@ def active_job(cfg: Config, run_dir: Path):
         return None  # no record and no SLURM in sight: nothing to ask
     tag = run_tag(run_dir)
     if submitting:
-        # we hold the lock, so the launcher that wrote it has died, perhaps inside sbatch
-        try:
-            age = time.time() - float(rec.get("submitting_at", 0))
-        except (TypeError, ValueError):
-            age = SBATCH_GRACE_S
-        if 0 <= age < SBATCH_GRACE_S:
-            log.warning(
-                f"{RECORD} shows a submission interrupted {age:.0f} s ago; "
-                f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish"
-            )
-            time.sleep(SBATCH_GRACE_S - age)
+        _wait_for_interrupted_sbatch(rec)
     try:
         jobs = live_jobs(tag)
     except Se3tError as err:
@@ -153,7 +143,27 @@ def active_job(cfg: Config, run_dir: Path):
             f"run folder {str(run_dir)!r}: SLURM job {job_id} (comment {tag}) is still "
             f"{state}; wait for it or scancel it before launching on {cfg.launch.cluster!r}"
         )
-    base = rec if submitting else {}
+    return _adopt(cfg, run_dir, rec if submitting else {}, tag, job_id, state)
+
+
+def _wait_for_interrupted_sbatch(rec: dict[str, Any]) -> None:
+    """The intent record's launcher has died (we hold the lock), perhaps inside ``sbatch``,
+    whose child goes on and submits: wait until the record is :data:`SBATCH_GRACE_S` old."""
+    try:
+        age = time.time() - float(rec.get("submitting_at", 0))
+    except (TypeError, ValueError):
+        age = SBATCH_GRACE_S
+    if 0 <= age < SBATCH_GRACE_S:
+        log.warning(
+            f"{RECORD} shows a submission interrupted {age:.0f} s ago; "
+            f"waiting {SBATCH_GRACE_S - age:.0f} s for its sbatch to finish"
+        )
+        time.sleep(SBATCH_GRACE_S - age)
+
+
+def _adopt(cfg: Config, run_dir: Path, base: dict[str, Any], tag: str, job_id: str, state: str):
+    """Attach to the live job ``job_id`` found by its tag and complete the record with it
+    (``base``: the intent record it was submitted under, else empty)."""
     rec = {
         "job_id": job_id,
         "cluster": "slurm",
