@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from se3t.choices import NvidiaFuseLevel
 from se3t.graph import Batch, Graph
 from se3t.interop import _nvidia_cg
 from se3t.models.transformer import SE3Transformer
@@ -100,11 +101,11 @@ def _fiber(value, name: str, allow_empty: bool = False) -> Fiber | None:
         raise ValueError(f"nvidia: {name}: {exc}") from None
 
 
-def _level(tensor_cores: bool, low_memory: bool) -> str:
+def _level(tensor_cores: bool, low_memory: bool) -> NvidiaFuseLevel:
     # NVIDIA's SE3Transformer.__init__: low memory wins over tensor cores
     if low_memory:
-        return "none"
-    return "full" if tensor_cores else "partial"
+        return NvidiaFuseLevel.NONE
+    return NvidiaFuseLevel.FULL if tensor_cores else NvidiaFuseLevel.PARTIAL
 
 
 class NvidiaSE3Transformer(nn.Module):
@@ -502,11 +503,12 @@ def to_state_dict(model: NvidiaSE3Transformer, *, grad: bool = False) -> dict[st
     return out
 
 
+# the level of NVIDIA's ConvSE3FuseLevel that computes each se3t fusion, by its NVIDIA name
 _LEVEL_NAMES = {
-    Fusion.FULL: "FULL",
-    Fusion.PER_OUTPUT: "PARTIAL",
-    Fusion.PER_INPUT: "PARTIAL",
-    Fusion.PAIRWISE: "NONE",
+    Fusion.FULL: NvidiaFuseLevel.FULL.name,
+    Fusion.PER_OUTPUT: NvidiaFuseLevel.PARTIAL.name,
+    Fusion.PER_INPUT: NvidiaFuseLevel.PARTIAL.name,
+    Fusion.PAIRWISE: NvidiaFuseLevel.NONE.name,
 }
 
 
