@@ -59,7 +59,7 @@ G=(--device cuda --warmup 3 --steps 10)
 "${RUN[@]}" "${G[@]}" --sizes 240 --fusion full --precision bf16 fp16 --out "$OUTDIR/amp"
 "${RUN[@]}" "${G[@]}" --sizes 100 --fusion full --precision fp16 --low-memory false true --out "$OUTDIR/mem100"
 "${RUN[@]}" "${G[@]}" --sizes 1000 --fusion full --precision fp16 --out "$OUTDIR/b1000"
-# issue 12: the Triton kernel (model.kernel=triton) vs the eager fused torch evaluation vs
+# the Triton kernel (model.kernel=triton) vs the eager fused torch evaluation vs
 # pairwise at batch 240 with AMP, and peak memory at batch 100 with AMP, per kernel
 "${RUN[@]}" "${G[@]}" --sizes 240 --fusion pairwise full --kernel torch triton --precision fp16 --out "$OUTDIR/triton240"
 "${RUN[@]}" "${G[@]}" --sizes 100 --fusion full --kernel torch triton --precision fp16 --out "$OUTDIR/triton100"

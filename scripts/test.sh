@@ -9,4 +9,6 @@ VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 "$VENV/bin/ruff" check se3t tests benchmarks
 "$VENV/bin/ruff" format --check se3t tests benchmarks
+# the package's layering and acyclicity (the contracts in pyproject.toml)
+"$VENV/bin/lint-imports"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -19,9 +19,12 @@ __all__ = [
     "Compressor",
     "DataFormat",
     "Device",
+    "Evaluation",
     "Fusion",
     "Graph",
+    "Kernel",
     "NanPolicy",
+    "NvidiaFuseLevel",
     "Optimizer",
     "Pooling",
     "Precision",
@@ -127,15 +130,60 @@ class Kernel(StrEnum):
     TRITON = "triton"
 
 
+class Evaluation(StrEnum):
+    """What evaluates one fused TFN group: the names under which the evaluations register in
+    :mod:`se3t.nn.evaluations` (a :class:`Kernel` is what the config asks for, an
+    ``Evaluation`` what ran; :attr:`se3t.nn.kernel.KernelState.ran` counts them by name).
+
+    - ``CPP``: the C++ kernel (se3t.nn.kernel_cpu).
+    - ``TRITON``: the Triton kernel (se3t.nn.kernel_triton).
+    - ``TORCH_CONCAT``: torch, input degrees concatenated (one channel count across them).
+    - ``TORCH_PAIRS``: torch, one bmm per degree pair (any fibers).
+    - ``PAIRWISE``: plain autograd on the whole radial output, the reference of ``Fusion.PAIRWISE``.
+    """
+
+    CPP = "cpp"
+    TRITON = "triton"
+    TORCH_CONCAT = "torch-concat"
+    TORCH_PAIRS = "torch-pairs"
+    PAIRWISE = "pairwise"
+
+
+class NvidiaFuseLevel(StrEnum):
+    """NVIDIA's ``ConvSE3FuseLevel``, lowest first: its SE3Transformer picks ``none`` with
+    ``low_memory``, ``full`` with ``tensor_cores``, else ``partial``; each convolution then
+    downgrades on its own (:func:`se3t.nn.conv.nvidia_fusion`)."""
+
+    NONE = "none"
+    PARTIAL = "partial"
+    FULL = "full"
+
+    @property
+    def rank(self) -> int:
+        return list(NvidiaFuseLevel).index(self)
+
+
 class RadialSharing(StrEnum):
     """Which degree pairs share a radial MLP (``model.radial_sharing``; docs/model.md)."""
 
-    FUSION = "fusion"  # the groups of model.fusion, in every layer (se3t's former function)
+    FUSION = "fusion"  # the groups of model.fusion, in every layer
     # NVIDIA's per-layer choice at its maximum fuse level: with tensor_cores (its published
     # QM9 runs), its default (a CPU), low_memory; applies when model.fusion is auto
     NVIDIA_FULL = "nvidia_full"
     NVIDIA_PARTIAL = "nvidia_partial"
     NVIDIA_NONE = "nvidia_none"
+
+    @property
+    def fuse_level(self) -> NvidiaFuseLevel | None:
+        """NVIDIA's maximum fuse level of this choice; None for ``fusion``."""
+        return _FUSE_LEVEL.get(self)
+
+
+_FUSE_LEVEL = {
+    RadialSharing.NVIDIA_FULL: NvidiaFuseLevel.FULL,
+    RadialSharing.NVIDIA_PARTIAL: NvidiaFuseLevel.PARTIAL,
+    RadialSharing.NVIDIA_NONE: NvidiaFuseLevel.NONE,
+}
 
 
 class SelfInteraction(StrEnum):

@@ -196,8 +196,6 @@ def expected_fused_param_grads(conv, ref) -> dict[str, Tensor]:
     """Gradients of a fused ``ConvSE3``'s parameters assembled from those of its pairwise copy
     ``ref`` (:func:`se3t.nn.conv.pairwise_reference`, after ``backward``): hidden layers summed
     over the pairs of each group, last-layer rows taken pair by pair."""
-    from se3t.nn.conv import _pair_rows  # deferred: keeps this module's imports light
-
     expected = {}
     pairs = [(s.ins[0][0], s.outs[0][0]) for s in ref.specs]
     for g, (spec, radial) in enumerate(zip(conv.specs, conv.radial, strict=True)):
@@ -206,7 +204,7 @@ def expected_fused_param_grads(conv, ref) -> dict[str, Tensor]:
         for k, (di, do) in enumerate(pairs):
             if (di, do) not in spec.w_off:
                 continue
-            last[_pair_rows(spec, di, do)] = ref.radial[k].last.weight.grad
+            last[spec.pair_rows(di, do)] = ref.radial[k].last.weight.grad
             for n, p in ref.radial[k].net.named_parameters():
                 hidden[n] += p.grad
         expected[f"radial.{g}.last.weight"] = last

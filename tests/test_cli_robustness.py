@@ -1,6 +1,6 @@
 """The command line under stress: SIGTERM, a full disk, overrides after options, unsafe
 checkpoints. Each ends in one clear line and a non-zero exit, never a traceback, and leaves
-nothing half-written (issue 16, defects 9 and 10)."""
+nothing half-written."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Fault injection: every array of every store, deleted, truncated or flipped, is refused by
 every command that reads the store, with a non-zero exit and a message naming the array.
 
-The guard that keeps issue 16's silent failures (a damaged store read as zeros, trained on,
-exit 0) from coming back. Real stores of the committed QM9 molecules, real commands (the
-``se3t`` entry point, in process)."""
+The guard against silent failures (a damaged store read as zeros, trained on, exit 0). Real
+stores of the committed QM9 molecules, real commands (the ``se3t`` entry point, in process)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,13 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
     sub.required = True
 
+    _declare_fetch(sub)
+    _declare_build(sub)
+    _declare_info(sub)
+
+
+def _declare_fetch(sub) -> None:
+    """`se3t data fetch`: the raw input into a folder."""
     fetch = sub.add_parser(
         "fetch",
         help="put the raw input files into a folder (with sha256 for each)",
@@ -49,6 +56,9 @@ def register(subparsers) -> None:
     )
     fetch.set_defaults(func=_fetch)
 
+
+def _declare_build(sub) -> None:
+    """`se3t data build`: the dataset store from the fetched input."""
     build = sub.add_parser(
         "build",
         help="parse the input, build graphs, write the Zarr dataset store",
@@ -81,6 +91,9 @@ def register(subparsers) -> None:
     )
     build.set_defaults(func=_build)
 
+
+def _declare_info(sub) -> None:
+    """`se3t data info`: a store's summary."""
     info = sub.add_parser(
         "info",
         help="summary and parse report of a dataset store",

@@ -6,84 +6,110 @@ import argparse
 
 from se3t.choices import Split
 
+# the arguments of `se3t evaluate`, declared once (register adds them in this order)
+_ARGUMENTS = (
+    (
+        "run",
+        dict(
+            metavar="RUN_OR_CHECKPOINT",
+            nargs="?",
+            help="a run folder (its best.pt, else last.pt, is used) or a checkpoint file",
+        ),
+    ),
+    (
+        "--nvidia-checkpoint",
+        dict(
+            metavar="PATH",
+            default=None,
+            help="evaluate NVIDIA's DeepLearningExamples SE3Transformer training checkpoint "
+            "instead (read with weights_only=True; needs --dataset and a sidecar YAML: "
+            "docs/model.md)",
+        ),
+    ),
+    (
+        "--nvidia-config",
+        dict(
+            metavar="YAML",
+            default=None,
+            help="the NVIDIA checkpoint's sidecar: NVIDIA's model arguments, the target and its "
+            "standardization (default: the checkpoint's name with .yaml)",
+        ),
+    ),
+    (
+        "--split",
+        dict(
+            choices=[s.value for s in Split],
+            default="test",
+            help="which split of the dataset to evaluate on, as training split it (default: test)",
+        ),
+    ),
+    (
+        "--out",
+        dict(
+            metavar="DIR",
+            default=None,
+            help="output folder (default: the run folder, i.e. the checkpoint's folder)",
+        ),
+    ),
+    (
+        "--dataset",
+        dict(
+            metavar="PATH",
+            default=None,
+            help="dataset store to use instead of the one in the checkpoint's config",
+        ),
+    ),
+    (
+        "--batch-size",
+        dict(
+            type=int,
+            default=None,
+            help="molecules per batch (default: eval.batch_size of the run's config)",
+        ),
+    ),
+    (
+        "--device",
+        dict(
+            default="auto",
+            help="auto (CUDA when available; the default), cpu, cuda or cuda:N",
+        ),
+    ),
+    (
+        "--format",
+        dict(
+            choices=("csv", "parquet"),
+            default="csv",
+            help="predictions file format: csv (default) or parquet (needs pyarrow)",
+        ),
+    ),
+    (
+        "--allow-other-dataset",
+        dict(
+            action="store_true",
+            help="evaluate even when --dataset (or the split drawn from it) is not the one the "
+            "checkpoint was trained on; the metrics then record that (dataset_check)",
+        ),
+    ),
+    (
+        "--quiet",
+        dict(action="store_true", help="no progress bar"),
+    ),
+)
+
+
+_HELP = "MAE/RMSE per target of a trained model on a split, with predictions and plots"
+_DESCRIPTION = (
+    "Evaluate a trained model on the test (or validation) split of the dataset it was "
+    "trained on. Writes metrics.json (MAE and RMSE per target in the target's unit, "
+    "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
+    "reference, prediction, error), parity.png and errors.png."
+)
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="MAE/RMSE per target of a trained model on a split, with predictions and plots",
-        description=(
-            "Evaluate a trained model on the test (or validation) split of the dataset it was "
-            "trained on. Writes metrics.json (MAE and RMSE per target in the target's unit, "
-            "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
-            "reference, prediction, error), parity.png and errors.png."
-        ),
-    )
-    p.add_argument(
-        "run",
-        metavar="RUN_OR_CHECKPOINT",
-        nargs="?",
-        help="a run folder (its best.pt, else last.pt, is used) or a checkpoint file",
-    )
-    p.add_argument(
-        "--nvidia-checkpoint",
-        metavar="PATH",
-        default=None,
-        help=(
-            "evaluate NVIDIA's DeepLearningExamples SE3Transformer training checkpoint instead "
-            "(read with weights_only=True; needs --dataset and a sidecar YAML: docs/model.md)"
-        ),
-    )
-    p.add_argument(
-        "--nvidia-config",
-        metavar="YAML",
-        default=None,
-        help=(
-            "the NVIDIA checkpoint's sidecar: NVIDIA's model arguments, the target and its "
-            "standardization (default: the checkpoint's name with .yaml)"
-        ),
-    )
-    p.add_argument(
-        "--split",
-        choices=[s.value for s in Split],
-        default="test",
-        help="which split of the dataset to evaluate on, as training split it (default: test)",
-    )
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        default=None,
-        help="output folder (default: the run folder, i.e. the checkpoint's folder)",
-    )
-    p.add_argument(
-        "--dataset",
-        metavar="PATH",
-        default=None,
-        help="dataset store to use instead of the one in the checkpoint's config",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="molecules per batch (default: eval.batch_size of the run's config)",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA when available; the default), cpu, cuda or cuda:N",
-    )
-    p.add_argument(
-        "--format",
-        choices=("csv", "parquet"),
-        default="csv",
-        help="predictions file format: csv (default) or parquet (needs pyarrow)",
-    )
-    p.add_argument(
-        "--allow-other-dataset",
-        action="store_true",
-        help="evaluate even when --dataset (or the split drawn from it) is not the one the "
-        "checkpoint was trained on; the metrics then record that (dataset_check)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = subparsers.add_parser("evaluate", help=_HELP, description=_DESCRIPTION)
+    for flag, options in _ARGUMENTS:
+        p.add_argument(flag, **options)
     p.set_defaults(func=run)
 
 

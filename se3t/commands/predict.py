@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+_HELP = "predict the trained targets for new molecules (XYZ, extended XYZ, SDF, SMILES)"
+_DESCRIPTION = (
+    "Predict the targets a model was trained on for new molecules: XYZ (QM9's format "
+    "or plain), extended XYZ (any number of frames), SDF (any number of records) or a "
+    "CSV of SMILES (conformers made as in the build). Each molecule gets the graph and "
+    "element encoding the model was trained with; an element it never saw is an error "
+    "naming the molecule. Writes CSV (file, id, target, unit, prediction, "
+    "prediction_mev) to --out or to stdout."
+)
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "predict",
-        help="predict the trained targets for new molecules (XYZ, extended XYZ, SDF, SMILES)",
-        description=(
-            "Predict the targets a model was trained on for new molecules: XYZ (QM9's format "
-            "or plain), extended XYZ (any number of frames), SDF (any number of records) or a "
-            "CSV of SMILES (conformers made as in the build). Each molecule gets the graph and "
-            "element encoding the model was trained with; an element it never saw is an error "
-            "naming the molecule. Writes CSV (file, id, target, unit, prediction, "
-            "prediction_mev) to --out or to stdout."
-        ),
-    )
+    p = subparsers.add_parser("predict", help=_HELP, description=_DESCRIPTION)
     p.add_argument(
         "checkpoint",
         metavar="CHECKPOINT",

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+_HELP = "self-contained HTML report (and a Markdown twin) of runs, evaluation and profile"
+_DESCRIPTION = (
+    "Build one self-contained HTML file (images embedded) and its Markdown twin from a "
+    "results folder: a run folder, or a folder whose runs/* or * sub-folders are run "
+    "folders. Each run folder needs config.yaml and metrics.jsonl (se3t train), "
+    "metrics.json and predictions.csv (se3t evaluate). A profile memory.json (se3t "
+    "profile) is taken from RESULTS_DIR/profile/, RESULTS_DIR or the run folder, or "
+    "from --profile."
+)
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "report",
-        help="self-contained HTML report (and a Markdown twin) of runs, evaluation and profile",
-        description=(
-            "Build one self-contained HTML file (images embedded) and its Markdown twin from a "
-            "results folder: a run folder, or a folder whose runs/* or * sub-folders are run "
-            "folders. Each run folder needs config.yaml and metrics.jsonl (se3t train), "
-            "metrics.json and predictions.csv (se3t evaluate). A profile memory.json (se3t "
-            "profile) is taken from RESULTS_DIR/profile/, RESULTS_DIR or the run folder, or "
-            "from --profile."
-        ),
-    )
+    p = subparsers.add_parser("report", help=_HELP, description=_DESCRIPTION)
     p.add_argument("results", metavar="RESULTS_DIR", help="run folder or results folder")
     p.add_argument(
         "--runs",

@@ -9,22 +9,25 @@ import sys
 from se3t.commands.common import add_config_arguments, load_config
 from se3t.io import write_text
 
+_HELP = "train a model in this process (one DDP rank under torchrun/srun)"
+_DESCRIPTION = (
+    "Train the SE(3)-Transformer of CONFIG on the dataset store data.path. Writes the "
+    "run folder run.dir: config.yaml (resolved), metrics.jsonl (kind=step|epoch: loss, "
+    "lr, mol_per_s, peak_mem_bytes, train_mae, val_mae per target in target units), "
+    "train.log, last.pt and best.pt (atomic checkpoints). When run.dir already holds "
+    "last.pt the run continues from it (train.resume=false starts over). Under torchrun "
+    "or srun with several tasks each process is one DDP rank (gloo on CPU, NCCL on "
+    "GPUs). SIGUSR2/SIGTERM write a checkpoint at the next step and exit with code 3. "
+    "Bases come from the basis store basis.manifest when basis.use is store or auto "
+    "(and the manifest exists), else they are computed in the forward pass."
+)
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a model in this process (one DDP rank under torchrun/srun)",
-        description=(
-            "Train the SE(3)-Transformer of CONFIG on the dataset store data.path. Writes the "
-            "run folder run.dir: config.yaml (resolved), metrics.jsonl (kind=step|epoch: loss, "
-            "lr, mol_per_s, peak_mem_bytes, train_mae, val_mae per target in target units), "
-            "train.log, last.pt and best.pt (atomic checkpoints). When run.dir already holds "
-            "last.pt the run continues from it (train.resume=false starts over). Under torchrun "
-            "or srun with several tasks each process is one DDP rank (gloo on CPU, NCCL on "
-            "GPUs). SIGUSR2/SIGTERM write a checkpoint at the next step and exit with code 3. "
-            "Bases come from the basis store basis.manifest when basis.use is store or auto "
-            "(and the manifest exists), else they are computed in the forward pass."
-        ),
+        help=_HELP,
+        description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from se3t.choices import Fusion
+from se3t.choices import Fusion, Kernel, NvidiaFuseLevel, RadialSharing
 from se3t.graph import Batch, Graph
 from se3t.nn.attention import AttentionBlockSE3
 from se3t.nn.conv import ConvSE3, nvidia_fusion
-from se3t.nn.kernel import Backend, KernelState
+from se3t.nn.kernel import KernelState
 from se3t.nn.norm import NormSE3
 from se3t.nn.pooling import GraphPooling
 from se3t.nn.tuning import KernelTuner, default_cache
@@ -33,7 +33,7 @@ class SE3Transformer(nn.Module):
     checkpointing: only its input is kept and its forward pass is recomputed in backward
     (~1.3x the compute for a fraction of the activation memory). ``chunk_elements`` bounds the
     radial outputs held at once by the torch evaluation of the fused convolutions. ``kernel``:
-    the :class:`se3t.nn.kernel.Backend` of the fused convolutions; ``tuner``: a
+    the :class:`se3t.choices.Kernel` of the fused convolutions; ``tuner``: a
     :class:`se3t.nn.tuning.KernelTuner` (tile sizes per machine and shape), None for defaults.
     Every forward pass builds one :class:`se3t.nn.kernel.KernelState` (or takes ``state``) and
     hands it to every layer.
@@ -65,18 +65,17 @@ class SE3Transformer(nn.Module):
         fusion: Fusion | str = Fusion.AUTO,
         low_memory: bool = False,
         chunk_elements: int | None = None,
-        kernel: Backend | str = Backend.AUTO,
+        kernel: Kernel | str = Kernel.AUTO,
         tuner=None,
-        nvidia_fuse_level: str | None = None,
+        nvidia_fuse_level: NvidiaFuseLevel | str | None = None,
         self_interaction_per_edge: bool = False,
     ):
         super().__init__()
         try:
-            self.kernel = Backend(kernel)
+            self.kernel = Kernel(kernel)
         except ValueError:
             raise ValueError(
-                f"SE3Transformer: kernel must be one of {[b.value for b in Backend]}, "
-                f"got {kernel!r}"
+                f"SE3Transformer: kernel must be one of {[b.value for b in Kernel]}, got {kernel!r}"
             ) from None
         self.tuner, self.chunk_elements = tuner, chunk_elements
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
@@ -211,9 +210,9 @@ class SE3TransformerPooled(nn.Module):
         fusion: Fusion | str = Fusion.AUTO,
         low_memory: bool = False,
         chunk_elements: int | None = None,
-        kernel: Backend | str = Backend.AUTO,
+        kernel: Kernel | str = Kernel.AUTO,
         tuner=None,
-        nvidia_fuse_level: str | None = None,
+        nvidia_fuse_level: NvidiaFuseLevel | str | None = None,
         self_interaction_per_edge: bool = False,
     ):
         super().__init__()
@@ -346,9 +345,7 @@ def build(model_cfg) -> SE3TransformerPooled:
 def parameterization(model_cfg) -> dict:
     """Keyword arguments of the model's function (radial sharing, self-interaction) from the
     ``model.radial_sharing`` and ``model.self_interaction`` config keys."""
-    sharing = model_cfg.radial_sharing
-    level = None if sharing == "fusion" else sharing.removeprefix("nvidia_")
     return dict(
-        nvidia_fuse_level=level,
+        nvidia_fuse_level=RadialSharing(model_cfg.radial_sharing).fuse_level,
         self_interaction_per_edge=model_cfg.self_interaction == "edge",
     )

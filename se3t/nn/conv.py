@@ -20,24 +20,23 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from se3t.choices import Fusion
+from se3t.choices import Evaluation, Fusion, NvidiaFuseLevel
 from se3t.graph import Graph
 from se3t.nn.graph_ops import gather, scatter_sum
 from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
 from se3t.nn.radial import RadialProfile
-from se3t.so3.basis import basis_size, num_freq, unflatten_basis
+from se3t.so3.basis import basis_size
 from se3t.so3.fiber import Fiber
 
-__all__ = ["NVIDIA_FUSE_LEVELS", "ConvSE3", "Fusion", "nvidia_fusion", "pairwise_reference"]
-
-
-# NVIDIA's ConvSE3FuseLevel, lowest first: its SE3Transformer picks "none" with low_memory,
-# "full" with tensor_cores, else "partial"; each convolution then downgrades on its own
-NVIDIA_FUSE_LEVELS = ("none", "partial", "full")
+__all__ = ["ConvSE3", "Fusion", "NvidiaFuseLevel", "nvidia_fusion", "pairwise_reference"]
 
 
 def nvidia_fusion(
-    fiber_in: Fiber, fiber_out: Fiber, fiber_edge: Fiber | None, max_degree: int, level: str
+    fiber_in: Fiber,
+    fiber_out: Fiber,
+    fiber_edge: Fiber | None,
+    max_degree: int,
+    level: NvidiaFuseLevel | str,
 ) -> Fusion:
     """The fusion (radial sharing) NVIDIA's ``ConvSE3`` uses for these fibers at maximum
     fuse ``level`` ("none", "partial", "full").
@@ -48,9 +47,11 @@ def nvidia_fusion(
     drops to the next condition: FULL, then PARTIAL per output degree, then PARTIAL per input
     degree, then pairwise.
     """
-    if level not in NVIDIA_FUSE_LEVELS:
-        raise ValueError(f"nvidia fuse level must be one of {NVIDIA_FUSE_LEVELS}, got {level!r}")
-    rank = NVIDIA_FUSE_LEVELS.index(level)
+    try:
+        rank = NvidiaFuseLevel(level).rank
+    except ValueError:
+        levels = [v.value for v in NvidiaFuseLevel]
+        raise ValueError(f"nvidia fuse level must be one of {levels}, got {level!r}") from None
     edge = fiber_edge or {}
     ins = {c + (edge.get(d, 0) if d > 0 else 0) for d, c in fiber_in.items()}
     outs = set(fiber_out.values())
@@ -242,29 +243,17 @@ class ConvSE3(nn.Module):
             src = torch.arange(graph.num_edges, device=src.device)
         else:
             xs = feats
-        E = graph.num_edges
         msgs: dict[int, Tensor] = {}
-        if self.fusion is Fusion.PAIRWISE:
-            views = unflatten_basis(basis, self.max_degree)
-            for spec, radial in zip(self.specs, self.radial, strict=True):
-                (di, ci), (do, co) = spec.ins[0], spec.outs[0]
-                nf, m = num_freq(di, do), 2 * do + 1
-                x_src = gather(xs[di], src)  # [E, C_i, 2 d_in + 1]
-                B = views[(di, do)].reshape(E, 2 * di + 1, nf * m).to(x_src.dtype)
-                T = torch.bmm(x_src, B).view(E, ci * nf, m)  # [E, C_i * nf, m_o]
-                R = radial(edge_scalars).view(E, co, ci * nf)  # [E, C_o, C_i * nf]
-                msg = torch.bmm(R, T.to(R.dtype))  # [E, C_o, m_o]
-                msgs[do] = msg if do not in msgs else msgs[do] + msg
-        else:
-            for spec, radial in zip(self.specs, self.radial, strict=True):
-                # an edge and its reverse share radial weights where the evaluation can use it
-                share = state.radial_share(spec, edge_scalars, graph)
-                z = radial.hidden(edge_scalars if share is None else share.take(edge_scalars))
-                xl = [xs[d] for d, _ in spec.ins]
-                for do, msg in fused_tfn(
-                    spec, z, radial.last.weight, basis, src, xl, state, share
-                ).items():
-                    msgs[do] = msg if do not in msgs else msgs[do] + msg  # [E, C_o, 2 d_out + 1]
+        how = Evaluation.PAIRWISE if self.fusion is Fusion.PAIRWISE else None
+        for spec, radial in zip(self.specs, self.radial, strict=True):
+            # an edge and its reverse share radial weights where the evaluation can use it
+            share = state.radial_share(spec, edge_scalars, graph, how)
+            z = radial.hidden(edge_scalars if share is None else share.take(edge_scalars))
+            xl = [xs[d] for d, _ in spec.ins]
+            for do, msg in fused_tfn(
+                spec, z, radial.last.weight, basis, src, xl, state, share, how
+            ).items():
+                msgs[do] = msg if do not in msgs else msgs[do] + msg  # [E, C_o, 2 d_out + 1]
         if not self.pool:
             return msgs  # {d: [E, C_o, 2d+1]}
         out = {d: scatter_sum(m, graph.dst, graph.num_nodes) for d, m in msgs.items()}
@@ -285,13 +274,6 @@ class ConvSE3(nn.Module):
         return out  # {d: [N, C_o, 2d+1]}
 
 
-def _pair_rows(spec: KernelSpec, di: int, do: int) -> slice:
-    """Rows of a group's radial last layer that hold pair ``(d_in, d_out)`` ([C_o, C_i, nf])."""
-    co, ci = dict(spec.outs)[do], dict(spec.ins)[di]
-    start = spec.w_off[(di, do)]
-    return slice(start, start + co * ci * num_freq(di, do))
-
-
 def pairwise_reference(conv: ConvSE3) -> ConvSE3:
     """A ``PAIRWISE`` copy of ``conv`` computing the same function with the same weights:
     each pair's radial profile copies its group's hidden layers and its rows of the last
@@ -308,7 +290,7 @@ def pairwise_reference(conv: ConvSE3) -> ConvSE3:
         g = next(k for k, s in enumerate(conv.specs) if (di, do) in s.w_off)
         src = conv.radial[g]
         r = copy.deepcopy(src)
-        rows = _pair_rows(conv.specs[g], di, do)
+        rows = conv.specs[g].pair_rows(di, do)
         n = rows.stop - rows.start
         w = src.last.weight  # the copy keeps its dtype (a default-dtype layer would round it)
         r.last = nn.Linear(src.hidden_features, n, bias=False, dtype=w.dtype, device=w.device)

@@ -8,7 +8,7 @@ also computes ``T = Bb x[src]`` (block basis times node features) per block of e
 thread-local buffer; the backward pass runs per chunk of edges on a ``T`` the library computes
 for the chunk (``basis_x``), and forms the node-feature gradient (``basis_t``), both on the
 block basis's nonzero entries only; the basis gradient stays a batched torch matmul. The layout
-is that of :class:`se3t.nn.kernel._ConcatTFN`.
+is that of :class:`se3t.nn.kernel_torch._ConcatTFN`.
 
 The kernel is a plain shared library (C ABI, called through ``ctypes``; no torch headers, so
 the build takes a few seconds) compiled with the host's ``-march=native`` into the user's cache
@@ -37,8 +37,12 @@ import torch
 from torch import Tensor
 
 from se3t import io
+from se3t.choices import Evaluation, Kernel
+from se3t.nn.evaluations import Registered, register
 from se3t.nn.graph_ops import gather
-from se3t.nn.kernel import KernelSpec, KernelState
+from se3t.nn.kernel_spec import KernelSpec
+from se3t.nn.kernel_state import KernelState, permutes
+from se3t.nn.sharing import RadialShare
 from se3t.so3.blocks import block_column_ranges
 
 __all__ = [
@@ -414,10 +418,11 @@ def degrees(spec: KernelSpec, C: int) -> Tensor:
 
 
 class ConcatTFNCpu(torch.autograd.Function):
-    """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel._ConcatTFN`, except
-    that ``z [U, H]`` has one row per run of ``share`` (:class:`se3t.nn.sharing.RadialShare`)
-    and ``src`` and ``block`` list the edges in run order; the messages come out in edge
-    order. One call of the library per pass: no chunks, no ``T`` in memory."""
+    """The ``cpp`` evaluation; inputs and outputs as :class:`se3t.nn.kernel_torch._ConcatTFN`,
+    except that ``z [U, H]`` has one row per run of ``share``
+    (:class:`se3t.nn.sharing.RadialShare`) and ``src`` and ``block`` list the edges in run
+    order; the messages come out in edge order. One call of the library per pass: no chunks,
+    no ``T`` in memory."""
 
     @staticmethod
     def forward(ctx, z, weight, x_all, src, spec: KernelSpec, state: KernelState, block, share):
@@ -538,3 +543,59 @@ def trial_problem(spec: KernelSpec, E: int, H: int, dtype: torch.dtype, device):
             ext.backward(z, w, t, off, rows, grad, dt, dw, gz, tiles["k_tile_backward"])
 
     return {"forward": forward, "backward": backward}
+
+
+def _apply(spec: KernelSpec, state: KernelState, z, weight, basis, src, xs, share=None):
+    if share is None:
+        share = RadialShare.single(z.shape[0], z.device)
+    x_all, block = state.concat_operands(spec, basis, xs, z.dtype, share)
+    if permutes(share):
+        src = src.index_select(0, share.order)  # the block's edge order
+    return ConcatTFNCpu.apply(z, weight, x_all, src, spec, state, block, share)
+
+
+def _unsupported(spec: KernelSpec, device: torch.device, dt: torch.dtype) -> str | None:
+    if not spec.uniform_channels:
+        return (
+            "kernel: backend cpp needs one channel count across the input degrees of a fused "
+            f"group, got {spec.ins}; use model.kernel=torch"
+        )
+    if device.type != "cpu" or dt not in (torch.float32, torch.float64):
+        return (
+            f"kernel: backend cpp runs on the CPU in float32/float64, got {device.type} {dt} "
+            "(use model.kernel=auto)"
+        )
+    return None
+
+
+def _build_id() -> str:
+    # a rebuilt kernel (new source, compiler or flags) is a new library: re-tune it
+    return Path(str(build_info().get("library", ""))).stem
+
+
+# chunk_edges bounds the per-chunk T and dT buffers of the backward pass (2 x 27 KB per edge
+# at the paper's sizes, 28 MB at 512 edges): memory, not speed, so it is not part of the
+# trial. The forward pass keeps T in per-thread buffers of edge_block runs and takes a whole
+# pass at once; its best K tile differs from the backward pass's (the forward pass vectorizes
+# over channels, the backward pass over K), so the two are tuned apart.
+register(
+    Registered(
+        Evaluation.CPP,
+        _apply,
+        serves=frozenset({Kernel.AUTO, Kernel.CPP}),
+        rank=0,
+        owner=Kernel.CPP,
+        unsupported=_unsupported,
+        ready=lambda: extension() is not None,
+        shares_radial=True,
+        tiles={"edge_block": 32, "k_tile": 32, "chunk_edges": 512, "k_tile_backward": 32},
+        candidates={
+            "forward": [
+                {"edge_block": eb, "k_tile": kt} for eb in (8, 32, 128) for kt in (16, 32, 64)
+            ],
+            "backward": [{"k_tile_backward": kt} for kt in (16, 32, 64)],
+        },
+        trial_problem=trial_problem,
+        build=_build_id,
+    )
+)

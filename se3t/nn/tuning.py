@@ -26,36 +26,21 @@ import torch
 from torch import Tensor
 
 from se3t import io
+from se3t.device import cpu_model
+from se3t.nn import evaluations
 
 __all__ = ["KernelTuner", "default_cache", "default_tiles", "device_name"]
 
 log = logging.getLogger("se3t.kernel")
 
-# tiles used without a tuner, and the first candidate of every trial. chunk_edges bounds the
-# per-chunk T and dT buffers of the backward passes (2 x 27 KB per edge at the paper's sizes,
-# 28 MB at 512 edges): memory, not speed, so it is not part of the trial. The CPU forward pass
-# keeps T in per-thread buffers of edge_block runs and takes a whole pass at once.
-_DEFAULTS = {
-    "cpp": {"edge_block": 32, "k_tile": 32, "chunk_edges": 512, "k_tile_backward": 32},
-    "triton": {"chunk_edges": 4096, "block_e": 16, "block_k": 32},
-}
+# the tiles used without a tuner, the first candidate of every trial and the candidates per
+# pass of the trial problem are the evaluation's own (se3t.nn.evaluations.Registered)
 TRIAL_EDGES = 512  # the trial's largest problem
-# per pass of the trial problem (se3t.nn.kernel_cpu / kernel_triton.trial_problem): the
-# candidates of the tiles that pass reads
-_CANDIDATES = {
-    "cpp": {
-        "forward": [{"edge_block": eb, "k_tile": kt} for eb in (8, 32, 128) for kt in (16, 32, 64)],
-        "backward": [{"k_tile_backward": kt} for kt in (16, 32, 64)],
-    },
-    "triton": {
-        "both": [{"block_e": be, "block_k": bk} for be in (16, 32) for bk in (16, 32, 64)],
-    },
-}
 ROUNDS = 3  # timed runs per candidate, in turns; the best counts
 
 
 def default_tiles(evaluation: str) -> dict:
-    return dict(_DEFAULTS.get(evaluation, {}))
+    return dict(evaluations.entry(evaluation).tiles)
 
 
 def default_cache() -> Path:
@@ -66,9 +51,7 @@ def default_cache() -> Path:
 def device_name(t: Tensor) -> str:
     if t.device.type == "cuda":
         return torch.cuda.get_device_name(t.device)
-    from se3t.nn.kernel_cpu import cpu_description  # deferred: avoids an import cycle
-
-    return cpu_description()[0]
+    return cpu_model()
 
 
 class KernelTuner:
@@ -101,14 +84,10 @@ class KernelTuner:
         return self._disk
 
     def key(self, evaluation: str, spec, z: Tensor) -> str:
-        E = max(1, min(z.shape[0], _DEFAULTS[evaluation]["chunk_edges"]))
+        how = evaluations.entry(evaluation)
+        E = max(1, min(z.shape[0], how.tiles["chunk_edges"]))
         bucket = 1 << (E - 1).bit_length()  # edges per call, to the next power of two
-        build = ""
-        if evaluation == "cpp":
-            from se3t.nn.kernel_cpu import build_info  # deferred: avoids an import cycle
-
-            # a rebuilt kernel (new source, compiler or flags) is a new library: re-tune it
-            build = Path(str(build_info().get("library", ""))).stem
+        build = how.build()  # a rebuilt kernel is a new library: re-tuned
         return "|".join(
             [
                 device_name(z),
@@ -147,16 +126,13 @@ class KernelTuner:
         return {**tiles, **{k: v for k, v in self.overrides.items() if k in tiles}}
 
     def _trial(self, evaluation: str, spec, z: Tensor, base: dict) -> dict:
-        if evaluation == "cpp":
-            from se3t.nn.kernel_cpu import trial_problem  # deferred: cycle
-        else:
-            from se3t.nn.kernel_triton import trial_problem  # deferred: optional dependency
+        how = evaluations.entry(evaluation)
         E = max(1, min(z.shape[0], base["chunk_edges"], TRIAL_EDGES))
-        passes = trial_problem(spec, E, z.shape[1], z.dtype, z.device)  # {pass: run(tiles)}
+        passes = how.trial_problem(spec, E, z.shape[1], z.dtype, z.device)  # {pass: run(tiles)}
         t0 = time.perf_counter()
         best = dict(base)
         for name, run in passes.items():
-            cands = [{**best, **c} for c in _CANDIDATES[evaluation][name]]
+            cands = [{**best, **c} for c in how.candidates[name]]
             for tiles in cands:
                 run(tiles)  # warm-up (and, on a GPU, compilation)
             times = [float("inf")] * len(cands)

@@ -140,7 +140,8 @@ def checkpoint_config(state: dict[str, Any], path: str | os.PathLike) -> Config:
     stored = state["config"]
     model = stored.get("model") if isinstance(stored, dict) else None
     if isinstance(model, dict) and "radial_sharing" not in model:
-        # saved before the model's function became a config choice: se3t's former function
+        # a checkpoint without these keys was trained with radial sharing per fusion group and
+        # the self-interaction once per node: read it as that function, not today's default
         stored = {**stored, "model": {"radial_sharing": "fusion", "self_interaction": "node"}}
         stored["model"].update(model)
     try:

@@ -1,7 +1,7 @@
 """Training never finishes on non-finite numbers, and its records are strict JSON.
 
-A non-finite loss or gradient (a learning rate of inf, NaN positions, an exploding run) used to
-train on to exit 0, writing bare ``NaN`` into ``metrics.jsonl``, which strict JSON parsers
+A non-finite loss or gradient (a learning rate of inf, NaN positions, an exploding run) must
+not train on to exit 0, writing bare ``NaN`` into ``metrics.jsonl``, which strict JSON parsers
 reject. :class:`NonFiniteGuard` checks every optimizer step before it is taken: with
 ``train.nan_policy=stop`` (the default) the run stops with :class:`NonFiniteError` (exit 2)
 before the step, so nothing is saved over the last good checkpoint; with ``skip`` the step is

@@ -1,5 +1,5 @@
 """The basis cache can never be poisoned by a damaged dataset, verify covers every file of a
-store, and a damaged shard is never sealed in (issue 16, defects 2-4). Real stores."""
+store, and a damaged shard is never sealed in. Real stores."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A damaged dataset store is refused by every reader, naming the array and chunk, and a rebuild
-over it rebuilds (issue 16, defects 1 and 5). Real stores of the committed QM9 molecules."""
+over it rebuilds. Real stores of the committed QM9 molecules."""
 
 from __future__ import annotations
 

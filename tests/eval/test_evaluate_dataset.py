@@ -1,5 +1,5 @@
 """A model is scored only on the dataset and split it was trained with, unless the user says
-otherwise, and then the metrics say what was evaluated (issue 16, defect 7)."""
+otherwise, and then the metrics say what was evaluated."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Molecules at the edges of what prediction takes: predicted when valid (no edges at all is a
-valid molecule), refused with a message naming the field otherwise, never a traceback
-(issue 16, defects 9 and 10)."""
+valid molecule), refused with a message naming the field otherwise, never a traceback."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ CONFIGS = [
     "pooled_partial_fp64",
     "plain_degree1",
 ]
-# the issue's thresholds: ~85 eps in float32 (two implementations summing in different orders
+# the thresholds: ~85 eps in float32 (two implementations summing in different orders
 # through several layers), 1e-10 in float64 (same maths, both bases in float64)
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 LEAVES = ("pos", "node_feats", "edge_feats")
@@ -129,7 +129,7 @@ def test_paper_sizes_match_nvidia_layout():
         level: sum(torch.Size(s).numel() for s in d["shapes"].values())
         for level, d in fx["levels"].items()
     }
-    # NVIDIA's counts at the paper's sizes (the issue quotes 9,304,321 for PARTIAL)
+    # NVIDIA's parameter count at the paper's sizes for PARTIAL: 9,304,321
     assert counts["partial"] == 9_304_321
 
 

@@ -1,5 +1,6 @@
 """Checkpoints saved before ``model.radial_sharing`` / ``model.self_interaction`` existed keep
-the function they were trained with (se3t's former one), not the new default (NVIDIA's)."""
+the function they were trained with (radial sharing per fusion group, self-interaction per
+node), not today's default (NVIDIA's)."""
 
 from se3t.config import Config, to_dict
 from se3t.models import build

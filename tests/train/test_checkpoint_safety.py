@@ -1,5 +1,5 @@
 """A checkpoint that only code execution could load is refused, and the message never passes
-on torch's advice to retry with weights_only=False (issue 16, defect 10)."""
+on torch's advice to retry with weights_only=False."""
 
 from __future__ import annotations
 

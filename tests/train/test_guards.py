@@ -1,4 +1,4 @@
-"""Non-finite training fails loudly and its metrics stay strict JSON (issue 16, defect 8)."""
+"""Non-finite training fails loudly and its metrics stay strict JSON."""
 
 from __future__ import annotations
 

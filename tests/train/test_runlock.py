@@ -1,5 +1,5 @@
-"""One training run per run folder (issue 16, defect 6): a second run fails at once naming the
-holder; a dead holder's lock is taken over; a requeued SLURM job re-acquires its own lock."""
+"""One training run per run folder: a second run fails at once naming the holder; a dead
+holder's lock is taken over; a requeued SLURM job re-acquires its own lock."""
 
 from __future__ import annotations
 
