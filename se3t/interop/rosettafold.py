@@ -45,12 +45,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from se3t.choices import Fusion
+from se3t.choices import Fusion, Kernel, NvidiaFuseLevel
 from se3t.graph import Graph
 from se3t.interop.nvidia import Entry, conv_entries, nv_order
 from se3t.nn.attention import AttentionBlockSE3, AttentionSE3
 from se3t.nn.conv import ConvSE3, nvidia_fusion
-from se3t.nn.kernel import Backend, KernelState
+from se3t.nn.kernel import KernelState
 from se3t.nn.linear import LinearSE3
 from se3t.nn.norm import NormSE3
 from se3t.so3.basis import compute_basis_flat
@@ -252,7 +252,7 @@ class _Blocks(nn.Module):
         use_layer_norm: bool,
         tensor_cores: bool,
         low_memory: bool,
-        kernel: Backend,
+        kernel: Kernel,
     ):
         super().__init__()
         self.fiber_in, self.fiber_hidden, self.fiber_out = fiber_in, fiber_hidden, fiber_out
@@ -260,14 +260,19 @@ class _Blocks(nn.Module):
         self.final_layer, self.populate_edge, self.kernel = final_layer, populate_edge, kernel
         self.max_degree = max(f.max_degree for f in (fiber_in, fiber_hidden, fiber_out))
         if variant.nvidia_levels:
-            level = "none" if low_memory else ("full" if tensor_cores else "partial")
+            level = (
+                NvidiaFuseLevel.NONE
+                if low_memory
+                else (NvidiaFuseLevel.FULL if tensor_cores else NvidiaFuseLevel.PARTIAL)
+            )
             final_level = level
         else:
-            level = "full" if tensor_cores and not low_memory else "partial"
-            final_level = "full"
+            full = tensor_cores and not low_memory
+            level = NvidiaFuseLevel.FULL if full else NvidiaFuseLevel.PARTIAL
+            final_level = NvidiaFuseLevel.FULL
         self.levels = (level, final_level)
 
-        def layout(fin: Fiber, fout: Fiber, lv: str) -> dict:
+        def layout(fin: Fiber, fout: Fiber, lv: NvidiaFuseLevel) -> dict:
             fu = nvidia_fusion(fin, fout, fiber_edge, self.max_degree, lv)
             return dict(fusion=fu, unit_scalar_kernel=fu is Fusion.PAIRWISE)
 
@@ -341,11 +346,11 @@ class _Blocks(nn.Module):
             basis = compute_basis_flat(rel_pos.detach(), self.max_degree, dtype=dtype)
         edge_scalars = torch.cat([edge0, self.edge_length(rel_pos).to(dtype)], dim=1)
         kernel = self.kernel
-        if kernel is Backend.AUTO and edge0.device.type == "cpu" and torch.is_grad_enabled():
+        if kernel is Kernel.AUTO and edge0.device.type == "cpu" and torch.is_grad_enabled():
             # the C++ kernel's backward pass, tuned for QM9's 32 channels per degree, is slower
             # than the torch evaluation on these blocks' narrow fibers (BENCHMARKS.md); its
             # forward pass, which never writes the radial weights, serves inference
-            kernel = Backend.TORCH
+            kernel = Kernel.TORCH
         state = KernelState(basis, kernel)
         for att, norm in self.blocks:
             feats = norm(att(feats, graph, basis, edge_scalars, None, state))
@@ -383,7 +388,7 @@ class SE3TransformerWrapper(nn.Module):
     option: False averages the final convolution over incoming edges); ``channels_div`` (an
     int or ``{degree: divisor}``, default ``div``); ``tensor_cores``, ``low_memory`` (their
     fuse-level switches; they change the parameter layout, never the memory here);
-    ``norm``, ``use_layer_norm``; ``kernel``: se3t's :class:`se3t.nn.kernel.Backend`.
+    ``norm``, ``use_layer_norm``; ``kernel``: se3t's :class:`se3t.choices.Kernel`.
     """
 
     def __init__(
@@ -408,7 +413,7 @@ class SE3TransformerWrapper(nn.Module):
         low_memory: bool = False,
         norm: bool = True,
         use_layer_norm: bool = True,
-        kernel: Backend | str = Backend.AUTO,
+        kernel: Kernel | str = Kernel.AUTO,
     ):
         super().__init__()
         if variant not in _VARIANTS:
@@ -442,10 +447,10 @@ class SE3TransformerWrapper(nn.Module):
         ):
             _positive_int(value, name, low)
         try:
-            self.kernel = Backend(kernel)
+            self.kernel = Kernel(kernel)
         except ValueError:
             raise ValueError(
-                f"SE3TransformerWrapper: kernel must be one of {[b.value for b in Backend]}, "
+                f"SE3TransformerWrapper: kernel must be one of {[b.value for b in Kernel]}, "
                 f"got {kernel!r}"
             ) from None
         self.variant, self.l1_in, self.l1_out = variant, l1_in_features, l1_out_features
@@ -491,7 +496,8 @@ class SE3TransformerWrapper(nn.Module):
         s = self.se3
         return (
             f"variant={self.variant}, {s.fiber_in} -> {s.fiber_out}, final_layer="
-            f"{s.final_layer}, populate_edge={s.populate_edge}, fuse levels {s.levels}"
+            f"{s.final_layer}, populate_edge={s.populate_edge}, "
+            f"fuse levels {tuple(map(str, s.levels))}"
         )
 
     def reset_parameter(self) -> None:
