@@ -37,7 +37,7 @@ class MetricsWriter:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by kill -9
-            same = r["step"] == step and (r["kind"] == "step" or r["epoch"] < epoch)
+            same = r["step"] == step and (r["kind"] in ("step", "val") or r["epoch"] < epoch)
             if r["step"] < step or same:
                 keep.append(line)
         write_text(self.path, "".join(k + "\n" for k in keep))
