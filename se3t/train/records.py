@@ -57,6 +57,8 @@ class MetricsWriter:
                     continue
                 values = value if isinstance(value, dict) else {"": value}
                 for target, v in values.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        continue  # scalars only (device_name is text; null when non-finite)
                     tag = f"{rec['kind']}/{key}" + (f"/{target}" if target else "")
                     self.tb.add_scalar(tag, v, rec["step"])
 
