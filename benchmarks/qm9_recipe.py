@@ -67,6 +67,7 @@ def pack(a) -> None:
         "homo": splits["train"].store.targets[:, st.target_names.index("homo")].astype(np.float32),
         **{s: d.indices.astype(np.int32) for s, d in splits.items()},
     }
+
     def write(tmp):
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)

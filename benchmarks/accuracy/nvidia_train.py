@@ -125,8 +125,14 @@ def train(a, nv) -> None:
     def val(step):
         t0 = time.perf_counter()
         mae = validate(nv, model, d, val_idx, mean, std, a.eval_batch)
-        write({"kind": "val", "step": step, "val_mae": {"homo": mae},
-               "eval_s": time.perf_counter() - t0})
+        write(
+            {
+                "kind": "val",
+                "step": step,
+                "val_mae": {"homo": mae},
+                "eval_s": time.perf_counter() - t0,
+            }
+        )
 
     model.train()
     val(0)

@@ -85,8 +85,16 @@ def prepare(a) -> None:
     store = work / "qm9_20k.zarr"
     if not store.exists():
         subprocess.run(
-            [sys.executable, str(HERE / "subset.py"), "--size", str(a.size), "--seed", "0",
-             "--out", str(work / "raw")],
+            [
+                sys.executable,
+                str(HERE / "subset.py"),
+                "--size",
+                str(a.size),
+                "--seed",
+                "0",
+                "--out",
+                str(work / "raw"),
+            ],
             check=True,
         )
         se3t = str(Path(sys.executable).with_name("se3t"))
@@ -97,8 +105,15 @@ def prepare(a) -> None:
     init = work / "nvidia_init.pth"
     if not init.exists():
         subprocess.run(
-            [a.nvidia_python, str(HERE / "nvidia_train.py"), "init", "--nvidia", a.nvidia,
-             "--out", str(init)],
+            [
+                a.nvidia_python,
+                str(HERE / "nvidia_train.py"),
+                "init",
+                "--nvidia",
+                a.nvidia,
+                "--out",
+                str(init),
+            ],
             check=True,
         )
     cfg = load(ROOT / "config" / "config.yaml", se3t_overrides(a, work, 0))
@@ -215,14 +230,36 @@ def train(a) -> None:
         if (d / "metrics.jsonl").exists():
             raise SystemExit(f"{d} holds a run already: move it away to run again")
         if impl == "nvidia":
-            argv = [a.nvidia_python, str(HERE / "nvidia_train.py"), "train", "--nvidia",
-                    a.nvidia, "--data", str(work / "nvidia_data.pt"), "--init",
-                    str(work / "nvidia_init.pth"), "--seed", str(seed), "--steps",
-                    str(a.steps), "--eval-every", str(a.eval_every), "--threads",
-                    str(a.threads), "--out", str(d)]
+            argv = [
+                a.nvidia_python,
+                str(HERE / "nvidia_train.py"),
+                "train",
+                "--nvidia",
+                a.nvidia,
+                "--data",
+                str(work / "nvidia_data.pt"),
+                "--init",
+                str(work / "nvidia_init.pth"),
+                "--seed",
+                str(seed),
+                "--steps",
+                str(a.steps),
+                "--eval-every",
+                str(a.eval_every),
+                "--threads",
+                str(a.threads),
+                "--out",
+                str(d),
+            ]
         else:
-            argv = [se3t, "train", "-c", str(ROOT / "config" / "config.yaml"), "--no-progress",
-                    *se3t_overrides(a, work, seed)]
+            argv = [
+                se3t,
+                "train",
+                "-c",
+                str(ROOT / "config" / "config.yaml"),
+                "--no-progress",
+                *se3t_overrides(a, work, seed),
+            ]
         runs.append(Run(f"{impl}-s{seed}", argv, d, env))
         runs[-1].impl = impl
     deadline = None
@@ -233,10 +270,12 @@ def train(a) -> None:
     clock = work / "clock.json"
 
     def save_clock():
-        clock.write_text(json.dumps(
-            {r.name: {"intervals": r.intervals, "end": r.end, "step": r.step} for r in runs},
-            indent=1,
-        ))
+        clock.write_text(
+            json.dumps(
+                {r.name: {"intervals": r.intervals, "end": r.end, "step": r.step} for r in runs},
+                indent=1,
+            )
+        )
 
     while not all(r.done for r in runs):
         for r in runs:
@@ -300,8 +339,15 @@ def curves(work: Path) -> dict:
                 mae = r["val_mae"]["homo"]
                 val.append({"step": r["step"], "mae": mae, "wall_s": t, "train_s": t - eval_s})
             elif r["kind"] == "step":
-                loss.append({"step": r["step"], "loss": r["loss"], "lr": r["lr"],
-                             "wall_s": t, "train_s": t - eval_s})
+                loss.append(
+                    {
+                        "step": r["step"],
+                        "loss": r["loss"],
+                        "lr": r["lr"],
+                        "wall_s": t,
+                        "train_s": t - eval_s,
+                    }
+                )
         out[name] = {"val": val, "loss": loss, "end": c["end"], "eval_s": eval_s}
     return out
 
@@ -345,24 +391,32 @@ def report(a) -> None:
         mae = [1000 * p["mae"] for p in c["val"]]
         ax[0].plot(steps, mae, style, marker="o", ms=3, label=name)
         ax[1].plot([p["train_s"] / 60 for p in c["val"]], mae, style, marker="o", ms=3, label=name)
-        ax[2].plot([p["step"] for p in c["loss"]], [p["loss"] for p in c["loss"]], style,
-                   label=name)
+        ax[2].plot(
+            [p["step"] for p in c["loss"]], [p["loss"] for p in c["loss"]], style, label=name
+        )
     ax[0].set(xlabel="optimizer step (batch 32)", ylabel="validation MAE homo (meV)")
     ax[1].set(xlabel="own wall-clock, validation excluded (min)", ylabel="validation MAE (meV)")
     ax[2].set(xlabel="optimizer step", ylabel="training L1 loss (standardized)")
     for x in ax:
         x.grid(alpha=0.3)
         x.legend()
-    fig.suptitle("se3t train vs NVIDIA's SE3Transformer: QM9 homo, 20k subset, same initial "
-                 "weights and batches")
+    fig.suptitle(
+        "se3t train vs NVIDIA's SE3Transformer: QM9 homo, 20k subset, same initial "
+        "weights and batches"
+    )
     fig.tight_layout()
     fig.savefig(work / "curves.png", dpi=110)
 
     names = list(cv)
     steps = sorted({p["step"] for c in cv.values() for p in c["val"]})
-    lines = ["| step | " + " | ".join(f"{n} MAE (meV)" for n in names) + " | " +
-             " | ".join(f"{n} time (s)" for n in names) + " |",
-             "|---:|" + "---:|" * (2 * len(names))]
+    lines = [
+        "| step | "
+        + " | ".join(f"{n} MAE (meV)" for n in names)
+        + " | "
+        + " | ".join(f"{n} time (s)" for n in names)
+        + " |",
+        "|---:|" + "---:|" * (2 * len(names)),
+    ]
     for s in steps:
         row = []
         for n in names:
@@ -373,22 +427,28 @@ def report(a) -> None:
             row.append(f"{p['train_s']:.0f}" if p else "")
         lines.append(f"| {s} | " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("| run | end | last step | last val MAE (meV) | own time, training (s) | "
-                 "validation (s) | s per step |")
+    lines.append(
+        "| run | end | last step | last val MAE (meV) | own time, training (s) | "
+        "validation (s) | s per step |"
+    )
     lines.append("|---|---|---:|---:|---:|---:|---:|")
     for n in names:
         c = cv[n]
         last = c["val"][-1] if c["val"] else None
         if last:
             per = last["train_s"] / max(1, last["step"])
-            lines.append(f"| {n} | {c['end']} | {last['step']} | {1000 * last['mae']:.1f} | "
-                         f"{last['train_s']:.0f} | {c['eval_s']:.0f} | {per:.2f} |")
+            lines.append(
+                f"| {n} | {c['end']} | {last['step']} | {1000 * last['mae']:.1f} | "
+                f"{last['train_s']:.0f} | {c['eval_s']:.0f} | {per:.2f} |"
+            )
     nv = [n for n in names if n.startswith("nvidia")]
     if nv and cv[nv[0]]["val"]:
         ref = cv[nv[0]]["val"][-1]
         lines.append("")
-        lines.append(f"Time to reach {nv[0]}'s last validation MAE ({1000 * ref['mae']:.1f} meV "
-                     f"at step {ref['step']}, {ref['train_s']:.0f} s):")
+        lines.append(
+            f"Time to reach {nv[0]}'s last validation MAE ({1000 * ref['mae']:.1f} meV "
+            f"at step {ref['step']}, {ref['train_s']:.0f} s):"
+        )
         for n in names:
             t = time_to(cv[n]["val"], ref["mae"])
             ratio = f" = {t / ref['train_s']:.2f} of NVIDIA's" if t is not None else ""

@@ -53,7 +53,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--size", type=int, default=20000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--src", type=Path, default=None, help="qm9pack's CSV folder (default: installed)")
+    p.add_argument(
+        "--src", type=Path, default=None, help="qm9pack's CSV folder (default: installed)"
+    )
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     n = write_subset(a.src or qm9pack_dir(), a.out, a.size, a.seed)
