@@ -18,12 +18,12 @@ The runs: ``se3t-s<k>`` is ``se3t train -c config/config.yaml`` (NVIDIA's recipe
 with ``train.seed=k`` (its batch order), ``train.init_weights`` = NVIDIA's initial weights, bases
 computed in the forward pass (like NVIDIA's default), fp32 on the CPU; ``nvidia-s<k>`` is
 NVIDIA's model in NVIDIA's loop (``nvidia_train.py``) on the batches ``se3t train`` draws with
-seed k. Both validate every ``--eval-every`` steps (and before the first step) on the whole
+seed k. Both validate every ``--eval-every`` (25) steps (and before the first step) on the whole
 validation split and log the mean training loss every 25 steps.
 
 Fairness on a shared machine: every run is one process for its whole life, and only one runs
 at a time. The others are stopped (SIGSTOP to the process group) and the runs take turns of
-``--segment`` optimizer steps, round robin, so load that drifts during the window hits all of
+``--segment`` (25) optimizer steps, round robin, so load that drifts during the window hits all of
 them alike. A run's wall-clock is the sum of its own turns (from the moment its process is
 continued until it is stopped, start-up and imports included), recorded in ``clock.json``;
 ``train_s`` also leaves out the time its validations took. ``--deadline HH:MM`` (UTC) stops
@@ -468,9 +468,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="se3t batch orders")
     p.add_argument("--nvidia-seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--segment", type=int, default=50, help="optimizer steps per turn")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--segment", type=int, default=25, help="optimizer steps per turn")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (README: why one)")
     p.add_argument("--deadline", default=None, help="HH:MM UTC: stop every run there")
     a = p.parse_args()
     if a.stage in ("prepare", "all"):
