@@ -97,7 +97,9 @@ def test_gpu_sh_qm9_cpu_smoke(packed, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "qm9" / "result.json").read_text())
-    assert res["epochs_done"] == 1 and res["precision"] == "fp32" and res["batch_size"] == 32
+    # as many epochs as the budget holds (the first one timed to plan the rest)
+    assert res["epochs_done"] >= 1 and len(res["epoch_s"]) == res["epochs_done"]
+    assert res["precision"] == "fp32" and res["batch_size"] == 32
     assert math.isfinite(res["test_mae_mev"]) and res["test_mae_mev"] > 0
     assert res["mol_per_ms"] > 0
     assert "test MAE homo (meV)" in (out / "table.md").read_text()
