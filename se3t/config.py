@@ -223,11 +223,17 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     eval_every: int = positive(1)
+    # validation every N optimizer steps as well (and once before the first step); 0: epochs only
+    eval_every_steps: int = non_negative(0)
     log_every: int = non_negative(10)
     checkpoint_every: int = non_negative(0)  # steps; 0: at every epoch end only
     device: Device = Device.AUTO
     tensorboard: bool = False
     resume: bool = True  # continue from {run.dir}/last.pt when it exists
+    # a fresh run starts from these weights: a se3t checkpoint or run folder, or NVIDIA's
+    # checkpoint/state dict with its sidecar YAML (se3t.train.init; docs/training.md)
+    init_weights: str | None = None
+    init_nvidia_config: str | None = None  # NVIDIA's sidecar (default: init_weights as .yaml)
     # seconds a rank waits in a collective (all-reduce, barrier, rendezvous) for the others
     # before it fails: a rank that died or hangs ends the job instead of holding it to its limit
     collective_timeout: float = positive(300.0)

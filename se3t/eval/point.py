@@ -81,6 +81,8 @@ class StepPoint:
     peak_reset: bool | None = None  # CPU: the peak mark was reset after the warm-up
     error: str | None = None
     wall_s: float = 0.0
+    warmup_times_s: list[float] | None = None  # every untimed step (see measure)
+    step_times_s: list[float] | None = None  # every timed step
 
     @property
     def series(self) -> str:
@@ -137,6 +139,32 @@ def _dataset_batch(data: dict[str, Any], size: int, seed: int) -> Batch:
     return collate([split[int(i)] for i in rows])
 
 
+# A step is warm once two consecutive untimed steps agree within STEADY (first-use costs such
+# as the fused kernel's tile trial, its compilation or the allocator's growth make a step
+# several times slower than the next); at most MAX_EXTRA_WARMUP steps beyond the configured ones.
+STEADY = 1.25
+MAX_EXTRA_WARMUP = 6
+
+
+def warm_up(step, warmup_steps: int, device: torch.device) -> list[float]:
+    """Run ``step()`` ``warmup_steps`` times, then more until the last two agree within
+    ``STEADY`` (at most ``MAX_EXTRA_WARMUP`` more): the timed steps that follow are then free
+    of one-time costs. Returns every warm-up step's seconds."""
+    times: list[float] = []
+    for i in range(warmup_steps + MAX_EXTRA_WARMUP):
+        if i >= warmup_steps and len(times) >= 2:
+            a, b = times[-2], times[-1]
+            if max(a, b) <= STEADY * min(a, b):
+                break
+        if i >= warmup_steps and warmup_steps == 0:
+            break  # no warm-up asked for (smoke runs): none added
+        t0 = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def measure(
     model: torch.nn.Module,
     batch: Batch,
@@ -165,9 +193,7 @@ def measure(
         )
         gc.collect()
         point.baseline_memory_bytes = current_memory(device)
-        for _ in range(warmup_steps):
-            step(batch, basis)
-        synchronize(device)
+        point.warmup_times_s = warm_up(lambda: step(batch, basis), warmup_steps, device)
         gc.collect()
         point.peak_reset = reset_peak_memory(device)
         times, loss = [], None
@@ -178,6 +204,7 @@ def measure(
             times.append(time.perf_counter() - t0)
         point.peak_memory_bytes = peak_memory(device)
         point.added_memory_bytes = max(0, point.peak_memory_bytes - point.baseline_memory_bytes)
+        point.step_times_s = times
         point.step_time_s = statistics.median(times)
         point.mol_per_s = point.batch_size / point.step_time_s
         point.loss = float(loss) if loss is not None else None

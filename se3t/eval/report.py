@@ -44,7 +44,7 @@ import yaml
 from se3t.errors import InputError
 from se3t.eval import plots
 from se3t.eval.environment import describe_environment
-from se3t.eval.references import PUBLISHED_MAE, THROUGHPUT_REFERENCES, UNITS
+from se3t.eval.references import PAPER_MODEL, PUBLISHED_MAE, THROUGHPUT_REFERENCES, UNITS
 from se3t.eval.schema import METRICS_SCHEMA, PROFILE_SCHEMA, validate
 from se3t.io import write_bytes, write_text
 
@@ -294,6 +294,41 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "—" if x is None else f"{x:.{digits}g}"
 
 
+def model_words(model: dict) -> tuple[str, bool]:
+    """``(text, is_paper)``: a run's model in words (layers, degrees, channels, heads,
+    parameters) and whether it is the model of the published figures (``PAPER_MODEL``)."""
+    from se3t.config import from_dict  # deferred: only the report counts parameters
+    from se3t.models import build
+
+    m = from_dict({"model": model}).model
+    n = sum(p.numel() for p in build(m).parameters())
+    text = (
+        f"{m.num_layers} layers, degrees 0–{m.max_degree}, {m.channels} channels, "
+        f"{m.heads} heads, {n:,} parameters"
+    )
+    return text, all(getattr(m, k) == v for k, v in PAPER_MODEL.items())
+
+
+def _paper_words() -> str:
+    p = PAPER_MODEL
+    return (
+        f"the paper's model ({p['num_layers']} layers, degrees 0–{p['max_degree']}, "
+        f"{p['channels']} channels, {p['heads']} heads)"
+    )
+
+
+def _model_note(doc: _Doc, run: RunResults) -> tuple[str, bool]:
+    words, paper = model_words(run.config.get("model") or {})
+    if paper:
+        doc.para(f"This run's model: {words}: {_paper_words()}, as in the published figures.")
+    else:
+        doc.para(
+            f"This run's model: {words}. It is not {_paper_words()} that every published figure "
+            "below was measured with: they are shown for orientation, not as a comparison."
+        )
+    return words, paper
+
+
 def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
     ev = run.evaluation
     checkpoint = shown_path(ev["checkpoint"], results_dir, run)
@@ -305,6 +340,7 @@ def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
         f"{ev['environment']['device_name']}. Dataset {dataset} "
         f"({ev.get('dataset_source', 'qm9')}), targets {targets}."
     )
+    _, paper = _model_note(doc, run)
     rows = []
     for target, m in ev["metrics"].items():
         unit = m["unit"]
@@ -324,6 +360,8 @@ def _metrics_section(doc: _Doc, run: RunResults, results_dir: Path) -> None:
             if refs and all(r["unit"] == unit for r in refs)
             else "—"
         )
+        if refs and not paper:  # a ratio of two different models' errors says nothing
+            ratio = "— (not the paper's model)"
         rows.append(
             [
                 target,
@@ -355,14 +393,49 @@ def _series(p: dict) -> str:
     return f"{p['precision']}, {p['fusion']}" + (", low_memory" if p["low_memory"] else "")
 
 
+def batch_limits(profile: dict) -> str:
+    """What the sweep showed about batch sizes, per series: the largest batch that fits only
+    where a larger one failed; else that every batch tried fits (a lower bound, no limit)."""
+    failed: dict[str, list[dict]] = {}
+    for p in profile["points"]:
+        if p["status"] != "ok":  # keyed like largest_batch (StepPoint.series)
+            key = f"{p['precision']} {p['fusion']}" + (" low_memory" if p["low_memory"] else "")
+            failed.setdefault(key, []).append(p)
+    limits, fits_all = [], []
+    for series, largest in profile["largest_batch"].items():
+        first_fail = min(failed.get(series, []), key=lambda p: p["batch_size"], default=None)
+        if first_fail is None:
+            fits_all.append(f"{series} (up to {largest})")
+        elif largest is None:
+            limits.append(
+                f"{series}: none fits ({first_fail['batch_size']}: {first_fail['status']})"
+            )
+        else:
+            limits.append(
+                f"{series}: {largest} ({first_fail['batch_size']}: {first_fail['status']})"
+            )
+    text = []
+    if limits:
+        text.append("Largest batch that fits, where a larger one failed: " + "; ".join(limits))
+    if fits_all:
+        text.append(
+            "Every batch tried fits in "
+            + ", ".join(fits_all)
+            + ": the sweep found no limit there (try larger batches to find one)"
+        )
+    return ". ".join(text) + "."
+
+
 def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> None:
     tp = training_throughput(run.records)
     train = run.config.get("train") or {}
+    words, paper = _model_note(doc, run)
     rows = []
     if tp is not None:
         rows.append(
             [
                 "se3t (this run, training log)",
+                words if paper else f"{words} (not the paper's model)",
                 _training_device(run),
                 str(train.get("precision", "?")),
                 str(train.get("batch_size", "?")),
@@ -370,11 +443,13 @@ def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> Non
             ]
         )
     if profile is not None:
+        pwords, ppaper = model_words(profile.get("model") or {})
         for p in profile["points"]:
             if p["status"] == "ok" and p["batch_size"] == 240:
                 rows.append(
                     [
                         f"se3t profile ({_series(p)})",
+                        pwords if ppaper else f"{pwords} (not the paper's model)",
                         profile["environment"]["device_name"],
                         p["precision"],
                         "240",
@@ -385,18 +460,20 @@ def _throughput_section(doc: _Doc, run: RunResults, profile: dict | None) -> Non
         rows.append(
             [
                 "NVIDIA SE3Transformer (published)",
+                _paper_words(),
                 ref["device"],
                 ref["precision"],
                 str(ref["batch_size"]),
                 f"{ref['mol_per_ms']:g}",
             ]
         )
-    doc.table(["source", "device", "precision", "batch", "mol/ms"], rows)
+    doc.table(["source", "model", "device", "precision", "batch", "mol/ms"], rows)
     if tp is None:
         doc.para("The training log has no step records with mol_per_s.")
     doc.para(
-        "An absolute throughput compares only on the same device: a CPU figure beside an A100's "
-        "shows the gap, not the implementation's quality."
+        "A throughput compares only for the same model on the same device: a CPU figure beside "
+        "an A100's, or a small model's beside the paper's, shows neither implementation's "
+        "quality."
     )
 
 
@@ -452,10 +529,7 @@ def _profile_section(
         ],
         rows,
     )
-    largest = ", ".join(
-        f"{k}: {v if v is not None else 'none'}" for k, v in profile["largest_batch"].items()
-    )
-    doc.para(f"Largest batch that fits, per series: {largest}.")
+    doc.para(batch_limits(profile))
     memory, throughput = assets / f"{prefix}memory.png", assets / f"{prefix}throughput.png"
     plots.plot_profile_memory(profile, memory)
     plots.plot_profile_throughput(profile, throughput)

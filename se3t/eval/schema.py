@@ -119,6 +119,17 @@ PROFILE_SCHEMA: dict[str, Any] = {
                     "num_edges": {"type": ["integer", "null"], "minimum": 0},
                     "error": {"type": ["string", "null"]},
                     "wall_s": {"type": "number", "minimum": 0},
+                    "warmup_times_s": {
+                        "type": ["array", "null"],
+                        "items": {"type": "number"},
+                        "description": "every untimed step: the configured warm-up, then more "
+                        "until two consecutive steps agree within 25% (se3t.eval.point.warm_up)",
+                    },
+                    "step_times_s": {
+                        "type": ["array", "null"],
+                        "items": {"type": "number"},
+                        "description": "every timed step (step_time_s is their median)",
+                    },
                     "kernel": {
                         "type": "string",
                         "description": "model.kernel and the fused kernel's tiles per shape "

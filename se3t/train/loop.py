@@ -51,6 +51,7 @@ from se3t.models import build
 from se3t.train import distributed as D
 from se3t.train.checkpoint import capture_rng, check_model_state, restore_rng, save_checkpoint
 from se3t.train.guards import NonFiniteGuard
+from se3t.train.init import initial_weights
 from se3t.train.inputs import Inputs, check_inputs
 from se3t.train.loss import masked_abs_error
 from se3t.train.records import MetricsWriter, log_to
@@ -99,6 +100,8 @@ class Trainer:
         self.model = build(cfg.model)
         if self.resume_state is not None:
             check_model_state(self.model, self.resume_state["model"], str(self.resume_path))
+        elif t.init_weights:
+            self.model.load_state_dict(initial_weights(cfg, self.model))
         del inputs
         self.model.to(self.device)
         D.init(self.env, self.device, timeout_s=t.collective_timeout)
@@ -325,6 +328,8 @@ class Trainer:
         train_mae: dict[str, float] = {}
         std = self.train_set.std.to(self.device)
         with self.stop, metrics:
+            if t.eval_every_steps and self.step == 0:
+                self._eval_step(metrics)  # the starting weights' score
             while self.step < self.total_steps:
                 epoch_done, stopped = self._epoch(metrics, std)
                 if stopped:
@@ -431,6 +436,8 @@ class Trainer:
                 self.batch_in_epoch = group_start = i + 1
                 if t.log_every and self.step % t.log_every == 0:
                     tick = self._log_step(metrics, window, tick, bar, lr)
+                if t.eval_every_steps and self.step % t.eval_every_steps == 0:
+                    tick += self._eval_step(metrics)  # not in the next window's mol/s
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save("last.pt")
                 if self.stop.agreed(self.env.distributed):
@@ -477,6 +484,18 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
         window.zero_()
         return now
+
+    def _eval_step(self, metrics: MetricsWriter) -> float:
+        """Validation between epochs (``train.eval_every_steps``): a ``kind: val`` record.
+        Returns the seconds it took."""
+        t0 = time.perf_counter()
+        val_mae = self.evaluate(self.val_set)
+        seconds = time.perf_counter() - t0
+        rec = {"kind": "val", "epoch": self.epoch, "step": self.step, "val_mae": val_mae}
+        metrics.write({**rec, "eval_s": seconds, "time": time.time()})
+        if self.env.is_main:
+            log.info("step %d: val MAE %s (%.1f s)", self.step, _fmt(val_mae), seconds)
+        return seconds
 
     def _end_of_epoch(self, metrics, epoch_done: bool, finished: bool):
         t = self.cfg.train

@@ -37,7 +37,7 @@ class MetricsWriter:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by kill -9
-            same = r["step"] == step and (r["kind"] == "step" or r["epoch"] < epoch)
+            same = r["step"] == step and (r["kind"] in ("step", "val") or r["epoch"] < epoch)
             if r["step"] < step or same:
                 keep.append(line)
         write_text(self.path, "".join(k + "\n" for k in keep))
@@ -57,6 +57,8 @@ class MetricsWriter:
                     continue
                 values = value if isinstance(value, dict) else {"": value}
                 for target, v in values.items():
+                    if isinstance(v, bool) or not isinstance(v, (int, float)):
+                        continue  # scalars only (device_name is text; null when non-finite)
                     tag = f"{rec['kind']}/{key}" + (f"/{target}" if target else "")
                     self.tb.add_scalar(tag, v, rec["step"])
 

@@ -65,6 +65,66 @@ def test_report_is_self_contained_with_its_markdown_twin(results_copy):
     assert "| homo | eV |" in md and "0.0342–0.0346" in md
 
 
+def test_report_names_the_model_beside_published_figures(results_copy):
+    """The tiny test run is not the paper's model: the report says so, names its size and
+    gives no ratio to the paper model's published MAE."""
+    _, md_path = build_report(results_copy)
+    md = md_path.read_text()
+    assert "not the paper's model (7 layers, degrees 0–3, 32 channels, 8 heads)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| homo | eV |"))
+    assert "×" not in row and "not the paper's model" in row
+    assert "| source | model | device | precision | batch | mol/ms |" in md
+    assert "parameters" in md
+
+
+def test_model_words_count_parameters_and_know_the_paper_model():
+    from se3t.config import ModelConfig
+    from se3t.eval.report import model_words
+    from se3t.models import build
+
+    text, paper = model_words({})
+    n = sum(p.numel() for p in build(ModelConfig()).parameters())
+    assert paper and text.startswith("7 layers, degrees 0–3, 32 channels, 8 heads")
+    assert f"{n:,} parameters" in text
+    text, paper = model_words({"num_layers": 2, "channels": 8, "heads": 2})
+    assert not paper and text.startswith("2 layers, degrees 0–3, 8 channels")
+
+
+def _point(batch, status="ok", low_memory=False):
+    return {
+        "precision": "fp32",
+        "fusion": "full",
+        "low_memory": low_memory,
+        "batch_size": batch,
+        "status": status,
+    }
+
+
+def test_largest_batch_is_said_only_where_a_larger_one_failed():
+    from se3t.eval.report import batch_limits
+
+    every_fits = {
+        "points": [_point(b) for b in (4, 8, 64)],
+        "largest_batch": {"fp32 full": 64},
+    }
+    text = batch_limits(every_fits)
+    assert "Largest batch that fits" not in text
+    assert "Every batch tried fits in fp32 full (up to 64)" in text
+    failed = {
+        "points": [
+            _point(4),
+            _point(8),
+            _point(16, "oom"),
+            _point(32, "skipped"),
+            _point(4, low_memory=True),
+        ],
+        "largest_batch": {"fp32 full": 8, "fp32 full low_memory": 4},
+    }
+    text = batch_limits(failed)
+    assert "Largest batch that fits, where a larger one failed: fp32 full: 8 (16: oom)" in text
+    assert "Every batch tried fits in fp32 full low_memory (up to 4)" in text
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
