@@ -37,7 +37,7 @@ The parts: :mod:`se3t.interop.nvidia_model` (the model of NVIDIA's arguments),
 
 from __future__ import annotations
 
-from se3t.interop.nvidia_checkpoint import DLEModel, load_dle_checkpoint, read_sidecar
+from se3t.interop.nvidia_checkpoint import DLEModel, load_dle_checkpoint, read_sidecar, sidecar_path
 from se3t.interop.nvidia_model import (
     NVIDIA_COMMIT,
     NvidiaSE3Transformer,
@@ -64,6 +64,7 @@ __all__ = [
     "expected_shapes",
     "load_dle_checkpoint",
     "read_sidecar",
+    "sidecar_path",
     "from_state_dict",
     "fuse_levels",
     "nv_order",
