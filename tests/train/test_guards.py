@@ -14,7 +14,7 @@ from train_helpers import as_args, empty_config, tiny_cfg, tiny_overrides, weigh
 from se3t.config import ConfigError
 from se3t.data.store import open_dataset, write_dataset
 from se3t.train import train
-from se3t.train.guards import NonFiniteError, strict_record
+from se3t.train.guards import NonFiniteError, NonFiniteGuard, strict_record
 
 
 def _strict(path):
@@ -52,21 +52,38 @@ def test_strict_record_flags_what_it_drops():
     json.dumps(rec, allow_nan=False)
 
 
-def test_an_infinite_learning_rate_stops_before_saving(qm9_store, tmp_path, capsys):
-    """Before: train.lr=inf trained on, wrote NaN into metrics.jsonl and exited 0. Now the
-    first update makes the parameters non-finite and the run stops before the checkpoint that
-    train.checkpoint_every=1 would write after it."""
+def test_an_infinite_learning_rate_is_a_config_error(capsys, tmp_path):
+    """train.lr=inf is refused when the config loads (as every non-finite number is), naming
+    the key, before any step is taken."""
+    code, _, err = cli(capsys, *config_args(["train"], empty_config(tmp_path)), "train.lr=inf")
+    assert code == 2 and "train.lr" in err and "finite" in err and "Traceback" not in err
+
+
+def test_an_overflowing_learning_rate_stops_the_run(qm9_store, tmp_path, capsys):
+    """A learning rate that is finite in the config but blows the weights up: the run stops at
+    the first non-finite loss with one line, and its metrics stay strict JSON."""
     run = tmp_path / "run"
     over = tiny_overrides(
-        qm9_store, run, **{"train.max_steps": 4, "train.checkpoint_every": 1, "train.lr": "inf"}
+        qm9_store, run, **{"train.max_steps": 4, "train.checkpoint_every": 1, "train.lr": 1e37}
     )
     code, _, err = cli(
         capsys, *config_args(["train"], empty_config(tmp_path)), *as_args(over), "--no-progress"
     )
     assert code == 2 and "Traceback" not in err
-    assert "training stopped at epoch 0, step 1" in err and "non-finite" in err
-    assert "last.pt" in err and not (run / "last.pt").exists()
+    assert "training stopped at epoch 0, step 2" in err and "the loss is nan" in err
     assert not (run / "metrics.jsonl").exists() or _strict(run / "metrics.jsonl") is not None
+
+
+def test_a_parameter_that_became_non_finite_stops_before_saving():
+    """After an update that overflowed a weight, the guard stops the run (and the trainer saves
+    nothing after it: the checkpoint is written only after this check)."""
+    guard = NonFiniteGuard("stop", amp_scaler=False, checkpoint="run/last.pt")
+    model = torch.nn.Linear(3, 2)
+    guard.check_parameters(model, step=1, epoch=0)  # finite: no error
+    with torch.no_grad():
+        model.weight[0, 1] = math.inf
+    with pytest.raises(NonFiniteError, match="epoch 0, step 1: a parameter became non-finite"):
+        guard.check_parameters(model, step=1, epoch=0)
 
 
 def test_nan_positions_stop_the_run(nan_store, tmp_path):
