@@ -338,7 +338,7 @@ def open_basis(
         where = manifest["store"]
     elif not is_url(where):
         where = str(local_path(where))
-    if where.startswith(("s3://", "s3a://")):  # object-store cache (issue 17): local copy
+    if where.startswith(("s3://", "s3a://")):  # object-store cache: local copy
         from se3t.basis.local_cache import read_through
 
         where = str(read_through(where, local_cache, storage_options))

@@ -213,7 +213,7 @@ def register(subparsers) -> None:
 
 
 def is_s3(where: str) -> bool:
-    """An object-store cache or store (issue 17); the rest of se3t's import is deferred."""
+    """An object-store cache or store; the rest of se3t's import is deferred."""
     return str(where).startswith(("s3://", "s3a://"))
 
 
