@@ -79,6 +79,9 @@ class Team:
             "HOME": str(self.home(user)),
             "XDG_CACHE_HOME": str(self.home(user) / ".cache"),
             "PYTHONPATH": str(REPO),
+            # these tests check files, claims and leases, not sums: one thread each keeps two
+            # users' concurrent processes from oversubscribing a 2-core machine (the thread-order
+            # tests run at 2 threads: tests/train/test_train_resume.py)
             "OMP_NUM_THREADS": "1",
             "USER": user,
             "LOGNAME": user,
