@@ -12,6 +12,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 
 from se3t.config import ConfigError
 from se3t.errors import Se3tError, Terminated
@@ -58,6 +59,18 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _quiet_teardown() -> None:
+    """Silence finalizers of objects the signal left half-built.
+
+    The signal's exception can land inside any constructor (zarr's asyncio event loop was one:
+    its ``__del__`` then failed on a missing attribute and printed a traceback after our one-line
+    message). Such objects are garbage of the interrupted work, collected as the exception is
+    dropped or at exit; their complaints only bury the message the user needs.
+    """
+    sys.unraisablehook = lambda unraisable: None
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
@@ -73,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"se3t {args.command}: {err}", file=sys.stderr)
         return 2
     except Terminated:
+        _quiet_teardown()
         print(
             f"se3t {args.command}: terminated (SIGTERM); unfinished output was removed, run the "
             "same command again to continue",
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 143
     except KeyboardInterrupt:
+        _quiet_teardown()
         print(f"se3t {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
