@@ -103,6 +103,11 @@ def train(a, nv) -> None:
     d = torch.load(a.data, weights_only=True)
     model = build(nv, 0)
     model.load_state_dict(torch.load(a.init, weights_only=True)["state_dict"])
+    if a.perturb:  # a roundoff-sized change of the start: how fast do trajectories part?
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for prm in model.parameters():
+                prm.mul_(1 + a.perturb * torch.randn(prm.shape, generator=gen))
     train_y = d["y"][d["train"]]
     mean, std = train_y.mean(), train_y.std()  # QM9DataModule: torch's unbiased std
     batches = d["orders"][str(a.seed)]
@@ -176,6 +181,13 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--perturb",
+        type=float,
+        default=0.0,
+        help="scale every initial weight by (1 + PERTURB * N(0, 1)) (seeded): a roundoff-sized "
+        "perturbation (1e-7 is fp32's) shows how fast two runs of the same code part",
+    )
     a = p.parse_args()
     import make_fixtures as mf
 

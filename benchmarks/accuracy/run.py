@@ -22,7 +22,8 @@ seed k. Both validate every ``--eval-every`` (25) steps (and before the first st
 validation split and log the mean training loss every 25 steps.
 
 Fairness on a shared machine: every run is one process for its whole life, and only one runs
-at a time. The others are stopped (SIGSTOP to the process group) and the runs take turns of
+at a time (``--lanes 2``: one NVIDIA run on core 0 and one se3t run on core 1). The others are
+stopped (SIGSTOP to the process group) and the runs take turns of
 ``--segment`` (25) optimizer steps, round robin, so load that drifts during the window hits all of
 them alike. A run's wall-clock is the sum of its own turns (from the moment its process is
 continued until it is stopped, start-up and imports included), recorded in ``clock.json``;
@@ -38,8 +39,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -164,8 +166,8 @@ def prepare(a) -> None:
 
 # ------------------------------------------------------------------------------ train
 class Run:
-    def __init__(self, name: str, argv: list[str], run_dir: Path, env: dict):
-        self.name, self.dir = name, run_dir
+    def __init__(self, name: str, argv: list[str], run_dir: Path, env: dict, impl: str):
+        self.name, self.dir, self.impl = name, run_dir, impl
         run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = run_dir / "metrics.jsonl"
         self.log = open(run_dir / "process.log", "ab")  # noqa: SIM115
@@ -260,14 +262,20 @@ def train(a) -> None:
                 "--no-progress",
                 *se3t_overrides(a, work, seed),
             ]
-        runs.append(Run(f"{impl}-s{seed}", argv, d, env))
-        runs[-1].impl = impl
+        runs.append(Run(f"{impl}-s{seed}", argv, d, env, impl))
     deadline = None
     if a.deadline:
         hh, mm = map(int, a.deadline.split(":"))
         now = datetime.now(timezone.utc)
-        deadline = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
-    clock = work / "clock.json"
+        at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        deadline = (at if at > now else at + timedelta(days=1)).timestamp()  # past: tomorrow's
+    take_turns(runs, a, deadline, work / "clock.json")
+
+
+def take_turns(runs: list[Run], a, deadline: float | None, clock: Path) -> None:
+    """Run ``runs`` (started stopped) to ``a.steps`` in turns of ``a.segment`` steps, in
+    ``a.lanes`` lanes at once; their turns go to ``clock``."""
+    lock = threading.Lock()
 
     def save_clock():
         clock.write_text(
@@ -277,6 +285,30 @@ def train(a) -> None:
             )
         )
 
+    lanes = [[r for r in runs if _lane(r, a.lanes) == i] for i in range(a.lanes)]
+    for i, lane in enumerate(lanes):
+        for r in lane:
+            if a.lanes > 1:  # a lane owns one core; exec and every thread inherit the mask
+                os.sched_setaffinity(r.p.pid, {i % os.cpu_count()})
+    threads = [
+        threading.Thread(target=_turns, args=(lane, a, deadline, save_clock, lock))
+        for lane in lanes
+        if lane
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    save_clock()
+
+
+def _lane(r: Run, lanes: int) -> int:
+    """NVIDIA's runs in lane 0, se3t's in the last: with two lanes each implementation has a
+    core of its own for the whole window and its runs take turns on it."""
+    return 0 if r.impl == "nvidia" else lanes - 1
+
+
+def _turns(runs: list[Run], a, deadline, save_clock, lock) -> None:
     while not all(r.done for r in runs):
         for r in runs:
             if r.done:
@@ -296,16 +328,17 @@ def train(a) -> None:
             elif r.step >= a.steps and r.val_step >= a.steps:
                 r.done, r.end = True, f"completed {r.step} steps"
                 _finish(r)
-            print(f"{time.strftime('%H:%M:%S')} {r.name}: step {r.step} ({r.end})", flush=True)
-            save_clock()
+            with lock:
+                print(f"{time.strftime('%H:%M:%S')} {r.name}: step {r.step} ({r.end})", flush=True)
+                save_clock()
             if deadline is not None and time.time() > deadline:
                 for q in runs:
                     if not q.done:
                         q.done, q.end = True, f"stopped at the deadline at step {q.step}"
                         _finish(q)
-                save_clock()
-                break
-    save_clock()
+                with lock:
+                    save_clock()
+                return
 
 
 def _finish(r: Run) -> None:
@@ -498,6 +531,14 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--segment", type=int, default=25, help="optimizer steps per turn")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (README: why one)")
+    p.add_argument(
+        "--lanes",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="1: every run takes turns on the machine; 2: NVIDIA's runs take turns pinned to "
+        "core 0 while se3t's take turns pinned to core 1, at the same time (README)",
+    )
     p.add_argument("--deadline", default=None, help="HH:MM UTC: stop every run there")
     a = p.parse_args()
     if a.stage in ("prepare", "all"):

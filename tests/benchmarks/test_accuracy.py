@@ -43,3 +43,47 @@ def test_curves_leave_validation_time_out(tmp_path):
     assert [p["train_s"] for p in cv["val"]] == [0.0, 76.0]
     assert cv["loss"][0]["train_s"] == 46.0
     assert m.time_to(cv["val"], 0.4) == 76.0 and m.time_to(cv["val"], 0.1) is None
+
+
+# a stand-in trainer: writes se3t train's step and val records and the cores it may run on
+_TRAINER = """
+import json, os, sys, time
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+with open(os.path.join(out, "cpus"), "w") as fh:
+    fh.write(" ".join(map(str, sorted(os.sched_getaffinity(0)))))
+with open(os.path.join(out, "metrics.jsonl"), "a") as fh:
+    for step in range(1, 51):
+        time.sleep(0.02)
+        fh.write(json.dumps({"kind": "step", "step": step}) + "\\n")
+        if step % 25 == 0:
+            fh.write(json.dumps({"kind": "val", "step": step}) + "\\n")
+        fh.flush()
+time.sleep(600)  # like se3t train at its last step: ended by the harness's SIGTERM
+"""
+
+
+def test_two_lanes_pin_each_implementation_and_keep_turns_within_a_lane(tmp_path):
+    import argparse
+    import os
+    import sys
+
+    m = harness()
+    runs = []
+    for impl, seed in [("nvidia", 0), ("se3t", 0), ("se3t", 1)]:
+        d = tmp_path / "runs" / f"{impl}-s{seed}"
+        argv = [sys.executable, "-c", _TRAINER, str(d)]
+        runs.append(m.Run(f"{impl}-s{seed}", argv, d, dict(os.environ), impl))
+    a = argparse.Namespace(steps=50, segment=25, eval_every=25, lanes=2)
+    m.take_turns(runs, a, None, tmp_path / "clock.json")
+
+    clock = json.loads((tmp_path / "clock.json").read_text())
+    assert {r: c["end"] for r, c in clock.items()} == dict.fromkeys(clock, "completed 50 steps")
+    cores = {r.name: (r.dir / "cpus").read_text() for r in runs}
+    last = str(1 % (os.cpu_count() or 1))  # lane 1 on core 1 (core 0 on one CPU)
+    assert cores == {"nvidia-s0": "0", "se3t-s0": last, "se3t-s1": last}
+    s0, s1 = clock["se3t-s0"]["intervals"], clock["se3t-s1"]["intervals"]
+    assert len(s0) == len(s1) == 2  # two turns of 25 steps each
+    assert all(b1 <= a2 or b2 <= a1 for a1, b1 in s0 for a2, b2 in s1)  # one at a time
+    nv = clock["nvidia-s0"]["intervals"]
+    assert any(a1 < b2 and a2 < b1 for a1, b1 in nv for a2, b2 in s0 + s1)  # lanes overlap
