@@ -54,7 +54,7 @@ SPLIT = {"data.train_fraction": 0.885, "data.test_fraction": 0.1}
 
 
 # ------------------------------------------------------------------------------ prepare
-def se3t_overrides(a, work: Path, seed: int) -> list[str]:
+def se3t_overrides(a, work: Path, seed: int, **extra) -> list[str]:
     o = {
         "data.path": str(work / "qm9_20k.zarr"),
         "data.limit": "null",
@@ -71,6 +71,7 @@ def se3t_overrides(a, work: Path, seed: int) -> list[str]:
         "eval.batch_size": 100,
         "run.dir": str(work / "runs" / f"se3t-s{seed}"),
         "run.name": f"se3t-s{seed}",
+        **extra,
     }
     return [f"{k}={v}" for k, v in o.items()]
 
@@ -517,9 +518,141 @@ def report(a) -> None:
     print("\n".join(lines))
 
 
+# ------------------------------------------------------------------------------ budget
+def budget(a) -> None:
+    """``se3t train`` (the recipe at ``--batch-size``) on ``--store`` for ``--minutes`` of its own
+    training time (validations excluded), validating every ``--eval-every`` steps; then the
+    table of validation MAE against that time."""
+    work = Path(a.work)
+    d = work / "budget"
+    if (d / "metrics.jsonl").exists():
+        raise SystemExit(f"{d} holds a run already: move it away to run again")
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=str(ROOT))
+    o = se3t_overrides(
+        a, work, 0, **{"data.path": a.store, "run.dir": str(d), "run.name": "budget"}
+    )
+    o = [x for x in o if not x.startswith(("train.init_weights=", "data.train_fraction="))]
+    se3t = str(Path(sys.executable).with_name("se3t"))
+    started = time.time()
+    p = subprocess.Popen(
+        [se3t, "train", "-c", str(ROOT / "config" / "config.yaml"), "--no-progress", *o],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    limit = 60 * a.minutes
+    # the run ends at its first validation after the budget, so the last row is measured
+    while p.poll() is None and not any(own >= limit for _, own, _ in _budget_rows(d, started)):
+        time.sleep(2)
+    p.send_signal(signal.SIGTERM)  # se3t train stops at the step's end and writes last.pt
+    p.wait()
+    lines = [
+        f"`se3t train` on {a.store}, batch {a.batch_size}, {a.threads} threads, "
+        f"{a.minutes:g} minutes of training time (from the command's start, validations "
+        "excluded):",
+        "",
+        "| step | molecules seen | training time (min) | validation MAE homo (meV) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for step, own, mae in _budget_rows(d, started):
+        lines.append(f"| {step} | {step * a.batch_size:,} | {own / 60:.1f} | {1000 * mae:.1f} |")
+    (d / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # the last line may be half-written
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _budget_rows(d: Path, started: float) -> list[tuple[int, float, float]]:
+    """(step, training time before it, validation MAE) of every validation so far."""
+    rows, eval_done = [], 0.0
+    for r in _records(d / "metrics.jsonl"):
+        if r["kind"] == "val":
+            rows.append(
+                (r["step"], r["time"] - r["eval_s"] - started - eval_done, r["val_mae"]["homo"])
+            )
+            eval_done += r["eval_s"]
+    return rows
+
+
+# ------------------------------------------------------------------------------ divergence
+def divergence(a) -> None:
+    """Per-step training loss of NVIDIA's run, NVIDIA's run from weights perturbed at fp32's
+    roundoff (``--perturb``), and se3t's run, all on the same batches: how many steps two
+    trajectories of the *same* code stay together, beside se3t's."""
+    work = Path(a.work)
+    out = work / "divergence"
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=str(ROOT))
+    nv = [a.nvidia_python, str(HERE / "nvidia_train.py"), "train", "--nvidia", a.nvidia]
+    nv += ["--data", str(work / "nvidia_data.pt"), "--init", str(work / "nvidia_init.pth")]
+    nv += ["--steps", str(a.div_steps), "--log-every", "1", "--eval-every", str(10**9)]
+    nv += ["--threads", str(a.threads), "--seed", "0"]
+    for name, extra in (("nvidia", []), ("nvidia-perturbed", ["--perturb", str(a.perturb)])):
+        d = out / name
+        if not (d / "metrics.jsonl").exists():
+            argv = [*nv, *extra, "--out", str(d)]
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+    d = out / "se3t"
+    if not (d / "metrics.jsonl").exists():
+        # stopped by SIGTERM after its steps: train.max_steps would compress the schedule
+        o = se3t_overrides(
+            a,
+            work,
+            0,
+            **{
+                "train.log_every": 1,
+                "train.eval_every_steps": 0,
+                "train.tensorboard": "false",
+                "run.dir": str(d),
+            },
+        )
+        se3t = str(Path(sys.executable).with_name("se3t"))
+        p = subprocess.Popen(
+            [se3t, "train", "-c", str(ROOT / "config" / "config.yaml"), "--no-progress", *o],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while p.poll() is None and len(_losses(d / "metrics.jsonl")) < a.div_steps:
+            time.sleep(0.5)
+        p.send_signal(signal.SIGTERM)
+        p.wait()
+    ref = _losses(out / "nvidia" / "metrics.jsonl")
+    cols = {
+        "NVIDIA, perturbed": _losses(out / "nvidia-perturbed" / "metrics.jsonl"),
+        "se3t": _losses(d / "metrics.jsonl"),
+    }
+    lines = [
+        f"Training loss per step, batch order 0 (perturbation {a.perturb:g}):",
+        "",
+        "| step | NVIDIA | NVIDIA, perturbed | rel. diff. | se3t train | rel. diff. |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sorted(ref)[: a.div_steps]:
+        row = [f"{ref[s]:.7f}"]
+        for c in cols.values():
+            row += (
+                [f"{c[s]:.7f}", f"{abs(c[s] - ref[s]) / abs(ref[s]):.1e}"] if s in c else ["", ""]
+            )
+        lines.append(f"| {s} | " + " | ".join(row) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _losses(path: Path) -> dict[int, float]:
+    if not path.exists():
+        return {}
+    recs = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["step"]: r["loss"] for r in recs if r["kind"] == "step"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("stage", choices=["prepare", "train", "report", "all"])
+    p.add_argument("stage", choices=["prepare", "train", "report", "all", "divergence", "budget"])
     p.add_argument("--nvidia", default="/work/ref/dle/DGLPyTorch/DrugDiscovery/SE3Transformer")
     p.add_argument("--nvidia-python", default="/work/nvidia-venv/bin/python")
     p.add_argument("--work", default="results/accuracy")
@@ -540,6 +673,10 @@ def main() -> None:
         "core 0 while se3t's take turns pinned to core 1, at the same time (README)",
     )
     p.add_argument("--deadline", default=None, help="HH:MM UTC: stop every run there")
+    p.add_argument("--div-steps", type=int, default=10, help="divergence: steps per run")
+    p.add_argument("--store", help="budget: the dataset store (full QM9)")
+    p.add_argument("--minutes", type=float, default=30.0, help="budget: training time")
+    p.add_argument("--perturb", type=float, default=1e-7, help="divergence: NVIDIA's start change")
     a = p.parse_args()
     if a.stage in ("prepare", "all"):
         prepare(a)
@@ -547,6 +684,10 @@ def main() -> None:
         train(a)
     if a.stage in ("report", "all"):
         report(a)
+    if a.stage == "divergence":
+        divergence(a)
+    if a.stage == "budget":
+        budget(a)
 
 
 if __name__ == "__main__":
