@@ -514,6 +514,26 @@ def report(a) -> None:
             d = 1000 * (by[same][st] - by[nv[0]][st])
             spread = 1000 * (max(vals) - min(vals))
             lines.append(f"| {st} | {d:+.1f} | {spread:.1f} | {'yes' if d <= spread else 'no'} |")
+        # the same batches part within a few steps (the divergence stage), so the band of se3t's
+        # orders is the fairer yardstick: where does NVIDIA's run fall in it?
+        lines.append("")
+        lines.append(
+            f"| step | se3t's orders, min–max (meV) | {nv[0]} (meV) | {nv[0]} vs the band |"
+        )
+        lines.append("|---:|---:|---:|---|")
+        for st in steps:
+            vals = [1000 * by[n][st] for n in se3t if st in by[n]]
+            if st not in by[nv[0]] or len(vals) < 2:
+                continue
+            ref, lo, hi = (round(x, 1) for x in (1000 * by[nv[0]][st], min(vals), max(vals)))
+            where = (
+                "inside"
+                if lo <= ref <= hi
+                else f"above (se3t better by {ref - hi:.1f})"
+                if ref > hi
+                else f"below (se3t worse by {lo - ref:.1f})"
+            )
+            lines.append(f"| {st} | {lo:.1f}–{hi:.1f} | {ref:.1f} | {where} |")
     (work / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
