@@ -45,7 +45,9 @@ from se3t.choices import (
     Split,
     SplitMethod,
 )
+from se3t.errors import InputError
 from se3t.io import write_text
+from se3t.location import Location
 
 __all__ = [
     "BasisConfig",
@@ -61,6 +63,7 @@ __all__ = [
     "QM9_TARGETS",
     "data_format",
     "load",
+    "location",
     "save",
     "to_dict",
     "validate",
@@ -360,6 +363,14 @@ def validate(cfg: Config | DictConfig) -> None:
                 f"config key 'data.targets': {target!r} is not a QM9 target; "
                 f"choose from {list(QM9_TARGETS)}"
             )
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        try:
+            if value is not None:
+                Location.parse(value)
+        except InputError as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
     secret = secret_storage_option(cfg.basis.storage_options)
     if secret:  # the value is never quoted: it is a secret
         raise ConfigError(
@@ -377,6 +388,22 @@ def validate(cfg: Config | DictConfig) -> None:
             f"config key 'model.heads': {cfg.model.heads} does not divide "
             f"model.channels / model.channels_div = {cfg.model.channels // cfg.model.channels_div}"
         )
+
+
+# the settings that name a folder or a URL: parsed by validate, read through `location`
+PATH_KEYS = ("data.path", "basis.cache", "basis.local_cache", "basis.manifest")
+
+
+def location(cfg: Config, key: str) -> Location:
+    """The setting ``key`` (one of :data:`PATH_KEYS`) as a :class:`~se3t.location.Location`
+    naming its key; a basis location carries ``basis.storage_options`` and, for an object-store
+    cache, ``basis.local_cache``."""
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    if section != "basis" or key == "basis.local_cache":
+        return Location.parse(value, key)
+    b = cfg.basis
+    return Location.parse(value, key, storage_options=b.storage_options, local_cache=b.local_cache)
 
 
 @cache

@@ -30,7 +30,7 @@ from typing import Any
 
 from se3t.basis.layout import CLAIMS_DIR
 
-__all__ = ["Claims", "WriterLease", "describe", "live_claims", "owner_of"]
+__all__ = ["Claims", "WriterLease", "describe", "live_claims", "owner_of", "who"]
 
 WRITER_PREFIX = "writer-"
 
@@ -40,6 +40,11 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return str(os.getuid())
+
+
+def who() -> str:
+    """``user@host`` for the created-by fields."""
+    return f"{_user()}@{socket.gethostname()}"
 
 
 def owner_of(path: Path) -> str:
