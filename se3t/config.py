@@ -63,7 +63,6 @@ __all__ = [
     "QM9_TARGETS",
     "data_format",
     "load",
-    "location",
     "save",
     "to_dict",
     "validate",
@@ -390,20 +389,8 @@ def validate(cfg: Config | DictConfig) -> None:
         )
 
 
-# the settings that name a folder or a URL: parsed by validate, read through `location`
+# the settings that name a folder or a URL: checked here, read through Location.from_config
 PATH_KEYS = ("data.path", "basis.cache", "basis.local_cache", "basis.manifest")
-
-
-def location(cfg: Config, key: str) -> Location:
-    """The setting ``key`` (one of :data:`PATH_KEYS`) as a :class:`~se3t.location.Location`
-    naming its key; a basis location carries ``basis.storage_options`` and, for an object-store
-    cache, ``basis.local_cache``."""
-    section, name = key.split(".")
-    value = getattr(getattr(cfg, section), name)
-    if section != "basis" or key == "basis.local_cache":
-        return Location.parse(value, key)
-    b = cfg.basis
-    return Location.parse(value, key, storage_options=b.storage_options, local_cache=b.local_cache)
 
 
 @cache

@@ -78,6 +78,18 @@ class Location:
         return loc
 
     @classmethod
+    def from_config(cls, cfg: Any, key: str) -> Location:
+        """The config setting ``key`` (``"data.path"``, ``"basis.cache"``, ...) as a Location
+        naming its key; a ``basis.*`` location carries ``basis.storage_options`` and
+        ``basis.local_cache`` (where the verified copies of an object-store cache's stores go)."""
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if section != "basis" or key == "basis.local_cache":
+            return cls.parse(value, key)
+        b = cfg.basis
+        return cls.parse(value, key, storage_options=b.storage_options, local_cache=b.local_cache)
+
+    @classmethod
     def _from_text(cls, value: Any, origin: str) -> Location:
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"{_named(origin)}{value!r}: give a folder or a URL (scheme://...)")

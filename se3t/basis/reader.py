@@ -19,7 +19,7 @@ import zarr
 from torch import Tensor
 
 from se3t.basis.codec import ShardCodec
-from se3t.basis.key import DTYPES, BasisBackend, default_backend, key_fields
+from se3t.basis.key import DTYPES, BasisBackend, default_backend, dtype_name, key_fields
 from se3t.basis.layout import (
     open_group,
     read_checksums_bytes,
@@ -302,15 +302,6 @@ def _sole_owner(t: Tensor) -> bool:
         return False
 
 
-def _dtype_name(dtype: str | torch.dtype) -> str:
-    if isinstance(dtype, torch.dtype):
-        for name, dt in DTYPES.items():
-            if dt == dtype:
-                return name
-        raise InputError(f"basis dtype {dtype} is not one of {list(DTYPES)}")
-    return str(dtype)
-
-
 def open_basis(
     manifest_or_store: str | os.PathLike | Location,
     *,
@@ -344,7 +335,7 @@ def open_basis(
     meta = store_meta(group, where)
     backend = backend or default_backend()
     _check_settings(
-        where, meta, key_fields(dataset_fingerprint, max_degree, _dtype_name(dtype), backend)
+        where, meta, key_fields(dataset_fingerprint, max_degree, dtype_name(dtype), backend)
     )
     checks = read_checksums_bytes(where)
     if checks is None:

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from se3t.basis.claims import who
+from se3t.basis.claims import alive, who
 from se3t.errors import InputError
 from se3t.location import Location
 
@@ -276,45 +276,40 @@ class RemoteCache:
                     Delete={"Objects": [{"Key": self.key_of(u)} for u in batch], "Quiet": True},
                 )
 
+    def _pages(self, url: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        """The pages of ``list_objects_v2`` under ``url/``."""
+        kw.update(Bucket=self.bucket, Prefix=self.key_of(url).rstrip("/") + "/")
+        while True:
+            with s3_errors(url, self.endpoint):
+                r = self.fs.call_s3("list_objects_v2", **kw)
+            yield r
+            if not r.get("IsTruncated"):
+                return
+            kw["ContinuationToken"] = r.get("NextContinuationToken")
+
     def list(self, url: str) -> dict[str, ObjectInfo]:
         """Every object under ``url/`` (recursive): name relative to ``url`` -> size, ETag and
         modification time (no sha256: listing does not return metadata)."""
-        prefix = self.key_of(url).rstrip("/") + "/"
-        out: dict[str, ObjectInfo] = {}
-        token = None
-        while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-            if token:
-                kw["ContinuationToken"] = token
-            with s3_errors(url, self.endpoint):
-                r = self.fs.call_s3("list_objects_v2", **kw)
-            for o in r.get("Contents", []) or []:
-                out[o["Key"][len(prefix) :]] = ObjectInfo(
-                    size=int(o["Size"]),
-                    etag=str(o.get("ETag", "")).strip('"'),
-                    sha256=None,
-                    modified=o["LastModified"].timestamp(),
-                )
-            if not r.get("IsTruncated"):
-                return out
-            token = r.get("NextContinuationToken")
+        skip = len(self.key_of(url).rstrip("/") + "/")
+        return {
+            o["Key"][skip:]: ObjectInfo(
+                size=int(o["Size"]),
+                etag=str(o.get("ETag", "")).strip('"'),
+                sha256=None,
+                modified=o["LastModified"].timestamp(),
+            )
+            for r in self._pages(url)
+            for o in r.get("Contents", []) or []
+        }
 
     def children(self, url: str) -> list[str]:
         """The 'folders' directly under ``url/`` (names, no slash)."""
-        prefix = self.key_of(url).rstrip("/") + "/"
-        names: list[str] = []
-        token = None
-        while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kw["ContinuationToken"] = token
-            with s3_errors(url, self.endpoint):
-                r = self.fs.call_s3("list_objects_v2", **kw)
-            for p in r.get("CommonPrefixes", []) or []:
-                names.append(p["Prefix"][len(prefix) :].rstrip("/"))
-            if not r.get("IsTruncated"):
-                return names
-            token = r.get("NextContinuationToken")
+        skip = len(self.key_of(url).rstrip("/") + "/")
+        return [
+            p["Prefix"][skip:].rstrip("/")
+            for r in self._pages(url, Delimiter="/")
+            for p in r.get("CommonPrefixes", []) or []
+        ]
 
     def check_bucket(self) -> None:
         """Fail now, naming the URL, when the bucket is missing, the credentials are wrong or the
@@ -378,22 +373,12 @@ class RemoteCache:
                 continue
             if float(body.get("expires", 0)) <= now:
                 continue
-            if body.get("host") == socket.gethostname() and not _alive(int(body.get("pid", 0))):
+            if body.get("host") == socket.gethostname() and not alive(int(body.get("pid", 0))):
                 with contextlib.suppress(InputError):
                     self.delete([url])
                 continue
             out.append(body)
         return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def _precondition_failed(err: BaseException) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 from se3t.commands.common import Alias, add_config_arguments, load_config
 from se3t.errors import InputError
 from se3t.io import write_json
+from se3t.location import Location
 
 _EXAMPLE = "basis.max_degree=3 basis.dtype=float16 basis.compressor=zstd basis.chunk_edges=4096"
 _CACHE = Alias(
@@ -70,11 +71,9 @@ def register(subparsers) -> None:
         p.set_defaults(func=action.run)
 
 
-def _cache(cfg) -> Any:
+def _cache(cfg) -> Location:
     """``basis.cache`` as a Location carrying the storage options and the local copy's folder."""
-    from se3t.config import location
-
-    return location(cfg, "basis.cache")
+    return Location.from_config(cfg, "basis.cache")
 
 
 def _key(args: argparse.Namespace) -> int:
@@ -140,14 +139,12 @@ def _finalize(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     # deferred: the stage's library (torch, zarr, s3fs) loads only when the command runs
     from se3t.basis.tools import publish_store
-    from se3t.config import location
-    from se3t.location import Location
 
     cfg = load_config(args)
     target = _cache(cfg)
     if args.to:
         target = Location.parse(args.to, "--to", storage_options=cfg.basis.storage_options)
-    local = location(cfg, "basis.local_cache")
+    local = Location.from_config(cfg, "basis.local_cache")
     key, receipt = publish_store(args.store, local, target, progress=not args.quiet)
     if receipt.get("reused") and "uploaded" not in receipt:
         print(f"{key}: already published at {receipt['store']} (nothing uploaded)")

@@ -10,9 +10,10 @@ from typing import Any
 
 from se3t.basis import open_basis
 from se3t.choices import BasisRead, BasisUse
-from se3t.config import Config, location, to_dict
+from se3t.config import Config, to_dict
 from se3t.data import QM9Dataset, fingerprint
 from se3t.errors import InputError
+from se3t.location import Location
 from se3t.models import build
 from se3t.train.checkpoint import (
     check_model_state,
@@ -47,7 +48,7 @@ def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> In
             f"config key 'train.batch_size': {t.batch_size} is smaller than the {world_size} "
             "ranks of this job (it is the global batch)"
         )
-    data = location(cfg, "data.path")
+    data = Location.from_config(cfg, "data.path")
     data_path = Path(cfg.data.path)
     if not data.remote and not data.path.exists():
         raise InputError(
@@ -104,7 +105,7 @@ def _open_basis(cfg: Config):
         return None
     if not b.manifest:
         raise InputError("config key 'basis.use' is 'store' but 'basis.manifest' is not set")
-    manifest = location(cfg, "basis.manifest")
+    manifest = Location.from_config(cfg, "basis.manifest")
     absent = not manifest.remote and not manifest.path.exists()
     if b.use == BasisUse.AUTO and absent:
         log.warning("basis manifest %s absent: computing bases in the forward pass", b.manifest)
