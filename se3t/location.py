@@ -107,7 +107,10 @@ class Location:
                 raise InputError(f"{_named(origin)}{value!r}: the file:// URL names no folder")
             return cls(rest, "", origin)
         rest = rest.rstrip("/")
-        if not rest or rest.startswith("/") or any(c.isspace() for c in rest.split("/")[0]):
+        bucket = rest.split("/")[0]
+        if not rest or (
+            scheme in OBJECT_STORE_SCHEMES and (not bucket or bucket.strip() != bucket)
+        ):
             raise InputError(
                 f"{_named(origin)}{value!r}: the URL names no bucket (give {scheme}://bucket/path)"
             )

@@ -42,6 +42,9 @@ def test_object_store_urls():
 def test_other_fsspec_urls_are_remote_but_not_object_stores():
     loc = Location.parse("memory://se3t-test/basis.zarr")
     assert loc.remote and not loc.object_store and loc.bucket == "se3t-test"
+    assert str(Location.parse("memory:///abs/x")) == "memory:///abs/x"  # fsspec's own form
+    with pytest.raises(InputError, match="'memory://': the URL names no bucket"):
+        Location.parse("memory://")
     with pytest.raises(InputError, match=r"^basis.manifest: 'memory://x/y': this operation writes"):
         _ = Location.parse("memory://x/y", "basis.manifest").path
 
