@@ -113,7 +113,8 @@ def store_tools(
         storage_options=cache.storage_options,
         local_cache=cache.local_cache,
     )
-    return store, cache_tools(cache_of(store) if store.object_store else cache)
+    # chosen by the store: a local store given by path is a folder's, whatever basis.cache is
+    return store, ObjectStoreTools(cache_of(store)) if store.object_store else FolderTools(cache)
 
 
 def publish_store(
