@@ -45,7 +45,9 @@ from se3t.choices import (
     Split,
     SplitMethod,
 )
+from se3t.errors import InputError
 from se3t.io import write_text
+from se3t.location import Location
 
 __all__ = [
     "BasisConfig",
@@ -360,6 +362,14 @@ def validate(cfg: Config | DictConfig) -> None:
                 f"config key 'data.targets': {target!r} is not a QM9 target; "
                 f"choose from {list(QM9_TARGETS)}"
             )
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        try:
+            if value is not None:
+                Location.parse(value)
+        except InputError as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
     secret = secret_storage_option(cfg.basis.storage_options)
     if secret:  # the value is never quoted: it is a secret
         raise ConfigError(
@@ -377,6 +387,10 @@ def validate(cfg: Config | DictConfig) -> None:
             f"config key 'model.heads': {cfg.model.heads} does not divide "
             f"model.channels / model.channels_div = {cfg.model.channels // cfg.model.channels_div}"
         )
+
+
+# the settings that name a folder or a URL: checked here, read through Location.from_config
+PATH_KEYS = ("data.path", "basis.cache", "basis.local_cache", "basis.manifest")
 
 
 @cache

@@ -36,11 +36,10 @@ import nothing private from each other:
   chain, the skeleton, shard files, ``checksums.json``, ``store_meta``.
 - :mod:`.key`: the cache's key: ``BasisSettings``, ``BasisBackend``, ``default_backend``,
   ``basis_key``.
-- :mod:`.location`: local paths versus URLs, ``ensure_writable_cache``, ``who``.
 - :mod:`.cache`: the cache's listing and cleanup: ``list_stores``, ``gc``, ``resolve_store``.
 - :mod:`.geometry`: the dataset's positions and edges the bases are computed from.
 - :mod:`.codec`: ``ShardCodec``, shard files in Zarr's exact bytes, written and read fast.
-- :mod:`.claims`: the ``O_EXCL`` shard claims of concurrent writers.
+- :mod:`.claims`: the ``O_EXCL`` shard claims of concurrent writers; ``who`` writes.
 - :mod:`.compute`: ``ShardFiller``, chunks computed by worker threads, shards written.
 - :mod:`.writer`: ``precompute``, a pipeline of named steps.
 - :mod:`.manifest`: ``finalize`` (``checksums.json``), ``write_manifest``, ``read_manifest``.
@@ -57,6 +56,9 @@ Caches on S3-compatible object stores (``basis.cache: s3://bucket/prefix``; docs
 - :mod:`.local_cache`: ``mirror``, ``read_through``, ``write_remote_manifest``: the verified
   local copy training reads (``basis.local_cache``).
 - :mod:`.remote_cache`: ``list_remote``, ``verify_remote``, ``gc_remote`` (leases, age rule).
+
+Where a cache or store lives is a :class:`se3t.location.Location`, parsed once where the path
+enters; :mod:`.tools` (``cache_tools``) picks the folder or object-store tools for it once.
 """
 
 from __future__ import annotations
@@ -65,13 +67,13 @@ from se3t.basis.cache import StoreInfo, gc, list_stores, remove_store, resolve_s
 from se3t.basis.key import BasisBackend, BasisSettings, basis_key, default_backend
 from se3t.basis.layout import CHECKSUMS_FILE, STORE_FORMAT, plan_chunks, store_meta, store_path
 from se3t.basis.local_cache import mirror, read_through, write_remote_manifest
-from se3t.basis.location import ensure_writable_cache, is_url, local_path
 from se3t.basis.manifest import finalize, read_manifest, write_manifest
 from se3t.basis.publisher import finalize_remote, precompute_remote, publish, upload
 from se3t.basis.reader import BasisStore, open_basis
 from se3t.basis.remote import RemoteCache
 from se3t.basis.remote_cache import gc_remote, list_remote, verify_remote
 from se3t.basis.sampler import ChunkShuffleBatchSampler
+from se3t.basis.tools import cache_tools, store_tools
 from se3t.basis.verification import VerifyReport, verify
 from se3t.basis.writer import precompute
 
@@ -86,16 +88,14 @@ __all__ = [
     "StoreInfo",
     "VerifyReport",
     "basis_key",
+    "cache_tools",
     "default_backend",
-    "ensure_writable_cache",
     "finalize",
     "finalize_remote",
     "gc",
     "gc_remote",
-    "is_url",
     "list_remote",
     "list_stores",
-    "local_path",
     "mirror",
     "open_basis",
     "plan_chunks",
@@ -108,6 +108,7 @@ __all__ = [
     "resolve_store",
     "store_meta",
     "store_path",
+    "store_tools",
     "upload",
     "verify",
     "verify_remote",

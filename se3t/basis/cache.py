@@ -29,9 +29,9 @@ from se3t.basis.layout import (
     store_path,
     units_present,
 )
-from se3t.basis.location import local_path
 from se3t.basis.manifest import MANIFEST_KIND
 from se3t.errors import InputError
+from se3t.location import Location
 
 __all__ = [
     "StoreInfo",
@@ -117,7 +117,7 @@ class StoreInfo:
 
 def list_stores(cache: str | os.PathLike) -> list[StoreInfo]:
     """Every basis store in ``CACHE/basis`` with its settings, size and state (newest first)."""
-    root = local_path(cache) / "basis"
+    root = Location.parse(cache, "basis.cache").path / "basis"
     if not root.is_dir():
         return []
     out = []
@@ -231,10 +231,10 @@ def gc(
     if unreferenced and not manifests:
         raise InputError("gc --unreferenced needs --manifests PATH... (files or folders to search)")
     now = time.time() if now is None else now
-    root = local_path(cache) / "basis"
+    root = Location.parse(cache, "basis.cache").path / "basis"
     if not root.is_dir():
         return []
-    keep = referenced_keys(list(manifests or [])) if unreferenced else set()
+    keep = referenced_keys(list(manifests or [])) if unreferenced else None
     out = []
     for entry in sorted(root.iterdir()):
         if not entry.is_dir():
@@ -243,41 +243,60 @@ def gc(
             size, newest = _disk_usage(entry)
         except FileNotFoundError:
             continue  # renamed or removed meanwhile (a finalize, another gc)
-        age = now - newest
-        reason = None
-        if entry.name.startswith("."):  # .KEY.zarr.tmp-*, .trash-* left by a crash
-            if age >= max(older_than_s, TMP_GRACE_S):
-                reason = "temporary folder left by an interrupted process"
-        elif entry.name.endswith(STORE_SUFFIX):
-            key = entry.name[: -len(STORE_SUFFIX)]
-            complete = is_complete(entry)
-            if not complete:
-                live = live_claims(entry, claim_ttl_s, now)
-                if live:
-                    out.append(_kept(entry, size, f"in progress ({describe(live[0])})"))
-                    continue
-                if age >= older_than_s:
-                    reason = f"incomplete, abandoned, untouched for {age / 3600:.1f} h"
-            elif unreferenced and key not in keep:
-                reason = "complete but referenced by no manifest"
-        if not reason:
-            continue
-        if not _removable(entry):
-            owner = owner_of(entry)
-            out.append(_kept(entry, size, f"{reason}, but owned by {owner}: {owner} can remove it"))
-            continue
-        if not dry_run:
-            if entry.name.startswith("."):
-                _rm_tmp(entry)
-            elif not entry.name.endswith(STORE_SUFFIX) or is_complete(entry):
-                remove_store(entry)
-            else:
-                live = _remove_unless_claimed(entry, claim_ttl_s)
-                if live:
-                    out.append(_kept(entry, size, f"in progress ({describe(live[0])})"))
-                    continue
-        out.append({"path": str(entry), "bytes_on_disk": size, "reason": reason})
+        reason, kept = _verdict(entry, now - newest, older_than_s, keep, claim_ttl_s, now)
+        if kept:
+            out.append(_kept(entry, size, kept))
+        elif reason:
+            out.append(_remove_entry(entry, size, reason, dry_run, claim_ttl_s))
     return out
+
+
+def _verdict(
+    entry: Path,
+    age: float,
+    older_than_s: float,
+    keep: set[str] | None,
+    claim_ttl_s: float,
+    now: float,
+) -> tuple[str | None, str | None]:
+    """``(why gc removes the entry, why it keeps it)``; both None: not gc's business. Live
+    work is kept whatever its age; ``keep`` (with --unreferenced) holds the referenced keys."""
+    if entry.name.startswith("."):  # .KEY.zarr.tmp-*, .trash-* left by a crash
+        if age >= max(older_than_s, TMP_GRACE_S):
+            return "temporary folder left by an interrupted process", None
+        return None, None
+    if not entry.name.endswith(STORE_SUFFIX):
+        return None, None
+    if not is_complete(entry):
+        live = live_claims(entry, claim_ttl_s, now)
+        if live:
+            return None, f"in progress ({describe(live[0])})"
+        if age >= older_than_s:
+            return f"incomplete, abandoned, untouched for {age / 3600:.1f} h", None
+        return None, None
+    if keep is not None and entry.name[: -len(STORE_SUFFIX)] not in keep:
+        return "complete but referenced by no manifest", None
+    return None, None
+
+
+def _remove_entry(
+    entry: Path, size: int, reason: str, dry_run: bool, claim_ttl_s: float
+) -> dict[str, Any]:
+    """Remove (unless ``dry_run``) what gc chose; another user's entry, or a store claimed
+    meanwhile, is kept and said so."""
+    if not _removable(entry):
+        owner = owner_of(entry)
+        return _kept(entry, size, f"{reason}, but owned by {owner}: {owner} can remove it")
+    if not dry_run:
+        if entry.name.startswith("."):
+            _rm_tmp(entry)
+        elif is_complete(entry):
+            remove_store(entry)
+        else:
+            live = _remove_unless_claimed(entry, claim_ttl_s)
+            if live:
+                return _kept(entry, size, f"in progress ({describe(live[0])})")
+    return {"path": str(entry), "bytes_on_disk": size, "reason": reason}
 
 
 def _kept(entry: Path, size: int, reason: str) -> dict[str, Any]:

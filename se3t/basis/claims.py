@@ -30,7 +30,7 @@ from typing import Any
 
 from se3t.basis.layout import CLAIMS_DIR
 
-__all__ = ["Claims", "WriterLease", "describe", "live_claims", "owner_of"]
+__all__ = ["Claims", "WriterLease", "alive", "describe", "live_claims", "owner_of", "who"]
 
 WRITER_PREFIX = "writer-"
 
@@ -40,6 +40,11 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return str(os.getuid())
+
+
+def who() -> str:
+    """``user@host`` for the created-by fields."""
+    return f"{_user()}@{socket.gethostname()}"
 
 
 def owner_of(path: Path) -> str:
@@ -54,7 +59,8 @@ def owner_of(path: Path) -> str:
         return str(uid)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
     if pid <= 0:
         return False
     try:
@@ -72,7 +78,7 @@ def _claim_live(path: Path, info: dict[str, Any], ttl_s: float, now: float) -> b
     except OSError:
         return False  # removed meanwhile: its writer is done
     if info.get("host") == socket.gethostname():
-        return _alive(int(info.get("pid", -1)))
+        return alive(int(info.get("pid", -1)))
     return age <= float(info.get("ttl_s", ttl_s))
 
 
@@ -208,7 +214,7 @@ class Claims:
                 # this process's own claim that it no longer holds: left by an earlier call
                 # that failed (a full disk), not a shard being computed
                 return int(path.stem) not in self.held
-            return not _alive(int(info.get("pid", -1)))
+            return not alive(int(info.get("pid", -1)))
         return age > self.timeout_s
 
     def release(self, u: int) -> None:

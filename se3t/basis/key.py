@@ -142,3 +142,13 @@ KEY_CHECK = (
     "layout_version",
     "code_version",
 )
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The name (``"float32"``) of a basis dtype given as a name or a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        for name, dt in DTYPES.items():
+            if dt == dtype:
+                return name
+        raise InputError(f"basis dtype {dtype} is not one of {list(DTYPES)}")
+    return str(dtype)

@@ -15,9 +15,9 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
-from se3t.basis.location import is_url, local_path
 from se3t.errors import InputError
 from se3t.io import atomic_dir
+from se3t.location import Location
 
 STORE_FORMAT = 1  # bump when the basis store's on-disk layout changes
 STORE_SUFFIX = ".zarr"
@@ -25,14 +25,20 @@ CHECKSUMS_FILE = "checksums.json"  # written by finalize: its presence marks a c
 CLAIMS_DIR = ".claims"
 
 
-def cache_basis_dir(cache: str | os.PathLike) -> str:
-    """``CACHE/basis`` as a path or URL string."""
-    return f"{str(cache).rstrip('/')}/basis"
+def store_location(cache: str | os.PathLike | Location, key: str) -> Location:
+    """``CACHE/basis/KEY.zarr``: where the store of ``key`` lives (a path or a URL, with the
+    cache's storage options and local copy)."""
+    return Location.parse(cache, "basis.cache").join("basis", f"{key}{STORE_SUFFIX}")
 
 
-def store_path(cache: str | os.PathLike, key: str) -> str:
-    """``CACHE/basis/KEY.zarr``: where the store of ``key`` lives (path or URL)."""
-    return f"{cache_basis_dir(cache)}/{key}{STORE_SUFFIX}"
+def store_path(cache: str | os.PathLike | Location, key: str) -> str:
+    """:func:`store_location` as a string."""
+    return str(store_location(cache, key))
+
+
+def cache_of(store: Location) -> Location:
+    """The cache a store ``CACHE/basis/KEY.zarr`` belongs to."""
+    return store.parent_of("basis")
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,16 +109,17 @@ def _codecs(compressor: str, level: int | None, itemsize: int) -> list[Any]:
     return comp + [Crc32cCodec()]  # every chunk checksummed: a flipped byte fails on read
 
 
-def open_group(path_or_url: str, *, read_only: bool = True) -> zarr.Group:
+def open_group(path_or_url: str | Location, *, read_only: bool = True) -> zarr.Group:
+    where = Location.parse(path_or_url)
     try:
-        if is_url(path_or_url):
+        if where.remote:
             from zarr.storage import FsspecStore
 
-            store = FsspecStore.from_url(path_or_url, read_only=read_only)
+            store = FsspecStore.from_url(str(where), read_only=read_only)
         else:
             from zarr.storage import LocalStore
 
-            p = local_path(path_or_url)
+            p = where.path
             if not (p / "zarr.json").is_file():
                 raise FileNotFoundError(str(p / "zarr.json"))
             store = LocalStore(p, read_only=read_only)
@@ -236,15 +243,16 @@ def read_store_meta(path: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def read_checksums_bytes(where: str) -> bytes | None:
+def read_checksums_bytes(where: str | Location) -> bytes | None:
     """The raw ``checksums.json`` of the store at ``where`` (path or URL); None when absent."""
+    where = Location.parse(where)
     try:
-        if is_url(where):
+        if where.remote:
             import fsspec  # deferred: only URL stores need it
 
-            with fsspec.open(f"{where.rstrip('/')}/{CHECKSUMS_FILE}", "rb") as fh:
+            with fsspec.open(str(where.join(CHECKSUMS_FILE)), "rb") as fh:
                 return fh.read()
-        return (local_path(where) / CHECKSUMS_FILE).read_bytes()
+        return (where.path / CHECKSUMS_FILE).read_bytes()
     except (FileNotFoundError, OSError):
         return None
 

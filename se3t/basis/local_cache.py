@@ -29,11 +29,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from se3t.basis.layout import CHECKSUMS_FILE, CLAIMS_DIR, STORE_SUFFIX, is_temporary
-from se3t.basis.location import ensure_writable_cache
-from se3t.basis.remote import RemoteCache
+from se3t.basis.layout import CHECKSUMS_FILE, CLAIMS_DIR, STORE_SUFFIX, cache_of, is_temporary
+from se3t.basis.remote import ObjectInfo, RemoteCache
 from se3t.errors import InputError
 from se3t.io import write_bytes
+from se3t.location import Location
 
 __all__ = ["mirror", "read_through"]
 
@@ -75,16 +75,15 @@ def _read_only(path: Path) -> None:
         os.chmod(dirpath, os.stat(dirpath).st_mode & ro)
 
 
-def _key_of(store_url: str) -> str:
-    name = store_url.rstrip("/").rsplit("/", 1)[-1]
-    if not name.endswith(STORE_SUFFIX):
-        raise InputError(f"{store_url!r} is not a basis store URL (.../basis/KEY.zarr)")
-    return name[: -len(STORE_SUFFIX)]
+def _key_of(store: Location) -> str:
+    if not store.name.endswith(STORE_SUFFIX):
+        raise InputError(f"{str(store)!r} is not a basis store URL (.../basis/KEY.zarr)")
+    return store.name[: -len(STORE_SUFFIX)]
 
 
 def mirror(
-    store_url: str,
-    local_cache: str | os.PathLike,
+    store_url: str | Location,
+    local_cache: str | os.PathLike | Location,
     remote: RemoteCache,
     *,
     progress: bool = False,
@@ -95,6 +94,7 @@ def mirror(
     InputError (naming the URL) when the store is not published (no ``checksums.json``: being
     uploaded, interrupted, or absent), or when a downloaded object does not match its checksum.
     """
+    store_url = str(store_url)
     checks = remote.get(remote.join(store_url, CHECKSUMS_FILE))
     if checks is None:
         exists = remote.head(remote.join(store_url, "zarr.json")) is not None
@@ -108,8 +108,8 @@ def mirror(
             )
         )
     record = json.loads(checks)
-    root = ensure_writable_cache(local_cache)
-    path = root / f"{_key_of(store_url)}{STORE_SUFFIX}"
+    root = Location.parse(local_cache, "basis.local_cache").ensure_writable("basis", "basis cache")
+    path = root / f"{_key_of(Location.parse(store_url))}{STORE_SUFFIX}"
     done = path / CHECKSUMS_FILE
     if done.is_file() and done.read_bytes() == checks:
         return path
@@ -145,33 +145,7 @@ def _fill(
     path.mkdir(parents=True, exist_ok=True)
 
     def fetch(name: str) -> int:
-        dest = path / name
-        want = record["files"].get(name)
-        if dest.is_file():
-            if want is not None and dest.stat().st_size == want["bytes"]:
-                if _sha256(dest) == want["sha256"]:
-                    return 0
-            elif want is None and _md5_file(dest) == listing[name].etag:
-                return 0
-        url = remote.join(store_url, name)
-        data = remote.get(url)
-        if data is None:
-            raise InputError(f"basis store object {url!r} disappeared during the download")
-        if want is not None:
-            got = hashlib.sha256(data).hexdigest()
-            if len(data) != want["bytes"] or got != want["sha256"]:
-                raise InputError(
-                    f"basis store object {url!r}: sha256 {got[:12]}.. ({len(data)} bytes) "
-                    f"differs from checksums.json ({want['sha256'][:12]}.., {want['bytes']} "
-                    "bytes): the remote shard is damaged; it is not used (run se3t basis "
-                    "verify on the store, then gc it and precompute again)"
-                )
-        elif "-" not in listing[name].etag:  # single-part upload: the ETag is the MD5
-            got = hashlib.md5(data, usedforsecurity=False).hexdigest()
-            if got != listing[name].etag:
-                raise InputError(f"basis store object {url!r}: MD5 differs from its ETag")
-        write_bytes(dest, data)  # atomic (se3t.io): a shard is absent or whole
-        return len(data)
+        return _fetch(remote, store_url, path, name, record["files"].get(name), listing[name])
 
     from tqdm.auto import tqdm
 
@@ -188,6 +162,50 @@ def _fill(
     _read_only(path)
 
 
+def _have(dest: Path, want: dict[str, Any] | None, listed: ObjectInfo) -> bool:
+    """Whether the local file already holds the object: a shard file by its sha256 in
+    checksums.json, any other object by the MD5 its ETag records."""
+    if not dest.is_file():
+        return False
+    if want is not None:
+        return dest.stat().st_size == want["bytes"] and _sha256(dest) == want["sha256"]
+    return _md5_file(dest) == listed.etag
+
+
+def _fetch(
+    remote: RemoteCache,
+    store_url: str,
+    path: Path,
+    name: str,
+    want: dict[str, Any] | None,
+    listed: ObjectInfo,
+) -> int:
+    """Download one object unless the local copy already holds it, checked before it is
+    renamed into place; returns the bytes downloaded."""
+    dest = path / name
+    if _have(dest, want, listed):
+        return 0
+    url = remote.join(store_url, name)
+    data = remote.get(url)
+    if data is None:
+        raise InputError(f"basis store object {url!r} disappeared during the download")
+    if want is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if len(data) != want["bytes"] or got != want["sha256"]:
+            raise InputError(
+                f"basis store object {url!r}: sha256 {got[:12]}.. ({len(data)} bytes) "
+                f"differs from checksums.json ({want['sha256'][:12]}.., {want['bytes']} "
+                "bytes): the remote shard is damaged; it is not used (run se3t basis "
+                "verify on the store, then gc it and precompute again)"
+            )
+    elif "-" not in listed.etag:  # single-part upload: the ETag is the MD5
+        got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        if got != listed.etag:
+            raise InputError(f"basis store object {url!r}: MD5 differs from its ETag")
+    write_bytes(dest, data)  # atomic (se3t.io): a shard is absent or whole
+    return len(data)
+
+
 def _md5_file(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as fh:
@@ -197,23 +215,24 @@ def _md5_file(path: Path) -> str:
 
 
 def read_through(
-    store_url: str,
-    local_cache: str | os.PathLike | None,
+    store: str | Location,
+    local_cache: str | os.PathLike | Location | None = None,
     storage_options: dict[str, Any] | None = None,
     *,
     progress: bool = False,
 ) -> Path:
-    """:func:`mirror` from a URL and the config's ``basis.local_cache`` and
-    ``basis.storage_options``: what ``open_basis`` and the tools call for an ``s3://`` store."""
-    if not local_cache:
+    """:func:`mirror` of an ``s3://`` store into its local copy (``basis.local_cache``, carried
+    by the store's Location or given here) with its ``basis.storage_options``: what
+    ``open_basis`` and the tools call for a store on an object store."""
+    store = Location.parse(store, storage_options=storage_options, local_cache=local_cache or None)
+    if store.local_cache is None:
         raise InputError(
-            f"basis store {store_url!r} is on an object store: set basis.local_cache to a local "
+            f"basis store {str(store)!r} is on an object store: set basis.local_cache to a local "
             "folder for its verified copy"
         )
-    cache_url = store_url.rstrip("/").rsplit("/basis/", 1)[0]
-    remote = RemoteCache(cache_url, storage_options)
+    remote = RemoteCache(cache_of(store))
     try:
-        return mirror(store_url, local_cache, remote, progress=progress)
+        return mirror(store, store.local_cache, remote, progress=progress)
     except InputError as err:
         if "does not exist" in str(err):
             remote.check_bucket()  # a missing bucket is named as such, not as a missing store
@@ -221,14 +240,14 @@ def read_through(
 
 
 def write_remote_manifest(
-    store_url: str,
+    store_url: str | Location,
     manifest: str | os.PathLike,
     remote: RemoteCache,
-    local_cache: str | os.PathLike,
+    local_cache: str | os.PathLike | Location,
 ) -> dict[str, Any]:
     """The run-folder manifest of a published store: built from its verified local copy (whose
     ``checksums.json`` is the remote one, byte for byte) and pointing at ``store_url``."""
     from se3t.basis.manifest import write_manifest
 
     local = mirror(store_url, local_cache, remote)
-    return write_manifest(local, manifest, store_url=store_url)
+    return write_manifest(local, manifest, store_url=str(store_url))

@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from se3t.basis.claims import who
 from se3t.basis.layout import (
     CHECKSUMS_FILE,
     CLAIMS_DIR,
@@ -25,10 +26,10 @@ from se3t.basis.layout import (
     unit_exists,
     unit_file,
 )
-from se3t.basis.location import is_url, local_path, who
 from se3t.basis.verification import index_problems, shard_problems
 from se3t.errors import InputError
 from se3t.io import write_bytes, write_text
+from se3t.location import Location
 
 MANIFEST_KIND = "se3t-basis-manifest"
 
@@ -82,7 +83,7 @@ def finalize(store: str | os.PathLike, *, progress: bool = False) -> dict[str, A
     read-only. A damaged store is refused (InputError naming the files; rerun precompute, which
     recomputes damaged shards). Idempotent: a complete store is left as it is. Returns the
     checksums record."""
-    path = local_path(store)
+    path = Location.parse(store).path
     group = open_group(str(path))
     meta = store_meta(group, str(path))
     done = path / CHECKSUMS_FILE
@@ -139,7 +140,8 @@ def write_manifest(
 
     ``store_url``: the manifest points at this object-store URL; ``store`` is its verified local
     copy (same ``checksums.json`` byte for byte), from which the record is read."""
-    where = str(store) if is_url(store) else os.path.abspath(local_path(store))
+    loc = Location.parse(store)
+    where = str(loc) if loc.remote else os.path.abspath(loc.path)
     group = open_group(where)
     meta = store_meta(group, where)
     checks = read_checksums_bytes(where)

@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from se3t.basis.claims import who
 from se3t.basis.layout import CHECKSUMS_FILE, iso_time, unit_file
-from se3t.basis.location import local_path, who
 from se3t.basis.remote import RemoteCache
 from se3t.errors import InputError
+from se3t.location import Location
 
 __all__ = [
     "STORAGE_FIELDS",
@@ -158,7 +159,7 @@ def upload(
     ``store_url``, then verify them with one listing. Never writes ``checksums.json``.
     Returns counts: ``uploaded``, ``present``, ``adopted``, ``repaired``, ``bytes_uploaded``,
     ``seconds``."""
-    path = local_path(local)
+    path = Location.parse(local).path
     names = store_objects(path, units)
     counts: dict[str, Any] = {"uploaded": 0, "present": 0, "adopted": 0, "repaired": 0}
     counts["bytes_uploaded"] = 0
@@ -267,7 +268,7 @@ def publish(
     """Publish a complete local store at ``store_url``: upload (resuming), verify, then the
     manifest. A store already published is left alone (``reused``: the first publisher's store
     stands, ours is not needed). Returns a receipt."""
-    path = local_path(local)
+    path = Location.parse(local).path
     checks_url = remote.join(store_url, CHECKSUMS_FILE)
     if remote.head(checks_url) is not None:
         return {"store": store_url, "published": False, "reused": True}
@@ -281,10 +282,10 @@ def publish(
 
 def precompute_remote(
     dataset: str | os.PathLike,
-    cache_url: str,
+    cache: str | Location,
     settings: Any,
     *,
-    local_cache: str | os.PathLike,
+    local_cache: str | os.PathLike | None = None,
     storage_options: dict[str, Any] | None = None,
     shard: str | tuple[int, int] | None = None,
     backend: Any = None,
@@ -293,54 +294,33 @@ def precompute_remote(
 ) -> dict[str, Any]:
     """``precompute`` for an ``s3://`` cache: download a published store (0 chunks computed),
     else compute this slice into the local cache (``basis.local_cache``, resumable as ever) and
-    upload its shard files; ``finalize_remote`` then seals the remote store."""
+    upload its shard files; ``finalize_remote`` then seals the remote store. ``local_cache``
+    and ``storage_options`` may come with the cache's Location instead."""
     from se3t.basis.key import basis_key, default_backend
     from se3t.basis.layout import store_path
-    from se3t.basis.local_cache import mirror
     from se3t.basis.writer import parse_shard, precompute
     from se3t.data.store import fingerprint
 
     t0 = time.perf_counter()
     backend = backend or default_backend()
-    remote = RemoteCache(cache_url, storage_options)
+    cache = Location.parse(
+        cache, "basis.cache", storage_options=storage_options, local_cache=local_cache
+    )
+    local_copy = cache.local_copy()
+    remote = RemoteCache(cache)
     remote.check_bucket()
     key = basis_key(fingerprint(dataset), settings.max_degree, settings.dtype, backend=backend)
-    url = store_path(cache_url, key)
+    url = store_path(cache, key)
     i, n = parse_shard(shard)
     if remote.head(remote.join(url, CHECKSUMS_FILE)) is not None:
-        local = mirror(url, local_cache, remote, progress=progress)
-        meta = _remote_meta(remote, url) or {}
-        nu, cps, nc = meta["num_units"], meta["chunks_per_shard"], meta["num_chunks"]
-        u_lo, u_hi = nu * i // n, nu * (i + 1) // n
-        total = min(nc, u_hi * cps) - min(nc, u_lo * cps)
-        return {
-            "key": key,
-            "store": url,
-            "local_store": str(local),
-            "shard": f"{i}/{n}",
-            "chunks_total": total,
-            "chunks_computed": 0,
-            "chunks_reused": total,
-            "chunks_by_others": 0,
-            "edges_computed": 0,
-            "complete": True,
-            "downloaded": True,
-            "seconds": time.perf_counter() - t0,
-            "edges_per_s": 0.0,
-        }
+        return _downloaded(remote, url, local_copy, key, (i, n), t0, progress)
     theirs = _remote_meta(remote, url)
     if theirs is not None:  # another site started this key: fail before computing if unlike
-        ours = {
-            "key": key,
-            "compressor": settings.compressor,
-            "compression_level": settings.compression_level,
-            "chunk_edges": settings.chunk_edges,
-            "chunks_per_shard": settings.chunks_per_shard,
-        }
-        check_compatible(theirs, ours, url)
+        ours = {name: getattr(settings, name) for name in _SETTINGS_COMPARED}
+        check_compatible(theirs, {"key": key, **ours}, url)
     with remote.lease(url, "precompute"):  # gc leaves the store alone while we work on it
         receipt = precompute(
-            dataset, local_cache, settings, shard=shard, backend=backend, progress=progress, **kw
+            dataset, local_copy, settings, shard=shard, backend=backend, progress=progress, **kw
         )
         local = Path(receipt["store"])
         meta = json.loads((local / "zarr.json").read_text())["attributes"]["se3t_basis"]
@@ -355,3 +335,41 @@ def precompute_remote(
         seconds=time.perf_counter() - t0,
     )
     return receipt
+
+
+# the settings a store started at another site must share with ours (besides the key)
+_SETTINGS_COMPARED = ("compressor", "compression_level", "chunk_edges", "chunks_per_shard")
+
+
+def _downloaded(
+    remote: RemoteCache,
+    url: str,
+    local_cache: Location,
+    key: str,
+    shard: tuple[int, int],
+    t0: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """The receipt of a slice whose store is already published: its verified local copy."""
+    from se3t.basis.local_cache import mirror
+
+    local = mirror(url, local_cache, remote, progress=progress)
+    meta = _remote_meta(remote, url) or {}
+    (i, n), nu = shard, meta["num_units"]
+    cps, nc = meta["chunks_per_shard"], meta["num_chunks"]
+    total = min(nc, nu * (i + 1) // n * cps) - min(nc, nu * i // n * cps)
+    return {
+        "key": key,
+        "store": url,
+        "local_store": str(local),
+        "shard": f"{i}/{n}",
+        "chunks_total": total,
+        "chunks_computed": 0,
+        "chunks_reused": total,
+        "chunks_by_others": 0,
+        "edges_computed": 0,
+        "complete": True,
+        "downloaded": True,
+        "seconds": time.perf_counter() - t0,
+        "edges_per_s": 0.0,
+    }

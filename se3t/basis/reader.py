@@ -19,7 +19,7 @@ import zarr
 from torch import Tensor
 
 from se3t.basis.codec import ShardCodec
-from se3t.basis.key import DTYPES, BasisBackend, default_backend, key_fields
+from se3t.basis.key import DTYPES, BasisBackend, default_backend, dtype_name, key_fields
 from se3t.basis.layout import (
     open_group,
     read_checksums_bytes,
@@ -27,11 +27,11 @@ from se3t.basis.layout import (
     unit_exists,
     unit_file,
 )
-from se3t.basis.location import is_url, local_path
 from se3t.basis.manifest import read_manifest
 from se3t.basis.sampler import ChunkShuffleBatchSampler
 from se3t.basis.verification import index_problems
 from se3t.errors import InputError
+from se3t.location import Location
 
 # the package's logger, as before the split, so that settings made for it still apply
 log = logging.getLogger(__package__)
@@ -89,7 +89,8 @@ class BasisStore:
         if read not in ("memory", "chunks"):
             raise InputError(f"basis read mode {read!r} is not one of ['auto', 'memory', 'chunks']")
         self.read = read
-        codec = None if is_url(where) else ShardCodec(self._array, Path(where), meta)
+        local = not Location.parse(where).remote
+        codec = ShardCodec(self._array, Path(where), meta) if local else None
         self._codec = codec if codec is not None and codec.supported else None
         if read == "memory":
             self._full = self._read_all()
@@ -301,17 +302,8 @@ def _sole_owner(t: Tensor) -> bool:
         return False
 
 
-def _dtype_name(dtype: str | torch.dtype) -> str:
-    if isinstance(dtype, torch.dtype):
-        for name, dt in DTYPES.items():
-            if dt == dtype:
-                return name
-        raise InputError(f"basis dtype {dtype} is not one of {list(DTYPES)}")
-    return str(dtype)
-
-
 def open_basis(
-    manifest_or_store: str | os.PathLike,
+    manifest_or_store: str | os.PathLike | Location,
     *,
     dataset_fingerprint: str,
     max_degree: int,
@@ -329,42 +321,25 @@ def open_basis(
     fingerprint, degree, dtype, layout or basis code version. Readers never write.
 
     An ``s3://`` store is read through its verified copy in ``local_cache`` (filled on first
-    use; see :mod:`.local_cache`), with ``storage_options`` for the object store.
+    use; see :mod:`.local_cache`), with ``storage_options`` for the object store; both may come
+    with the Location instead.
     """
-    where = str(manifest_or_store)
-    manifest = None
-    if where.endswith(".json") or (not is_url(where) and Path(where).is_file()):
-        manifest = read_manifest(where)
-        where = manifest["store"]
-    elif not is_url(where):
-        where = str(local_path(where))
-    if where.startswith(("s3://", "s3a://")):  # object-store cache: local copy
-        from se3t.basis.local_cache import read_through
-
-        where = str(read_through(where, local_cache, storage_options))
+    given = Location.parse(
+        manifest_or_store,
+        "basis.manifest",
+        storage_options=storage_options,
+        local_cache=local_cache,
+    )
+    where, manifest = _resolve(given)
     group = open_group(where)
     meta = store_meta(group, where)
     backend = backend or default_backend()
-    want = key_fields(dataset_fingerprint, max_degree, _dtype_name(dtype), backend)
-    labels = {"dataset_fingerprint": "dataset", "max_degree": "max degree", "dtype": "dtype"}
-    for k, v in want.items():
-        if meta.get(k) != v:
-            raise InputError(
-                f"basis store {where!r} was built for {labels.get(k, k)} {meta.get(k)!r}, "
-                f"this run needs {v!r}; it cannot be used (run se3t basis precompute for "
-                "this dataset and settings)"
-            )
+    _check_settings(
+        where, meta, key_fields(dataset_fingerprint, max_degree, dtype_name(dtype), backend)
+    )
     checks = read_checksums_bytes(where)
     if checks is None:
-        present = (
-            None
-            if is_url(where)
-            else sum(unit_exists(Path(where), u) for u in range(meta["num_units"]))
-        )
-        raise InputError(
-            f"basis store {where!r} is incomplete ({present} of {meta['num_units']} shards, not "
-            "finalized); finish it with se3t basis precompute and se3t basis finalize"
-        )
+        raise _incomplete(where, meta)
     if manifest is not None and hashlib.sha256(checks).hexdigest() != manifest["checksums_sha256"]:
         raise InputError(
             f"basis store {where!r} changed since manifest {str(manifest_or_store)!r} was "
@@ -378,3 +353,44 @@ def open_basis(
             "and rebuild"
         )
     return BasisStore(where, group, meta, read=read, cache_chunks=cache_chunks)
+
+
+def _resolve(given: Location) -> tuple[str, dict[str, Any] | None]:
+    """The store to read (a local path or a URL) and the manifest that named it, if any. A
+    store on an object store is read through its verified local copy."""
+    manifest = None
+    where = given
+    if given.text.endswith(".json") or (not given.remote and given.path.is_file()):
+        manifest = read_manifest(str(given))
+        where = Location.parse(
+            manifest["store"],
+            f"manifest {str(given)!r} field 'store'",
+            storage_options=given.storage_options,
+            local_cache=given.local_cache,
+        )
+    if where.object_store:
+        from se3t.basis.local_cache import read_through
+
+        return str(read_through(where)), manifest
+    return str(where if where.remote else where.path), manifest
+
+
+def _check_settings(where: str, meta: dict[str, Any], want: dict[str, Any]) -> None:
+    """Refuse a store built for another dataset, degree, dtype, layout or code version."""
+    labels = {"dataset_fingerprint": "dataset", "max_degree": "max degree", "dtype": "dtype"}
+    for k, v in want.items():
+        if meta.get(k) != v:
+            raise InputError(
+                f"basis store {where!r} was built for {labels.get(k, k)} {meta.get(k)!r}, "
+                f"this run needs {v!r}; it cannot be used (run se3t basis precompute for "
+                "this dataset and settings)"
+            )
+
+
+def _incomplete(where: str, meta: dict[str, Any]) -> InputError:
+    remote = Location.parse(where).remote
+    present = None if remote else sum(unit_exists(Path(where), u) for u in range(meta["num_units"]))
+    return InputError(
+        f"basis store {where!r} is incomplete ({present} of {meta['num_units']} shards, not "
+        "finalized); finish it with se3t basis precompute and se3t basis finalize"
+    )

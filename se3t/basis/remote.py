@@ -30,23 +30,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from se3t.basis.location import who
+from se3t.basis.claims import alive, who
 from se3t.errors import InputError
+from se3t.location import Location
 
 __all__ = [
     "LEASE_DIR",
     "RemoteCache",
     "check_storage_options",
-    "is_s3",
     "s3_errors",
 ]
 
 LEASE_DIR = ".leases"  # KEY.zarr/.leases/HOST-PID-ID.json: a reader or writer at work (see gc)
 LEASE_TTL_S = 3600.0  # a lease not renewed for an hour belongs to a dead process
-
-
-def is_s3(url: str | os.PathLike) -> bool:
-    return str(url).startswith(("s3://", "s3a://"))
 
 
 def check_storage_options(options: Mapping[str, Any] | None) -> dict:
@@ -102,8 +98,7 @@ def _explain(err: BaseException, url: str, endpoint: str | None) -> str:
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
         )
     if "NoSuchBucket" in codes or "NoSuchBucket" in text or "bucket does not exist" in text:
-        bucket = url.split("://", 1)[-1].split("/", 1)[0]
-        return f"bucket {bucket!r} does not exist at {where}"
+        return f"bucket {Location.parse(url).bucket!r} does not exist at {where}"
     if names & {
         "EndpointConnectionError",
         "ConnectTimeoutError",
@@ -122,8 +117,11 @@ def _explain(err: BaseException, url: str, endpoint: str | None) -> str:
 
 
 @contextlib.contextmanager
-def s3_errors(url: str, endpoint: str | None = None, what: str = "basis cache") -> Iterator[None]:
+def s3_errors(
+    url: str | Location, endpoint: str | None = None, what: str = "basis cache"
+) -> Iterator[None]:
     """Turn any failure of an object-store call into an InputError naming ``url``."""
+    url = str(url)
     try:
         yield
     except InputError:
@@ -155,11 +153,14 @@ class RemoteCache:
     itself, so conditional writes (``If-None-Match: *``) and ``Content-MD5`` are available.
     """
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        if not is_s3(url):
-            raise InputError(f"{url!r} is not an s3:// URL")
-        self.url = str(url).rstrip("/")
-        opts = check_storage_options(storage_options)
+    def __init__(
+        self, url: str | Location, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.location = Location.parse(url, storage_options=storage_options)
+        if not self.location.object_store:
+            raise InputError(f"{str(url)!r} is not an s3:// URL")
+        self.url = str(self.location)
+        opts = check_storage_options(self.location.storage_options)
         self.endpoint: str | None = opts.get("endpoint_url") or (
             opts.get("client_kwargs", {}) or {}
         ).get("endpoint_url")
@@ -180,21 +181,20 @@ class RemoteCache:
         # few quick retries (s3fs's own loop, on top of botocore's): an unreachable endpoint
         # is reported in seconds, not minutes
         self.fs.retries = 2
-        self.bucket, _, self.prefix = self.url.split("://", 1)[1].partition("/")
+        self.bucket, self.prefix = self.location.bucket, self.location.key
         self._conditional: bool | None = None  # does the server honour If-None-Match?
 
     # ---------------------------------------------------------------------------- addresses
 
-    def key_of(self, url: str) -> str:
+    def key_of(self, url: str | Location) -> str:
         """The object key of ``s3://bucket/KEY`` (within this cache's bucket)."""
-        rest = str(url).split("://", 1)[1]
-        bucket, _, key = rest.partition("/")
-        if bucket != self.bucket:
-            raise InputError(f"{url!r} is not in bucket {self.bucket!r} of {self.url!r}")
-        return key
+        where = Location.parse(url)
+        if where.bucket != self.bucket:
+            raise InputError(f"{str(url)!r} is not in bucket {self.bucket!r} of {self.url!r}")
+        return where.key
 
-    def join(self, store_url: str, name: str) -> str:
-        return f"{store_url.rstrip('/')}/{name}"
+    def join(self, store_url: str | Location, name: str) -> str:
+        return f"{str(store_url).rstrip('/')}/{name}"
 
     def _call(self, method: str, url: str, **kw: Any) -> Any:
         with s3_errors(url, self.endpoint):
@@ -276,45 +276,40 @@ class RemoteCache:
                     Delete={"Objects": [{"Key": self.key_of(u)} for u in batch], "Quiet": True},
                 )
 
+    def _pages(self, url: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        """The pages of ``list_objects_v2`` under ``url/``."""
+        kw.update(Bucket=self.bucket, Prefix=self.key_of(url).rstrip("/") + "/")
+        while True:
+            with s3_errors(url, self.endpoint):
+                r = self.fs.call_s3("list_objects_v2", **kw)
+            yield r
+            if not r.get("IsTruncated"):
+                return
+            kw["ContinuationToken"] = r.get("NextContinuationToken")
+
     def list(self, url: str) -> dict[str, ObjectInfo]:
         """Every object under ``url/`` (recursive): name relative to ``url`` -> size, ETag and
         modification time (no sha256: listing does not return metadata)."""
-        prefix = self.key_of(url).rstrip("/") + "/"
-        out: dict[str, ObjectInfo] = {}
-        token = None
-        while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-            if token:
-                kw["ContinuationToken"] = token
-            with s3_errors(url, self.endpoint):
-                r = self.fs.call_s3("list_objects_v2", **kw)
-            for o in r.get("Contents", []) or []:
-                out[o["Key"][len(prefix) :]] = ObjectInfo(
-                    size=int(o["Size"]),
-                    etag=str(o.get("ETag", "")).strip('"'),
-                    sha256=None,
-                    modified=o["LastModified"].timestamp(),
-                )
-            if not r.get("IsTruncated"):
-                return out
-            token = r.get("NextContinuationToken")
+        skip = len(self.key_of(url).rstrip("/") + "/")
+        return {
+            o["Key"][skip:]: ObjectInfo(
+                size=int(o["Size"]),
+                etag=str(o.get("ETag", "")).strip('"'),
+                sha256=None,
+                modified=o["LastModified"].timestamp(),
+            )
+            for r in self._pages(url)
+            for o in r.get("Contents", []) or []
+        }
 
     def children(self, url: str) -> list[str]:
         """The 'folders' directly under ``url/`` (names, no slash)."""
-        prefix = self.key_of(url).rstrip("/") + "/"
-        names: list[str] = []
-        token = None
-        while True:
-            kw: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "Delimiter": "/"}
-            if token:
-                kw["ContinuationToken"] = token
-            with s3_errors(url, self.endpoint):
-                r = self.fs.call_s3("list_objects_v2", **kw)
-            for p in r.get("CommonPrefixes", []) or []:
-                names.append(p["Prefix"][len(prefix) :].rstrip("/"))
-            if not r.get("IsTruncated"):
-                return names
-            token = r.get("NextContinuationToken")
+        skip = len(self.key_of(url).rstrip("/") + "/")
+        return [
+            p["Prefix"][skip:].rstrip("/")
+            for r in self._pages(url, Delimiter="/")
+            for p in r.get("CommonPrefixes", []) or []
+        ]
 
     def check_bucket(self) -> None:
         """Fail now, naming the URL, when the bucket is missing, the credentials are wrong or the
@@ -378,22 +373,12 @@ class RemoteCache:
                 continue
             if float(body.get("expires", 0)) <= now:
                 continue
-            if body.get("host") == socket.gethostname() and not _alive(int(body.get("pid", 0))):
+            if body.get("host") == socket.gethostname() and not alive(int(body.get("pid", 0))):
                 with contextlib.suppress(InputError):
                     self.delete([url])
                 continue
             out.append(body)
         return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def _precondition_failed(err: BaseException) -> bool:

@@ -30,8 +30,8 @@ from se3t.basis.layout import (
     unit_file,
     unit_range,
 )
-from se3t.basis.location import is_url, local_path
 from se3t.errors import InputError
+from se3t.location import Location
 
 # per stored dtype: the tolerance of verify's recomputation (storage rounding plus the
 # difference of batched float arithmetic between runs)
@@ -107,7 +107,8 @@ def index_problems(
     undecodable, or inconsistent with the recorded plan and, given the dataset's
     ``edge_offsets``, with the chunk plan recomputed from it. Each problem names its file."""
     bad = _index_plan_problems(group, meta, edge_offsets)
-    root = None if is_url(where) else local_path(where)
+    loc = Location.parse(where)
+    root = None if loc.remote else loc.path
     # Zarr reads an absent chunk as zeros and skips writing an all-zero one (``row_start`` of a
     # one-molecule store): absence is damage only when the zeros do not fit the plan
     return [
@@ -154,7 +155,8 @@ def _index_plan_problems(
 
 def _check_files(where: str, record: dict[str, Any], report: VerifyReport, progress: bool) -> None:
     """Every file ``checksums.json`` lists: present, its size and sha256 as recorded."""
-    fs, root = fsspec.core.url_to_fs(where) if is_url(where) else (fsspec.filesystem("file"), where)
+    loc = Location.parse(where)
+    fs, root = fsspec.core.url_to_fs(str(loc)) if loc.remote else (fsspec.filesystem("file"), where)
     for name, info in tqdm(sorted(record["files"].items()), desc="checksums", disable=not progress):
         report.files_checked += 1
         full = f"{root.rstrip('/')}/{name}"
@@ -253,7 +255,7 @@ def verify(
     edges when ``sample`` > 0), then ``sample`` random edges recomputed from the dataset (the
     one recorded in the store unless given; verified on open) and compared with the stored
     rows. Every problem names its file or chunk."""
-    where = str(store) if is_url(store) else str(local_path(store))
+    where = str(Location.parse(store))
     group = open_group(where)
     meta = store_meta(group, where)
     report = VerifyReport(store=where, key=meta["key"])

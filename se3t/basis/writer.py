@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from se3t.basis.claims import Claims, WriterLease, describe, live_claims, owner_of
+from se3t.basis.claims import Claims, WriterLease, describe, live_claims, owner_of, who
 from se3t.basis.compute import ShardFiller
 from se3t.basis.geometry import Geometry, load_geometry
 from se3t.basis.key import (
@@ -38,15 +38,15 @@ from se3t.basis.layout import (
     iso_time,
     open_group,
     plan_chunks,
+    store_location,
     store_meta,
-    store_path,
     unit_exists,
     unit_file,
     unit_range,
 )
-from se3t.basis.location import ensure_writable_cache, local_path, who
 from se3t.basis.verification import shard_problems
 from se3t.errors import InputError
+from se3t.location import Location
 
 log = logging.getLogger("se3t.basis")
 
@@ -103,7 +103,7 @@ def _edges_of_units(
     return total
 
 
-def _verified_geometry(dataset: str | os.PathLike, cache: str | os.PathLike) -> Geometry:
+def _verified_geometry(dataset: str | os.PathLike, cache: Location) -> Geometry:
     """The dataset's geometry, its content verified against its fingerprint on open, so the key
     computed from that fingerprint always describes the values computed from this content (a
     damaged dataset never gets a clean dataset's key). An unusable cache is reported before a
@@ -111,8 +111,12 @@ def _verified_geometry(dataset: str | os.PathLike, cache: str | os.PathLike) -> 
     try:
         return load_geometry(dataset)
     except InputError:
-        ensure_writable_cache(cache)
+        _writable_cache(cache)
         raise
+
+
+def _writable_cache(cache: Location) -> Path:
+    return cache.ensure_writable("basis", "basis cache")
 
 
 def _new_meta(
@@ -292,11 +296,34 @@ def precompute(
     backend = backend or default_backend()
     i, n = parse_shard(shard)
     t_start = time.perf_counter()
+    cache = Location.parse(cache, "basis.cache")
     geom = _verified_geometry(dataset, cache)
-    fp = geom.fingerprint
-    key = basis_key(fp, settings.max_degree, settings.dtype, backend=backend)
-    path = local_path(store_path(cache, key))
-    receipt: dict[str, Any] = {
+    key = basis_key(geom.fingerprint, settings.max_degree, settings.dtype, backend=backend)
+    path = store_location(cache, key).path
+    receipt = _new_receipt(key, path, i, n)
+    if is_complete(path):  # nothing to write: a complete store in a read-only cache is fine
+        meta = store_meta(open_group(str(path)), str(path))
+        want = key_fields(geom.fingerprint, settings.max_degree, settings.dtype, backend)
+        check_same_store({**want, "key": key}, meta, str(path), fields=KEY_CHECK)
+        receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in _units_of_slice(meta, i, n))
+        return _done(receipt, t_start, complete=True)
+
+    _writable_cache(cache)  # before any work: a cache we cannot write fails now
+    meta = _open_or_create(path, dataset, geom, key, settings, backend)
+    units = _units_of_slice(meta, i, n)
+    receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in units)
+    if not is_complete(path) and not _can_write(path):  # another user's store
+        _wait_or_refuse(path, claim_timeout_s, poll_s)
+    if is_complete(path):  # finalized meanwhile by another process
+        return _done(receipt, t_start, complete=True)
+    _fill_store(
+        path, meta, geom, backend, units, receipt, claim_timeout_s, poll_s, num_workers, progress
+    )
+    return _done(receipt, t_start, complete=False)
+
+
+def _new_receipt(key: str, path: Path, i: int, n: int) -> dict[str, Any]:
+    return {
         "key": key,
         "store": str(path),
         "shard": f"{i}/{n}",
@@ -306,43 +333,6 @@ def precompute(
         "edges_computed": 0,
         "complete": False,
     }
-    if is_complete(path):  # nothing to write: a complete store in a read-only cache is fine
-        meta = store_meta(open_group(str(path)), str(path))
-        want = key_fields(fp, settings.max_degree, settings.dtype, backend)
-        check_same_store({**want, "key": key}, meta, str(path), fields=KEY_CHECK)
-        receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in _units_of_slice(meta, i, n))
-        return _done(receipt, t_start, complete=True)
-
-    ensure_writable_cache(cache)  # before any work: a cache we cannot write fails now
-    meta = _open_or_create(path, dataset, geom, key, settings, backend)
-    units = _units_of_slice(meta, i, n)
-    receipt["chunks_total"] = sum(_num_chunks(meta, u) for u in units)
-    if not is_complete(path) and not _can_write(path):  # another user's store
-        _wait_or_refuse(path, claim_timeout_s, poll_s)
-    if is_complete(path):  # finalized meanwhile by another process
-        return _done(receipt, t_start, complete=True)
-    try:
-        # the writer's lease, before any shard: gc skips the store while it is held
-        with WriterLease(path, claim_timeout_s):
-            _fill_store(
-                path,
-                meta,
-                geom,
-                backend,
-                units,
-                receipt,
-                claim_timeout_s,
-                poll_s,
-                num_workers,
-                progress,
-            )
-    except FileNotFoundError as err:
-        if not path.is_dir():  # removed under us: one line instead of a traceback
-            raise _vanished(path) from err
-        raise
-    if not path.is_dir():
-        raise _vanished(path)
-    return _done(receipt, t_start, complete=False)
 
 
 def _fill_store(
@@ -357,7 +347,34 @@ def _fill_store(
     num_workers: int | None,
     progress: bool,
 ) -> None:
-    """Fill the missing (or damaged) shards of ``units``, sharing them with other writers."""
+    """Fill the missing (or damaged) shards of ``units``, sharing them with other writers,
+    under the writer's lease (taken before any shard: gc skips the store while it is held)."""
+    try:
+        with WriterLease(path, claim_timeout_s):
+            _fill_units(
+                path, meta, geom, backend, units, receipt, claim_timeout_s, poll_s, num_workers,
+                progress,
+            )  # fmt: skip
+    except FileNotFoundError as err:
+        if not path.is_dir():  # removed under us: one line instead of a traceback
+            raise _vanished(path) from err
+        raise
+    if not path.is_dir():
+        raise _vanished(path)
+
+
+def _fill_units(
+    path: Path,
+    meta: dict[str, Any],
+    geom: Geometry,
+    backend: BasisBackend,
+    units: range,
+    receipt: dict[str, Any],
+    claim_timeout_s: float,
+    poll_s: float,
+    num_workers: int | None,
+    progress: bool,
+) -> None:
     chunk_mols = np.asarray(open_group(str(path))["chunk_mols"][:])
     _remove_damaged_shards(path, meta, units)
     todo = [u for u in units if not unit_exists(path, u)]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from se3t.errors import InputError
+from se3t.location import Location
 
 __all__ = [
     "CHUNK_SUMS_ATTR",
@@ -61,9 +62,10 @@ def _chunk_file(arr: Any, name: str, c: int) -> str:
 
 def _missing_chunks(path: str, group: Any, names: list[str]) -> list[str]:
     """``array chunk C (file F)`` for every chunk file absent from a local store."""
-    if "://" in path and not path.startswith("file://"):
+    where = Location.parse(path)
+    if where.remote:
         return []  # object stores: the content hash below still catches the zeros
-    root = path[len("file://") :] if path.startswith("file://") else path
+    root = str(where)
     missing = []
     for name in names:
         arr = group[name]

@@ -13,6 +13,7 @@ from se3t.choices import BasisRead, BasisUse
 from se3t.config import Config, to_dict
 from se3t.data import QM9Dataset, fingerprint
 from se3t.errors import InputError
+from se3t.location import Location
 from se3t.models import build
 from se3t.train.checkpoint import (
     check_model_state,
@@ -47,8 +48,9 @@ def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> In
             f"config key 'train.batch_size': {t.batch_size} is smaller than the {world_size} "
             "ranks of this job (it is the global batch)"
         )
+    data = Location.from_config(cfg, "data.path")
     data_path = Path(cfg.data.path)
-    if "://" not in cfg.data.path and not data_path.exists():
+    if not data.remote and not data.path.exists():
         raise InputError(
             f"dataset store {str(data_path)!r} (config key 'data.path') does not exist; "
             "build it with se3t data build"
@@ -103,23 +105,23 @@ def _open_basis(cfg: Config):
         return None
     if not b.manifest:
         raise InputError("config key 'basis.use' is 'store' but 'basis.manifest' is not set")
-    if b.use == BasisUse.AUTO and "://" not in b.manifest and not Path(b.manifest).exists():
+    manifest = Location.from_config(cfg, "basis.manifest")
+    absent = not manifest.remote and not manifest.path.exists()
+    if b.use == BasisUse.AUTO and absent:
         log.warning("basis manifest %s absent: computing bases in the forward pass", b.manifest)
         return None
-    if b.use == BasisUse.STORE and "://" not in b.manifest and not Path(b.manifest).exists():
+    if b.use == BasisUse.STORE and absent:
         raise InputError(
             f"basis manifest or store {b.manifest!r} (config key 'basis.manifest') does not "
             "exist; run se3t basis precompute and se3t basis finalize"
         )
     return open_basis(
-        b.manifest,
+        manifest,
         dataset_fingerprint=fingerprint(cfg.data.path),
         max_degree=cfg.model.max_degree,
         dtype=b.dtype,
         read=b.read,
         cache_chunks=b.cache_chunks,
-        local_cache=b.local_cache,
-        storage_options=b.storage_options,
     )
 
 
