@@ -39,7 +39,7 @@ from tqdm import tqdm
 from se3t.errors import InputError
 from se3t.io import atomic_write, replace, write_json
 
-__all__ = ["download", "fetch", "qm9pack_files"]
+__all__ = ["copy_file", "download", "fetch", "qm9pack_files", "sha256_file"]
 
 QM9PACK_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 ARCHIVE_NAME = "dsgdb9nsd.xyz.tar.bz2"
@@ -47,7 +47,7 @@ UNCHARACTERIZED_NAME = "uncharacterized.txt"
 _BUF = 1 << 20
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_BUF):
@@ -55,7 +55,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _copy(src: Path, dest: Path) -> str:
+def copy_file(src: Path, dest: Path) -> str:
     """Copy ``src`` to ``dest`` atomically; returns the sha256 of what was written."""
     h = hashlib.sha256()
 
@@ -104,11 +104,11 @@ def _fetch_qm9pack(out: Path, previous: dict[str, Any]) -> dict[str, dict[str, A
             dest.is_file()
             and expected
             and old.get("sha256") == expected
-            and _sha256(dest) == expected
+            and sha256_file(dest) == expected
         ):
             digest = expected
         else:
-            digest = _copy(src, dest)
+            digest = copy_file(src, dest)
             if expected and digest != expected:
                 dest.unlink(missing_ok=True)
                 raise InputError(
@@ -148,7 +148,7 @@ def download(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and sha256 is not None and _sha256(dest) == sha256:
+    if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256:
         return sha256
     part = dest.with_name(dest.name + ".part")
     last: Exception | None = None
@@ -170,7 +170,7 @@ def download(
             f"{url}: download failed after {retries + 1} attempts ({last}); "
             f"{part} keeps the bytes received, the next run resumes from there"
         )
-    digest = _sha256(part)
+    digest = sha256_file(part)
     if sha256 is not None and digest != sha256.lower():
         part.unlink(missing_ok=True)
         raise InputError(
@@ -241,7 +241,7 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise InputError(f"{path}: not a tar archive (give a folder or a tar of XYZ files)")
-        digest = _copy(path, out / path.name)
+        digest = copy_file(path, out / path.name)
         files[path.name] = {"sha256": digest, "bytes": path.stat().st_size, "from": str(path)}
         return files
     csvs = sorted(path.glob("*.csv"))
@@ -250,7 +250,7 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
     if csvs:
         for p in csvs:
             files[p.name] = {
-                "sha256": _copy(p, out / p.name),
+                "sha256": copy_file(p, out / p.name),
                 "bytes": p.stat().st_size,
                 "from": str(p),
             }
@@ -267,14 +267,14 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
 
         atomic_write(dest, pack)
         files[dest.name] = {
-            "sha256": _sha256(dest),
+            "sha256": sha256_file(dest),
             "bytes": dest.stat().st_size,
             "from": f"{path} ({len(xyz)} .xyz files)",
         }
     elif archives:
         for p in archives:
             files[p.name] = {
-                "sha256": _copy(p, out / p.name),
+                "sha256": copy_file(p, out / p.name),
                 "bytes": p.stat().st_size,
                 "from": str(p),
             }
@@ -283,7 +283,7 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
     unc = path / UNCHARACTERIZED_NAME
     if unc.is_file():
         files[unc.name] = {
-            "sha256": _copy(unc, out / unc.name),
+            "sha256": copy_file(unc, out / unc.name),
             "bytes": unc.stat().st_size,
             "from": str(unc),
         }
@@ -291,6 +291,37 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------- entry
+
+
+def _previous_files(manifest_path: Path) -> dict[str, Any]:
+    """The files a previous fetch into the folder recorded (none when unreadable)."""
+    if not manifest_path.is_file():
+        return {}
+    try:
+        return json.loads(manifest_path.read_text()).get("files", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+
+
+def _fetch_figshare(
+    out: Path, urls: dict[str, tuple[str | None, str | None]], how: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Download each name's ``(url, sha256)`` into ``out`` (``how``: :func:`download`'s
+    retries, backoff, timeout and progress)."""
+    if not all(url for url, _ in urls.values()):
+        raise InputError(
+            "source 'figshare': data.figshare_url and data.uncharacterized_url must be set"
+        )
+    files = {}
+    for name, (url, digest) in urls.items():
+        got = download(url, out / name, sha256=digest, **how)
+        files[name] = {
+            "sha256": got,
+            "bytes": (out / name).stat().st_size,
+            "from": url,
+            "sha256_checked": digest is not None,
+        }
+    return files
 
 
 def fetch(
@@ -313,39 +344,15 @@ def fetch(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "SOURCE.json"
-    previous: dict[str, Any] = {}
-    if manifest_path.is_file():
-        try:
-            previous = json.loads(manifest_path.read_text()).get("files", {})
-        except (json.JSONDecodeError, AttributeError):
-            previous = {}
     if source == "qm9pack":
-        files = _fetch_qm9pack(out, previous)
+        files = _fetch_qm9pack(out, _previous_files(manifest_path))
     elif source == "figshare":
-        if not figshare_url or not uncharacterized_url:
-            raise InputError(
-                "source 'figshare': data.figshare_url and data.uncharacterized_url must be set"
-            )
-        files = {}
-        for url, name, digest in (
-            (figshare_url, ARCHIVE_NAME, figshare_sha256),
-            (uncharacterized_url, UNCHARACTERIZED_NAME, uncharacterized_sha256),
-        ):
-            got = download(
-                url,
-                out / name,
-                sha256=digest,
-                retries=retries,
-                backoff=backoff,
-                timeout=timeout,
-                progress=progress,
-            )
-            files[name] = {
-                "sha256": got,
-                "bytes": (out / name).stat().st_size,
-                "from": url,
-                "sha256_checked": digest is not None,
-            }
+        urls = {
+            ARCHIVE_NAME: (figshare_url, figshare_sha256),
+            UNCHARACTERIZED_NAME: (uncharacterized_url, uncharacterized_sha256),
+        }
+        how = {"retries": retries, "backoff": backoff, "timeout": timeout, "progress": progress}
+        files = _fetch_figshare(out, urls, how)
     else:
         files = _fetch_path(Path(source), out)
     manifest = {
