@@ -127,8 +127,8 @@ def _fetch(args) -> int:
 def _fetch_input(d: C.DataConfig, progress: bool) -> dict:
     """QM9's raw files, or a copy of the user's own input, into ``data.raw_dir``."""
     # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
-    from se3t.data.fetch import fetch
     from se3t.data.sources.own import fetch_molecules
+    from se3t.data.sources.qm9 import fetch
 
     if C.data_format(d) != "qm9":
         return fetch_molecules(d, d.raw_dir)

@@ -10,10 +10,9 @@ Public API: :class:`MoleculeDataset`, :func:`collate`, :func:`read_molecule`,
 
 from se3t.data.build import build_store
 from se3t.data.dataset import MoleculeDataset, MoleculeSample
-from se3t.data.fetch import fetch
 from se3t.data.loader import collate, make_loader
 from se3t.data.sources.own import build_molecules
-from se3t.data.sources.qm9 import build_qm9, read_molecule
+from se3t.data.sources.qm9 import build_qm9, fetch, read_molecule
 from se3t.data.splits import split_indices
 from se3t.data.store import DatasetStore, fingerprint, open_dataset
 

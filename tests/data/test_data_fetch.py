@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from se3t.data.fetch import download, fetch, qm9pack_files
-from se3t.data.sources.qm9 import build_qm9
+from se3t.data.fetch import download
+from se3t.data.sources.qm9 import build_qm9, fetch, qm9pack_files
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
 
