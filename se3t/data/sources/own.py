@@ -235,9 +235,11 @@ class OwnSource:
         if not data.split_column:
             return
         if data.split_column not in mol.props:
-            raise InputError(
-                f"{mol.where}: field {data.split_column!r} (data.split_column): "
-                "the record has no such property"
+            raise MoleculeError(
+                mol.where,
+                data.split_column,
+                "(data.split_column): the record has no such property",
+                "bad_split",
             )
         try:
             column_split([str(mol.props[data.split_column])], mol.where)
