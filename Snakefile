@@ -5,7 +5,7 @@
 #
 # The DAG (docs/workflow.md):
 #   stage_config, run_config (one resolved config file per stage and run)
-#   download_qm9 -> build_dataset -> precompute_basis (N shards) -> finalize_basis
+#   fetch_raw -> build_dataset -> precompute_basis (N shards) -> finalize_basis
 #     -> train (per run) -> evaluate, profile_memory (per run) -> report
 # The config file is an se3t config (se3t/config.py) plus `workflow.runs`; it is validated at
 # start in workflow/rules/common.smk.

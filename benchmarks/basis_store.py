@@ -230,13 +230,13 @@ def bench_precompute(dataset: str, work: Path, runs: int = 2) -> list[dict]:
 
 
 def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) -> dict:
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
     cache = work / "loader"
     r = precompute(dataset, cache, BasisSettings(compressor=compressor), progress=False)
     finalize(r["store"])
     fp = fingerprint(dataset)
-    ds = QM9Dataset(dataset, split="all")
+    ds = MoleculeDataset(dataset, split="all")
     out = {"compressor": compressor, "batch": batch, "molecules": len(ds)}
     rng = np.random.default_rng(0)
     for read in ("memory", "chunks"):
@@ -271,7 +271,7 @@ def bench_loader(dataset: str, work: Path, compressor: str, batch: int = 240) ->
 def bench_basis_per_batch(dataset: str, store: str, batch: int = 240, n: int = 20) -> dict:
     """Per batch of ``batch`` random molecules: bases gathered from the store (read=memory)
     vs computed from the edge vectors (what the forward pass would do), interleaved."""
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
     b = open_basis(
         store,
@@ -280,7 +280,7 @@ def bench_basis_per_batch(dataset: str, store: str, batch: int = 240, n: int = 2
         dtype="float32",
         read="memory",
     )
-    ds = QM9Dataset(dataset, split="all")
+    ds = MoleculeDataset(dataset, split="all")
     rng = np.random.default_rng(0)
     batches = [
         collate([ds[i] for i in rng.choice(len(ds), batch, replace=False)]) for _ in range(n)
@@ -311,7 +311,7 @@ def bench_step(dataset: str, work: Path, batch: int = 32, steps: int = 5) -> dic
     """Training step (forward + backward + Adam) with bases from the store vs computed in the
     forward pass, on the default model (7 layers, degrees 0..3, 32 channels)."""
     from se3t.config import ModelConfig
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
     from se3t.models import build
 
     cache = work / "step"
@@ -324,7 +324,7 @@ def bench_step(dataset: str, work: Path, batch: int = 32, steps: int = 5) -> dic
         dtype="float32",
         read="memory",
     )
-    ds = QM9Dataset(dataset, split="all")
+    ds = MoleculeDataset(dataset, split="all")
     torch.manual_seed(0)
     model = build(ModelConfig())
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

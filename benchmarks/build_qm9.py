@@ -45,7 +45,7 @@ def _check(task):
 
 
 def _tasks(raw: Path):
-    from se3t.data.parse import iter_csv
+    from se3t.data.sources.qm9 import iter_csv
 
     for part in sorted(raw.glob("qm9_part*.csv")):
         with open(part, newline="") as fh:

@@ -46,9 +46,9 @@ def main() -> None:
     torch.set_num_threads(1)
     from test_data_dataset import _reference_collate
 
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
-    ds = QM9Dataset(args.store, "train")
+    ds = MoleculeDataset(args.store, "train")
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(ds), args.batch_size, replace=False) for _ in range(args.batches)]
 

@@ -46,12 +46,12 @@ LR, MIN_LR, WEIGHT_DECAY, BATCH = 0.002, 0.0002, 0.1, 240
 # ------------------------------------------------------------------------------------ pack
 def pack(a) -> None:
     from se3t.config import load
-    from se3t.data import QM9Dataset
+    from se3t.data import MoleculeDataset
     from se3t.io import atomic_write
 
     over = [f"data.path={a.store}", "data.targets=[homo]"]
     cfg = load(ROOT / "config" / "config.yaml", over + list(a.overrides))
-    splits = {s: QM9Dataset.from_config(cfg.data, s) for s in ("train", "val", "test")}
+    splits = {s: MoleculeDataset.from_config(cfg.data, s) for s in ("train", "val", "test")}
     st = splits["train"].store
     enc = st.encoding
     ao, eo = np.asarray(st.atom_offsets), np.asarray(st.edge_offsets)

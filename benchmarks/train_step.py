@@ -72,7 +72,7 @@ def make_batches(
     tensors (molecules drawn with replacement when fewer are available than a batch needs)."""
     import tempfile
 
-    from se3t.data import QM9Dataset, build_dataset, collate
+    from se3t.data import MoleculeDataset, build_qm9, collate
 
     d_raw, d_every = default_raw()
     raw, every = raw or d_raw, every or (d_every if raw is None else 1)
@@ -80,8 +80,8 @@ def make_batches(
         if every > 1:
             raw = _subsample_csvs(raw, every, Path(tmp) / "raw")
         store = Path(tmp) / "qm9.zarr"
-        build_dataset(raw, store, processes=2, progress=False)
-        ds = QM9Dataset(store, split="all", targets=("homo",))
+        build_qm9(raw, store, processes=2, progress=False)
+        ds = MoleculeDataset(store, split="all", targets=("homo",))
         g = torch.Generator().manual_seed(seed)
         batches = {}
         for size in SIZES:

@@ -32,8 +32,8 @@ QM9_TEST_DIR = Path(__file__).parent / "data" / "qm9"
 def qm9_store(tmp_path_factory) -> Path:
     """Path of a real dataset store (Zarr) built once per session from the committed molecules
     (275 molecules, bond graphs; under a second). Treat it as read-only."""
-    from se3t.data.build import build_dataset
+    from se3t.data.sources.qm9 import build_qm9
 
     out = tmp_path_factory.mktemp("qm9_store") / "qm9.zarr"
-    build_dataset(QM9_TEST_DIR / "qm9pack", out, processes=1, progress=False)
+    build_qm9(QM9_TEST_DIR / "qm9pack", out, processes=1, progress=False)
     return out

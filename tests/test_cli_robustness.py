@@ -30,7 +30,7 @@ def _se3t(*args, **kw) -> subprocess.Popen:
 
 
 def _qm9pack_folder() -> Path:
-    from se3t.data.fetch import qm9pack_files
+    from se3t.data.sources.qm9 import qm9pack_files
     from se3t.errors import InputError
 
     try:

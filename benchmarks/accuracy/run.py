@@ -80,7 +80,7 @@ def prepare(a) -> None:
     import torch
 
     from se3t.config import load
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
     from se3t.train.sampler import ResumableBatchSampler
 
     work = Path(a.work)
@@ -120,9 +120,9 @@ def prepare(a) -> None:
             check=True,
         )
     cfg = load(ROOT / "config" / "config.yaml", se3t_overrides(a, work, 0))
-    train = QM9Dataset.from_config(cfg.data, "train")
-    val = QM9Dataset.from_config(cfg.data, "val")
-    allm = QM9Dataset(store, split="all", targets=("homo",))
+    train = MoleculeDataset.from_config(cfg.data, "train")
+    val = MoleculeDataset.from_config(cfg.data, "val")
+    allm = MoleculeDataset(store, split="all", targets=("homo",))
     # the sidecar: NVIDIA's arguments (its QM9 defaults, tensor_cores as on its A100 runs)
     (work / "nvidia_init.yaml").write_text(
         "model: {tensor_cores: true}\ntarget: homo\n"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from se3t.data import QM9Dataset, build_dataset, collate  # noqa: E402
+from se3t.data import MoleculeDataset, build_qm9, collate  # noqa: E402
 from se3t.io import atomic_write  # noqa: E402
 
 RAW = ROOT / "tests" / "data" / "qm9" / "qm9pack"
@@ -80,8 +80,8 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "qm9.zarr"
-        build_dataset(RAW, store, processes=1, progress=False)
-        ds = QM9Dataset(store, split="all", targets=("homo",))
+        build_qm9(RAW, store, processes=1, progress=False)
+        ds = MoleculeDataset(store, split="all", targets=("homo",))
         samples = [ds[i] for i in range(len(ds))]
         by_id = {int(s.mol_id): s for s in samples}
         sizes = np.array([s.num_atoms for s in samples])
@@ -96,7 +96,7 @@ def main() -> None:
             idx = torch.randperm(len(samples), generator=g)[:TRAIN_BATCH].tolist()
             train.append(plain(collate([samples[i] for i in idx])))
         out = {
-            "source": "tests/data/qm9/qm9pack built by se3t.data.build_dataset (bond graphs)",
+            "source": "tests/data/qm9/qm9pack built by se3t.data.build_qm9 (bond graphs)",
             "mixed": plain(collate(mixed)),
             "mixed_sizes": [int(s.num_atoms) for s in mixed],
             "symmetric": plain(collate(symmetric)),

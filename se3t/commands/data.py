@@ -108,30 +108,9 @@ def _declare_info(sub) -> None:
 
 
 def _fetch(args) -> int:
-    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
-    from se3t.data.fetch import fetch
-
     cfg = load_config(args)
     d = cfg.data
-    if C.data_format(d) != "qm9":
-        from se3t.data.sources.build import fetch_molecules
-
-        manifest = fetch_molecules(d, d.raw_dir)
-        C.save(cfg, f"{d.raw_dir}/config.yaml")
-        for name, f in manifest["files"].items():
-            print(f"{d.raw_dir}/{name}  {f['bytes']} bytes  sha256 {f['sha256']}")
-        return 0
-    manifest = fetch(
-        d.source,
-        d.raw_dir,
-        figshare_url=d.figshare_url,
-        figshare_sha256=d.figshare_sha256,
-        uncharacterized_url=d.uncharacterized_url,
-        uncharacterized_sha256=d.uncharacterized_sha256,
-        retries=d.retries,
-        timeout=d.timeout,
-        progress=not args.quiet,
-    )
+    manifest = _fetch_input(d, progress=not args.quiet)
     C.save(cfg, f"{d.raw_dir}/config.yaml")
     for name, f in manifest["files"].items():
         if f.get("sha256_checked") is False:
@@ -145,59 +124,71 @@ def _fetch(args) -> int:
     return 0
 
 
-def _build(args) -> int:
+def _fetch_input(d: C.DataConfig, progress: bool) -> dict:
+    """QM9's raw files, or a copy of the user's own input, into ``data.raw_dir``."""
     # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
-    from se3t.data.build import build_dataset
+    from se3t.data.sources.own import fetch_molecules
+    from se3t.data.sources.qm9 import fetch
 
+    if C.data_format(d) != "qm9":
+        return fetch_molecules(d, d.raw_dir)
+    return fetch(
+        d.source,
+        d.raw_dir,
+        figshare_url=d.figshare_url,
+        figshare_sha256=d.figshare_sha256,
+        uncharacterized_url=d.uncharacterized_url,
+        uncharacterized_sha256=d.uncharacterized_sha256,
+        retries=d.retries,
+        timeout=d.timeout,
+        progress=progress,
+    )
+
+
+def _build(args) -> int:
     cfg = load_config(args)
     d = cfg.data
-    if C.data_format(d) != "qm9":
-        return _build_own(cfg, args)
-    result = build_dataset(
-        d.raw_dir,
-        d.path,
-        limit=d.limit,
-        graph=d.graph,
-        cutoff=d.cutoff,
-        processes=d.processes,
-        strict=d.strict,
-        progress=not args.quiet,
-        force=args.force,
-    )
+    result = _build_store(d, args)
     r = result["report"]
     state = "up to date" if result["skipped"] else "written"
+    dropped = f"dropped {r['dropped_total']}{' ' + str(r['dropped']) if r['dropped'] else ''}"
+    if r.get("format", "qm9") == "qm9":
+        read = f"{r['kept']} molecules kept of {r['read']} read"
+        details = (
+            f"uncharacterized {r['uncharacterized']}; bond orders pruned "
+            f"{r.get('bond_pruned', 0)}, fallbacks {r['bond_fallbacks']}"
+        )
+    else:
+        read = f"{r['kept']} molecules kept of {r['read']} read ({r['format']})"
+        details = f"missing values {r['missing_values']}; bonds {r['bonds'] or '-'}"
     print(
-        f"{d.path}: {state}; {r['kept']} molecules kept of {r['read']} read; dropped "
-        f"{r['dropped_total']}{' ' + str(r['dropped']) if r['dropped'] else ''}; "
-        f"uncharacterized {r['uncharacterized']}; bond orders pruned {r.get('bond_pruned', 0)}, "
-        f"fallbacks {r['bond_fallbacks']}; fingerprint {result['fingerprint'][:16]}"
+        f"{d.path}: {state}; {read}; {dropped}; {details}; fingerprint {result['fingerprint'][:16]}"
     )
     if not result["skipped"]:
         C.save(cfg, f"{d.path}.config.yaml")
     return 0
 
 
-def _build_own(cfg: C.Config, args) -> int:
-    from se3t.data.sources.build import build_molecules
+def _build_store(d: C.DataConfig, args) -> dict:
+    """The one build, with QM9's source or the user's (data.format)."""
+    # deferred: the stage's library (torch, zarr, rdkit) loads only when the command runs
+    from se3t.data.build import build_store
+    from se3t.data.sources.own import OwnSource
+    from se3t.data.sources.qm9 import QM9Source, check_targets
 
-    d = cfg.data
-    # --raw given (the workflow's fetched copy) or data.raw_dir holding one: read that copy
-    given = getattr(args, "alias_data__raw_dir", None) is not None
-    raw = d.raw_dir if given or Path(d.raw_dir, "SOURCE.json").is_file() else None
-    result = build_molecules(
-        d, d.path, raw=raw, processes=d.processes, progress=not args.quiet, force=args.force
+    if C.data_format(d) == "qm9":
+        check_targets(d.targets)
+        source = QM9Source(
+            d.raw_dir, limit=d.limit, graph=d.graph, cutoff=d.cutoff, strict=d.strict
+        )
+    else:
+        # --raw given (the workflow's fetched copy) or data.raw_dir holding one: read that copy
+        given = getattr(args, "alias_data__raw_dir", None) is not None
+        raw = d.raw_dir if given or Path(d.raw_dir, "SOURCE.json").is_file() else None
+        source = OwnSource(d, raw)
+    return build_store(
+        source, d.path, processes=d.processes, progress=not args.quiet, force=args.force
     )
-    r = result["report"]
-    state = "up to date" if result["skipped"] else "written"
-    print(
-        f"{d.path}: {state}; {r['kept']} molecules kept of {r['read']} read ({r['format']}); "
-        f"dropped {r['dropped_total']}{' ' + str(r['dropped']) if r['dropped'] else ''}; "
-        f"missing values {r['missing_values']}; bonds {r['bonds'] or '-'}; "
-        f"fingerprint {result['fingerprint'][:16]}"
-    )
-    if not result["skipped"]:
-        C.save(cfg, f"{d.path}.config.yaml")
-    return 0
 
 
 def _info(args) -> int:

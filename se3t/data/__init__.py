@@ -1,21 +1,28 @@
-"""QM9 data stage: fetch, parse, bond graphs, the Zarr dataset store, splits and the loader.
+"""The data stage: fetch, parse, bond graphs, the Zarr dataset store, splits and the loader.
 
-Public API: :class:`QM9Dataset`, :func:`collate`, :func:`read_molecule`, :func:`open_dataset`,
-:func:`fingerprint`, :func:`build_dataset`, :func:`fetch`, :func:`split_indices`.
+One build (:mod:`se3t.data.build`) turns any source's records into a dataset store: QM9
+(:mod:`se3t.data.sources.qm9`) or users' own molecules (:mod:`se3t.data.sources.own`).
+
+Public API: :class:`MoleculeDataset`, :func:`collate`, :func:`read_molecule`,
+:func:`open_dataset`, :func:`fingerprint`, :func:`build_store`, :func:`build_qm9`,
+:func:`build_molecules`, :func:`fetch`, :func:`split_indices`.
 """
 
-from se3t.data.build import build_dataset
-from se3t.data.dataset import MoleculeSample, QM9Dataset, read_molecule
-from se3t.data.fetch import fetch
+from se3t.data.build import build_store
+from se3t.data.dataset import MoleculeDataset, MoleculeSample
 from se3t.data.loader import collate, make_loader
+from se3t.data.sources.own import build_molecules
+from se3t.data.sources.qm9 import build_qm9, fetch, read_molecule
 from se3t.data.splits import split_indices
 from se3t.data.store import DatasetStore, fingerprint, open_dataset
 
 __all__ = [
     "DatasetStore",
+    "MoleculeDataset",
     "MoleculeSample",
-    "QM9Dataset",
-    "build_dataset",
+    "build_molecules",
+    "build_qm9",
+    "build_store",
     "collate",
     "fetch",
     "fingerprint",

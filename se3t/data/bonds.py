@@ -24,18 +24,23 @@ from se3t.choices import Graph
 
 __all__ = [
     "BOND_CODE",
+    "BOND_TYPES",
     "MAX_DEGREE",
     "EdgeList",
     "bond_graph",
+    "directed",
     "molecule_graph",
     "perceive",
     "radius_graph",
+    "scaffold_of",
 ]
 
 EdgeList = tuple[np.ndarray, np.ndarray, np.ndarray]  # src int32 [E], dst int32 [E], type int8 [E]
 
-# RDKit bond type name -> the store's code (single, double, triple, aromatic)
-BOND_CODE = {"SINGLE": 0, "DOUBLE": 1, "TRIPLE": 2, "AROMATIC": 3}
+# The store's bond_type codes are the positions in BOND_TYPES (-1: a non-bonded pair of a radius
+# graph); the edge features are their one-hot. BOND_CODE maps RDKit's bond type names to them.
+BOND_TYPES = ("single", "double", "triple", "aromatic")
+BOND_CODE = {name.upper(): code for code, name in enumerate(BOND_TYPES)}
 
 
 def _rdkit_mol(species: np.ndarray, pos: np.ndarray):
@@ -52,7 +57,8 @@ def _rdkit_mol(species: np.ndarray, pos: np.ndarray):
     return mol
 
 
-def _directed(pairs: list[tuple[int, int, int]]) -> EdgeList:
+def directed(pairs: list[tuple[int, int, int]]) -> EdgeList:
+    """Both directions of every ``(i, j, code)`` bond, sorted by (src, dst)."""
     both = pairs + [(j, i, t) for i, j, t in pairs]
     both.sort()
     if not both:
@@ -144,7 +150,7 @@ def bond_graph(species: np.ndarray, pos: np.ndarray) -> tuple[EdgeList, str]:
         (b.GetBeginAtomIdx(), b.GetEndAtomIdx(), BOND_CODE.get(str(b.GetBondType()), 0))
         for b in mol.GetBonds()
     ]
-    return _directed(pairs), how
+    return directed(pairs), how
 
 
 def radius_graph(
@@ -187,3 +193,27 @@ def molecule_graph(
     if graph == Graph.RADIUS:
         return radius_graph(pos, cutoff, bonds), how
     raise ValueError(f"graph must be one of {[g.value for g in Graph]}, got {graph!r}")
+
+
+def scaffold_of(species: np.ndarray, bonds: list[tuple[int, int, int]]) -> str:
+    """Bemis-Murcko scaffold SMILES of a molecule given by its atoms and bonds (RDKit's
+    ``MurckoScaffold``); empty for a molecule without a ring."""
+    # deferred: RDKit is slow to import; only scaffold splits need it
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    RDLogger.DisableLog("rdApp.*")
+    aromatic = BOND_CODE["AROMATIC"]
+    mol = Chem.RWMol()
+    for z in np.asarray(species).tolist():
+        mol.AddAtom(Chem.Atom(int(z)))
+    for i, j, t in bonds:
+        mol.AddBond(int(i), int(j), getattr(Chem.BondType, BOND_TYPES[int(t)].upper()))
+        if t == aromatic:
+            mol.GetBondBetweenAtoms(int(i), int(j)).SetIsAromatic(True)
+            mol.GetAtomWithIdx(int(i)).SetIsAromatic(True)
+            mol.GetAtomWithIdx(int(j)).SetIsAromatic(True)
+    mol.UpdatePropertyCache(strict=False)
+    Chem.FastFindRings(mol)
+    core = MurckoScaffold.GetScaffoldForMol(mol.GetMol())
+    return Chem.MolToSmiles(core, canonical=True) if core.GetNumAtoms() else ""

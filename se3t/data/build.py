@@ -1,16 +1,21 @@
-"""``se3t data build``: raw QM9 (either format) -> the dataset store.
+"""``se3t data build``: one pipeline from any source's records to the dataset store.
 
-Steps: find the raw files (:func:`find_raw`), parse every molecule (drop bad ones with a reason,
-or stop with ``strict``), drop the molecules figshare lists as uncharacterized, perceive bonds
-in ``processes`` worker processes, sort by gdb id and write the store atomically. The store's
-``build_key`` hashes the raw files' sha256 and the settings; when the store at ``out`` already
-has the same key, the build does nothing.
+A *source* (:class:`Source`: QM9 in :mod:`se3t.data.sources.qm9`, users' own SDF, extended XYZ,
+XYZ folder or SMILES in :mod:`se3t.data.sources.own`) says which files and settings make the
+build, yields the records (:class:`~se3t.data.sources.Molecule`, or a
+:class:`~se3t.data.parse.MoleculeError` for one that cannot be used), and turns the kept ones
+into targets and store attributes. The pipeline does the rest, the same for every source:
 
-Policy for bad input (documented in docs/data.md): a bad *file* (unreadable, corrupt or truncated
-archive, CSV without a required column) is an error naming the file; a bad *molecule* (atom count
-disagreeing with its lines, non-numeric or non-finite coordinate, unknown element, two atoms at
-one position, non-numeric property) is dropped and named in the parse report, or is an error
-with ``strict=True``. A build that keeps no molecule is an error.
+1. **key**: the ``build_key`` hashes the input files' sha256, the settings and the versions;
+   a store at ``out`` with the same key whose content verifies is left as it is.
+2. **read**: every record; a bad one is dropped with its reason (counted, the first
+   ``REPORT_EXAMPLES`` named in the report) or stops the build with ``strict``; records the
+   source skips (QM9's uncharacterized), repeated ids and one-atom molecules are dropped too.
+3. **graphs**: bonds from the file or perceived from 3D, or a radius graph
+   (:func:`se3t.data.graphs.graph_of`), in ``processes`` worker processes, while reading where
+   the source allows it.
+4. **store**: rows in the source's order, targets, report and attributes, written atomically
+   (:func:`~se3t.data.store.write_dataset`). A build that keeps no molecule is an error.
 """
 
 from __future__ import annotations
@@ -22,314 +27,306 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from se3t.choices import Graph
-from se3t.config import QM9_TARGETS
-from se3t.data.bonds import molecule_graph
-from se3t.data.parse import (
-    FAR_FROM_ORIGIN,
-    MoleculeError,
-    centered,
-    iter_csv,
-    iter_xyz_archive,
-    iter_xyz_dir,
-    read_uncharacterized,
-)
-from se3t.data.qm9 import TARGET_UNITS, Record
+from se3t.data.fetch import sha256_file
+from se3t.data.graphs import GraphSpec, GraphWork
+from se3t.data.parse import FAR_FROM_ORIGIN, MoleculeError, centered
 from se3t.data.store import FORMAT_VERSION, open_dataset, read_attrs, write_dataset
-from se3t.data.workers import fork_pool
 from se3t.errors import InputError
+
+if TYPE_CHECKING:
+    from se3t.data.sources import Molecule
 
 log = logging.getLogger("se3t.data")
 
-__all__ = ["RawSource", "build_dataset", "find_raw", "sha256_file"]
+__all__ = ["REPORT_EXAMPLES", "Source", "Targets", "build_store"]
 
 # How many dropped molecules the report names one by one (the counts cover all of them).
 REPORT_EXAMPLES = 200
-_CHUNK = 500  # molecules per task sent to a bond-perception worker
-# Bumped whenever parsing or bond perception changes what a build writes, so that stores built
-# by older code are rebuilt instead of being taken as up to date (part of the build key).
-BUILD_VERSION = 2
 
 
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclass
+class Targets:
+    """The kept molecules' targets: ``names``, ``values`` [M, T] float64 (NaN: missing),
+    ``units`` per name, ``ignored`` properties that are not numbers."""
+
+    names: list[str]
+    values: np.ndarray
+    units: dict[str, str]
+    ignored: list[str] = field(default_factory=list)
 
 
-class RawSource:
-    """The raw QM9 files found at a path: ``kind`` is csv, xyz-archive or xyz-dir."""
+class Source(Protocol):
+    """What the pipeline needs from a source of molecules (see the module docstring)."""
 
-    def __init__(self, kind: str, files: list[Path], uncharacterized: Path | None, root: Path):
-        self.kind, self.files, self.uncharacterized, self.root = kind, files, uncharacterized, root
+    kind: str  # attrs["source"]["kind"] and the report's "format"
+    root: Path  # what the store and the messages name as the input
+    id_field: str  # the field a repeated id is reported under
+    chunk: int  # molecules per graph-building task
+    limit: int | None
+    strict: bool
+    sort_by_id: bool  # store rows sorted by integer id, else in input order
+    reads_in_workers: bool  # records() runs its own worker pool: build graphs afterwards
 
-    def all_files(self) -> list[Path]:
-        return self.files + ([self.uncharacterized] if self.uncharacterized else [])
+    def hashed_files(self) -> dict[str, Path]: ...  # the input files by the names the key uses
 
-    def records(self) -> Iterator[Record | MoleculeError]:
-        for f in self.files:
-            if self.kind == "csv":
-                yield from iter_csv(f)
-            elif self.kind == "xyz-archive":
-                yield from iter_xyz_archive(f)
-            else:
-                yield from iter_xyz_dir(f)
+    def settings(self) -> dict[str, Any]: ...
+
+    def versions(self) -> dict[str, int]: ...
+
+    def records(self, processes: int, progress: bool) -> Iterator[Molecule | MoleculeError]: ...
+
+    def skip(self, mol: Molecule) -> bool: ...
+
+    def check(self, mol: Molecule) -> None: ...
+
+    def graph_spec(self, first: Molecule) -> GraphSpec: ...
+
+    def targets(self, kept: list[Molecule]) -> Targets: ...
+
+    def mol_ids(self, kept: list[Molecule]) -> list[int]: ...
+
+    def store_attrs(self, kept: list[Molecule], graphs: list, spec: GraphSpec) -> dict: ...
+
+    def report(self, kept: list[Molecule]) -> dict[str, Any]: ...
 
 
-def find_raw(raw: str | os.PathLike) -> RawSource:
-    """Detect the format at ``raw``: a folder from ``se3t data fetch``, a folder of qm9pack CSVs,
-    of tar archives or of XYZ files, or one archive or CSV file."""
-    root = Path(raw)
-    if not root.exists():
-        raise InputError(f"{root}: raw QM9 input does not exist (run `se3t data fetch` first)")
-    if root.is_file():
-        if root.suffix == ".csv":
-            return RawSource("csv", [root], None, root.parent)
-        return RawSource("xyz-archive", [root], None, root.parent)
-    unc = root / "uncharacterized.txt"
-    unc_path = unc if unc.is_file() else None
-    # hidden files are the temporaries of an interrupted atomic write (se3t.io), never input
-    csvs = sorted(root.glob("qm9_part*.csv")) or sorted(
-        p for p in root.glob("*.csv") if not p.name.startswith(".")
-    )
-    if csvs:
-        return RawSource("csv", csvs, unc_path, root)
-    archives = sorted(
-        p
-        for p in root.iterdir()
-        if p.is_file()
-        and any(
-            p.name.endswith(s) for s in (".tar", ".tar.bz2", ".tar.gz", ".tar.xz", ".tgz", ".tbz2")
+# ------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Reading:
+    """The records kept and the counts of the ones that were not."""
+
+    kept: list = field(default_factory=list)
+    read: int = 0
+    skipped: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def drop(self, err: MoleculeError, strict: bool) -> None:
+        if strict:
+            raise err
+        self.dropped[err.reason] += 1
+        if len(self.examples) < REPORT_EXAMPLES:
+            self.examples.append(str(err))
+
+
+def _usable(source: Source, rec: Molecule, seen: set[str]) -> None:
+    """Raise the MoleculeError that drops ``rec``, if any."""
+    if rec.id in seen:
+        raise MoleculeError(rec.where, source.id_field, f"{rec.id!r} appears twice", "duplicate_id")
+    if len(rec.species) < 2:
+        raise MoleculeError(
+            rec.where, "atoms", "one atom: a molecule needs two for a graph", "one_atom"
         )
-    )
-    if archives:
-        return RawSource("xyz-archive", archives, unc_path, root)
-    if any(root.rglob("*.xyz")):
-        return RawSource("xyz-dir", [root], unc_path, root)
-    raise InputError(
-        f"{root}: no QM9 input found (expected qm9_part*.csv, a tar archive of XYZ files, "
-        "or .xyz files)"
-    )
+    source.check(rec)
 
 
-def _perceive(task: tuple[list[tuple[np.ndarray, np.ndarray]], str, float]):
-    mols, graph, cutoff = task
-    return [molecule_graph(species, pos, graph, cutoff) for species, pos in mols]
+def _read(source: Source, work: GraphWork, processes: int, progress: bool) -> _Reading:
+    reading = _Reading()
+    seen: set[str] = set()
+    records = source.records(processes, progress)
+    shown = progress and not source.reads_in_workers  # such a source shows its own progress
+    with tqdm(desc="read", unit="mol", disable=not shown, total=source.limit) as bar:
+        for rec in records:
+            reading.read += 1
+            if isinstance(rec, MoleculeError):
+                reading.drop(rec, source.strict)
+                continue
+            if source.skip(rec):
+                reading.skipped += 1
+                continue
+            try:
+                _usable(source, rec, seen)
+            except MoleculeError as err:
+                reading.drop(err, source.strict)
+                continue
+            seen.add(rec.id)
+            if work.spec is None:
+                work.spec = source.graph_spec(rec)
+            reading.kept.append(rec)
+            work.add(rec)
+            bar.update(1)
+            if source.limit is not None and len(reading.kept) >= source.limit:
+                break
+    if not reading.kept:
+        raise InputError(
+            f"{source.root}: no usable molecule among {reading.read} read "
+            f"(dropped: {dict(reading.dropped) or 'none'}; e.g. {reading.examples[:3]})"
+        )
+    return reading
 
 
-def build_key(source: RawSource, settings: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    files = {
-        str(p.relative_to(source.root)) if p.is_relative_to(source.root) else str(p): sha256_file(p)
-        for p in _hashable(source)
+# ------------------------------------------------------------------------------- the store
+
+
+def build_key(source: Source) -> tuple[str, dict[str, str]]:
+    """(the build key, the input files' sha256 by name)."""
+    files = {name: sha256_file(p) for name, p in source.hashed_files().items()}
+    payload = {
+        "files": files,
+        "settings": source.settings(),
+        **source.versions(),
+        "format_version": FORMAT_VERSION,
     }
-    h = hashlib.sha256(
-        json.dumps(
-            {
-                "files": files,
-                "settings": settings,
-                "build_version": BUILD_VERSION,
-                "format_version": FORMAT_VERSION,
-            },
-            sort_keys=True,
-        ).encode()
-    )
-    return h.hexdigest(), files
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest(), files
 
 
-def _hashable(source: RawSource) -> list[Path]:
-    out = []
-    for f in source.all_files():
-        out.extend(sorted(f.rglob("*.xyz")) if f.is_dir() else [f])
-    return out
-
-
-def _intact(out: Path) -> bool:
-    """A store is up to date only when its content verifies, not only its build key: one
-    damaged since it was built is rebuilt (and the damage is logged)."""
+def _up_to_date(out: Path, key: str) -> dict[str, Any] | None:
+    """The store's attributes when it was built with ``key`` and its content verifies (one
+    damaged since it was built is rebuilt, and the damage is logged); else None."""
+    try:
+        attrs = read_attrs(out)
+    except InputError:
+        return None
+    if attrs.get("build_key") != key:
+        return None
     try:
         open_dataset(out)
     except InputError as err:
         log.warning("%s; rebuilding it", err)
-        return False
-    return True
+        return None
+    return attrs
 
 
-def build_dataset(
-    raw: str | os.PathLike,
+@dataclass
+class _Rows:
+    """The store's rows: molecules, integer ids, targets [M, T] and graphs, in one order."""
+
+    kept: list
+    ids: list[int]
+    values: np.ndarray
+    graphs: list
+
+    def sorted(self) -> _Rows:
+        """The rows by integer id."""
+        order = sorted(range(len(self.kept)), key=self.ids.__getitem__)
+        return _Rows(
+            [self.kept[i] for i in order],
+            [self.ids[i] for i in order],
+            self.values[order],
+            [self.graphs[i] for i in order],
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The store's arrays (:data:`se3t.data.store.ARRAYS`)."""
+        edges = [e for e, _, _ in self.graphs]
+        n_atoms = np.array([len(m.species) for m in self.kept], dtype=np.int64)
+        n_edges = np.array([len(e[0]) for e in edges], dtype=np.int64)
+
+        def cat(parts, dtype, shape_tail=()):
+            if not parts:
+                return np.empty((0, *shape_tail), dtype)
+            return np.concatenate(parts).astype(dtype)
+
+        return {
+            # stored as read, unless float32 would lose the geometry (far from the origin)
+            "pos": cat([centered(m.pos, FAR_FROM_ORIGIN) for m in self.kept], np.float32, (3,)),
+            "species": cat([m.species for m in self.kept], np.int8),
+            "atom_offsets": np.concatenate([[0], np.cumsum(n_atoms)]),
+            "edge_offsets": np.concatenate([[0], np.cumsum(n_edges)]),
+            "src": cat([e[0] for e in edges], np.int32),
+            "dst": cat([e[1] for e in edges], np.int32),
+            "bond_type": cat([e[2] for e in edges], np.int8),
+            "targets": np.asarray(self.values, dtype=np.float64),
+            "mol_id": np.array(self.ids, dtype=np.int64),
+        }
+
+
+def _report(
+    source: Source,
+    spec: GraphSpec,
+    reading: _Reading,
+    graphs: list,
+    ids: list[int],
+    targets: Targets,
+) -> dict[str, Any]:
+    hows = Counter(how for _, how, _ in graphs)
+    has_bonds = spec.graph == "bond" or spec.scaffold or spec.typed_radius
+
+    def ids_where(how: str) -> list[int]:
+        return [int(i) for i, (_, h, _) in zip(ids, graphs, strict=True) if h == how]
+
+    return {
+        "format": source.kind,
+        "read": reading.read,
+        "kept": len(reading.kept),
+        "dropped": dict(sorted(reading.dropped.items())),
+        "dropped_total": int(sum(reading.dropped.values())),
+        "dropped_examples": reading.examples,
+        "uncharacterized": reading.skipped,
+        "missing_values": {
+            n: int(np.isnan(targets.values[:, c]).sum()) for c, n in enumerate(targets.names)
+        },
+        "ignored_properties": targets.ignored,
+        "bonds": dict(sorted(hows.items())) if has_bonds else {},
+        "bond_fallbacks": int(hows.get("fallback", 0)),
+        "bond_fallback_ids": ids_where("fallback"),
+        "bond_pruned": int(hows.get("pruned", 0)),
+        "bond_pruned_ids": ids_where("pruned"),
+        "atoms_max": int(max(len(m.species) for m in reading.kept)),
+        "limit": source.limit,
+        **source.report(reading.kept),
+    }
+
+
+def build_store(
+    source: Source,
     out: str | os.PathLike,
     *,
-    limit: int | None = None,
-    graph: str = "bond",
-    cutoff: float = 5.0,
-    processes: int = 2,
-    strict: bool = False,
+    processes: int = 1,
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Build the dataset store at ``out`` from the raw QM9 files at ``raw``.
+    """Build the dataset store at ``out`` from ``source`` (see the module docstring).
 
     Returns ``{"path", "skipped", "report", "fingerprint"}``; ``skipped`` is True when ``out``
     was already built from the same inputs and settings (then nothing is written).
     """
-    if graph not in [g.value for g in Graph]:
-        raise InputError(f"graph {graph!r}: must be one of {[g.value for g in Graph]}")
     out = Path(out)
-    source = find_raw(raw)
-    settings = {"limit": limit, "graph": graph, "cutoff": cutoff if graph == "radius" else None}
-    key, files = build_key(source, settings)
-    if out.exists() and not force:
-        try:
-            attrs = read_attrs(out)
-        except InputError:
-            attrs = {}
-        if attrs.get("build_key") == key and _intact(out):
-            return {
-                "path": str(out),
-                "skipped": True,
-                "report": attrs.get("parse_report", {}),
-                "fingerprint": attrs["fingerprint"],
-            }
-
-    dropped: Counter[str] = Counter()
-    examples: list[str] = []
-    unc_ids = read_uncharacterized(source.uncharacterized) if source.uncharacterized else set()
-    n_read = n_unc = 0
-    kept: list[Record] = []
-    seen: set[int] = set()
-
-    def drop(reason: str, message: str) -> None:
-        dropped[reason] += 1
-        if len(examples) < REPORT_EXAMPLES:
-            examples.append(message)
-
-    # Parse in this process and perceive bonds in the workers at the same time: each full chunk
-    # of kept molecules is sent off as soon as it is parsed.
-    # The pool starts with the first full chunk: a build of one chunk runs in this process.
-    pool = None
-    pending: list = []
-    chunk: list[Record] = []
-
-    def submit(recs: list[Record], last: bool = False) -> None:
-        nonlocal pool
-        if pool is None and processes > 1 and not last:
-            pool = fork_pool(processes)
-        task = ([(r.species, r.pos) for r in recs], graph, cutoff)
-        pending.append(pool.apply_async(_perceive, (task,)) if pool else _perceive(task))
-
+    key, files = build_key(source)
+    attrs = None if force or not out.exists() else _up_to_date(out, key)
+    if attrs is not None:
+        report = attrs.get("parse_report", {})
+        return {
+            "path": str(out),
+            "skipped": True,
+            "report": report,
+            "fingerprint": attrs["fingerprint"],
+        }
+    work = GraphWork(source.chunk, processes, overlap=not source.reads_in_workers)
     try:
-        with tqdm(desc="parse", unit="mol", disable=not progress, total=limit) as bar:
-            for rec in source.records():
-                n_read += 1
-                if isinstance(rec, MoleculeError):
-                    if strict:
-                        raise rec
-                    drop(rec.reason, str(rec))
-                    continue
-                if rec.mol_id in unc_ids:
-                    n_unc += 1
-                    continue
-                if rec.mol_id in seen:
-                    msg = f"{rec.where}: field 'gdb id': {rec.mol_id} appears twice"
-                    if strict:
-                        raise InputError(msg)
-                    drop("duplicate_id", msg)
-                    continue
-                seen.add(rec.mol_id)
-                kept.append(rec)
-                chunk.append(rec)
-                if len(chunk) == _CHUNK:
-                    submit(chunk)
-                    chunk = []
-                bar.update(1)
-                if limit is not None and len(kept) >= limit:
-                    break
-        if chunk:
-            submit(chunk, last=True)
-        if not kept:
-            raise InputError(
-                f"{source.root}: no usable molecule among {n_read} read "
-                f"(dropped: {dict(dropped) or 'none'}; e.g. {examples[:3]})"
-            )
-        graphs: list = []
-        with tqdm(total=len(kept), desc="bonds", unit="mol", disable=not progress) as bar:
-            for job in pending:
-                res = job if isinstance(job, list) else job.get()
-                graphs.extend(res)
-                bar.update(len(res))
+        reading = _read(source, work, processes, progress)
+        targets = source.targets(reading.kept)
+        graphs = work.results(len(reading.kept), progress)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-    order = sorted(range(len(kept)), key=lambda i: kept[i].mol_id)  # store rows in gdb order
-    kept = [kept[i] for i in order]
-    graphs = [graphs[i] for i in order]
-
-    fallback_ids = [
-        int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True) if how == "fallback"
-    ]
-    pruned_ids = [
-        int(r.mol_id) for r, (_, how) in zip(kept, graphs, strict=True) if how == "pruned"
-    ]
-    arrays = _assemble(kept, [g for g, _ in graphs])
-    report = {
-        "read": n_read,
-        "kept": len(kept),
-        "dropped": dict(sorted(dropped.items())),
-        "dropped_total": int(sum(dropped.values())),
-        "dropped_examples": examples,
-        "uncharacterized": n_unc,
-        "uncharacterized_listed": len(unc_ids),
-        "bond_fallbacks": len(fallback_ids),
-        "bond_fallback_ids": fallback_ids,
-        "bond_pruned": len(pruned_ids),
-        "bond_pruned_ids": pruned_ids,
-        "limit": limit,
-    }
+        work.close()
+    rows = _Rows(reading.kept, source.mol_ids(reading.kept), targets.values, graphs)
+    if source.sort_by_id:
+        rows = rows.sorted()
+    targets.values = rows.values
+    report = _report(source, work.spec, reading, rows.graphs, rows.ids, targets)
     attrs = {
         "source": {"kind": source.kind, "root": str(source.root), "files": files},
         "checksums": files,
-        "graph": {"kind": graph, "cutoff": cutoff if graph == "radius" else None},
-        "target_names": list(QM9_TARGETS),
-        "units": {"pos": "angstrom", **TARGET_UNITS},
+        "graph": {
+            "kind": work.spec.graph,
+            "cutoff": work.spec.cutoff if work.spec.graph == "radius" else None,
+        },
+        "target_names": targets.names,
+        "units": {"pos": "angstrom", **targets.units},
         "parse_report": report,
         "build_key": key,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **source.store_attrs(rows.kept, rows.graphs, work.spec),
     }
-    write_dataset(out, arrays, attrs)
-    return {
-        "path": str(out),
-        "skipped": False,
-        "report": report,
-        "fingerprint": read_attrs(out)["fingerprint"],
-    }
-
-
-def _assemble(records: list[Record], edges: list) -> dict[str, np.ndarray]:
-    n_atoms = np.array([len(r.species) for r in records], dtype=np.int64)
-    n_edges = np.array([len(e[0]) for e in edges], dtype=np.int64)
-    atom_offsets = np.concatenate([[0], np.cumsum(n_atoms)])
-    edge_offsets = np.concatenate([[0], np.cumsum(n_edges)])
-
-    def cat(parts, dtype, shape_tail=()):
-        return np.concatenate(parts).astype(dtype) if parts else np.empty((0, *shape_tail), dtype)
-
-    return {
-        # stored as read, unless float32 would lose the geometry (far from the origin)
-        "pos": cat([centered(r.pos, FAR_FROM_ORIGIN) for r in records], np.float32, (3,)),
-        "species": cat([r.species for r in records], np.int8),
-        "atom_offsets": atom_offsets,
-        "edge_offsets": edge_offsets,
-        "src": cat([e[0] for e in edges], np.int32),
-        "dst": cat([e[1] for e in edges], np.int32),
-        "bond_type": cat([e[2] for e in edges], np.int8),
-        "targets": np.stack([r.targets for r in records]).astype(np.float64),
-        "mol_id": np.array([r.mol_id for r in records], dtype=np.int64),
-    }
+    write_dataset(out, rows.arrays(), attrs)
+    fingerprint = read_attrs(out)["fingerprint"]
+    return {"path": str(out), "skipped": False, "report": report, "fingerprint": fingerprint}

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from se3t.data.bonds import BOND_TYPES
 from se3t.errors import InputError
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
     "symbol",
 ]
 
-BOND_FEATURES = ("single", "double", "triple", "aromatic")
+BOND_FEATURES = BOND_TYPES  # one edge-feature column per bond type
 _MAX_Z = 118
 
 

@@ -1,53 +1,32 @@
-"""``se3t data fetch``: put raw QM9 into a folder, with a sha256 for every file.
+"""Moving raw input files: copy and download them with a sha256 for each.
 
-Sources:
-
-- ``qm9pack``: the CSV files of the installed PyPI package qm9pack (``qm9_part{1,2,3}.csv``),
-  located through its distribution metadata (importing qm9pack fails on current setuptools:
-  its ``__init__`` needs ``pkg_resources``) and checked against the sha256 its wheel's RECORD
-  lists, then copied.
-- ``figshare``: ``dsgdb9nsd.xyz.tar.bz2`` and ``uncharacterized.txt`` downloaded from
-  configurable URLs (:func:`download`: retries with exponential backoff, resume through HTTP
-  Range, sha256 check, atomic rename).
-- a local path: a tar archive of QM9 XYZ files (copied), or a folder of XYZ files (packed into
-  one uncompressed tar, so the folder holds one checksummed file) or of qm9pack CSVs (copied).
-
-The folder gets ``SOURCE.json``: the source, and per file its sha256, size and origin. Every
-file is written under a temporary name and renamed when complete; a file already present with
-the expected sha256 is not fetched again.
+:func:`download` retries with exponential backoff, resumes through HTTP Range, checks the sha256
+and renames atomically; :func:`copy_file` copies atomically and returns the sha256 of what it
+wrote. QM9's fetch (:mod:`se3t.data.sources.qm9.fetch`) and the copy of users' own input
+(:func:`se3t.data.sources.own.fetch_molecules`) are built on them.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
 import hashlib
 import http.client
-import importlib.metadata
-import io
-import json
 import os
-import tarfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
 from se3t.errors import InputError
-from se3t.io import atomic_write, replace, write_json
+from se3t.io import atomic_write, replace
 
-__all__ = ["download", "fetch", "qm9pack_files"]
+__all__ = ["copy_file", "download", "sha256_file"]
 
-QM9PACK_PARTS = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
-ARCHIVE_NAME = "dsgdb9nsd.xyz.tar.bz2"
-UNCHARACTERIZED_NAME = "uncharacterized.txt"
 _BUF = 1 << 20
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(_BUF):
@@ -55,7 +34,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _copy(src: Path, dest: Path) -> str:
+def copy_file(src: Path, dest: Path) -> str:
     """Copy ``src`` to ``dest`` atomically; returns the sha256 of what was written."""
     h = hashlib.sha256()
 
@@ -67,56 +46,6 @@ def _copy(src: Path, dest: Path) -> str:
 
     atomic_write(dest, writer)
     return h.hexdigest()
-
-
-# ------------------------------------------------------------------------------------- qm9pack
-
-
-def qm9pack_files() -> dict[str, tuple[Path, str | None]]:
-    """name -> (installed path, sha256 from the wheel's RECORD) for qm9pack's CSV parts."""
-    try:
-        dist = importlib.metadata.distribution("qm9pack")
-    except importlib.metadata.PackageNotFoundError:
-        raise InputError(
-            "source 'qm9pack': the package qm9pack is not installed "
-            "(pip install 'qm9pack==1.0.3', or the extra se3t[qm9])"
-        ) from None
-    found: dict[str, tuple[Path, str | None]] = {}
-    for f in dist.files or []:
-        if f.name in QM9PACK_PARTS and f.parent.name == "data":
-            digest = None
-            if f.hash is not None and f.hash.mode == "sha256":
-                pad = "=" * (-len(f.hash.value) % 4)
-                digest = base64.urlsafe_b64decode(f.hash.value + pad).hex()
-            found[f.name] = (Path(str(dist.locate_file(f))), digest)
-    missing = [p for p in QM9PACK_PARTS if p not in found or not found[p][0].is_file()]
-    if missing:
-        raise InputError(f"source 'qm9pack': installed package lacks {missing}; reinstall it")
-    return found
-
-
-def _fetch_qm9pack(out: Path, previous: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    files = {}
-    for name, (src, expected) in qm9pack_files().items():
-        dest = out / name
-        old = previous.get(name, {})
-        if (
-            dest.is_file()
-            and expected
-            and old.get("sha256") == expected
-            and _sha256(dest) == expected
-        ):
-            digest = expected
-        else:
-            digest = _copy(src, dest)
-            if expected and digest != expected:
-                dest.unlink(missing_ok=True)
-                raise InputError(
-                    f"{src}: sha256 {digest} disagrees with qm9pack's RECORD ({expected}): "
-                    "the installed package is corrupt; reinstall qm9pack"
-                )
-        files[name] = {"sha256": digest, "bytes": dest.stat().st_size, "from": str(src)}
-    return files
 
 
 # -------------------------------------------------------------------------------------- HTTP
@@ -148,7 +77,7 @@ def download(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and sha256 is not None and _sha256(dest) == sha256:
+    if dest.is_file() and sha256 is not None and sha256_file(dest) == sha256:
         return sha256
     part = dest.with_name(dest.name + ".part")
     last: Exception | None = None
@@ -170,7 +99,7 @@ def download(
             f"{url}: download failed after {retries + 1} attempts ({last}); "
             f"{part} keeps the bytes received, the next run resumes from there"
         )
-    digest = _sha256(part)
+    digest = sha256_file(part)
     if sha256 is not None and digest != sha256.lower():
         part.unlink(missing_ok=True)
         raise InputError(
@@ -229,130 +158,3 @@ def _download_once(url: str, part: Path, timeout: float, tqdm, progress: bool) -
                 bar.update(len(chunk))
         if total is not None and received < total:
             raise http.client.IncompleteRead(b"", total - received)
-
-
-# ------------------------------------------------------------------------------- local paths
-
-
-def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
-    if not path.exists():
-        raise InputError(f"source {str(path)!r}: no such file or directory")
-    files: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        if not tarfile.is_tarfile(path):
-            raise InputError(f"{path}: not a tar archive (give a folder or a tar of XYZ files)")
-        digest = _copy(path, out / path.name)
-        files[path.name] = {"sha256": digest, "bytes": path.stat().st_size, "from": str(path)}
-        return files
-    csvs = sorted(path.glob("*.csv"))
-    xyz = sorted(p for p in path.rglob("*.xyz") if p.is_file())
-    archives = sorted(p for p in path.iterdir() if p.is_file() and ".tar" in p.name)
-    if csvs:
-        for p in csvs:
-            files[p.name] = {
-                "sha256": _copy(p, out / p.name),
-                "bytes": p.stat().st_size,
-                "from": str(p),
-            }
-    elif xyz:
-        dest = out / "qm9_xyz.tar"
-
-        def pack(tmp: str) -> None:
-            with tarfile.open(tmp, "w") as tar:
-                for p in xyz:
-                    data = p.read_bytes()
-                    info = tarfile.TarInfo(str(p.relative_to(path)))
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    tar.addfile(info, io.BytesIO(data))
-
-        atomic_write(dest, pack)
-        files[dest.name] = {
-            "sha256": _sha256(dest),
-            "bytes": dest.stat().st_size,
-            "from": f"{path} ({len(xyz)} .xyz files)",
-        }
-    elif archives:
-        for p in archives:
-            files[p.name] = {
-                "sha256": _copy(p, out / p.name),
-                "bytes": p.stat().st_size,
-                "from": str(p),
-            }
-    else:
-        raise InputError(f"{path}: no .xyz files, tar archives or qm9pack CSVs in the folder")
-    unc = path / UNCHARACTERIZED_NAME
-    if unc.is_file():
-        files[unc.name] = {
-            "sha256": _copy(unc, out / unc.name),
-            "bytes": unc.stat().st_size,
-            "from": str(unc),
-        }
-    return files
-
-
-# -------------------------------------------------------------------------------------- entry
-
-
-def fetch(
-    source: str,
-    out: str | os.PathLike,
-    *,
-    figshare_url: str | None = None,
-    figshare_sha256: str | None = None,
-    uncharacterized_url: str | None = None,
-    uncharacterized_sha256: str | None = None,
-    retries: int = 5,
-    backoff: float = 1.0,
-    timeout: float = 60.0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fetch raw QM9 from ``source`` (qm9pack | figshare | a local path) into ``out``.
-
-    Returns the manifest written to ``out/SOURCE.json``.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "SOURCE.json"
-    previous: dict[str, Any] = {}
-    if manifest_path.is_file():
-        try:
-            previous = json.loads(manifest_path.read_text()).get("files", {})
-        except (json.JSONDecodeError, AttributeError):
-            previous = {}
-    if source == "qm9pack":
-        files = _fetch_qm9pack(out, previous)
-    elif source == "figshare":
-        if not figshare_url or not uncharacterized_url:
-            raise InputError(
-                "source 'figshare': data.figshare_url and data.uncharacterized_url must be set"
-            )
-        files = {}
-        for url, name, digest in (
-            (figshare_url, ARCHIVE_NAME, figshare_sha256),
-            (uncharacterized_url, UNCHARACTERIZED_NAME, uncharacterized_sha256),
-        ):
-            got = download(
-                url,
-                out / name,
-                sha256=digest,
-                retries=retries,
-                backoff=backoff,
-                timeout=timeout,
-                progress=progress,
-            )
-            files[name] = {
-                "sha256": got,
-                "bytes": (out / name).stat().st_size,
-                "from": url,
-                "sha256_checked": digest is not None,
-            }
-    else:
-        files = _fetch_path(Path(source), out)
-    manifest = {
-        "source": source if source in ("qm9pack", "figshare") else "path",
-        "origin": source,
-        "files": files,
-        "fetched": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json(manifest_path, manifest)
-    return manifest

@@ -7,9 +7,9 @@ atom indices become global by adding the molecule's first node index.
 
 Features follow the samples' :class:`~se3t.data.elements.Encoding` (QM9's when they carry
 none): ``node_feats [N, len(elements) + 1]`` = one-hot over the dataset's elements and the atomic
-number Z (QM9: H, C, N, O, F, Z); ``edge_feats [E, 4]`` = one-hot(single, double, triple,
-aromatic), all zero for a non-bonded pair of a radius graph, or ``[E, 0]`` for a dataset whose
-radius graph has no bond types.
+number Z (QM9: H, C, N, O, F, Z); ``edge_feats [E, 4]`` = one-hot of the bond type
+(:data:`se3t.data.bonds.BOND_TYPES`), all zero for a non-bonded pair of a radius graph, or
+``[E, 0]`` for a dataset whose radius graph has no bond types.
 """
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ from se3t.data.dataset import MoleculeSample
 from se3t.data.elements import QM9_ENCODING
 from se3t.graph import Batch, Graph
 
-__all__ = ["EDGE_FEATURES", "NODE_FEATURES", "collate", "make_loader"]
-
-NODE_FEATURES = ("H", "C", "N", "O", "F", "Z")
-EDGE_FEATURES = ("single", "double", "triple", "aromatic")
+__all__ = ["collate", "make_loader"]
 
 
 def collate(samples: Sequence[MoleculeSample]) -> Batch:

@@ -25,7 +25,7 @@ def rows_sha256(rows: np.ndarray) -> str:
 
 
 def dataset_record(train_set: Any) -> dict[str, Any]:
-    """What a checkpoint records about its training data (``QM9Dataset`` of the train split)."""
+    """What a checkpoint records about its training data (the train split's ``MoleculeDataset``)."""
     return {
         "fingerprint": train_set.store.fingerprint,
         "path": str(train_set.store.path),

@@ -8,8 +8,9 @@ Arrays (M molecules, A atoms, E directed edges)::
     edge_offsets [M+1]  int64    molecule r's edges are rows edge_offsets[r]:edge_offsets[r+1]
     src, dst     [E]    int32    local atom indices within the molecule (both directions present)
     bond_type    [E]    int8     0 single, 1 double, 2 triple, 3 aromatic, -1 none (radius graph)
-    targets      [M, 12] float64 QM9_TARGETS order, units in attrs["units"] (energies in eV)
-    mol_id       [M]    int64    QM9 gdb index
+    targets      [M, T] float64  attrs["target_names"] order, units in attrs["units"] (NaN: missing)
+    mol_id       [M]    int64    the molecule's integer id (QM9: the gdb index; else the input's
+                                 id when all are integers, else the record's index)
 
 Attributes: ``format``, ``format_version``, ``source`` (kind, files with sha256), ``graph``
 (kind, cutoff), ``target_names``, ``units``, ``parse_report``, ``build_key`` (hash of the inputs
@@ -58,6 +59,8 @@ __all__ = [
     "write_dataset",
 ]
 
+# the store format's name since the first store (any source's store is one): renaming it would
+# turn every existing store away
 FORMAT = "se3t.qm9-dataset"
 FORMAT_VERSION = 1
 ARRAYS: dict[str, np.dtype] = {

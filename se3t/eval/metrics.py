@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from se3t.choices import Split
-from se3t.data import QM9Dataset, collate
+from se3t.data import MoleculeDataset, collate
 from se3t.data.provenance import check_dataset
 from se3t.device import resolve_device
 from se3t.errors import InputError
@@ -208,7 +208,7 @@ def evaluate(
     data_cfg = cfg.data if dataset is None else replace(cfg.data, path=str(dataset))
     data_cfg = replace(data_cfg, targets=list(names))
     try:
-        data = QM9Dataset.from_config(data_cfg, split)
+        data = MoleculeDataset.from_config(data_cfg, split)
     except ValueError as err:  # e.g. too few molecules to split; InputErrors pass unchanged
         if isinstance(err, InputError):
             raise
@@ -219,7 +219,7 @@ def evaluate(
         ckpt,
         # NVIDIA's checkpoints record no dataset, and its split of QM9 is not se3t's
         None if nvidia not in (None, False) else _checkpoint_dataset(ckpt),
-        QM9Dataset.from_config(data_cfg, "train"),  # the split training would have drawn
+        MoleculeDataset.from_config(data_cfg, "train"),  # the split training would have drawn
         allow_other=allow_other_dataset,
         overridden=dataset is not None,
     )

@@ -129,10 +129,10 @@ def _dataset_batch(data: dict[str, Any], size: int, seed: int) -> Batch:
     """``size`` molecules of the training split (cycled when the split is smaller)."""
     # deferred: the dataset needs Zarr and the config OmegaConf, which a `batches` spec does not
     from se3t.config import from_dict
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
     cfg = from_dict({"data": data})
-    split = QM9Dataset.from_config(cfg.data, "train")
+    split = MoleculeDataset.from_config(cfg.data, "train")
     if len(split) == 0:
         raise RuntimeError(f"the training split of {cfg.data.path} has no molecules")
     rows = np.resize(np.random.default_rng(seed).permutation(len(split)), size)

@@ -3,7 +3,7 @@
 Files are read by suffix: ``.xyz`` (QM9's format with its ``gdb`` line, else extended/plain XYZ
 through ASE, any number of frames), ``.extxyz``, ``.sdf``/``.sd``/``.mol`` (any number of
 records) and ``.csv`` (SMILES, embedded with the checkpoint's conformer settings). Each molecule
-gets the graph the model was trained on (se3t.data.sources.graphs: the file's bonds for a model
+gets the graph the model was trained on (se3t.data.graphs: the file's bonds for a model
 trained on bonds from files, bonds perceived from 3D as in the build, or the radius graph) and
 the checkpoint's element encoding: an element the model never saw is an error naming the file,
 the molecule and the element. The model's standardized outputs are mapped back to target units
@@ -37,8 +37,8 @@ PREDICT_COLUMNS = ["file", "id", "target", "unit", "prediction", "prediction_mev
 def read_inputs(path: Path, cfg, encoding) -> list:
     """``[(id, MoleculeSample)]`` of every molecule in ``path`` for a model trained with
     ``cfg`` (its data section: graph, cutoff, SMILES settings) and ``encoding``."""
+    from se3t.data.graphs import sample_for
     from se3t.data.parse import MoleculeError
-    from se3t.data.sources.graphs import sample_for
 
     if not path.is_file():
         raise InputError(f"molecule file {str(path)!r} does not exist")
@@ -61,8 +61,9 @@ def read_inputs(path: Path, cfg, encoding) -> list:
 
 def _molecules(path: Path, data) -> list[tuple]:
     """``[(id, species, pos, file bonds or None, where)]``; a bad record is an InputError."""
-    from se3t.data.parse import MoleculeError, check_geometry, parse_xyz
+    from se3t.data.parse import MoleculeError, check_geometry
     from se3t.data.sources.extxyz import iter_extxyz
+    from se3t.data.sources.qm9 import parse_qm9_xyz
     from se3t.data.sources.sdf import iter_sdf
     from se3t.data.sources.smiles import iter_smiles
 
@@ -71,7 +72,7 @@ def _molecules(path: Path, data) -> list[tuple]:
         lines = path.read_text(errors="replace").splitlines()
         head = lines[1].split() if len(lines) > 1 else []
         if len(head) >= 17 and head[0] == "gdb":  # QM9's own XYZ format (gdb id, properties)
-            rec = parse_xyz("\n".join(lines), str(path), qm9=True)
+            rec = parse_qm9_xyz("\n".join(lines), str(path), qm9=True)
             return [(str(rec.mol_id), rec.species, rec.pos, None, str(path))]
     if suffix in (".xyz", ".extxyz"):
         records = iter_extxyz(path, data.id_column)

@@ -8,7 +8,7 @@ Only the figures these sources state for the setup se3t trains (QM9 ``homo``) ar
 
 from __future__ import annotations
 
-from se3t.data.qm9 import TARGET_UNITS
+from se3t.data.sources.qm9 import TARGET_UNITS
 
 __all__ = [
     "ENERGY_TARGETS",

@@ -11,7 +11,7 @@ from typing import Any
 from se3t.basis import open_basis
 from se3t.choices import BasisRead, BasisUse
 from se3t.config import Config, to_dict
-from se3t.data import QM9Dataset, fingerprint
+from se3t.data import MoleculeDataset, fingerprint
 from se3t.errors import InputError
 from se3t.location import Location
 from se3t.models import build
@@ -55,8 +55,8 @@ def check_inputs(cfg: Config, *, world_size: int = 1, model: bool = False) -> In
             f"dataset store {str(data_path)!r} (config key 'data.path') does not exist; "
             "build it with se3t data build"
         )
-    train_set = QM9Dataset.from_config(cfg.data, "train")
-    val_set = QM9Dataset.from_config(cfg.data, "val")
+    train_set = MoleculeDataset.from_config(cfg.data, "train")
+    val_set = MoleculeDataset.from_config(cfg.data, "val")
     if len(train_set) < world_size:
         raise InputError(f"dataset {str(data_path)!r}: training split smaller than the job")
     if t.tensorboard:

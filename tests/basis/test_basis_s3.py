@@ -34,7 +34,7 @@ from se3t.basis import (
     upload,
     write_remote_manifest,
 )
-from se3t.data import QM9Dataset, collate
+from se3t.data import MoleculeDataset, collate
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
 from se3t.so3.basis import compute_basis_flat
@@ -92,7 +92,7 @@ def _num_shards(store: Path) -> int:
 
 def _on_the_fly(qm9_store):
     """(store rows of all molecules, their bases computed on the fly from collate's edges)."""
-    ds = QM9Dataset(qm9_store, split="all")
+    ds = MoleculeDataset(qm9_store, split="all")
     batch = collate([ds[i] for i in range(len(ds))])
     return batch.index, compute_basis_flat(batch.edge_vec, 3)
 

@@ -9,7 +9,7 @@ import torch
 from basis_helpers import build
 
 from se3t.basis import ChunkShuffleBatchSampler, open_basis
-from se3t.data import QM9Dataset, collate
+from se3t.data import MoleculeDataset, collate
 from se3t.data.store import fingerprint
 from se3t.so3.basis import compute_basis_flat
 
@@ -73,7 +73,9 @@ def test_store_sampler_reads_each_chunk_once(qm9_store, tmp_path):
         read="chunks",
         cache_chunks=5,
     )
-    ds = QM9Dataset(qm9_store, split="train", n_train=200, test_fraction=0.1, train_fraction=0.7)
+    ds = MoleculeDataset(
+        qm9_store, split="train", n_train=200, test_fraction=0.1, train_fraction=0.7
+    )
     reads = []
     real = store._read_rows
     store._read_rows = lambda r0, r1, what: reads.append(r0) or real(r0, r1, what=what)

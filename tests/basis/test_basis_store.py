@@ -29,7 +29,7 @@ from se3t.basis import (
     write_manifest,
 )
 from se3t.basis.codec import ShardCodec
-from se3t.data import QM9Dataset, collate
+from se3t.data import MoleculeDataset, collate
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
 from se3t.so3.basis import basis_size, compute_basis_flat
@@ -110,7 +110,7 @@ def test_gather_equals_basis_computed_on_the_fly(built, qm9_store, read):
     for random batches, in both read modes."""
     store = _open(built, read=read, cache_chunks=3)
     assert store.read == read
-    ds = QM9Dataset(qm9_store, split="all")
+    ds = MoleculeDataset(qm9_store, split="all")
     rng = np.random.default_rng(1)
     for size in (1, 7, 64, len(ds)):
         batch = collate([ds[i] for i in rng.choice(len(ds), size=size, replace=False)])
@@ -135,7 +135,7 @@ def test_float16_and_degree_settings(qm9_store, tmp_path, compressor):
     store = build(qm9_store, tmp_path, dtype="float16", max_degree=1, compressor=compressor)
     fp = fingerprint(qm9_store)
     b = open_basis(store, dataset_fingerprint=fp, max_degree=1, dtype=torch.float16)
-    ds = QM9Dataset(qm9_store, split="all")
+    ds = MoleculeDataset(qm9_store, split="all")
     batch = collate([ds[i] for i in range(20)])
     got = b.gather(batch.index)
     assert got.dtype == torch.float16 and got.shape[1] == basis_size(1)
@@ -336,7 +336,7 @@ def test_read_through_fsspec_urls(built, qm9_store):
     url = "memory://se3t-test/basis.zarr"
     mem.put(str(built["store"]), "/se3t-test/basis.zarr", recursive=True)
     try:
-        ds = QM9Dataset(qm9_store, split="all")
+        ds = MoleculeDataset(qm9_store, split="all")
         batch = collate([ds[i] for i in range(0, 275, 5)])
         expect = _open(built).gather(batch.index)
         for where in (url, f"file://{built['store']}"):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from se3t.config import load
-from se3t.data import QM9Dataset, collate
+from se3t.data import MoleculeDataset, collate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,9 +54,9 @@ def test_packed_batches_equal_se3t_collate(qm9_store, packed):
     data = m.Data(packed, torch.device("cpu"))
     cfg = load(REPO / "config" / "config.yaml", [f"data.path={qm9_store}", "data.targets=[homo]"])
     for split in ("train", "val", "test"):
-        ds = QM9Dataset.from_config(cfg.data, split)
+        ds = MoleculeDataset.from_config(cfg.data, split)
         assert torch.equal(data.split[split], torch.from_numpy(ds.indices).long()), split
-    train = QM9Dataset.from_config(cfg.data, "train")
+    train = MoleculeDataset.from_config(cfg.data, "train")
     rows = [5, 0, 17, 3, 120]
     got = data.batch(data.split["train"][rows])
     want = collate([train[i] for i in rows])

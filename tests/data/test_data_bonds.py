@@ -10,7 +10,7 @@ import pytest
 from rdkit import Chem
 
 from se3t.data.bonds import bond_graph, perceive, radius_graph
-from se3t.data.parse import iter_csv
+from se3t.data.sources.qm9 import iter_csv
 
 CSV_DIR = Path(__file__).parent / "qm9" / "qm9pack"
 

@@ -1,4 +1,4 @@
-"""QM9Dataset, splits, standardization, collate (against a per-molecule reference), loaders and
+"""MoleculeDataset, splits, standardization, collate (against a per-molecule reference), loaders and
 read_molecule."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from se3t.config import QM9_TARGETS, DataConfig
-from se3t.data import QM9Dataset, collate, make_loader, read_molecule
+from se3t.config import DataConfig
+from se3t.data import MoleculeDataset, collate, make_loader, read_molecule
+from se3t.data.sources.qm9 import QM9_TARGETS
 from se3t.data.splits import split_indices, split_sizes
 from se3t.data.store import open_dataset
 from se3t.errors import InputError
@@ -55,10 +56,10 @@ def test_splits_deterministic_disjoint_covering():
 
 
 def test_dataset_splits_and_standardization(qm9_store):
-    train = QM9Dataset(qm9_store, "train", targets=("homo", "U0"))
-    val = QM9Dataset(qm9_store, "val", targets=("homo", "U0"))
-    test = QM9Dataset(qm9_store, "test", targets=("homo", "U0"))
-    every = QM9Dataset(qm9_store, "all", targets=("homo", "U0"))
+    train = MoleculeDataset(qm9_store, "train", targets=("homo", "U0"))
+    val = MoleculeDataset(qm9_store, "val", targets=("homo", "U0"))
+    test = MoleculeDataset(qm9_store, "test", targets=("homo", "U0"))
+    every = MoleculeDataset(qm9_store, "all", targets=("homo", "U0"))
     assert (len(train), len(val), len(test), len(every)) == (220, 28, 27, 275)
     assert not set(train.indices) & set(val.indices) and not set(val.indices) & set(test.indices)
     # mean/std are the training split's, shared by every split
@@ -77,7 +78,7 @@ def test_dataset_splits_and_standardization(qm9_store):
 
 
 def test_sample_is_the_store_row(qm9_store):
-    ds = QM9Dataset(qm9_store, "val")
+    ds = MoleculeDataset(qm9_store, "val")
     s = open_dataset(qm9_store)
     item = ds[3]
     r = int(ds.indices[3])
@@ -89,7 +90,7 @@ def test_sample_is_the_store_row(qm9_store):
 
 def test_from_config(qm9_store):
     cfg = DataConfig(path=str(qm9_store), targets=["lumo", "gap"], split_seed=2)
-    ds = QM9Dataset.from_config(cfg, "test")
+    ds = MoleculeDataset.from_config(cfg, "test")
     assert ds.targets == ("lumo", "gap") and len(ds) == 27
     np.testing.assert_array_equal(ds.indices, split_indices(275, seed=2)["test"])
 
@@ -97,14 +98,14 @@ def test_from_config(qm9_store):
 def test_from_config_rejects_another_graph(qm9_store):
     cfg = DataConfig(path=str(qm9_store), graph="radius", cutoff=5.0)
     with pytest.raises(InputError, match="built with graph=bond but config key 'data.graph'"):
-        QM9Dataset.from_config(cfg, "train")
+        MoleculeDataset.from_config(cfg, "train")
 
 
 def test_bad_target_and_split(qm9_store):
     with pytest.raises(InputError, match="target 'homo2'"):
-        QM9Dataset(qm9_store, "train", targets=("homo2",))
+        MoleculeDataset(qm9_store, "train", targets=("homo2",))
     with pytest.raises(ValueError, match="split must be"):
-        QM9Dataset(qm9_store, "training")
+        MoleculeDataset(qm9_store, "training")
 
 
 # ----------------------------------------------------------------------------- collate
@@ -139,7 +140,7 @@ def _reference_collate(samples) -> dict:
 
 
 def test_collate_matches_reference(qm9_store):
-    ds = QM9Dataset(qm9_store, "all", targets=("homo", "lumo"))
+    ds = MoleculeDataset(qm9_store, "all", targets=("homo", "lumo"))
     rng = np.random.default_rng(1)
     samples = [ds[int(i)] for i in rng.permutation(len(ds))[:40]]
     batch = collate(samples)
@@ -163,7 +164,7 @@ def test_collate_matches_reference(qm9_store):
 def test_collate_edges_follow_store_order(qm9_store):
     """The contract the basis store relies on: batch edges are the concatenation of each
     molecule's store edge range, in batch order."""
-    ds = QM9Dataset(qm9_store, "train")
+    ds = MoleculeDataset(qm9_store, "train")
     s = ds.store
     samples = [ds[i] for i in (5, 0, 17, 3)]
     batch = collate(samples)
@@ -185,7 +186,7 @@ def test_collate_edges_follow_store_order(qm9_store):
 
 
 def test_batch_to_and_pin(qm9_store):
-    ds = QM9Dataset(qm9_store, "train")
+    ds = MoleculeDataset(qm9_store, "train")
     batch = collate([ds[i] for i in range(8)]).to("cpu")
     assert batch.pos.device.type == "cpu" and batch.graph.src.device.type == "cpu"
 
@@ -193,7 +194,7 @@ def test_batch_to_and_pin(qm9_store):
 def test_loader_with_distributed_sampler(qm9_store):
     from torch.utils.data.distributed import DistributedSampler
 
-    ds = QM9Dataset(qm9_store, "train")
+    ds = MoleculeDataset(qm9_store, "train")
     seen = []
     for rank in range(2):
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0)
@@ -205,7 +206,7 @@ def test_loader_with_distributed_sampler(qm9_store):
 
 
 def test_loader_with_worker_processes(qm9_store):
-    ds = QM9Dataset(qm9_store, "val")
+    ds = MoleculeDataset(qm9_store, "val")
     loader = make_loader(ds, batch_size=10, shuffle=True, num_workers=1, seed=0)
     rows = [r for b in loader for r in b.index.tolist()]
     assert sorted(rows) == sorted(ds.indices.tolist())
@@ -215,7 +216,7 @@ def test_loader_with_worker_processes(qm9_store):
 
 
 def _store_sample(qm9_store, mol_id):
-    ds = QM9Dataset(qm9_store, "all")
+    ds = MoleculeDataset(qm9_store, "all")
     return ds[int(np.searchsorted(ds.store.mol_id, mol_id))]
 
 
@@ -280,5 +281,5 @@ def test_read_molecule_missing_file(tmp_path):
 
 
 def test_all_targets_available(qm9_store):
-    ds = QM9Dataset(qm9_store, "train", targets=QM9_TARGETS)
+    ds = MoleculeDataset(qm9_store, "train", targets=QM9_TARGETS)
     assert ds[0].y.shape == (12,)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from se3t.data.build import build_dataset
-from se3t.data.fetch import download, fetch, qm9pack_files
+from se3t.data.fetch import download
+from se3t.data.sources.qm9 import build_qm9, fetch, qm9pack_files
 from se3t.data.store import fingerprint
 from se3t.errors import InputError
 
@@ -108,7 +108,7 @@ def test_figshare_fetch_then_build_equals_csv_build(server, tmp_path, qm9_store)
         "dsgdb9nsd.xyz.tar.bz2",
         "uncharacterized.txt",
     ]
-    out = build_dataset(raw, tmp_path / "s.zarr", processes=1, progress=False)
+    out = build_qm9(raw, tmp_path / "s.zarr", processes=1, progress=False)
     assert out["fingerprint"] == fingerprint(qm9_store)  # both formats: the same dataset
     assert out["report"]["uncharacterized_listed"] == 1
     # fetched again: files with the expected sha256 are not downloaded again
@@ -221,7 +221,7 @@ def test_local_xyz_folder_and_archive(tmp_path, qm9_store):
         tar.extractall(folder, filter="data")
     fetch(str(folder), tmp_path / "raw1", progress=False)
     assert (tmp_path / "raw1" / "qm9_xyz.tar").is_file()
-    a = build_dataset(tmp_path / "raw1", tmp_path / "a.zarr", processes=1, progress=False)
+    a = build_qm9(tmp_path / "raw1", tmp_path / "a.zarr", processes=1, progress=False)
     assert a["fingerprint"] == fingerprint(qm9_store)
     fetch(str(ARCHIVE), tmp_path / "raw2", progress=False)
     assert (tmp_path / "raw2" / ARCHIVE.name).read_bytes() == ARCHIVE.read_bytes()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from faults import FAULTS, QM9PACK, damage, rewrite_values
 
-from se3t.data.build import build_dataset
+from se3t.data.sources.qm9 import build_qm9
 from se3t.data.store import open_dataset
 from se3t.errors import InputError
 
@@ -57,13 +57,13 @@ def test_altered_values_that_still_decode_are_refused(store, array):
 
 def test_a_rebuild_over_a_damaged_store_rebuilds(tmp_path, caplog):
     out = tmp_path / "qm9.zarr"
-    first = build_dataset(QM9PACK, out, processes=1, progress=False)
+    first = build_qm9(QM9PACK, out, processes=1, progress=False)
     assert not first["skipped"]
-    again = build_dataset(QM9PACK, out, processes=1, progress=False)
+    again = build_qm9(QM9PACK, out, processes=1, progress=False)
     assert again["skipped"]  # intact and same inputs: up to date
     (out / "pos" / "c" / "0" / "0").unlink()
     with caplog.at_level("WARNING", logger="se3t.data"):
-        repaired = build_dataset(QM9PACK, out, processes=1, progress=False)
+        repaired = build_qm9(QM9PACK, out, processes=1, progress=False)
     assert not repaired["skipped"] and "'pos' chunk 0" in caplog.text
     assert repaired["fingerprint"] == first["fingerprint"]
     assert np.isfinite(open_dataset(out).pos).all()

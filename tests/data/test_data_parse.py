@@ -9,17 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from se3t.config import QM9_TARGETS
-from se3t.data.build import build_dataset
-from se3t.data.parse import (
-    MoleculeError,
+from se3t.data.parse import MoleculeError, parse_number
+from se3t.data.sources.qm9 import (
+    HARTREE_TO_EV,
+    QM9_TARGETS,
+    build_qm9,
     iter_csv,
     iter_xyz_archive,
-    parse_number,
-    parse_xyz,
+    parse_qm9_xyz,
     read_uncharacterized,
 )
-from se3t.data.qm9 import HARTREE_TO_EV
 from se3t.data.store import open_dataset
 from se3t.errors import InputError
 
@@ -49,7 +48,7 @@ def _tar(path: Path, files: dict[str, str], mode: str = "w:bz2") -> Path:
 
 
 def _build(raw, out, **kw):
-    return build_dataset(raw, out, processes=1, progress=False, **kw)
+    return build_qm9(raw, out, processes=1, progress=False, **kw)
 
 
 # ----------------------------------------------------------------------------- the real traps
@@ -78,7 +77,7 @@ def test_committed_archive_has_the_real_traps(members):
 
 
 def test_methane_record(members):
-    rec = parse_xyz(members["dsgdb9nsd_000001.xyz"], "dsgdb9nsd_000001.xyz")
+    rec = parse_qm9_xyz(members["dsgdb9nsd_000001.xyz"], "dsgdb9nsd_000001.xyz")
     assert rec.mol_id == 1
     assert rec.species.tolist() == [6, 1, 1, 1, 1]
     np.testing.assert_allclose(rec.pos[0], [-0.0126981359, 1.0858041578, 0.0080009958])
@@ -97,7 +96,7 @@ def test_exponent_coordinates_parse(members):
     ]
     assert hits
     name, text = hits[0]
-    rec = parse_xyz(text, name)
+    rec = parse_qm9_xyz(text, name)
     assert np.isfinite(rec.pos).all()
     assert (np.abs(rec.pos) < 1e-4).any()  # the tiny exponent coordinate made it through
 
@@ -160,7 +159,7 @@ BAD = {
 @pytest.mark.parametrize("reason", list(BAD))
 def test_bad_xyz_molecule_is_named(members, reason):
     with pytest.raises(MoleculeError) as info:
-        parse_xyz(_mutate(members, reason), "bad.tar:dsgdb9nsd_000003.xyz")
+        parse_qm9_xyz(_mutate(members, reason), "bad.tar:dsgdb9nsd_000003.xyz")
     err = info.value
     assert err.reason == reason
     assert "dsgdb9nsd_000003.xyz" in str(err) and BAD[reason] in str(err)
@@ -185,8 +184,8 @@ def test_bad_molecule_dropped_with_report_line_or_strict_error(members, tmp_path
 def test_plain_xyz_atom_count(tmp_path):
     text = "3\ncomment\nO 0 0 0\nH 0.96 0 0\n"
     with pytest.raises(MoleculeError, match="says 3 atoms"):
-        parse_xyz(text, "w.xyz")
-    rec = parse_xyz("2\n\nO 0 0 0\nH 0.96 0 0\n", "oh.xyz")
+        parse_qm9_xyz(text, "w.xyz")
+    rec = parse_qm9_xyz("2\n\nO 0 0 0\nH 0.96 0 0\n", "oh.xyz")
     assert rec.mol_id is None and rec.targets is None
 
 
@@ -194,7 +193,7 @@ def test_extra_atom_line_is_caught(members):
     lines = members[GOOD].splitlines()
     lines[0] = "2"  # one atom line too many for the count
     with pytest.raises(MoleculeError, match="says 2 atoms"):
-        parse_xyz("\n".join(lines), GOOD)
+        parse_qm9_xyz("\n".join(lines), GOOD)
 
 
 # ----------------------------------------------------------------------------- bad files

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from se3t.config import QM9_TARGETS
-from se3t.data.build import build_dataset
+from se3t.data.sources.qm9 import QM9_TARGETS, build_qm9
 from se3t.data.store import ARRAYS, fingerprint, open_dataset
 from se3t.errors import InputError
 
@@ -53,7 +52,7 @@ def test_edges_are_local_and_within_their_molecule(qm9_store):
 
 
 def test_matches_the_records(qm9_store):
-    from se3t.data.parse import iter_csv
+    from se3t.data.sources.qm9 import iter_csv
 
     s = open_dataset(qm9_store)
     recs = {r.mol_id: r for f in sorted(CSV_DIR.glob("*.csv")) for r in iter_csv(f)}
@@ -67,11 +66,11 @@ def test_matches_the_records(qm9_store):
 
 def test_rebuild_is_a_noop_and_settings_rebuild(tmp_path):
     out = tmp_path / "s.zarr"
-    first = build_dataset(CSV_DIR, out, processes=1, progress=False)
+    first = build_qm9(CSV_DIR, out, processes=1, progress=False)
     stamp = (out / "zarr.json").stat().st_mtime_ns
-    again = build_dataset(CSV_DIR, out, processes=1, progress=False)
+    again = build_qm9(CSV_DIR, out, processes=1, progress=False)
     assert again["skipped"] and (out / "zarr.json").stat().st_mtime_ns == stamp
-    limited = build_dataset(CSV_DIR, out, limit=20, processes=1, progress=False)
+    limited = build_qm9(CSV_DIR, out, limit=20, processes=1, progress=False)
     assert not limited["skipped"] and len(open_dataset(out)) == 20
     assert limited["fingerprint"] != first["fingerprint"]
     assert open_dataset(out).mol_id.tolist() == list(range(1, 21))
@@ -84,24 +83,24 @@ def test_changed_input_rebuilds(tmp_path):
     for f in CSV_DIR.glob("*.csv"):
         (raw / f.name).write_bytes(f.read_bytes())
     out = tmp_path / "s.zarr"
-    build_dataset(raw, out, processes=1, progress=False)
+    build_qm9(raw, out, processes=1, progress=False)
     lines = (raw / "qm9_part3.csv").read_text().splitlines()
     (raw / "qm9_part3.csv").write_text("\n".join(lines[:-1]) + "\n")  # one molecule fewer
-    again = build_dataset(raw, out, processes=1, progress=False)
+    again = build_qm9(raw, out, processes=1, progress=False)
     assert not again["skipped"] and len(open_dataset(out)) == 274
 
 
 def test_parallel_build_equals_serial(tmp_path, monkeypatch):
-    import se3t.data.build as build
+    import se3t.data.sources.qm9.source as qm9_source
 
-    monkeypatch.setattr(build, "_CHUNK", 40)  # several chunks, so the worker pool runs
-    a = build_dataset(CSV_DIR, tmp_path / "a.zarr", processes=1, progress=False)
-    b = build_dataset(CSV_DIR, tmp_path / "b.zarr", processes=2, progress=False)
+    monkeypatch.setattr(qm9_source, "CHUNK", 40)  # several chunks, so the worker pool runs
+    a = build_qm9(CSV_DIR, tmp_path / "a.zarr", processes=1, progress=False)
+    b = build_qm9(CSV_DIR, tmp_path / "b.zarr", processes=2, progress=False)
     assert a["fingerprint"] == b["fingerprint"]
 
 
 def test_radius_graph_store(tmp_path):
-    out = build_dataset(
+    out = build_qm9(
         CSV_DIR,
         tmp_path / "r.zarr",
         graph="radius",
@@ -113,17 +112,17 @@ def test_radius_graph_store(tmp_path):
     s = open_dataset(tmp_path / "r.zarr")
     assert s.graph == {"kind": "radius", "cutoff": 3.0}
     assert (s.bond_type == -1).any() and (s.bond_type >= 0).any()
-    bond = build_dataset(CSV_DIR, tmp_path / "b.zarr", limit=30, processes=1, progress=False)
+    bond = build_qm9(CSV_DIR, tmp_path / "b.zarr", limit=30, processes=1, progress=False)
     assert bond["fingerprint"] != out["fingerprint"]
     for r in range(len(s)):
         m = s.molecule(r)
         d = np.linalg.norm(m["pos"][m["dst"]] - m["pos"][m["src"]], axis=1)
         assert (d < 3.0).all()
     from se3t.config import DataConfig
-    from se3t.data import QM9Dataset
+    from se3t.data import MoleculeDataset
 
     cfg = DataConfig(path=str(tmp_path / "r.zarr"), graph="radius", cutoff=3.0)
-    assert len(QM9Dataset.from_config(cfg, "all")) == 30
+    assert len(MoleculeDataset.from_config(cfg, "all")) == 30
 
 
 def test_not_a_store(tmp_path):
@@ -140,7 +139,7 @@ def test_verify_detects_tampering(tmp_path):
     import zarr
 
     out = tmp_path / "s.zarr"
-    build_dataset(CSV_DIR, out, limit=10, processes=1, progress=False)
+    build_qm9(CSV_DIR, out, limit=10, processes=1, progress=False)
     g = zarr.open_group(str(out), mode="r+")
     g["pos"][0, 0] = 123.0
     with pytest.raises(InputError, match="modified or is corrupt"):
@@ -149,7 +148,7 @@ def test_verify_detects_tampering(tmp_path):
 
 def test_missing_array_is_named(tmp_path):
     out = tmp_path / "s.zarr"
-    build_dataset(CSV_DIR, out, limit=10, processes=1, progress=False)
+    build_qm9(CSV_DIR, out, limit=10, processes=1, progress=False)
     import shutil
 
     shutil.rmtree(out / "bond_type")

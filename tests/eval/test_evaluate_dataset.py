@@ -10,7 +10,7 @@ import pytest
 import torch
 from faults import QM9PACK, cli
 
-from se3t.data.build import build_dataset
+from se3t.data.sources.qm9 import build_qm9
 from se3t.errors import InputError
 from se3t.eval import evaluate
 
@@ -20,7 +20,7 @@ def other_dataset(tmp_path_factory):
     """The first 200 of the test molecules: a different store, whose "test" split overlaps the
     training molecules of a model trained on all 275."""
     out = tmp_path_factory.mktemp("other") / "qm9.zarr"
-    build_dataset(QM9PACK, out, limit=200, processes=1, progress=False)
+    build_qm9(QM9PACK, out, limit=200, processes=1, progress=False)
     return out
 
 

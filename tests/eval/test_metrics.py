@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from se3t.data import QM9Dataset, collate, open_dataset
+from se3t.data import MoleculeDataset, collate, open_dataset
 from se3t.errors import InputError
 from se3t.eval import evaluate
 from se3t.eval.metrics import compute_metrics
@@ -47,7 +47,7 @@ def test_mae_and_rmse_match_a_hand_computation_on_the_saved_predictions(evaluate
         assert m["unit"] == "eV"
     # the references are the store's values of the test split's molecules, none missing
     store = open_dataset(qm9_store)
-    test = QM9Dataset(qm9_store, split="test", targets=("homo",))
+    test = MoleculeDataset(qm9_store, split="test", targets=("homo",))
     col = list(store.target_names).index("homo")
     assert [int(r["row"]) for r in rows] == test.indices.tolist()
     assert [int(r["mol_id"]) for r in rows] == store.mol_id[test.indices].tolist()
@@ -60,7 +60,7 @@ def test_predictions_are_the_models_outputs_destandardized(evaluated_run, qm9_st
     from se3t.train.checkpoint import load_model
 
     model, _cfg, stats = load_model(evaluated_run / "best.pt")
-    test = QM9Dataset(qm9_store, split="test", targets=("homo",))
+    test = MoleculeDataset(qm9_store, split="test", targets=("homo",))
     batch = collate([test[i] for i in range(5)])
     with torch.no_grad():
         out = model(batch).double()  # [5, 1]
@@ -123,10 +123,10 @@ def test_run_folder_without_checkpoint(tmp_path):
 
 
 def test_a_split_without_molecules_is_a_clear_error(trained_run, tmp_path):
-    from se3t.data.build import build_dataset
+    from se3t.data.sources.qm9 import build_qm9
 
     two = tmp_path / "two.zarr"
-    build_dataset(QM9PACK, two, limit=2, processes=1, progress=False)
+    build_qm9(QM9PACK, two, limit=2, processes=1, progress=False)
     with pytest.raises(InputError) as err:
         evaluate(trained_run, "test", tmp_path / "out", dataset=two, progress=False)
     assert str(two) in str(err.value) and "'test'" in str(err.value)

@@ -43,9 +43,9 @@ def _spec(qm9_store, **kw) -> dict:
 
 def _batches_file(qm9_store, path, size: int):
     """What `benchmarks/train_step.py make-batches` writes: plain tensors keyed by batch size."""
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
-    ds = QM9Dataset(qm9_store, split="all", targets=("homo",))
+    ds = MoleculeDataset(qm9_store, split="all", targets=("homo",))
     b = collate([ds[i] for i in range(size)])
     g = b.graph
     torch.save(

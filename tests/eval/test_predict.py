@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from se3t.data import QM9Dataset, open_dataset
+from se3t.data import MoleculeDataset, open_dataset
 from se3t.errors import InputError
 from se3t.eval import predict
 
@@ -55,7 +55,7 @@ def test_files_predict_what_evaluate_predicts_for_the_same_molecules(
     evaluated_run, evaluated_predictions, qm9_store, tmp_path
 ):
     store = open_dataset(qm9_store)
-    test = QM9Dataset(qm9_store, split="test")
+    test = MoleculeDataset(qm9_store, split="test")
     mol_ids = [int(store.mol_id[r]) for r in test.indices[:3]]
     files = _extract(mol_ids, tmp_path)
     files.append(_to_sdf(files[0]))

@@ -9,7 +9,7 @@ import io
 import pytest
 from faults import cli
 
-from se3t.data.dataset import read_molecule
+from se3t.data import read_molecule
 from se3t.errors import InputError
 
 

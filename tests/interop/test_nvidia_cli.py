@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from se3t.data import QM9Dataset, collate, read_molecule
+from se3t.data import MoleculeDataset, collate, read_molecule
 from se3t.errors import InputError
 from se3t.interop import nvidia
 
@@ -62,7 +62,7 @@ def test_evaluate_nvidia_checkpoint(dle, qm9_store, tmp_path):
     assert doc["targets"] == ["homo"] and doc["count"] > 0
     # the predictions are NVIDIA's function on the test molecules, destandardized
     model = nvidia.from_state_dict(fx["state_dict"], **fx["meta"]["kwargs"])
-    test = QM9Dataset(qm9_store, split="test")
+    test = MoleculeDataset(qm9_store, split="test")
     batch = collate([test[i] for i in range(4)])
     with torch.no_grad():
         want = (model(batch).double() * STD + MEAN).tolist()

@@ -147,9 +147,9 @@ def test_build_default_is_the_paper_model():
 
 @pytest.mark.slow
 def test_default_model_trains_on_real_molecules(qm9_store):
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
-    ds = QM9Dataset(qm9_store, split="all", targets=("homo",))
+    ds = MoleculeDataset(qm9_store, split="all", targets=("homo",))
     batch = collate([ds[i] for i in range(6)])
     torch.manual_seed(0)
     model = build(ModelConfig(num_layers=2))

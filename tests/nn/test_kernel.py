@@ -42,10 +42,10 @@ LAYERS = {
 
 def qm9_batch(store, n=5):
     """Real molecules, a two-atom molecule with one bond and an isolated atom, float64."""
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
     from se3t.data.dataset import MoleculeSample
 
-    ds = QM9Dataset(store, split="all", targets=("homo",))
+    ds = MoleculeDataset(store, split="all", targets=("homo",))
     real = [ds[i] for i in range(n)]
     m = real[-1]
     a, b = int(m.src[0]), int(m.dst[0])

@@ -182,7 +182,7 @@ def test_chunk_sampler_resumes_and_splits_the_global_batch_over_ranks(qm9_store,
     batches replays the rest of the epoch; each of 2 ranks yields half-size batches, as many
     as the other, from its own chunks; every batch draws from at most 2 windows of chunks."""
     from se3t.basis import BasisSettings, finalize, open_basis, precompute
-    from se3t.data import QM9Dataset
+    from se3t.data import MoleculeDataset
     from se3t.data.store import fingerprint
     from se3t.train.sampler import ChunkResumableBatchSampler
 
@@ -202,7 +202,7 @@ def test_chunk_sampler_resumes_and_splits_the_global_batch_over_ranks(qm9_store,
         cache_chunks=2,
     )
     assert store.read == "chunks"
-    idx = QM9Dataset(qm9_store, split="train").indices
+    idx = MoleculeDataset(qm9_store, split="train").indices
     one = ChunkResumableBatchSampler(store, idx, 32, buffer_chunks=2, seed=3)
     one.set_epoch(1)
     full = list(one)

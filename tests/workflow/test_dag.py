@@ -65,7 +65,7 @@ def test_dry_run_full_config(tmp_path):
     assert jobs == {
         "all": 1,
         "build_dataset": 1,
-        "download_qm9": 1,
+        "fetch_raw": 1,
         "evaluate": 1,
         "finalize_basis": 1,
         "precompute_basis": 8,

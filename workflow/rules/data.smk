@@ -1,16 +1,17 @@
-# Data stage: fetch QM9, build the dataset store.  Both commands read the data section from the
+# Data stage: fetch the raw input (QM9 or your own molecules), build the dataset store.  Both commands read the data section from the
 # stage's config file; the paths they write are the rules' declared outputs.
 
 
-rule download_qm9:
-    """Fetch the raw QM9 files (qm9pack CSVs, figshare's archive or a local folder) with their
-    sha256 checksums; files already there with the right checksum are kept."""
+rule fetch_raw:
+    """Put the raw input of data.source into one folder with every file's sha256 (QM9: qm9pack's
+    CSVs, figshare's archive or a local folder; your own molecules: a copy of the SDF, extended
+    XYZ, SMILES CSV or XYZ folder); files already there with the right checksum are kept."""
     input:
         config=expand(rules.stage_config.output.config, stage="data"),
     output:
         raw=directory(RAW_DIR),
     log:
-        f"{LOGS}/download_qm9.log",
+        f"{LOGS}/fetch_raw.log",
     shell:
         "se3t data fetch --config {input.config:q} --out {output.raw:q} > {log:q} 2>&1"
 
@@ -20,7 +21,7 @@ rule build_dataset:
     to a temporary path and renamed when complete)."""
     input:
         config=expand(rules.stage_config.output.config, stage="data"),
-        raw=rules.download_qm9.output.raw,
+        raw=rules.fetch_raw.output.raw,
     output:
         dataset=directory(DATASET),
     # data.processes workers perceive bonds; Snakemake may grant fewer (--cores), hence

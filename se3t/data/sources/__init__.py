@@ -1,6 +1,7 @@
-"""Users' own molecules: readers for extended XYZ (ASE), SDF (RDKit), a folder of XYZ files with
-a CSV of properties, and a CSV of SMILES (conformers by ETKDG + MMFF), and the build that turns
-any of them into a dataset store (:func:`se3t.data.sources.build.build_molecules`).
+"""The sources of the dataset build (:mod:`se3t.data.build`): QM9 (:mod:`se3t.data.sources.qm9`)
+and users' own molecules (:mod:`se3t.data.sources.own`), read by the readers for extended XYZ
+(ASE), SDF (RDKit), a folder of XYZ files with a CSV of properties, and a CSV of SMILES
+(conformers by ETKDG + MMFF).
 
 Every reader yields, per input record, a :class:`Molecule` or a
 :class:`~se3t.data.parse.MoleculeError` (a record that cannot be used: the build drops it with
@@ -26,7 +27,7 @@ FORMATS = ("extxyz", "sdf", "xyz_dir", "smiles")
 
 @dataclass
 class Molecule:
-    """One record of a user's input.
+    """One record of an input, as every source gives it to the build.
 
     ``index``: the record's position in the input (0-based); ``id``: its id as text (the id
     column / property / info key, else the index); ``species`` [n] atomic numbers; ``pos``

@@ -5,9 +5,9 @@ without ``.xyz``, or its path relative to the folder; every other column is a pr
 row must name an existing file and every file must have a row: ids that do not match are an
 InputError listing them (a mismatch is a mistake in the inputs, not one bad molecule).
 
-The XYZ files are plain XYZ (line 1 the atom count, line 2 a comment, then ``El x y z`` lines,
-extra columns ignored; the element may be given as a symbol or an atomic number). A file that
-breaks this is a MoleculeError naming the file, the line and the field.
+The XYZ files are plain XYZ (:func:`se3t.data.parse.parse_xyz`: line 1 the atom count, line 2 a
+comment, then ``El x y z`` lines, extra columns ignored; the element a symbol or an atomic
+number). A file that breaks this is a MoleculeError naming the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -17,67 +17,12 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
-from se3t.data.elements import atomic_number
-from se3t.data.parse import MoleculeError, parse_number
+from se3t.data.parse import MoleculeError, parse_xyz
 from se3t.data.sources import Molecule
 from se3t.data.sources.text import read_text
 from se3t.errors import InputError
 
-__all__ = ["iter_xyz_dir", "parse_plain_xyz", "read_properties"]
-
-
-def parse_plain_xyz(text: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(species [n] atomic numbers, pos [n, 3] Å) of one plain XYZ molecule."""
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise MoleculeError(where, "atom count", "the file is empty", "atom_count")
-    try:
-        n = int(lines[0].strip())
-    except ValueError:
-        raise MoleculeError(
-            where, "atom count", f"line 1 {lines[0].strip()!r} is not an integer", "atom_count"
-        ) from None
-    if n <= 0:
-        raise MoleculeError(where, "atom count", f"{n} atoms", "atom_count")
-    if len(lines) != n + 2:
-        raise MoleculeError(
-            where,
-            "atom count",
-            f"line 1 says {n} atoms but the file has {max(len(lines) - 2, 0)} atom lines",
-            "atom_count",
-        )
-    species = np.empty(n, dtype=np.int64)
-    pos = np.empty((n, 3), dtype=np.float64)
-    for k, line in enumerate(lines[2:]):
-        parts = line.split()
-        if len(parts) < 4:
-            raise MoleculeError(
-                where,
-                f"atom {k + 1} coordinates",
-                f"line {k + 3} {line.strip()!r} is not 'El x y z'",
-                "bad_coordinates",
-            )
-        el = parts[0]
-        z = int(el) if el.isdigit() else atomic_number(el)
-        if not 0 < z <= 118:
-            raise MoleculeError(
-                where,
-                f"atom {k + 1} element",
-                f"{el!r} is not a chemical element",
-                "unknown_element",
-            )
-        species[k] = z
-        for c in range(3):
-            try:
-                pos[k, c] = parse_number(parts[1 + c], where, f"atom {k + 1} {'xyz'[c]}")
-            except MoleculeError as err:
-                err.reason = "bad_coordinates"
-                raise
-    return species, pos
+__all__ = ["iter_xyz_dir", "read_properties"]
 
 
 def read_properties(
@@ -144,8 +89,10 @@ def iter_xyz_dir(
         except OSError as err:
             raise InputError(f"{f}: cannot read: {err}") from err
         try:
-            species, pos = parse_plain_xyz(text, where)
+            _, species, pos = parse_xyz(text, where)
         except MoleculeError as err:
+            if err.reason == "not_a_number":  # a coordinate: properties come from the CSV
+                err.reason = "bad_coordinates"
             yield err
             continue
         yield Molecule(k, key, species, pos, props, where)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from se3t.config import QM9_TARGETS
+from se3t.data.sources.qm9 import QM9_TARGETS
 
 
 def rdkit_sdf(name: str) -> Path:
@@ -88,7 +88,7 @@ def assert_same_dataset(qm9, own, rows, *, pos_atol: float, gdb_ids: bool = True
     species, graphs, bond types, targets (all 12, exactly), node/edge features, ids; positions
     within ``pos_atol`` Å (the precision the format writes); with ``gdb_ids`` the ids are the gdb
     indices."""
-    from se3t.data import QM9Dataset, collate
+    from se3t.data import MoleculeDataset, collate
 
     assert len(own) == len(rows)
     assert own.target_names == list(QM9_TARGETS)
@@ -103,8 +103,8 @@ def assert_same_dataset(qm9, own, rows, *, pos_atol: float, gdb_ids: bool = True
         np.testing.assert_allclose(a["pos"], b["pos"], rtol=0, atol=pos_atol)
         assert int(a["mol_id"]) == int(b["mol_id"]) or not gdb_ids
     # the features the model sees
-    ds_a = QM9Dataset(qm9, split="all", targets=list(QM9_TARGETS))
-    ds_b = QM9Dataset(own, split="all", targets=list(QM9_TARGETS))
+    ds_a = MoleculeDataset(qm9, split="all", targets=list(QM9_TARGETS))
+    ds_b = MoleculeDataset(own, split="all", targets=list(QM9_TARGETS))
     ba = collate([ds_a[r] for r in rows])
     bb = collate([ds_b[k] for k in range(len(rows))])
     assert torch_equal(ba.node_feats, bb.node_feats) and torch_equal(ba.edge_feats, bb.edge_feats)

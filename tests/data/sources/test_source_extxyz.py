@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from own_helpers import assert_same_dataset, end_to_end, perceived_rows, rdkit_sdf, write_extxyz
 
-from se3t.config import QM9_TARGETS, DataConfig
-from se3t.data import QM9Dataset, open_dataset
-from se3t.data.sources.build import build_molecules
+from se3t.config import DataConfig
+from se3t.data import MoleculeDataset, open_dataset
+from se3t.data.sources.own import build_molecules
+from se3t.data.sources.qm9 import QM9_TARGETS
 from se3t.errors import InputError
 
 QM9_ELEMENTS = ["H", "C", "N", "O", "F"]
@@ -64,7 +65,7 @@ def test_missing_values_are_nan_masked_and_counted(qm9_store, tmp_path):
     cfg = _cfg(path, targets=["lumo", "gap"], id_column="gdb")
     report = build_molecules(cfg, tmp_path / "m.zarr", progress=False)["report"]
     assert report["missing_values"]["lumo"] == 20 and report["missing_values"]["gap"] == 12
-    ds = QM9Dataset(tmp_path / "m.zarr", split="train", targets=["lumo", "gap"])
+    ds = MoleculeDataset(tmp_path / "m.zarr", split="train", targets=["lumo", "gap"])
     lumo = ds.store.targets[ds.indices, 0]
     # statistics of the present values only
     assert float(ds.mean[0]) == pytest.approx(np.nanmean(lumo), rel=1e-6)

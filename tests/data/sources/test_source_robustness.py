@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from se3t.config import DataConfig
-from se3t.data.parse import MoleculeError, iter_csv
-from se3t.data.parse import iter_xyz_dir as iter_qm9_xyz_dir
+from se3t.data.parse import MoleculeError
 from se3t.data.sources import Molecule
-from se3t.data.sources.build import build_molecules
 from se3t.data.sources.extxyz import iter_extxyz
+from se3t.data.sources.own import build_molecules
+from se3t.data.sources.qm9 import iter_csv
+from se3t.data.sources.qm9 import iter_xyz_dir as iter_qm9_xyz_dir
 from se3t.data.sources.sdf import iter_sdf
 from se3t.data.sources.smiles import iter_smiles
 from se3t.data.sources.xyz_dir import iter_xyz_dir

@@ -15,9 +15,10 @@ from own_helpers import (
 )
 from rdkit import Chem
 
-from se3t.config import QM9_TARGETS, DataConfig
+from se3t.config import DataConfig
 from se3t.data import open_dataset
-from se3t.data.sources.build import build_molecules
+from se3t.data.sources.own import build_molecules
+from se3t.data.sources.qm9 import QM9_TARGETS
 from se3t.data.sources.sdf import iter_sdf
 from se3t.errors import InputError
 from se3t.eval import predict

@@ -13,8 +13,8 @@ import pytest
 from own_helpers import end_to_end, rdkit_sdf
 
 from se3t.config import DataConfig
-from se3t.data import QM9Dataset, open_dataset
-from se3t.data.sources.build import build_molecules
+from se3t.data import MoleculeDataset, open_dataset
+from se3t.data.sources.own import build_molecules
 from se3t.data.sources.smiles import embed
 from se3t.data.splits import scaffold_split
 from se3t.errors import InputError
@@ -133,8 +133,8 @@ def test_end_to_end_smiles_scaffold_split(tmp_path):
         [path],
     )
     store = out["store"]
-    train = QM9Dataset(store, split="train", targets=["dG"], split_method="scaffold")
-    test = QM9Dataset(store, split="test", targets=["dG"], split_method="scaffold")
+    train = MoleculeDataset(store, split="train", targets=["dG"], split_method="scaffold")
+    test = MoleculeDataset(store, split="test", targets=["dG"], split_method="scaffold")
     sc = store.attrs["scaffold"]
     assert not {sc[r] for r in train.indices} & {sc[r] for r in test.indices}
     assert out["metrics"]["count"] == len(test)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from own_helpers import assert_same_dataset, end_to_end, perceived_rows
 
-from se3t.config import QM9_TARGETS, DataConfig
-from se3t.data import QM9Dataset, open_dataset
+from se3t.config import DataConfig
+from se3t.data import MoleculeDataset, open_dataset
 from se3t.data.elements import symbol
-from se3t.data.sources.build import build_molecules
+from se3t.data.sources.own import build_molecules
+from se3t.data.sources.qm9 import QM9_TARGETS
 from se3t.errors import InputError
 
 QM9_ELEMENTS = ["H", "C", "N", "O", "F"]
@@ -115,7 +116,7 @@ def test_column_split(qm9_store, tmp_path):
     cfg = _cfg(xyz, props, targets=["homo"], split_column="split")
     build_molecules(cfg, tmp_path / "o.zarr", progress=False)
     sets = {
-        s: QM9Dataset(tmp_path / "o.zarr", split=s, targets=["homo"], split_method="column")
+        s: MoleculeDataset(tmp_path / "o.zarr", split=s, targets=["homo"], split_method="column")
         for s in ("train", "val", "test")
     }
     assert sets["train"].indices.tolist() == [k for k in range(20) if k % 4 in (0, 1)]
@@ -126,7 +127,7 @@ def test_column_split(qm9_store, tmp_path):
             tmp_path / "r.zarr",
             progress=False,
         )
-        QM9Dataset(tmp_path / "r.zarr", targets=["homo"], split_method="scaffold")
+        MoleculeDataset(tmp_path / "r.zarr", targets=["homo"], split_method="scaffold")
 
 
 @pytest.mark.slow

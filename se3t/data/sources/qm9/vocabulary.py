@@ -1,4 +1,4 @@
-"""QM9's vocabulary: elements, the 12 properties, their units and conversions, one molecule record.
+"""QM9's vocabulary: its elements, its 12 properties, their units and conversions.
 
 QM9 (Ramakrishnan et al., Sci. Data 1, 140022, 2014) holds 133,885 small organic molecules (up to
 nine heavy atoms C, N, O, F) with B3LYP/6-31G(2df,p) geometries and properties; 3,054 of them
@@ -11,22 +11,20 @@ cal/(mol K) are stored as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-from se3t.config import QM9_TARGETS
 
 __all__ = [
     "ELEMENTS",
-    "HARTREE_TO_EV",
     "HARTREE_TARGETS",
+    "HARTREE_TO_EV",
     "QM9_TARGETS",
     "SYMBOL_OF",
+    "TARGET_SCALE",
     "TARGET_UNITS",
-    "BOND_TYPES",
-    "Record",
 ]
+
+# The 12 QM9 properties, in the order of the original paper's table.
+QM9_TARGETS = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv")
 
 # element symbol -> atomic number; QM9 holds these five only
 ELEMENTS: dict[str, int] = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
@@ -52,21 +50,3 @@ TARGET_UNITS: dict[str, str] = {
 TARGET_SCALE = np.array(
     [HARTREE_TO_EV if t in HARTREE_TARGETS else 1.0 for t in QM9_TARGETS], dtype=np.float64
 )
-
-# bond_type codes of the dataset store; -1 marks a non-bonded pair of a radius graph
-BOND_TYPES = ("single", "double", "triple", "aromatic")
-
-
-@dataclass
-class Record:
-    """One parsed molecule, before bond perception.
-
-    ``targets`` are in the stored units (energies in eV) and QM9_TARGETS order, or None for a
-    molecule read for prediction. ``where`` names the file and record it came from (for errors).
-    """
-
-    mol_id: int | None
-    species: np.ndarray  # [n] int8 atomic numbers
-    pos: np.ndarray  # [n, 3] float64 Å
-    targets: np.ndarray | None  # [12] float64
-    where: str
