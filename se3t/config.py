@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from se3t.choices import (
+    QM9_TARGETS,
     BasisDtype,
     BasisRead,
     BasisUse,
@@ -329,8 +330,8 @@ def secret_storage_option(options: Any, prefix: str = "") -> str | None:
 
 def validate(cfg: Config | DictConfig) -> None:
     """Check what types alone cannot: each field's own rule (its choices, sign or range), then
-    the rules that tie fields together (splits, distinct targets, channels per head). Target
-    names are checked against the input by the data stage (QM9's by its source)."""
+    the rules that tie fields together (splits, distinct targets, QM9 target names, channels
+    per head). Users' target names are checked against their input by the data stage."""
     for key, kind, rule in _field_rules():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -352,6 +353,13 @@ def validate(cfg: Config | DictConfig) -> None:
         raise ConfigError("config key 'data.targets': give at least one target")
     if len(set(cfg.data.targets)) != len(cfg.data.targets):
         raise ConfigError(f"config key 'data.targets': {list(cfg.data.targets)} has duplicates")
+    # QM9 has its 12 properties; users' datasets name their own (checked against the input)
+    for target in cfg.data.targets if data_format(cfg.data) == DataFormat.QM9 else ():
+        if target not in QM9_TARGETS:
+            raise ConfigError(
+                f"config key 'data.targets': {target!r} is not a QM9 target; "
+                f"choose from {list(QM9_TARGETS)}"
+            )
     for key in PATH_KEYS:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

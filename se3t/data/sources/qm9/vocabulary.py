@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from se3t.choices import QM9_TARGETS
+
 __all__ = [
     "ELEMENTS",
     "HARTREE_TARGETS",
@@ -23,8 +25,6 @@ __all__ = [
     "TARGET_UNITS",
 ]
 
-# The 12 QM9 properties, in the order of the original paper's table.
-QM9_TARGETS = ("mu", "alpha", "homo", "lumo", "gap", "r2", "zpve", "U0", "U", "H", "G", "Cv")
 
 # element symbol -> atomic number; QM9 holds these five only
 ELEMENTS: dict[str, int] = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
