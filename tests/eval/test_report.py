@@ -79,7 +79,7 @@ def test_report_names_the_model_beside_published_figures(results_copy):
 
 def test_model_words_count_parameters_and_know_the_paper_model():
     from se3t.config import ModelConfig
-    from se3t.eval.report import model_words
+    from se3t.eval.report_sections import model_words
     from se3t.models import build
 
     text, paper = model_words({})
@@ -101,7 +101,7 @@ def _point(batch, status="ok", low_memory=False):
 
 
 def test_largest_batch_is_said_only_where_a_larger_one_failed():
-    from se3t.eval.report import batch_limits
+    from se3t.eval.report_sections import batch_limits
 
     every_fits = {
         "points": [_point(b) for b in (4, 8, 64)],

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from se3t.nn import ConvSE3, kernel_cpu, pairwise_reference
+from se3t.nn import ConvSE3, kernel_cpu, kernel_cpu_library, pairwise_reference
 from se3t.nn.kernel import KernelSpec, KernelState, fused_tfn
 from se3t.nn.tuning import KernelTuner, default_tiles
 from se3t.so3 import Fiber, compute_basis_flat
@@ -201,7 +201,7 @@ def test_narrower_vector_builds_compute_the_same(tmp_path, march, needs, vector_
         pytest.skip(f"this CPU cannot run {march} code")
     native = kernel_cpu.extension()
     lib = tmp_path / f"tfn_{march}.so"
-    kernel_cpu._build(kernel_cpu._compiler(), native.threading, lib, march=march)
+    kernel_cpu_library.build(kernel_cpu_library.find_compiler(), native.threading, lib, march=march)
     narrow = kernel_cpu.CpuKernel(ctypes.CDLL(str(lib)))
     assert narrow.vector_bytes == vector_bytes
     spec = KernelSpec([(d, 5) for d in range(4)], [(0, 7), (1, 5), (2, 3), (3, 9)], 3)
