@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from se3t.commands.common import add_config_arguments, load_config
+from se3t.commands.common import add_command, add_config_arguments, load_config
 
 _HELP = "submit training to SLURM (or run it locally) through submitit and wait for it"
 _DESCRIPTION = (
@@ -32,12 +31,7 @@ _DESCRIPTION = (
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "launch",
-        help=_HELP,
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "launch", _HELP, _DESCRIPTION, raw=True)
     add_config_arguments(
         p,
         example="launch.cluster=slurm launch.partition=gpu launch.gpus_per_node=4 "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from se3t.commands.common import add_config_arguments, load_config
+from se3t.commands.common import add_command, add_config_arguments, load_config
 from se3t.io import write_text
 
 _HELP = "train a model in this process (one DDP rank under torchrun/srun)"
@@ -24,12 +23,7 @@ _DESCRIPTION = (
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help=_HELP,
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(subparsers, "train", _HELP, _DESCRIPTION, raw=True)
     add_config_arguments(
         p, example="train.epochs=10 train.lr=1e-3 run.dir=results/runs/a train.precision=bf16"
     )

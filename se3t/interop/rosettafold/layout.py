@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from se3t.interop.nvidia import Entry, conv_entries, nv_order
+from se3t.interop.nvidia import Entry, block_entries, conv_entries, nv_order
 
 if TYPE_CHECKING:
     from se3t.interop.rosettafold.wrapper import SE3TransformerWrapper
@@ -75,28 +75,17 @@ def vendored_entries(w: SE3TransformerWrapper) -> dict[str, Entry]:
     """Vendored state-dict key (relative to the wrapper) -> where it lives in ``w``, in the
     vendored order (NVIDIA's Fiber orders its ModuleDicts by channels)."""
     s = w.se3
-    out: dict[str, Entry] = {}
     nv = "se3.graph_modules."
-    f_in = nv_order(s.fiber_in.items())
     hidden = nv_order(s.fiber_hidden.items())
-    idx = 0
-    for i, (att, norm) in enumerate(s.blocks):
-        value = nv_order((d, c // s.channels_div[d]) for d, c in hidden)
-        key = nv_order((d, c) for d, c in value if d in dict(f_in))
-        kv = nv_order((d, c + dict(key).get(d, 0)) for d, c in value)
-        se = f"se3.blocks.{i}."
-        out |= conv_entries(
-            att.to_key_value, f"{nv}{idx}.to_key_value.", f"{se}0.to_key_value.", f_in, kv
-        )
-        for part, fout in (("to_query", key), ("project", hidden)):
-            for d in _linear_order(fout):
-                out[f"{nv}{idx}.{part}.weights.{d}"] = Entry(f"{se}0.{part}.weights.{d}")
-        idx += 1
-        if not isinstance(norm, nn.Identity):
-            for p in ("weight", "bias"):
-                out[f"{nv}{idx}.group_norm.{p}"] = Entry(f"{se}1.group_norm.{p}")
-            idx += 1
-        f_in = hidden
+    out, idx, f_in = block_entries(
+        s.blocks,
+        nv,
+        "se3.blocks.",
+        nv_order(s.fiber_in.items()),
+        hidden,
+        s.channels_div,
+        _linear_order,
+    )
     f_out = nv_order(s.fiber_out.items())
     if s.final_layer == "conv":
         out |= conv_entries(s.final, f"{nv}{idx}.", "se3.final.", f_in, f_out)
