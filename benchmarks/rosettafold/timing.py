@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,6 +31,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from machine_info import load_avg, run_info, summary_head  # noqa: E402
+
 IMPLS = ("vendored", "se3t")
 MODES = ("forward", "train")
 
@@ -119,31 +120,10 @@ def point(args) -> dict:
     }
 
 
-def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln), ""
-    )
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in lscpu.splitlines() if ln.startswith("Flags")), []
-    )
-    isa = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
-    return {"cpu": model, "isa": isa, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
-def load_avg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def run(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
-        "load_before": load_avg(),
-    }
+    info = run_info()
     rows = []
     points = out / "points.jsonl"
     points.write_text("")
@@ -194,11 +174,8 @@ def _cell(rs: list[dict], key: str, fmt: str) -> str:
 
 
 def summary(rows: list[dict], info: dict) -> str:
-    m = info["machine"]
     lines = [
-        f"{info['date']}; {m['cpu']} ({m['cores']} cores; {', '.join(m['isa']) or 'no AVX2'}); "
-        f"load {info['load_before']} before, {info['load_after']} after",
-        f"command: `{info['command']}`",
+        *summary_head(info),
         "",
         "| L | edges | mode | impl | time s (per rep) | se3t speed-up | peak RSS GiB | added "
         "GiB | se3t / vendored added |",

@@ -15,7 +15,7 @@ from typing import Any
 
 from se3t import config as C
 
-__all__ = ["Alias", "add_config_arguments", "load_config"]
+__all__ = ["Alias", "add_command", "add_config_arguments", "load_config"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,15 @@ class Alias:
     @property
     def dest(self) -> str:
         return "alias_" + self.key.replace(".", "__")
+
+
+def add_command(
+    subparsers, name: str, summary: str, details: str, *, raw: bool = False
+) -> argparse.ArgumentParser:
+    """The subcommand ``name``: ``summary`` in the command list, ``details`` in its ``--help``
+    (laid out as written where ``raw``)."""
+    layout = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    return subparsers.add_parser(name, help=summary, description=details, **layout)
 
 
 def add_config_arguments(

@@ -97,15 +97,6 @@ _ARGUMENTS = (
 )
 
 
-_HELP = "MAE/RMSE per target of a trained model on a split, with predictions and plots"
-_DESCRIPTION = (
-    "Evaluate a trained model on the test (or validation) split of the dataset it was "
-    "trained on. Writes metrics.json (MAE and RMSE per target in the target's unit, "
-    "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
-    "reference, prediction, error), parity.png and errors.png."
-)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help=_HELP, description=_DESCRIPTION)
     for flag, options in _ARGUMENTS:
@@ -152,3 +143,13 @@ def run(args: argparse.Namespace) -> int:
         mev = f" ({m['mae_mev']:.2f} meV)" if "mae_mev" in m else ""
         print(f"  {target}: MAE {m['mae']:.5g} {m['unit']}{mev}, RMSE {m['rmse']:.5g} {m['unit']}")
     return 0
+
+
+# the command's --help: a line in `se3t --help`, a paragraph in `se3t evaluate --help`
+_HELP = "MAE/RMSE per target of a trained model on a split, with predictions and plots"
+_DESCRIPTION = (
+    "Evaluate a trained model on the test (or validation) split of the dataset it was "
+    "trained on. Writes metrics.json (MAE and RMSE per target in the target's unit, "
+    "energies also in meV, molecule count), predictions.csv (mol_id, row, target, unit, "
+    "reference, prediction, error), parity.png and errors.png."
+)

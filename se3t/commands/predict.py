@@ -5,16 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-_HELP = "predict the trained targets for new molecules (XYZ, extended XYZ, SDF, SMILES)"
-_DESCRIPTION = (
-    "Predict the targets a model was trained on for new molecules: XYZ (QM9's format "
-    "or plain), extended XYZ (any number of frames), SDF (any number of records) or a "
-    "CSV of SMILES (conformers made as in the build). Each molecule gets the graph and "
-    "element encoding the model was trained with; an element it never saw is an error "
-    "naming the molecule. Writes CSV (file, id, target, unit, prediction, "
-    "prediction_mev) to --out or to stdout."
-)
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help=_HELP, description=_DESCRIPTION)
@@ -79,3 +69,15 @@ def run(args: argparse.Namespace) -> int:
         n = frame[["file", "id"]].drop_duplicates().shape[0]
         print(f"{n} molecule(s) from {len(files)} file(s) -> {args.out}", file=sys.stderr)
     return 0
+
+
+# the command's --help: a line in `se3t --help`, a paragraph in `se3t predict --help`
+_HELP = "predict the trained targets for new molecules (XYZ, extended XYZ, SDF, SMILES)"
+_DESCRIPTION = (
+    "Predict the targets a model was trained on for new molecules: XYZ (QM9's format "
+    "or plain), extended XYZ (any number of frames), SDF (any number of records) or a "
+    "CSV of SMILES (conformers made as in the build). Each molecule gets the graph and "
+    "element encoding the model was trained with; an element it never saw is an error "
+    "naming the molecule. Writes CSV (file, id, target, unit, prediction, "
+    "prediction_mev) to --out or to stdout."
+)

@@ -80,19 +80,6 @@ _ALIASES = (
 )
 
 
-_HELP = "training memory and throughput per batch size, precision and fusion"
-_DESCRIPTION = (
-    "Run a few training steps for every point of the grid eval.profile_precision x "
-    "eval.profile_fusion x eval.profile_low_memory x eval.profile_batch_sizes, each in "
-    "a fresh process (the step harness of se3t.eval.point, which benchmarks/ uses too), "
-    "and record the memory a step adds above the process's baseline (CUDA: "
-    "max_memory_allocated; CPU: peak RSS of that process) and molecules/s. An "
-    "out-of-memory point is recorded and the sweep goes on (larger batches of that "
-    "series are skipped). Writes memory.json, memory.png and throughput.png to --out, "
-    "and prints the largest batch that fits per series."
-)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("profile", help=_HELP, description=_DESCRIPTION)
     add_config_arguments(
@@ -114,3 +101,17 @@ def run(args: argparse.Namespace) -> int:
     for key, b in doc["largest_batch"].items():
         print(f"  largest batch that fits, {key}: {b if b is not None else 'none'}")
     return 0
+
+
+# the command's --help: a line in `se3t --help`, a paragraph in `se3t profile --help`
+_HELP = "training memory and throughput per batch size, precision and fusion"
+_DESCRIPTION = (
+    "Run a few training steps for every point of the grid eval.profile_precision x "
+    "eval.profile_fusion x eval.profile_low_memory x eval.profile_batch_sizes, each in "
+    "a fresh process (the step harness of se3t.eval.point, which benchmarks/ uses too), "
+    "and record the memory a step adds above the process's baseline (CUDA: "
+    "max_memory_allocated; CPU: peak RSS of that process) and molecules/s. An "
+    "out-of-memory point is recorded and the sweep goes on (larger batches of that "
+    "series are skipped). Writes memory.json, memory.png and throughput.png to --out, "
+    "and prints the largest batch that fits per series."
+)

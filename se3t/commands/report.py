@@ -4,16 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-_HELP = "self-contained HTML report (and a Markdown twin) of runs, evaluation and profile"
-_DESCRIPTION = (
-    "Build one self-contained HTML file (images embedded) and its Markdown twin from a "
-    "results folder: a run folder, or a folder whose runs/* or * sub-folders are run "
-    "folders. Each run folder needs config.yaml and metrics.jsonl (se3t train), "
-    "metrics.json and predictions.csv (se3t evaluate). A profile memory.json (se3t "
-    "profile) is taken from RESULTS_DIR/profile/, RESULTS_DIR or the run folder, or "
-    "from --profile."
-)
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help=_HELP, description=_DESCRIPTION)
@@ -52,3 +42,15 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"report: {html_path} (Markdown twin: {md_path})")
     return 0
+
+
+# the command's --help: a line in `se3t --help`, a paragraph in `se3t report --help`
+_HELP = "self-contained HTML report (and a Markdown twin) of runs, evaluation and profile"
+_DESCRIPTION = (
+    "Build one self-contained HTML file (images embedded) and its Markdown twin from a "
+    "results folder: a run folder, or a folder whose runs/* or * sub-folders are run "
+    "folders. Each run folder needs config.yaml and metrics.jsonl (se3t train), "
+    "metrics.json and predictions.csv (se3t evaluate). A profile memory.json (se3t "
+    "profile) is taken from RESULTS_DIR/profile/, RESULTS_DIR or the run folder, or "
+    "from --profile."
+)

@@ -199,29 +199,68 @@ def evaluate(
     ckpt = resolve_checkpoint(run_or_checkpoint)
     out_dir = Path(out_dir) if out_dir is not None else ckpt.parent
     dev = resolve_device(device)
+    model, cfg, (names, mean, std) = _model(ckpt, dev, nvidia, dataset)
+    data, data_cfg, dataset_check = _open_split(
+        ckpt, cfg, names, dataset, split, nvidia=nvidia, allow_other=allow_other_dataset
+    )
+    units = {x: getattr(data, "units", {}).get(x) or UNITS.get(x, "") for x in names}
+    bs = int(batch_size or cfg.eval.batch_size)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=cfg.data.num_workers
+    )
+    prediction, row, mol_ids, elapsed = _predict(
+        model, loader, dev, mean, std, desc=f"evaluate {split}", progress=progress
+    )
+    store = data.store
+    reference, mol = _references(store, names, row, mol_ids, prediction, ckpt)
+    n = reference.shape[0]
+    frame = _predictions_frame(reference, prediction, names, units, mol, row, store.ids)
+    doc = _document(
+        ckpt, split, data_cfg, store, names, units, reference, prediction, dev, bs, elapsed
+    )
+    doc["dataset_check"] = dataset_check
+    validate(doc, METRICS_SCHEMA, "evaluation result")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_predictions(frame, out_dir / f"predictions.{predictions_format}")
+    _plot(
+        reference, prediction, names, units, out_dir, f"{split} split, {n} molecules, {ckpt.name}"
+    )
+    # metrics.json last: its presence means the other outputs are complete
+    write_json(out_dir / "metrics.json", doc)
+    return doc
+
+
+def _model(ckpt: Path, dev, nvidia, dataset):
+    """``(model, config, (target names, mean, std))`` of the checkpoint."""
     if nvidia not in (None, False) and dataset is None:
         raise InputError(
             f"{str(ckpt)!r} is an NVIDIA checkpoint, which names no dataset: give --dataset"
         )
     model, cfg, stats = load_for_inference(ckpt, dev, nvidia)
-    names, mean, std = target_stats(stats, str(ckpt))
+    return model, cfg, target_stats(stats, str(ckpt))
+
+
+def _open_split(ckpt: Path, cfg, names, dataset, split: str, *, nvidia, allow_other: bool):
+    """The split to evaluate (of ``dataset`` where given, else the checkpoint's), checked
+    against the checkpoint: ``(dataset, its config, dataset_check)``."""
     data_cfg = cfg.data if dataset is None else replace(cfg.data, path=str(dataset))
     data_cfg = replace(data_cfg, targets=list(names))
+    overridden, nvidia = dataset is not None, nvidia not in (None, False)
     try:
         data = MoleculeDataset.from_config(data_cfg, split)
     except ValueError as err:  # e.g. too few molecules to split; InputErrors pass unchanged
         if isinstance(err, InputError):
             raise
         raise InputError(f"dataset {data_cfg.path!r}: split {split!r}: {err}") from err
-    if nvidia in (None, False):  # NVIDIA checkpoints are QM9 models
+    if not nvidia:  # NVIDIA checkpoints are QM9 models
         _check_encoding(ckpt, data)
     dataset_check = check_dataset(
         ckpt,
         # NVIDIA's checkpoints record no dataset, and its split of QM9 is not se3t's
-        None if nvidia not in (None, False) else _checkpoint_dataset(ckpt),
+        None if nvidia else _checkpoint_dataset(ckpt),
         MoleculeDataset.from_config(data_cfg, "train"),  # the split training would have drawn
-        allow_other=allow_other_dataset,
-        overridden=dataset is not None,
+        allow_other=allow_other,
+        overridden=overridden,
     )
     if dataset_check["matches_training"] is False:
         log.warning("evaluating %s on another dataset: %s", ckpt, dataset_check["note"])
@@ -230,15 +269,16 @@ def evaluate(
             f"dataset {data_cfg.path!r}: split {split!r} has no molecules "
             f"(fractions train={data_cfg.train_fraction}, test={data_cfg.test_fraction})"
         )
-    units = {x: getattr(data, "units", {}).get(x) or UNITS.get(x, "") for x in names}
-    bs = int(batch_size or cfg.eval.batch_size)
-    loader = torch.utils.data.DataLoader(
-        data, batch_size=bs, shuffle=False, collate_fn=collate, num_workers=cfg.data.num_workers
-    )
+    return data, data_cfg, dataset_check
+
+
+def _predict(model, loader, dev, mean, std, *, desc: str, progress: bool):
+    """The model over the loader: ``(prediction [M, T] in target units, store rows [M], the
+    batches' molecule ids, seconds)``."""
     preds, mol_ids, rows = [], [], []
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=f"evaluate {split}", unit="batch", disable=not progress):
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
             out = model(batch.to(dev))  # [B, T] standardized
             preds.append(out.double().cpu() * std + mean)  # [B, T] target units
             mol_ids.append(batch.mol_ids.cpu() if batch.mol_ids is not None else None)
@@ -246,17 +286,25 @@ def evaluate(
     elapsed = time.perf_counter() - t0
     prediction = torch.cat(preds).numpy()  # [M, T]
     row = torch.cat(rows).numpy()  # [M] store rows, in the split's order
+    return prediction, row, mol_ids, elapsed
+
+
+def _references(store, names, row, mol_ids, prediction, ckpt: Path):
+    """``(reference [M, T], molecule ids [M])``; a non-finite prediction is refused."""
     # references straight from the store in float64 (not re-derived from the standardized y)
-    store = data.store
     cols = [list(store.target_names).index(x) for x in names]
     reference = np.asarray(store.targets[row], dtype=np.float64)[:, cols]  # [M, T]
     mol = torch.cat(mol_ids).numpy() if all(m is not None for m in mol_ids) else row
     if not np.isfinite(prediction).all():
         bad = int(row[~np.isfinite(prediction).all(axis=1)][0])
         raise InputError(f"{str(ckpt)!r}: the model predicts a non-finite value (store row {bad})")
+    return reference, mol
 
+
+def _predictions_frame(reference, prediction, names, units, mol, row, ids) -> pd.DataFrame:
+    """One line per molecule and target, in the split's order."""
     n, t = reference.shape
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "mol_id": np.repeat(mol, t),
             "row": np.repeat(row, t),
@@ -265,12 +313,19 @@ def evaluate(
             "reference": reference.reshape(-1),
             "prediction": prediction.reshape(-1),
             "error": (prediction - reference).reshape(-1),
-            "id": np.repeat(np.asarray(store.ids, dtype=object)[row], t),
+            "id": np.repeat(np.asarray(ids, dtype=object)[row], t),
         },
         columns=list(PREDICTION_COLUMNS),
     )
+
+
+def _document(
+    ckpt: Path, split, data_cfg, store, names, units, reference, prediction, dev, bs, elapsed
+) -> dict:
+    """The ``metrics.json`` document, before its ``dataset_check``."""
+    n = reference.shape[0]
     ckpt_meta = _checkpoint_meta(ckpt)
-    doc = {
+    return {
         "schema_version": METRICS_SCHEMA_VERSION,
         "kind": "se3t.evaluate",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -286,13 +341,12 @@ def evaluate(
         "environment": describe_environment(dev),
         "batch_size": bs,
         "mol_per_s": float(n / elapsed) if elapsed > 0 else 0.0,
-        "dataset_check": dataset_check,
     }
-    validate(doc, METRICS_SCHEMA, "evaluation result")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_predictions(frame, out_dir / f"predictions.{predictions_format}")
-    title = f"{split} split, {n} molecules, {ckpt.name}"
-    has = ~np.isnan(reference)  # [M, T] missing references are not plotted
+
+
+def _plot(reference, prediction, names, units, out_dir: Path, title: str) -> None:
+    """Parity plot and error histogram; missing references are not plotted."""
+    has = ~np.isnan(reference)  # [M, T]
     plots.plot_parity(
         {x: reference[has[:, j], j] for j, x in enumerate(names)},
         {x: prediction[has[:, j], j] for j, x in enumerate(names)},
@@ -306,9 +360,6 @@ def evaluate(
         out_dir / "errors.png",
         title,
     )
-    # metrics.json last: its presence means the other outputs are complete
-    write_json(out_dir / "metrics.json", doc)
-    return doc
 
 
 def _check_encoding(ckpt: Path, data) -> None:

@@ -37,9 +37,21 @@ def _save(fig, path: str | os.PathLike) -> Path:
         plt.close(fig)
 
 
-def _grid(n: int) -> tuple[int, int]:
-    cols = min(n, 3)
-    return (n + cols - 1) // cols, cols
+def _panels(names: list[str], height: float):
+    """A figure with one panel per name, three a row: ``(fig, [(axes, name), ...])``."""
+    cols = min(len(names), 3)
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    return fig, list(zip(axes.flat, names, strict=False))
+
+
+def _finish(fig, title: str, path: str | os.PathLike) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def plot_parity(
@@ -50,10 +62,8 @@ def plot_parity(
     title: str = "",
 ) -> Path:
     """Predicted against reference value, one panel per target, with the y = x line."""
-    names = list(true)
-    rows, cols = _grid(len(names))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.0 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
+    fig, panels = _panels(list(true), 4.0)
+    for ax, name in panels:
         t, p = np.asarray(true[name]), np.asarray(pred[name])
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         pad = 0.05 * (hi - lo or 1.0)
@@ -67,12 +77,7 @@ def plot_parity(
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, title, path)
 
 
 def plot_errors(
@@ -82,10 +87,8 @@ def plot_errors(
     title: str = "",
 ) -> Path:
     """Histogram of prediction - reference per target."""
-    names = list(errors)
-    rows, cols = _grid(len(names))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names, strict=False):
+    fig, panels = _panels(list(errors), 3.2)
+    for ax, name in panels:
         e = np.asarray(errors[name])
         bins = max(10, min(60, int(np.sqrt(e.size)) * 2))
         ax.hist(e, bins=bins, color="tab:orange", alpha=0.8)
@@ -96,12 +99,7 @@ def plot_errors(
         ax.set_xlabel(f"predicted - reference ({units.get(name, '')})")
         ax.set_ylabel("molecules")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, title, path)
 
 
 def plot_learning_curves(records: Sequence[dict], path: str | os.PathLike) -> Path:

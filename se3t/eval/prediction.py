@@ -135,13 +135,7 @@ def predict(
     )
     entries = [(p, mol_id, s) for p in paths for mol_id, s in read_inputs(p, cfg, encoding)]
     samples = [s for _, _, s in entries]
-    outs = []
-    with torch.inference_mode():
-        starts = range(0, len(samples), batch_size)
-        for s in tqdm(starts, desc="predict", unit="batch", disable=not progress):
-            batch = collate(samples[s : s + batch_size]).to(dev)
-            outs.append(model(batch).double().cpu() * std + mean)  # [B, T] in target units
-    values = torch.cat(outs).numpy()
+    values = _values(model, samples, batch_size, dev, mean, std, progress)
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():  # an empty or NaN cell in the CSV would pass for a prediction
         path, mol_id, _ = entries[int(np.nonzero(~finite)[0][0])]
@@ -150,6 +144,21 @@ def predict(
             f"{mol_id} ({int((~finite).sum())} of {len(finite)} molecules); nothing written"
         )
     units = {n: cfg.data.units.get(n) or UNITS.get(n, "") for n in names}
+    return _frame(entries, values, names, units)
+
+
+def _values(model, samples, batch_size: int, dev, mean, std, progress: bool) -> np.ndarray:
+    """The model's predictions, ``[M, T]`` in target units, ``batch_size`` molecules a call."""
+    outs = []
+    with torch.inference_mode():
+        starts = range(0, len(samples), batch_size)
+        for s in tqdm(starts, desc="predict", unit="batch", disable=not progress):
+            batch = collate(samples[s : s + batch_size]).to(dev)
+            outs.append(model(batch).double().cpu() * std + mean)  # [B, T] in target units
+    return torch.cat(outs).numpy()
+
+
+def _frame(entries, values, names, units) -> pd.DataFrame:
     rows = []
     for (path, mol_id, _), value in zip(entries, values, strict=True):
         for j, name in enumerate(names):

@@ -47,6 +47,7 @@ from se3t.interop.nvidia_model import (
 )
 from se3t.interop.nvidia_weights import (
     Entry,
+    block_entries,
     conv_entries,
     expected_shapes,
     from_state_dict,
@@ -60,6 +61,7 @@ __all__ = [
     "DLEModel",
     "Entry",
     "NvidiaStateDictError",
+    "block_entries",
     "conv_entries",
     "expected_shapes",
     "load_dle_checkpoint",

@@ -131,33 +131,46 @@ def conv_entries(conv: ConvSE3, nv: str, se: str, ins: list, outs: list) -> dict
     return out
 
 
-def _entries(model: NvidiaSE3Transformer) -> dict[str, Entry]:
-    """NVIDIA state-dict key -> where the tensor lives in ``model``, in NVIDIA's order."""
-    nv = "transformer.graph_modules." if model.pooled else "graph_modules."
+def block_entries(
+    blocks, nv: str, se: str, f_in, hidden, divs: dict[int, int], linear_order=None
+) -> tuple[dict[str, Entry], int, list]:
+    """NVIDIA's keys of the attention blocks (each with its norm) ``blocks``: NVIDIA's graph
+    modules under ``nv``, se3t's blocks under ``se``, on NVIDIA-ordered fibers ``f_in`` and
+    ``hidden`` with the value channels divided by ``divs[d]``. ``linear_order``: the key order
+    of a LinearSE3's weights for its output fiber (default: the fiber's). Returns ``(entries,
+    the next graph module's index, its input fiber)``."""
     out: dict[str, Entry] = {}
-    t = model.transformer
-    div = model.args["channels_div"]
-    hidden = model.nv_hidden
-    f_in = model.nv_in
     idx = 0
-    for i, (att, norm) in enumerate(t.blocks):
+    for i, (att, norm) in enumerate(blocks):
         # the fibers of NVIDIA's AttentionBlockSE3, in its Fiber order
-        value = nv_order((d, c // div) for d, c in hidden)
+        value = nv_order((d, c // divs[d]) for d, c in hidden)
         key = nv_order((d, c) for d, c in value if d in dict(f_in))
         kv = nv_order((d, c + dict(key).get(d, 0)) for d, c in value)
-        se = f"transformer.blocks.{i}."
+        s = f"{se}{i}."
         out |= conv_entries(
-            att.to_key_value, f"{nv}{idx}.to_key_value.", f"{se}0.to_key_value.", f_in, kv
+            att.to_key_value, f"{nv}{idx}.to_key_value.", f"{s}0.to_key_value.", f_in, kv
         )
         for part, fout in (("to_query", key), ("project", hidden)):
-            for d, _ in fout:
-                out[f"{nv}{idx}.{part}.weights.{d}"] = Entry(f"{se}0.{part}.weights.{d}")
+            for d in linear_order(fout) if linear_order else [d for d, _ in fout]:
+                out[f"{nv}{idx}.{part}.weights.{d}"] = Entry(f"{s}0.{part}.weights.{d}")
         idx += 1
         if not isinstance(norm, nn.Identity):
             for w in ("weight", "bias"):
-                out[f"{nv}{idx}.group_norm.{w}"] = Entry(f"{se}1.group_norm.{w}")
+                out[f"{nv}{idx}.group_norm.{w}"] = Entry(f"{s}1.group_norm.{w}")
             idx += 1
         f_in = hidden
+    return out, idx, f_in
+
+
+def _entries(model: NvidiaSE3Transformer) -> dict[str, Entry]:
+    """NVIDIA state-dict key -> where the tensor lives in ``model``, in NVIDIA's order."""
+    nv = "transformer.graph_modules." if model.pooled else "graph_modules."
+    t = model.transformer
+    div = model.args["channels_div"]
+    divs = {d: div for d, _ in model.nv_hidden}
+    out, idx, f_in = block_entries(
+        t.blocks, nv, "transformer.blocks.", model.nv_in, model.nv_hidden, divs
+    )
     out |= conv_entries(t.conv_out, f"{nv}{idx}.", "transformer.conv_out.", f_in, model.nv_out)
     if model.pooled:
         for i in (0, 2):

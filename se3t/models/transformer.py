@@ -26,6 +26,15 @@ from se3t.so3.fiber import Fiber
 __all__ = ["SE3Transformer", "SE3TransformerPooled", "build", "kernel_tuner", "parameterization"]
 
 
+def _kernel(kernel: Kernel | str, who: str) -> Kernel:
+    try:
+        return Kernel(kernel)
+    except ValueError:
+        raise ValueError(
+            f"{who}: kernel must be one of {[b.value for b in Kernel]}, got {kernel!r}"
+        ) from None
+
+
 class SE3Transformer(nn.Module):
     """Equivariant graph network ``fiber_in -> fiber_out`` on node features.
 
@@ -71,12 +80,7 @@ class SE3Transformer(nn.Module):
         self_interaction_per_edge: bool = False,
     ):
         super().__init__()
-        try:
-            self.kernel = Kernel(kernel)
-        except ValueError:
-            raise ValueError(
-                f"SE3Transformer: kernel must be one of {[b.value for b in Kernel]}, got {kernel!r}"
-            ) from None
+        self.kernel = _kernel(kernel, "SE3Transformer")
         self.tuner, self.chunk_elements = tuner, chunk_elements
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(
@@ -93,20 +97,30 @@ class SE3Transformer(nn.Module):
         if nvidia_fuse_level is not None and Fusion(fusion) is not Fusion.AUTO:
             # an explicit fusion (the pairwise reference of profiling) sets every layer
             nvidia_fuse_level = None
-        self.nvidia_fuse_level = nvidia_fuse_level
+        self.nvidia_fuse_level, self._requested_fusion = nvidia_fuse_level, fusion
         common = dict(
             max_degree=max_degree,
             layer_norm=layer_norm,
             radial_hidden=radial_hidden,
             chunk_elements=chunk_elements,
         )
+        self.blocks = self._attention_blocks(num_layers, num_heads, channels_div, norm, common)
+        f = self.fiber_hidden  # the blocks' output (num_layers >= 1)
+        self.conv_out = ConvSE3(
+            f,
+            self.fiber_out,
+            self.fiber_edge,
+            pool=True,
+            self_interaction=True,
+            self_interaction_per_edge=self_interaction_per_edge,
+            **common,
+            **self._layout(f, self.fiber_out),
+        )
 
-        def layout(fin: Fiber, fout: Fiber) -> dict:
-            if nvidia_fuse_level is None:
-                return dict(fusion=fusion)
-            fu = nvidia_fusion(fin, fout, self.fiber_edge, max_degree, nvidia_fuse_level)
-            return dict(fusion=fu, unit_scalar_kernel=fu is Fusion.PAIRWISE)
-
+    def _attention_blocks(
+        self, num_layers: int, num_heads: int, channels_div: int, norm: bool, common: dict
+    ) -> nn.ModuleList:
+        """``num_layers`` x [AttentionBlockSE3 -> NormSE3 (or identity)]."""
         blocks = []
         f = self.fiber_in
         for _ in range(num_layers):
@@ -119,23 +133,20 @@ class SE3Transformer(nn.Module):
                 num_heads=num_heads,
                 channels_div=channels_div,
                 **common,
-                **layout(f, value + key),
+                **self._layout(f, value + key),
             )
             blocks.append(
                 nn.ModuleList([att, NormSE3(self.fiber_hidden) if norm else nn.Identity()])
             )
             f = self.fiber_hidden
-        self.blocks = nn.ModuleList(blocks)
-        self.conv_out = ConvSE3(
-            f,
-            self.fiber_out,
-            self.fiber_edge,
-            pool=True,
-            self_interaction=True,
-            self_interaction_per_edge=self_interaction_per_edge,
-            **common,
-            **layout(f, self.fiber_out),
-        )
+        return nn.ModuleList(blocks)
+
+    def _layout(self, fin: Fiber, fout: Fiber) -> dict:
+        """A convolution's fusion: the one given, or NVIDIA's for these fibers at its level."""
+        if self.nvidia_fuse_level is None:
+            return dict(fusion=self._requested_fusion)
+        fu = nvidia_fusion(fin, fout, self.fiber_edge, self.max_degree, self.nvidia_fuse_level)
+        return dict(fusion=fu, unit_scalar_kernel=fu is Fusion.PAIRWISE)
 
     @property
     def fusion(self) -> Fusion:
@@ -183,6 +194,20 @@ class SE3Transformer(nn.Module):
         return self.conv_out(feats, graph, basis, edge_scalars, edge_feats, state)
 
 
+def _check_sizes(node_features, edge_features, out_dim, channels) -> None:
+    for name, v in (
+        ("node_features", node_features),
+        ("edge_features", edge_features),
+        ("out_dim", out_dim),
+        ("channels", channels),
+    ):
+        # edge_features may be 0: a radius graph without bond types (the radial profiles
+        # then see the edge length alone)
+        low = 0 if name == "edge_features" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"SE3TransformerPooled: {name} must be an int >= {low}, got {v!r}")
+
+
 class SE3TransformerPooled(nn.Module):
     """Invariant property head: ``SE3Transformer`` to ``{0: C}``, pooling, MLP ``C -> C -> out``.
 
@@ -216,22 +241,9 @@ class SE3TransformerPooled(nn.Module):
         self_interaction_per_edge: bool = False,
     ):
         super().__init__()
-        for name, v in (
-            ("node_features", node_features),
-            ("edge_features", edge_features),
-            ("out_dim", out_dim),
-            ("channels", channels),
-        ):
-            # edge_features may be 0: a radius graph without bond types (the radial profiles
-            # then see the edge length alone)
-            low = 0 if name == "edge_features" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"SE3TransformerPooled: {name} must be an int >= {low}, got {v!r}")
-        self.node_features, self.edge_features, self.max_degree = (
-            node_features,
-            edge_features,
-            max_degree,
-        )
+        _check_sizes(node_features, edge_features, out_dim, channels)
+        self.node_features, self.edge_features = node_features, edge_features
+        self.max_degree = max_degree
         c_out = (max_degree + 1) * channels
         self.transformer = SE3Transformer(
             Fiber({0: node_features}),

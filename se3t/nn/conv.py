@@ -76,6 +76,40 @@ def _as_fiber(f, name: str) -> Fiber:
         raise ValueError(f"{name}: {exc}") from None
 
 
+def _check_degrees(fiber_in: Fiber, fiber_out: Fiber, max_degree) -> None:
+    if isinstance(max_degree, bool) or not isinstance(max_degree, int) or max_degree < 0:
+        raise ValueError(f"ConvSE3: max_degree must be an int >= 0, got {max_degree!r}")
+    for name, f in (("fiber_in", fiber_in), ("fiber_out", fiber_out)):
+        if f.max_degree > max_degree:
+            raise ValueError(
+                f"ConvSE3: {name} {f} has degree {f.max_degree} > max_degree {max_degree}"
+            )
+
+
+def _fusion(fusion: Fusion | str) -> Fusion:
+    """The level a convolution runs at: ``auto`` is FULL."""
+    try:
+        fusion = Fusion(fusion)
+    except ValueError:
+        raise ValueError(
+            f"ConvSE3: fusion must be one of {[f.value for f in Fusion]}, got {fusion!r}"
+        ) from None
+    return Fusion.FULL if fusion is Fusion.AUTO else fusion
+
+
+def fusion_groups(fusion: Fusion, fiber_in: Fiber, fiber_out: Fiber) -> list[tuple[list, list]]:
+    """The ``(input (degree, channels) list, output list)`` groups whose pairs share one radial
+    profile at ``fusion``."""
+    ins, outs = list(fiber_in.items()), list(fiber_out.items())
+    if fusion is Fusion.PAIRWISE:
+        return [([i], [o]) for i in ins for o in outs]
+    if fusion is Fusion.PER_OUTPUT:
+        return [(ins, [o]) for o in outs]
+    if fusion is Fusion.PER_INPUT:
+        return [([i], outs) for i in ins]
+    return [(ins, outs)]
+
+
 class ConvSE3(nn.Module):
     """TFN convolution ``fiber_in -> fiber_out`` on a graph.
 
@@ -122,25 +156,13 @@ class ConvSE3(nn.Module):
         self.fiber_in = _as_fiber(fiber_in, "ConvSE3 fiber_in")
         self.fiber_out = _as_fiber(fiber_out, "ConvSE3 fiber_out")
         self.fiber_edge = _as_fiber(fiber_edge, "ConvSE3 fiber_edge") if fiber_edge else None
-        if isinstance(max_degree, bool) or not isinstance(max_degree, int) or max_degree < 0:
-            raise ValueError(f"ConvSE3: max_degree must be an int >= 0, got {max_degree!r}")
-        for name, f in (("fiber_in", self.fiber_in), ("fiber_out", self.fiber_out)):
-            if f.max_degree > max_degree:
-                raise ValueError(
-                    f"ConvSE3: {name} {f} has degree {f.max_degree} > max_degree {max_degree}"
-                )
+        _check_degrees(self.fiber_in, self.fiber_out, max_degree)
         if self_interaction and not pool:
             raise ValueError("ConvSE3: self_interaction needs pool=True")
         if aggregate not in ("sum", "mean"):
             raise ValueError(f"ConvSE3: aggregate must be 'sum' or 'mean', got {aggregate!r}")
         self.mean = aggregate == "mean"
-        try:
-            fusion = Fusion(fusion)
-        except ValueError:
-            raise ValueError(
-                f"ConvSE3: fusion must be one of {[f.value for f in Fusion]}, got {fusion!r}"
-            ) from None
-        self.fusion = Fusion.FULL if fusion is Fusion.AUTO else fusion
+        self.fusion = _fusion(fusion)
         self.max_degree, self.pool, self.chunk_elements = max_degree, pool, chunk_elements
         edge = self.fiber_edge or {}
         self.edge_scalars = edge.get(0, 0) + 1  # + the edge length
@@ -153,17 +175,7 @@ class ConvSE3(nn.Module):
                     f"in {self.fiber_in}"
                 )
         self.fiber_msg_in = self.fiber_in + Fiber(self.edge_hi) if self.edge_hi else self.fiber_in
-
-        ins = list(self.fiber_msg_in.items())
-        outs = list(self.fiber_out.items())
-        if self.fusion is Fusion.PAIRWISE:
-            groups = [([i], [o]) for i in ins for o in outs]
-        elif self.fusion is Fusion.PER_OUTPUT:
-            groups = [(ins, [o]) for o in outs]
-        elif self.fusion is Fusion.PER_INPUT:
-            groups = [([i], outs) for i in ins]
-        else:
-            groups = [(ins, outs)]
+        groups = fusion_groups(self.fusion, self.fiber_msg_in, self.fiber_out)
         self.specs = [KernelSpec(gi, go, max_degree) for gi, go in groups]
         self.radial = nn.ModuleList(
             RadialProfile(self.edge_scalars, spec.num_radial, radial_hidden, layer_norm)
@@ -281,9 +293,9 @@ def pairwise_reference(conv: ConvSE3) -> ConvSE3:
     ref = copy.deepcopy(conv)
     if conv.fusion is Fusion.PAIRWISE:
         return ref
-    ins, outs = list(conv.fiber_msg_in.items()), list(conv.fiber_out.items())
     ref.fusion = Fusion.PAIRWISE
-    ref.specs = [KernelSpec([i], [o], conv.max_degree) for i in ins for o in outs]
+    groups = fusion_groups(Fusion.PAIRWISE, conv.fiber_msg_in, conv.fiber_out)
+    ref.specs = [KernelSpec(gi, go, conv.max_degree) for gi, go in groups]
     radials = []
     for spec in ref.specs:
         (di, _), (do, _) = spec.ins[0], spec.outs[0]

@@ -75,7 +75,6 @@ class _FusedTFN(torch.autograd.Function):
         }
         x_of = {di: x for (di, _), x in zip(spec.ins, xs, strict=True)}
         acc = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
-        same = acc == weight.dtype  # accumulate the weight gradient in place (addmm_)
         gz = torch.zeros_like(z) if need_z else None
         gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         gb = torch.zeros_like(basis) if need_b else None
@@ -85,58 +84,68 @@ class _FusedTFN(torch.autograd.Function):
         }
         for s in range(0, z.shape[0], chunk):
             e = slice(s, s + chunk)
-            src_e, z_e, b_e = src[e], z[e], basis[e]
-            c = z_e.shape[0]
-            gz_e = gz[e] if gz is not None else None
-            xs_e = {di: gather(x, src_e) for di, x in x_of.items()}
-            gxs_e = {di: None for di in x_of}
-            for do, co in spec.outs:
-                g = grad_of[do]
-                if g is None:
-                    continue
-                g = g[e]  # [c, C_o, 2 d_out + 1]
-                first, rows = spec.do_rows[do]
-                W = weight[first : first + rows]
-                R = torch.mm(
-                    z_e, W.t(), out=state.scratch("R", c * rows, z).view(c, rows)
-                )  # recomputed
-                # gradient of the radial weights of d_out, [c, rows]: pair blocks filled by bmm,
-                # then ONE GEMM each for the weight and z gradients (not one per pair)
-                gR = state.scratch("gR", c * rows, z).view(c, rows) if need_w or need_z else None
-                for di, ci in spec.ins:
-                    nf, m = num_freq(di, do), 2 * do + 1
-                    Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
-                    if gR is not None:
-                        T = state.scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
-                        torch.bmm(xs_e[di], Bp, out=T)
-                        T = T.view(c, ci * nf, m)
-                        torch.bmm(g, T.transpose(1, 2), out=_pair_radial(gR, spec, di, ci, do, co))
-                    if gx_of[di] is None and not need_b:
-                        continue
-                    gT = state.scratch("gT", c * ci * nf * m, z).view(c, ci * nf, m)
-                    torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g, out=gT)
-                    gT = gT.view(c, ci, nf * m)  # [c, C_i, nf m]
-                    if gx_of[di] is not None:
-                        if gxs_e[di] is None:
-                            gxs_e[di] = torch.bmm(gT, Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
-                        else:
-                            gxs_e[di].baddbmm_(gT, Bp.transpose(1, 2))
-                    if need_b:
-                        spec.basis_pair(gb[e], di, do).add_(torch.bmm(xs_e[di].transpose(1, 2), gT))
-                if need_w:
-                    if same:
-                        gw[first : first + rows].addmm_(gR.t(), z_e)
-                    else:
-                        gw[first : first + rows] += (gR.t() @ z_e).to(acc)
-                if need_z:
-                    gz_e.addmm_(gR, W)
-            for di, gx in gxs_e.items():
-                if gx is not None:
-                    t = gx_of[di]
-                    t.view(t.shape[0], -1).index_add_(0, src_e, gx.view(c, -1))
+            _pairs_backward_chunk(
+                spec, state, e, z, weight, basis, src, x_of, grad_of, gz, gw, gb, gx_of, acc
+            )
         if gw is not None:
             gw = gw.to(weight.dtype)
         return (gz, gw, gb, None, None, None, *(gx_of[di] for di, _ in spec.ins))
+
+
+def _pairs_backward_chunk(
+    spec, state, e, z, weight, basis, src, x_of, grad_of, gz, gw, gb, gx_of, acc
+):
+    """The pair loop's backward pass over the edges ``e``: adds their share into the gradients
+    ``gz``, ``gw`` (accumulated in ``acc``), ``gb`` and ``gx_of`` (None where not wanted)."""
+    need_z, need_w, need_b = gz is not None, gw is not None, gb is not None
+    same = acc == weight.dtype  # accumulate the weight gradient in place (addmm_)
+    src_e, z_e, b_e = src[e], z[e], basis[e]
+    c = z_e.shape[0]
+    gz_e = gz[e] if gz is not None else None
+    xs_e = {di: gather(x, src_e) for di, x in x_of.items()}
+    gxs_e = {di: None for di in x_of}
+    for do, co in spec.outs:
+        g = grad_of[do]
+        if g is None:
+            continue
+        g = g[e]  # [c, C_o, 2 d_out + 1]
+        first, rows = spec.do_rows[do]
+        W = weight[first : first + rows]
+        R = torch.mm(z_e, W.t(), out=state.scratch("R", c * rows, z).view(c, rows))  # recomputed
+        # gradient of the radial weights of d_out, [c, rows]: pair blocks filled by bmm,
+        # then ONE GEMM each for the weight and z gradients (not one per pair)
+        gR = state.scratch("gR", c * rows, z).view(c, rows) if need_w or need_z else None
+        for di, ci in spec.ins:
+            nf, m = num_freq(di, do), 2 * do + 1
+            Bp = spec.basis_pair(b_e, di, do)  # [c, 2 d_in+1, nf m]
+            if gR is not None:
+                T = state.scratch("T", c * ci * nf * m, z).view(c, ci, nf * m)
+                torch.bmm(xs_e[di], Bp, out=T)
+                T = T.view(c, ci * nf, m)
+                torch.bmm(g, T.transpose(1, 2), out=_pair_radial(gR, spec, di, ci, do, co))
+            if gx_of[di] is None and not need_b:
+                continue
+            gT = state.scratch("gT", c * ci * nf * m, z).view(c, ci * nf, m)
+            torch.bmm(_pair_radial(R, spec, di, ci, do, co).transpose(1, 2), g, out=gT)
+            gT = gT.view(c, ci, nf * m)  # [c, C_i, nf m]
+            if gx_of[di] is not None:
+                if gxs_e[di] is None:
+                    gxs_e[di] = torch.bmm(gT, Bp.transpose(1, 2))  # [c, C_i, 2 d_in + 1]
+                else:
+                    gxs_e[di].baddbmm_(gT, Bp.transpose(1, 2))
+            if need_b:
+                spec.basis_pair(gb[e], di, do).add_(torch.bmm(xs_e[di].transpose(1, 2), gT))
+        if need_w:
+            if same:
+                gw[first : first + rows].addmm_(gR.t(), z_e)
+            else:
+                gw[first : first + rows] += (gR.t() @ z_e).to(acc)
+        if need_z:
+            gz_e.addmm_(gR, W)
+    for di, gx in gxs_e.items():
+        if gx is not None:
+            t = gx_of[di]
+            t.view(t.shape[0], -1).index_add_(0, src_e, gx.view(c, -1))
 
 
 class _ConcatTFN(torch.autograd.Function):
@@ -185,7 +194,6 @@ class _ConcatTFN(torch.autograd.Function):
         spec, state = ctx.spec, ctx.state
         chunk = state.chunk_edges(spec, z)
         need_z, need_w, need_x, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 2, 6))
-        C, nb = x_all.shape[2], block.shape[1]
         wts = ctx.wts
         wts_cf = None
         if need_x or need_b:
@@ -195,60 +203,90 @@ class _ConcatTFN(torch.autograd.Function):
         grads_t = [None if g is None else g.transpose(1, 2).contiguous() for g in grads]
         gz = torch.zeros_like(z) if need_z else None
         gx = torch.zeros_like(x_all) if need_x else None
-        gwts = {do: torch.zeros(w.shape, dtype=acc, device=w.device) for do, w in wts.items()}
+        gwts = None  # the permuted weight gradients
+        if need_w:
+            gwts = {do: torch.zeros(w.shape, dtype=acc, device=w.device) for do, w in wts.items()}
         gb = torch.zeros_like(block) if need_b else None
         for s in range(0, z.shape[0], chunk):
             e = slice(s, s + chunk)
-            z_e = z[e]
-            c = z_e.shape[0]
             x_e = gather(x_all, src[e])
-            T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
-            gT = None
-            if need_x or need_b:
-                gT = state.scratch("gT", c * nb * C, z).view(c, nb, C)
-            for k, (do, co) in enumerate(spec.outs):
-                r0, r1 = spec.block_rows[do]
-                if grads_t[k] is None:
-                    if gT is not None:
-                        gT[:, r0:r1].zero_()
-                    continue
-                g = grads_t[k][e]  # [c, m, C_o]
-                rows, m = wts[do].shape[1], 2 * do + 1
-                T_do = T[:, r0:r1].view(c, m, -1)  # [c, m, K]
-                if need_w or need_z:
-                    gR = state.scratch("gR", c * rows, z).view(c, rows // co, co)
-                    torch.bmm(T_do.transpose(1, 2), g, out=gR)
-                    gR = gR.view(c, rows)
-                    if need_w:
-                        if acc == z.dtype:
-                            gwts[do].addmm_(z_e.t(), gR)
-                        else:
-                            gwts[do] += (z_e.t() @ gR).to(acc)
-                    if need_z:
-                        gz[e].addmm_(gR, wts[do].t())
-                if gT is None:
-                    continue  # e.g. the first layer: no gradient to its inputs, no recompute
-                Rt = torch.mm(z_e, wts_cf[do], out=state.scratch("R", c * rows, z).view(c, rows))
-                gT_do = state.scratch("gTd", c * m * (rows // co), z).view(c, m, rows // co)
-                torch.bmm(g, Rt.view(c, co, rows // co), out=gT_do)
-                gT[:, r0:r1] = gT_do.view(c, r1 - r0, C)
+            gT = _concat_backward_degrees(
+                spec,
+                state,
+                e,
+                z,
+                block,
+                x_e,
+                grads_t,
+                (wts, wts_cf),
+                gz,
+                gwts,
+                acc,
+                need_x or need_b,
+            )
             if gT is None:
                 continue
+            c = x_e.shape[0]
             if need_x:
                 gx_e = torch.bmm(block[e].transpose(1, 2), gT)  # [c, sum (2 d_in + 1), C]
                 gx.view(gx.shape[0], -1).index_add_(0, src[e], gx_e.view(c, -1))
             if need_b:
                 torch.bmm(gT, x_e.transpose(1, 2), out=gb[e])
-        gw = None
-        if need_w:
-            # back to the stored row order; the output degrees' blocks cover every row
-            gw = torch.empty(weight.shape, dtype=acc, device=weight.device)
-            for do, g in gwts.items():
-                first, rows = spec.do_rows[do]
-                inv = spec.concat_inverse(do, gw.device)
-                torch.index_select(g.t().contiguous(), 0, inv, out=gw[first : first + rows])
-            gw = gw.to(weight.dtype)
+        gw = _stored_order(spec, weight, gwts, acc) if need_w else None
         return (gz, gw, gx, None, None, None, gb)
+
+
+def _concat_backward_degrees(
+    spec, state, e, z, block, x_e, grads_t, weights, gz, gwts, acc, need_t
+):
+    """The output degrees' backward pass over the edges ``e``: adds into ``gz`` and the
+    permuted weight gradients ``gwts`` (None: not wanted); returns the gradient of ``T``
+    (``need_t``) or None. ``weights``: the permuted weights, rows-first and channels-first."""
+    (wts, wts_cf), need_w = weights, gwts is not None
+    z_e = z[e]
+    c, C, nb = z_e.shape[0], x_e.shape[2], block.shape[1]
+    T = torch.bmm(block[e], x_e, out=state.scratch("T", c * nb * C, z).view(c, nb, C))
+    gT = None
+    if need_t:
+        gT = state.scratch("gT", c * nb * C, z).view(c, nb, C)
+    for k, (do, co) in enumerate(spec.outs):
+        r0, r1 = spec.block_rows[do]
+        if grads_t[k] is None:
+            if gT is not None:
+                gT[:, r0:r1].zero_()
+            continue
+        g = grads_t[k][e]  # [c, m, C_o]
+        rows, m = wts[do].shape[1], 2 * do + 1
+        T_do = T[:, r0:r1].view(c, m, -1)  # [c, m, K]
+        if need_w or gz is not None:
+            gR = state.scratch("gR", c * rows, z).view(c, rows // co, co)
+            torch.bmm(T_do.transpose(1, 2), g, out=gR)
+            gR = gR.view(c, rows)
+            if need_w:
+                if acc == z.dtype:
+                    gwts[do].addmm_(z_e.t(), gR)
+                else:
+                    gwts[do] += (z_e.t() @ gR).to(acc)
+            if gz is not None:
+                gz[e].addmm_(gR, wts[do].t())
+        if gT is None:
+            continue  # e.g. the first layer: no gradient to its inputs, no recompute
+        Rt = torch.mm(z_e, wts_cf[do], out=state.scratch("R", c * rows, z).view(c, rows))
+        gT_do = state.scratch("gTd", c * m * (rows // co), z).view(c, m, rows // co)
+        torch.bmm(g, Rt.view(c, co, rows // co), out=gT_do)
+        gT[:, r0:r1] = gT_do.view(c, r1 - r0, C)
+    return gT
+
+
+def _stored_order(spec, weight, gwts, acc) -> Tensor:
+    """The weight gradient back in the stored row order (the output degrees' blocks cover
+    every row), in the weight's dtype."""
+    gw = torch.empty(weight.shape, dtype=acc, device=weight.device)
+    for do, g in gwts.items():
+        first, rows = spec.do_rows[do]
+        inv = spec.concat_inverse(do, gw.device)
+        torch.index_select(g.t().contiguous(), 0, inv, out=gw[first : first + rows])
+    return gw.to(weight.dtype)
 
 
 def pairwise(spec: KernelSpec, state, z, weight, basis, src, xs, share=None) -> tuple[Tensor]:

@@ -20,10 +20,9 @@ Stop signals (SIGUSR2: SLURM preemption or time limit through submitit; SIGTERM)
 flag; at the next step boundary every rank agrees on it (an all-reduce), rank 0 writes
 ``last.pt`` and ``train`` returns with ``status="stopped"`` — the caller requeues or exits.
 
-The module holds the Trainer alone (its helpers live beside it: ``inputs``, ``step``,
-``records``, ``signals``, ``checkpoint``, ``sampler``, ``schedule``); at ~500 lines it is over
-the ~400-line guide because the epoch loop, evaluation and the checkpointed state share the
-Trainer's fields, and splitting them would pass that state back and forth.
+The module holds the Trainer's epoch loop; its helpers live beside it: ``inputs``,
+``rank_setup`` (device, model, sampler), ``trainer_state`` (the checkpointed state),
+``validation``, ``run_log`` (records), ``step``, ``signals``, ``checkpoint``, ``schedule``.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -39,27 +37,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from se3t.config import Config, save, to_dict
+from se3t.config import Config, save
 from se3t.data import collate
-from se3t.data.provenance import dataset_record
-from se3t.device import device_name, peak_memory
-from se3t.errors import InputError
-from se3t.models import build
+from se3t.device import device_name
 from se3t.train import distributed as D
-from se3t.train.checkpoint import capture_rng, check_model_state, restore_rng, save_checkpoint
+from se3t.train.checkpoint import save_checkpoint
 from se3t.train.guards import NonFiniteGuard
-from se3t.train.init import initial_weights
 from se3t.train.inputs import Inputs, check_inputs
 from se3t.train.loss import masked_abs_error
+from se3t.train.rank_setup import (
+    build_sampler,
+    rank_device,
+    rank_model,
+    sampler_kind,
+    set_determinism,
+    wrapped,
+)
 from se3t.train.records import MetricsWriter, log_to
+from se3t.train.run_log import log_start, write_epoch, write_step, write_val
 from se3t.train.runlock import hold_run_folder
-from se3t.train.sampler import ChunkResumableBatchSampler, ResumableBatchSampler
+from se3t.train.sampler import ChunkResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
 from se3t.train.signals import StopSignals
-from se3t.train.step import autocast, grad_scaler, set_matmul_precision
+from se3t.train.step import autocast, grad_scaler
+from se3t.train.trainer_state import restore_trainer, trainer_state
+from se3t.train.validation import selection_score, validation_mae
 
 __all__ = ["Inputs", "Trainer", "check_inputs", "train"]
 
@@ -82,37 +88,23 @@ class Trainer:
         self.stop = StopSignals(stop_signals)
         self.run_dir = Path(cfg.run.dir).absolute()
         t = cfg.train
-        self.device = self._device(t.device)
+        self.device = rank_device(t.device, self.env)
         self.device_name = device_name(self.device, self.env.world_size)
         inputs = check_inputs(cfg, world_size=self.env.world_size)
         self.cfg = cfg = inputs.cfg
         self.train_set, self.val_set = inputs.train_set, inputs.val_set
         self.basis_store = inputs.basis_store
         self.resume_path, self.resume_state = inputs.resume_path, inputs.resume_state
-
-        # ---- determinism, precision, model ------------------------------------------------
-        if t.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        set_matmul_precision(t.precision)
-        torch.manual_seed(t.seed)
-        self.model = build(cfg.model)
-        if self.resume_state is not None:
-            check_model_state(self.model, self.resume_state["model"], str(self.resume_path))
-        elif t.init_weights:
-            self.model.load_state_dict(initial_weights(cfg, self.model))
         del inputs
+        set_determinism(t)
+        self.model = rank_model(cfg, self.resume_path, self.resume_state, t.init_weights)
         self.model.to(self.device)
         D.init(self.env, self.device, timeout_s=t.collective_timeout)
-        if self.env.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        else:
-            self.ddp = self.model
-
-        self.sampler_kind = self._sampler_kind()
-        self.sampler = self._build_sampler()
+        self.ddp = wrapped(self.model, self.env, self.device)
+        self.sampler_kind = sampler_kind(self.basis_store)
+        self.sampler = build_sampler(
+            self.sampler_kind, self.basis_store, self.train_set, cfg, self.env
+        )
         # epochs -> steps with epoch 0's length (chunk sampling under DDP varies it by a batch)
         self.micro_per_epoch = len(self.sampler)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / t.accumulate)
@@ -134,103 +126,11 @@ class Trainer:
         self.best_val = math.inf
         self.train_sums = torch.zeros(2, len(self.train_set.targets), dtype=torch.float64)
         if self.resume_state is not None:
-            self._restore(self.resume_state)
-
-    # ---- setup helpers -------------------------------------------------------------------
-    def _sampler_kind(self) -> str:
-        """``chunks`` when the basis store is read chunk by chunk on any rank (``read=auto``
-        decides per process, from its free memory: the ranks must agree), else ``random``."""
-        chunks = torch.tensor(
-            [int(self.basis_store is not None and self.basis_store.read == "chunks")]
-        )
-        D.all_reduce_(chunks, op="max")
-        return "chunks" if int(chunks) else "random"
-
-    def _build_sampler(self):
-        t = self.cfg.train
-        if self.sampler_kind == "chunks":
-            # the store is read chunk by chunk: batches drawn chunk-window by chunk-window
-            # (se3t.basis.sampler: the effect on sampling is documented there)
-            return ChunkResumableBatchSampler(
-                self.basis_store,
-                self.train_set.indices,
-                t.batch_size,
-                buffer_chunks=self.cfg.basis.buffer_chunks,
-                seed=t.seed,
-                rank=self.env.rank,
-                world_size=self.env.world_size,
-            )
-        return ResumableBatchSampler(
-            len(self.train_set),
-            t.batch_size,
-            shuffle=True,
-            seed=t.seed,
-            rank=self.env.rank,
-            world_size=self.env.world_size,
-        )
-
-    def _device(self, name: str) -> torch.device:
-        if name == "cuda" and not torch.cuda.is_available():
-            raise InputError("config key 'train.device': cuda requested but no CUDA device")
-        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-            local = self.env.local_rank % max(1, torch.cuda.device_count())
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-        return torch.device("cpu")
-
-    def _restore(self, s: dict[str, Any]) -> None:
-        self.model.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
-        self.scheduler.load_state_dict(s["scheduler"])
-        # the schedule's length follows the current config (more epochs may be asked for)
-        self.scheduler.lr_lambdas[0].total = self.total_steps
-        if s.get("scaler"):
-            self.scaler.load_state_dict(s["scaler"])
-        self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
-        was = (s.get("sampler") or {}).get("kind", "random")
-        if was != self.sampler_kind:
-            log.warning(
-                "%s was written with %s sampling, this run samples %s (basis.read): the "
-                "rest of epoch %d is not the batches the run had left",
-                self.resume_path,
-                was,
-                self.sampler_kind,
-                self.epoch,
-            )
-        self.best_val = s["best_val"]
-        if s.get("train_sums") is not None:
-            self.train_sums = s["train_sums"].to(torch.float64)
-        restore_rng(s["rng"])
+            restore_trainer(self, self.resume_state)
 
     # ---- state ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "sampler": {
-                "kind": self.sampler_kind,
-                "epoch": self.epoch,
-                "start": self.batch_in_epoch,
-                "buffer_chunks": int(self.cfg.basis.buffer_chunks),
-            },
-            "step": self.step,
-            "best_val": self.best_val,
-            "train_sums": self.train_sums.clone(),
-            "rng": capture_rng(),
-            "config": to_dict(self.cfg),
-            "target_stats": {
-                "targets": list(self.train_set.targets),
-                "mean": self.train_set.mean.clone(),
-                "std": self.train_set.std.clone(),
-            },
-            "world_size": self.env.world_size,
-            "encoding": self.train_set.encoding.to_dict(),
-            "dataset": dataset_record(self.train_set),  # evaluate checks it (se3t.data.provenance)
-        }
+        return trainer_state(self)
 
     def save(self, name: str = "last.pt") -> None:
         if self.env.is_main:
@@ -238,17 +138,17 @@ class Trainer:
             log.info("checkpoint %s: epoch %d, step %d", name, self.epoch, self.step)
 
     # ---- pieces of a step ----------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self):
         return autocast(self.cfg.train.precision, self.device)
 
-    def _basis(self, batch):
+    def basis(self, batch):
         if self.basis_store is None:
             return None
         return self.basis_store.gather(batch.index).to(
             self.device, torch.float32, non_blocking=True
         )
 
-    def _loader(self, dataset, batch_sampler) -> DataLoader:
+    def loader(self, dataset, batch_sampler) -> DataLoader:
         workers = self.cfg.data.num_workers
         return DataLoader(
             dataset,
@@ -265,40 +165,9 @@ class Trainer:
             return self.sampler.global_size(local)
         return min(self.cfg.train.batch_size, len(self.train_set) - i * self.cfg.train.batch_size)
 
-    def _peak_mem(self) -> int:
-        return peak_memory(self.device)
-
-    @torch.no_grad()
     def evaluate(self, dataset) -> dict[str, float]:
         """MAE per target in target units over ``dataset`` (ranks split it and reduce)."""
-        self.model.eval()
-        positions = list(range(self.env.rank, len(dataset), self.env.world_size))
-        if self.sampler_kind == "chunks":  # chunk by chunk: each chunk decoded once
-            chunk = self.basis_store.molecule_chunk[dataset.indices]
-            positions.sort(key=lambda p: int(chunk[p]))
-        bs = self.cfg.eval.batch_size
-        batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
-        sums = torch.zeros(2, len(dataset.targets), dtype=torch.float64)
-        std = dataset.std.to(self.device)
-        for batch in self._loader(dataset, batches):
-            batch = batch.to(self.device, non_blocking=True)
-            with self._autocast():
-                pred = self.model(batch, self._basis(batch))  # [B, T]
-            err, present = masked_abs_error(pred.float(), batch.y)
-            err = err * std  # [B, T] target units, 0 where the target is missing
-            sums[0] += err.sum(0).double().cpu()
-            sums[1] += present.sum(0).double().cpu()
-        D.all_reduce_(sums)
-        self.model.train()
-        mae = sums[0] / sums[1].clamp(min=1)
-        return {t: float(mae[k]) for k, t in enumerate(dataset.targets)}
-
-    def _score(self, val_mae: dict[str, float]) -> float:
-        """Model selection: mean over targets of MAE / training std (unit-free)."""
-        std = self.train_set.std.double()
-        return float(
-            sum(val_mae[t] / std[k] for k, t in enumerate(self.train_set.targets)) / len(val_mae)
-        )
+        return validation_mae(self, dataset)
 
     def _kernel_report(self) -> str:
         """The tiles the fused kernel runs with, per shape (se3t.nn.tuning)."""
@@ -320,7 +189,7 @@ class Trainer:
             if self.resume_state is not None:
                 metrics.truncate(self.step, self.epoch)
         if main:
-            self._log_start()
+            log_start(self)
         self.resume_state = None  # free it
         self.model.train()
         status = "completed"
@@ -361,27 +230,6 @@ class Trainer:
             "signal": self.stop.requested,
         }
 
-    def _log_start(self) -> None:
-        t = self.cfg.train
-        where = "starting"
-        if self.resume_state is not None:
-            where = f"resuming from {self.resume_path} at epoch {self.epoch}, step {self.step}"
-        log.info(
-            "%s: %s; %d train / %d val molecules, %d steps per epoch, %d steps in all, "
-            "world size %d (%s), device %s, precision %s, bases %s",
-            self.run_dir,
-            where,
-            len(self.train_set),
-            len(self.val_set),
-            self.steps_per_epoch,
-            self.total_steps,
-            self.env.world_size,
-            self.env.source,
-            self.device,
-            t.precision,
-            "from store" if self.basis_store else "computed",
-        )
-
     def _epoch(self, metrics: MetricsWriter, std: torch.Tensor) -> tuple[bool, bool]:
         """Train from the current position to the epoch's end (or ``total_steps`` or a stop).
         Returns ``(epoch_done, stopped)``."""
@@ -389,42 +237,15 @@ class Trainer:
         start = self.batch_in_epoch
         self.sampler.set_epoch(self.epoch, start=start)
         self.micro_per_epoch = len(self.sampler)
-        show = self.env.is_main and (self.progress if self.progress is not None else True)
-        bar = tqdm(
-            total=self.micro_per_epoch,
-            initial=start,
-            disable=not show,
-            file=sys.stderr,
-            desc=f"epoch {self.epoch}",
-            unit="batch",
-            dynamic_ncols=True,
-            mininterval=1.0 if sys.stderr.isatty() else 10.0,
-        )
+        bar = self._progress_bar(start)
         window = torch.zeros(3, dtype=torch.float64)  # loss sum, molecules, micro-batches
         tick = time.perf_counter()
         group_start = start
         try:
-            for i, batch in enumerate(self._loader(self.train_set, self.sampler), start=start):
+            for i, batch in enumerate(self.loader(self.train_set, self.sampler), start=start):
                 n_acc = min(t.accumulate, self.micro_per_epoch - group_start)
                 last_micro = i + 1 - group_start == n_acc
-                batch = batch.to(self.device, non_blocking=True)
-                sync = contextlib.nullcontext()
-                if self.env.distributed and not last_micro:
-                    sync = self.ddp.no_sync()
-                with sync:
-                    with self._autocast():
-                        pred = self.ddp(batch, self._basis(batch))  # [b, T]
-                    # [b, T] standardized units; missing targets (NaN) give 0
-                    per_mol, present = masked_abs_error(pred.float(), batch.y)
-                    scale = self.env.world_size / (self._global_size(i, per_mol.shape[0]) * n_acc)
-                    loss = per_mol.mean(1).sum() * scale
-                    self.scaler.scale(loss).backward()
-                with torch.no_grad():
-                    self.train_sums[0] += (per_mol.detach() * std).sum(0).double().cpu()
-                    self.train_sums[1] += present.sum(0).double().cpu()
-                    window[0] += float(per_mol.detach().mean(1).sum())
-                    window[1] += per_mol.shape[0]
-                    window[2] += 1
+                loss = self._micro_batch(batch, i, n_acc, last_micro, std, window)
                 bar.update(1)
                 if not last_micro:
                     continue
@@ -434,12 +255,7 @@ class Trainer:
                     self._kernel_logged = True
                     log.info("fused kernel %s: %s", self.cfg.model.kernel, self._kernel_report())
                 self.batch_in_epoch = group_start = i + 1
-                if t.log_every and self.step % t.log_every == 0:
-                    tick = self._log_step(metrics, window, tick, bar, lr)
-                if t.eval_every_steps and self.step % t.eval_every_steps == 0:
-                    tick += self._eval_step(metrics)  # not in the next window's mol/s
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save("last.pt")
+                tick = self._after_step(metrics, window, tick, bar, lr)
                 if self.stop.agreed(self.env.distributed):
                     return False, True
                 if self.step >= self.total_steps:
@@ -447,6 +263,55 @@ class Trainer:
         finally:
             bar.close()
         return True, False
+
+    def _progress_bar(self, start: int) -> tqdm:
+        show = self.env.is_main and (self.progress if self.progress is not None else True)
+        return tqdm(
+            total=self.micro_per_epoch,
+            initial=start,
+            disable=not show,
+            file=sys.stderr,
+            desc=f"epoch {self.epoch}",
+            unit="batch",
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 10.0,
+        )
+
+    def _micro_batch(self, batch, i: int, n_acc: int, last_micro: bool, std, window) -> Tensor:
+        """Forward and backward of micro-batch ``i`` of the epoch (gradients synchronized on
+        the last of the step's ``n_acc``); adds it to the MAE sums and the log ``window``.
+        Returns its scaled loss."""
+        batch = batch.to(self.device, non_blocking=True)
+        sync = contextlib.nullcontext()
+        if self.env.distributed and not last_micro:
+            sync = self.ddp.no_sync()
+        with sync:
+            with self.autocast():
+                pred = self.ddp(batch, self.basis(batch))  # [b, T]
+            # [b, T] standardized units; missing targets (NaN) give 0
+            per_mol, present = masked_abs_error(pred.float(), batch.y)
+            scale = self.env.world_size / (self._global_size(i, per_mol.shape[0]) * n_acc)
+            loss = per_mol.mean(1).sum() * scale
+            self.scaler.scale(loss).backward()
+        with torch.no_grad():
+            self.train_sums[0] += (per_mol.detach() * std).sum(0).double().cpu()
+            self.train_sums[1] += present.sum(0).double().cpu()
+            window[0] += float(per_mol.detach().mean(1).sum())
+            window[1] += per_mol.shape[0]
+            window[2] += 1
+        return loss
+
+    def _after_step(self, metrics: MetricsWriter, window, tick: float, bar, lr: float) -> float:
+        """The step's record, validation and checkpoint where they are due. Returns the start
+        of the next log window."""
+        t = self.cfg.train
+        if t.log_every and self.step % t.log_every == 0:
+            tick = write_step(self, metrics, window, tick, bar, lr)
+        if t.eval_every_steps and self.step % t.eval_every_steps == 0:
+            tick += self._eval_step(metrics)  # not in the next window's mol/s
+        if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            self.save("last.pt")
+        return tick
 
     def _optimizer_step(self, loss: torch.Tensor) -> float:
         """The only place the training state changes; returns the learning rate it used. A
@@ -465,36 +330,13 @@ class Trainer:
         self.step += 1
         return lr
 
-    def _log_step(self, metrics, window, tick, bar, lr: float) -> float:
-        D.all_reduce_(window)
-        now = time.perf_counter()
-        loss = float(window[0] / window[1].clamp(min=1))
-        rec = {
-            "kind": "step",
-            "epoch": self.epoch,
-            "step": self.step,
-            "loss": loss,
-            "lr": lr,
-            "mol_per_s": float(window[1]) / max(now - tick, 1e-9),
-            "peak_mem_bytes": self._peak_mem(),
-            "device_name": self.device_name,
-            "time": time.time(),
-        }
-        metrics.write(rec)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{rec['lr']:.2e}", refresh=False)
-        window.zero_()
-        return now
-
     def _eval_step(self, metrics: MetricsWriter) -> float:
         """Validation between epochs (``train.eval_every_steps``): a ``kind: val`` record.
         Returns the seconds it took."""
         t0 = time.perf_counter()
         val_mae = self.evaluate(self.val_set)
         seconds = time.perf_counter() - t0
-        rec = {"kind": "val", "epoch": self.epoch, "step": self.step, "val_mae": val_mae}
-        metrics.write({**rec, "eval_s": seconds, "time": time.time()})
-        if self.env.is_main:
-            log.info("step %d: val MAE %s (%.1f s)", self.step, _fmt(val_mae), seconds)
+        write_val(self, metrics, val_mae, seconds)
         return seconds
 
     def _end_of_epoch(self, metrics, epoch_done: bool, finished: bool):
@@ -505,43 +347,18 @@ class Trainer:
         val_mae: dict[str, float] = {}
         if finished or (self.epoch + 1) % t.eval_every == 0:
             val_mae = self.evaluate(self.val_set)
-        std = self.train_set.std.double()
-        rec = {
-            "kind": "epoch",
-            "epoch": self.epoch,
-            "step": self.step,
-            "loss": float((mae / std).mean()),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "peak_mem_bytes": self._peak_mem(),
-            "train_mae": train_mae,
-            "val_mae": val_mae,
-            "device_name": self.device_name,
-            "time": time.time(),
-        }
-        metrics.write(rec)
-        if self.env.is_main:
-            log.info(
-                "epoch %d (step %d): train MAE %s, val MAE %s",
-                self.epoch,
-                self.step,
-                _fmt(train_mae),
-                _fmt(val_mae) or "-",
-            )
+        write_epoch(self, metrics, mae, train_mae, val_mae)
         if epoch_done:
             self.epoch += 1
             self.batch_in_epoch = 0
             self.train_sums.zero_()
-        improved = bool(val_mae) and self._score(val_mae) < self.best_val
+        improved = bool(val_mae) and selection_score(val_mae, self.train_set) < self.best_val
         if improved:
-            self.best_val = self._score(val_mae)
+            self.best_val = selection_score(val_mae, self.train_set)
         self.save("last.pt")
         if improved:
             self.save("best.pt")
         return train_mae, val_mae
-
-
-def _fmt(d: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in d.items())
 
 
 def train(cfg: Config, *, progress: bool | None = None) -> dict[str, Any]:

@@ -77,54 +77,6 @@ def test_report_names_the_model_beside_published_figures(results_copy):
     assert "parameters" in md
 
 
-def test_model_words_count_parameters_and_know_the_paper_model():
-    from se3t.config import ModelConfig
-    from se3t.eval.report import model_words
-    from se3t.models import build
-
-    text, paper = model_words({})
-    n = sum(p.numel() for p in build(ModelConfig()).parameters())
-    assert paper and text.startswith("7 layers, degrees 0–3, 32 channels, 8 heads")
-    assert f"{n:,} parameters" in text
-    text, paper = model_words({"num_layers": 2, "channels": 8, "heads": 2})
-    assert not paper and text.startswith("2 layers, degrees 0–3, 8 channels")
-
-
-def _point(batch, status="ok", low_memory=False):
-    return {
-        "precision": "fp32",
-        "fusion": "full",
-        "low_memory": low_memory,
-        "batch_size": batch,
-        "status": status,
-    }
-
-
-def test_largest_batch_is_said_only_where_a_larger_one_failed():
-    from se3t.eval.report import batch_limits
-
-    every_fits = {
-        "points": [_point(b) for b in (4, 8, 64)],
-        "largest_batch": {"fp32 full": 64},
-    }
-    text = batch_limits(every_fits)
-    assert "Largest batch that fits" not in text
-    assert "Every batch tried fits in fp32 full (up to 64)" in text
-    failed = {
-        "points": [
-            _point(4),
-            _point(8),
-            _point(16, "oom"),
-            _point(32, "skipped"),
-            _point(4, low_memory=True),
-        ],
-        "largest_batch": {"fp32 full": 8, "fp32 full low_memory": 4},
-    }
-    text = batch_limits(failed)
-    assert "Largest batch that fits, where a larger one failed: fp32 full: 8 (16: oom)" in text
-    assert "Every batch tried fits in fp32 full low_memory (up to 4)" in text
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
@@ -206,21 +158,6 @@ def test_paths_are_relative_to_the_results_folder(results_copy, evaluated_run):
     # the run folder itself as the results folder: the checkpoint is named within it
     _, md_path = build_report(results_copy / "runs" / "tiny")
     assert f"checkpoint {name} (epoch" in md_path.read_text()
-
-
-def test_shown_path_keeps_paths_outside_the_results_folder(tmp_path):
-    from se3t.eval.report import RunResults, shown_path
-
-    results = tmp_path / "results"
-    run = RunResults(
-        "r", results / "runs" / "r", {"run": {"dir": "/scratch/job/run"}}, [], {}, None
-    )
-    assert shown_path("/scratch/job/run/best.pt", results, run) == "runs/r/best.pt"
-    assert shown_path(results / "runs" / "r" / "last.pt", results, run) == "runs/r/last.pt"
-    assert shown_path("/scratch/job/run2/best.pt", results, run) == "/scratch/job/run2/best.pt"
-    assert shown_path("/other/best.pt", results) == "/other/best.pt"
-    assert shown_path(results / "profile" / "memory.json", results) == "profile/memory.json"
-    assert shown_path(results, results) == "."
 
 
 def test_report_without_profile_says_so(results_copy):

@@ -53,7 +53,7 @@ def test_short_run_writes_the_run_folder(qm9_store, tmp_path):
     # every record names the device (the report's device column reads it from here)
     from types import SimpleNamespace
 
-    from se3t.eval.report import _training_device
+    from se3t.eval.runs import training_device as _training_device
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     cpu = next(
