@@ -58,21 +58,21 @@ from se3t.train.rank_setup import (
     wrapped,
 )
 from se3t.train.records import MetricsWriter, log_to
-from se3t.train.run_log import log_start, write_epoch, write_step, write_val
+from se3t.train.run_log import RunLog
 from se3t.train.runlock import hold_run_folder
 from se3t.train.sampler import ChunkResumableBatchSampler
 from se3t.train.schedule import build_optimizer, build_scheduler
 from se3t.train.signals import StopSignals
 from se3t.train.step import autocast, grad_scaler
-from se3t.train.trainer_state import restore_trainer, trainer_state
-from se3t.train.validation import selection_score, validation_mae
+from se3t.train.trainer_state import TrainerState
+from se3t.train.validation import Validation, selection_score
 
 __all__ = ["Inputs", "Trainer", "check_inputs", "train"]
 
 log = logging.getLogger("se3t.train")
 
 
-class Trainer:
+class Trainer(RunLog, TrainerState, Validation):
     """One rank of a training run. ``Trainer(cfg)`` checks every input (dataset, targets, basis
     store, checkpoint compatibility) before any training work; ``run()`` trains."""
 
@@ -126,12 +126,9 @@ class Trainer:
         self.best_val = math.inf
         self.train_sums = torch.zeros(2, len(self.train_set.targets), dtype=torch.float64)
         if self.resume_state is not None:
-            restore_trainer(self, self.resume_state)
+            self._restore(self.resume_state)
 
-    # ---- state ---------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        return trainer_state(self)
-
+    # ---- checkpoints (the state itself: TrainerState.state) ------------------------------
     def save(self, name: str = "last.pt") -> None:
         if self.env.is_main:
             save_checkpoint(self.state(), self.run_dir / name)
@@ -165,10 +162,6 @@ class Trainer:
             return self.sampler.global_size(local)
         return min(self.cfg.train.batch_size, len(self.train_set) - i * self.cfg.train.batch_size)
 
-    def evaluate(self, dataset) -> dict[str, float]:
-        """MAE per target in target units over ``dataset`` (ranks split it and reduce)."""
-        return validation_mae(self, dataset)
-
     def _kernel_report(self) -> str:
         """The tiles the fused kernel runs with, per shape (se3t.nn.tuning)."""
         model = getattr(self.model, "module", self.model)  # DDP wraps the model
@@ -189,7 +182,7 @@ class Trainer:
             if self.resume_state is not None:
                 metrics.truncate(self.step, self.epoch)
         if main:
-            log_start(self)
+            self._log_start()
         self.resume_state = None  # free it
         self.model.train()
         status = "completed"
@@ -306,7 +299,7 @@ class Trainer:
         of the next log window."""
         t = self.cfg.train
         if t.log_every and self.step % t.log_every == 0:
-            tick = write_step(self, metrics, window, tick, bar, lr)
+            tick = self._write_step(metrics, window, tick, bar, lr)
         if t.eval_every_steps and self.step % t.eval_every_steps == 0:
             tick += self._eval_step(metrics)  # not in the next window's mol/s
         if t.checkpoint_every and self.step % t.checkpoint_every == 0:
@@ -336,7 +329,7 @@ class Trainer:
         t0 = time.perf_counter()
         val_mae = self.evaluate(self.val_set)
         seconds = time.perf_counter() - t0
-        write_val(self, metrics, val_mae, seconds)
+        self._write_val(metrics, val_mae, seconds)
         return seconds
 
     def _end_of_epoch(self, metrics, epoch_done: bool, finished: bool):
@@ -347,7 +340,7 @@ class Trainer:
         val_mae: dict[str, float] = {}
         if finished or (self.epoch + 1) % t.eval_every == 0:
             val_mae = self.evaluate(self.val_set)
-        write_epoch(self, metrics, mae, train_mae, val_mae)
+        self._write_epoch(metrics, mae, train_mae, val_mae)
         if epoch_done:
             self.epoch += 1
             self.batch_in_epoch = 0

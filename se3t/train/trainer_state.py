@@ -5,7 +5,7 @@ epoch and its sampler, running training-MAE sums, best validation score, config)
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -13,66 +13,65 @@ from se3t.config import to_dict
 from se3t.data.provenance import dataset_record
 from se3t.train.checkpoint import capture_rng, restore_rng
 
-if TYPE_CHECKING:
-    from se3t.train.loop import Trainer
-
-__all__ = ["restore_trainer", "trainer_state"]
+__all__ = ["TrainerState"]
 
 log = logging.getLogger("se3t.train")
 
 
-def trainer_state(tr: Trainer) -> dict[str, Any]:
-    """The checkpoint of ``tr`` as it stands (at an optimizer-step boundary)."""
-    return {
-        "model": tr.model.state_dict(),
-        "optimizer": tr.optimizer.state_dict(),
-        "scheduler": tr.scheduler.state_dict(),
-        "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else {},
-        "epoch": tr.epoch,
-        "batch_in_epoch": tr.batch_in_epoch,
-        "sampler": {
-            "kind": tr.sampler_kind,
-            "epoch": tr.epoch,
-            "start": tr.batch_in_epoch,
-            "buffer_chunks": int(tr.cfg.basis.buffer_chunks),
-        },
-        "step": tr.step,
-        "best_val": tr.best_val,
-        "train_sums": tr.train_sums.clone(),
-        "rng": capture_rng(),
-        "config": to_dict(tr.cfg),
-        "target_stats": {
-            "targets": list(tr.train_set.targets),
-            "mean": tr.train_set.mean.clone(),
-            "std": tr.train_set.std.clone(),
-        },
-        "world_size": tr.env.world_size,
-        "encoding": tr.train_set.encoding.to_dict(),
-        "dataset": dataset_record(tr.train_set),  # evaluate checks it (se3t.data.provenance)
-    }
+class TrainerState:
+    """The checkpointed state, as a base of ``Trainer``."""
 
+    def state(self) -> dict[str, Any]:
+        """The checkpoint of ``tr`` as it stands (at an optimizer-step boundary)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "sampler": {
+                "kind": self.sampler_kind,
+                "epoch": self.epoch,
+                "start": self.batch_in_epoch,
+                "buffer_chunks": int(self.cfg.basis.buffer_chunks),
+            },
+            "step": self.step,
+            "best_val": self.best_val,
+            "train_sums": self.train_sums.clone(),
+            "rng": capture_rng(),
+            "config": to_dict(self.cfg),
+            "target_stats": {
+                "targets": list(self.train_set.targets),
+                "mean": self.train_set.mean.clone(),
+                "std": self.train_set.std.clone(),
+            },
+            "world_size": self.env.world_size,
+            "encoding": self.train_set.encoding.to_dict(),
+            "dataset": dataset_record(self.train_set),  # evaluate checks it (se3t.data.provenance)
+        }
 
-def restore_trainer(tr: Trainer, s: dict[str, Any]) -> None:
-    """Put checkpoint ``s`` back into ``tr``, built from the current config."""
-    tr.model.load_state_dict(s["model"])
-    tr.optimizer.load_state_dict(s["optimizer"])
-    tr.scheduler.load_state_dict(s["scheduler"])
-    # the schedule's length follows the current config (more epochs may be asked for)
-    tr.scheduler.lr_lambdas[0].total = tr.total_steps
-    if s.get("scaler"):
-        tr.scaler.load_state_dict(s["scaler"])
-    tr.epoch, tr.batch_in_epoch, tr.step = s["epoch"], s["batch_in_epoch"], s["step"]
-    was = (s.get("sampler") or {}).get("kind", "random")
-    if was != tr.sampler_kind:
-        log.warning(
-            "%s was written with %s sampling, this run samples %s (basis.read): the "
-            "rest of epoch %d is not the batches the run had left",
-            tr.resume_path,
-            was,
-            tr.sampler_kind,
-            tr.epoch,
-        )
-    tr.best_val = s["best_val"]
-    if s.get("train_sums") is not None:
-        tr.train_sums = s["train_sums"].to(torch.float64)
-    restore_rng(s["rng"])
+    def _restore(self, s: dict[str, Any]) -> None:
+        """Put checkpoint ``s`` back into ``tr``, built from the current config."""
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        # the schedule's length follows the current config (more epochs may be asked for)
+        self.scheduler.lr_lambdas[0].total = self.total_steps
+        if s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        self.epoch, self.batch_in_epoch, self.step = s["epoch"], s["batch_in_epoch"], s["step"]
+        was = (s.get("sampler") or {}).get("kind", "random")
+        if was != self.sampler_kind:
+            log.warning(
+                "%s was written with %s sampling, this run samples %s (basis.read): the "
+                "rest of epoch %d is not the batches the run had left",
+                self.resume_path,
+                was,
+                self.sampler_kind,
+                self.epoch,
+            )
+        self.best_val = s["best_val"]
+        if s.get("train_sums") is not None:
+            self.train_sums = s["train_sums"].to(torch.float64)
+        restore_rng(s["rng"])

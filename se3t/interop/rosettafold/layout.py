@@ -3,14 +3,9 @@ that make ``state_dict()`` / ``load_state_dict()`` speak it under any prefix."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
 from se3t.interop.nvidia import Entry, block_entries, conv_entries, nv_order
-
-if TYPE_CHECKING:
-    from se3t.interop.rosettafold.wrapper import SE3TransformerWrapper
 
 
 def register_hooks(module: nn.Module) -> None:
@@ -27,7 +22,7 @@ def register_hooks(module: nn.Module) -> None:
         module._register_load_state_dict_pre_hook(_from_vendored_hook, with_module=True)
 
 
-def _to_vendored_hook(module: SE3TransformerWrapper, state_dict, prefix, local_metadata):
+def _to_vendored_hook(module: nn.Module, state_dict, prefix, local_metadata):
     """state_dict(): se3t's parameter names -> the vendored keys and layouts, under ``prefix``."""
     values = {}
     for key, e in module._entries.items():
@@ -38,7 +33,7 @@ def _to_vendored_hook(module: SE3TransformerWrapper, state_dict, prefix, local_m
 
 
 def _from_vendored_hook(
-    module: SE3TransformerWrapper,
+    module: nn.Module,
     state_dict,
     prefix,
     local_metadata,
@@ -71,7 +66,7 @@ def _linear_order(fiber: list[tuple[int, int]]) -> list[str]:
     return sorted(str(d) for d, _ in fiber)
 
 
-def vendored_entries(w: SE3TransformerWrapper) -> dict[str, Entry]:
+def vendored_entries(w: nn.Module) -> dict[str, Entry]:
     """Vendored state-dict key (relative to the wrapper) -> where it lives in ``w``, in the
     vendored order (NVIDIA's Fiber orders its ModuleDicts by channels)."""
     s = w.se3
