@@ -1,8 +1,10 @@
 """Workers of the object-store tests, run as subprocesses (the server is tests/s3_server.py).
 
 ``python tests/basis/s3_helpers.py publish|mirror ...`` runs the real publisher or read-through
-cache with every object transfer slowed by ``--delay`` seconds (bytes unchanged), so that a
-test can kill it mid-upload, race two of them, or run gc while one reads.
+cache with every object transfer slowed by ``--delay`` seconds (bytes unchanged), and with
+``--gate FILE --gate-after N`` holds every shard transfer from the ``N``-th on until ``FILE``
+exists (``basis_helpers.held`` / ``open_gate``), so that a test can kill it mid-upload, race two
+of them, or run gc while one reads, at a known point however loaded the machine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,18 +46,33 @@ def se3t(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Comp
     return proc
 
 
-def _slowed(delay: float):
-    """RemoteCache whose object transfers each wait ``delay`` s first (bytes unchanged)."""
+def _slowed(delay: float, gate: Path | None = None, gate_after: int = 0):
+    """RemoteCache whose object transfers each wait ``delay`` s first (bytes unchanged), and
+    whose shard transfers from the ``gate_after``-th on wait for the file ``gate``."""
+    from basis_helpers import wait_at
+
     from se3t.basis import RemoteCache
+
+    lock, shards = threading.Lock(), [0]
+
+    def hold(url: str) -> None:
+        if gate is None or "/basis/c/" not in url:
+            return
+        with lock:
+            n, shards[0] = shards[0], shards[0] + 1
+        if n >= gate_after:
+            wait_at(gate)
 
     class Slow(RemoteCache):
         def put(self, url, data, **kw):
             if "/.leases/" not in url:
+                hold(url)
                 time.sleep(delay)
             return super().put(url, data, **kw)
 
         def get(self, url):
             if "/.leases/" not in url and not url.endswith("checksums.json"):
+                hold(url)
                 time.sleep(delay)
             return super().get(url)
 
@@ -70,16 +88,14 @@ def _main() -> None:
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--start-at", type=float, default=0.0, help="wall-clock time to start at")
+    ap.add_argument("--gate", type=Path, default=None)
+    ap.add_argument("--gate-after", type=int, default=0)
     args = ap.parse_args()
     cache_url = args.store_url.rsplit("/basis/", 1)[0]
-    remote = _slowed(args.delay)(cache_url, {"endpoint_url": args.endpoint})
+    slow = _slowed(args.delay, args.gate, args.gate_after)
+    remote = slow(cache_url, {"endpoint_url": args.endpoint})
     from se3t.basis import mirror, publish
 
-    # the client's lazy set-up (botocore's session, the first connection) happens before the
-    # wait: taking seconds after it, it let one publisher finish before the other began
-    remote.check_bucket()
-    time.sleep(max(0.0, args.start_at - time.time()))
     if args.action == "publish":
         result = publish(remote, args.local, args.store_url, workers=args.workers)
     else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from basis_helpers import build
+from basis_helpers import build, held, open_gate
 from s3_helpers import REPO, se3t, spawn
 from s3_server import S3Server, free_port, keys
 
@@ -219,18 +219,19 @@ def test_kill_publisher_mid_upload_then_resume(server, cache_url, aws_env, local
     url = f"{cache_url}/basis/{local_store.name}"
     bucket, prefix = url[5:].split("/", 1)
     shards = lambda: [k for k in keys(server, bucket, prefix) if "/basis/c/" in k]  # noqa: E731
-    proc = spawn(
-        aws_env, "publish", str(local_store), url, "--endpoint", server.endpoint, "--delay", "0.4"
-    )
+    gate = tmp_path / "gate"  # held before its third shard
+    args = ("--endpoint", server.endpoint, "--gate", str(gate), "--gate-after", "2")
+    proc = spawn(aws_env, "publish", str(local_store), url, *args)
     try:
         _wait(lambda: len(shards()) >= 2, what="two shard files uploaded")
+        held(gate, [proc])
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     before = keys(server, bucket, prefix)
     n_shards = _num_shards(local_store)
-    assert 2 <= len(shards()) < n_shards
+    assert len(shards()) == 2 < n_shards
     assert f"{prefix}/{CHECKSUMS_FILE}" not in before
 
     # readers never see it: not published, at any site
@@ -277,7 +278,7 @@ def test_two_publishers_race(server, cache_url, aws_env, local_store, qm9_store,
     complete store results, and it verifies."""
     other = Path(build(qm9_store, tmp_path / "site_b"))
     url = f"{cache_url}/basis/{local_store.name}"
-    start_at = time.time() + 45  # after both processes' imports, even on a loaded machine
+    gate = tmp_path / "gate"  # both held before their first shard, then released together
     procs = [
         spawn(
             aws_env,
@@ -290,13 +291,15 @@ def test_two_publishers_race(server, cache_url, aws_env, local_store, qm9_store,
             "0.5",  # per object: a window of seconds in which both are uploading
             "--workers",
             "2",
-            "--start-at",
-            str(start_at),
+            "--gate",
+            str(gate),
             "--out",
             str(tmp_path / f"p{i}.json"),
         )
         for i, s in enumerate((local_store, other))
     ]
+    held(gate, procs)
+    open_gate(gate)
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -437,8 +440,10 @@ def test_gc_during_read_removes_nothing_in_use(server, cache_url, aws_env, local
         url,
         "--endpoint",
         server.endpoint,
-        "--delay",
-        "4",
+        "--gate",
+        str(tmp_path / "gate"),
+        "--gate-after",
+        "1",
         "--out",
         str(tmp_path / "m.json"),
     )
@@ -447,12 +452,15 @@ def test_gc_during_read_removes_nothing_in_use(server, cache_url, aws_env, local
             lambda: any("/.leases/" in k for k in keys(server, bucket, prefix)),
             what="the reader's lease",
         )
+        held(tmp_path / "gate", [reader])
         out = se3t(aws_env, *gc_args).stdout
-        assert reader.poll() is None, "the read ended before gc ran: the test proves nothing"
+        assert reader.poll() is None
+        open_gate(tmp_path / "gate")
         assert "removed 0 store(s)" in out
         assert f"kept {url} (" in out and "in progress (" in out and ", read)" in out
         assert before <= set(keys(server, bucket, prefix))
     finally:
+        open_gate(tmp_path / "gate")
         _, err = reader.communicate(timeout=300)
     assert reader.returncode == 0, err  # the read completed, verified
     assert json.loads((tmp_path / "m.json").read_text())["local"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from basis_helpers import REPO, settings, shard_files, spawn_worker
+from basis_helpers import REPO, held, open_gate, settings, shard_files, spawn_worker, worker_args
 from users_helpers import reachable, team
 
 from se3t.basis import finalize, gc, precompute
@@ -43,10 +43,13 @@ def _wait_for_shards(store_root: Path, proc: subprocess.Popen, n: int = 1, timeo
 def test_gc_keeps_a_store_whose_writer_is_at_work(qm9_store, tmp_path):
     """gc --older-than 0 while a (slow) precompute writes: the store is kept and listed as in
     progress with user, host and start; the precompute finishes and the store finalizes."""
-    proc = spawn_worker(qm9_store, tmp_path, tmp_path / "receipt.json", delay=0.3)
+    gate = tmp_path / "gate"
+    proc = spawn_worker(qm9_store, tmp_path, tmp_path / "receipt.json", gate=gate, gate_after=2)
     store = _wait_for_shards(tmp_path, proc)
+    held(gate, [proc])
     out = gc(tmp_path, older_than_s=0)
-    assert proc.poll() is None, "the writer finished before gc ran: slow it down"
+    assert proc.poll() is None
+    open_gate(gate)
     assert [r["path"] for r in out] == [str(store)] and out[0]["kept"]
     assert out[0]["reason"].startswith(f"in progress ({os.environ.get('USER', '')}".rstrip())
     assert socket.gethostname() in out[0]["reason"] and "since 20" in out[0]["reason"]
@@ -58,8 +61,10 @@ def test_gc_keeps_a_store_whose_writer_is_at_work(qm9_store, tmp_path):
 def test_gc_removes_the_store_of_a_killed_writer(qm9_store, tmp_path):
     """A writer killed with SIGKILL holds no live claim: its store is abandoned work, removed
     once older than --older-than (and kept while younger)."""
-    proc = spawn_worker(qm9_store, tmp_path, tmp_path / "receipt.json", delay=0.3)
+    gate = tmp_path / "gate"
+    proc = spawn_worker(qm9_store, tmp_path, tmp_path / "receipt.json", gate=gate, gate_after=2)
     store = _wait_for_shards(tmp_path, proc)
+    held(gate, [proc])
     from se3t.basis.claims import live_claims
 
     proc.send_signal(signal.SIGKILL)
@@ -100,9 +105,11 @@ def test_a_writer_lease_is_renewed_while_held(tmp_path):
 
 
 def test_gc_command_lists_live_work_as_in_progress(qm9_store, tmp_path):
-    # a chunk a second: the writer is still at work when the command has started
-    proc = spawn_worker(qm9_store, tmp_path, tmp_path / "receipt.json", delay=1.0)
+    # held at the gate: the writer is still at work while the command runs
+    gate = tmp_path / "gate"
+    proc = spawn_worker(qm9_store, tmp_path, tmp_path / "receipt.json", gate=gate, gate_after=2)
     store = _wait_for_shards(tmp_path, proc)
+    held(gate, [proc])
     res = subprocess.run(
         [sys.executable, "-m", "se3t.cli", "basis", "gc", "--cache", str(tmp_path)]
         + ["--older-than", "0"],
@@ -111,7 +118,8 @@ def test_gc_command_lists_live_work_as_in_progress(qm9_store, tmp_path):
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    assert proc.poll() is None, "the writer finished before gc ran: slow it down"
+    assert proc.poll() is None
+    open_gate(gate)
     assert res.returncode == 0, res.stderr
     assert f"kept {store} (" in res.stdout and "in progress (" in res.stdout
     assert "removed 0 store(s)" in res.stdout
@@ -130,23 +138,13 @@ def two_users():
     shutil.rmtree(t.root, ignore_errors=True)
 
 
-def _worker(t, user: str, dataset: Path, cache: Path, delay: float, umask="0002", shard="0/1"):
-    """A slow precompute (the real maths, ``delay`` s per chunk) run as ``user``."""
+def _worker(t, user: str, dataset: Path, cache: Path, gate: Path, gate_after: int, delay=0.0):
+    """A precompute (the real maths, ``delay`` s per chunk) run as ``user``, held at ``gate``
+    from its ``gate_after``-th chunk on."""
     helper = str(Path(__file__).with_name("basis_helpers.py"))
     receipt = t.home(user) / "receipt.json"
-    return t.spawn(
-        user,
-        sys.executable,
-        helper,
-        str(dataset),
-        str(cache),
-        str(receipt),
-        "--delay",
-        str(delay),
-        "--shard",
-        shard,
-        umask=umask,
-    )
+    args = worker_args(delay, "0/1", gate, gate_after)
+    return t.spawn(user, sys.executable, helper, str(dataset), str(cache), str(receipt), *args)
 
 
 def test_b_gc_and_precompute_while_a_writes(two_users, qm9_store):
@@ -155,10 +153,13 @@ def test_b_gc_and_precompute_while_a_writes(two_users, qm9_store):
     finalized once; B can verify it."""
     t = two_users
     data, cache = t.share(qm9_store), t.root / "cache"
-    a = _worker(t, "se3t-a", data, cache, delay=1.0)
+    gate = t.root / "gate"
+    a = _worker(t, "se3t-a", data, cache, gate, gate_after=2, delay=0.5)
     store = _wait_for_shards(cache, a)
+    held(gate, [a])
     res = t.se3t("se3t-b", "basis", "gc", "--cache", str(cache), "--older-than", "0")
-    assert a.poll() is None, "A finished before B's gc ran: slow it down"
+    assert a.poll() is None
+    open_gate(gate)  # A goes on (half a second a chunk) while B precomputes the same key
     assert res.returncode == 0, res.stderr
     assert "in progress (se3t-a, " in res.stdout and store.is_dir()
     common = ("--cache", str(cache), "--dataset", str(data), "--quiet")
@@ -205,8 +206,10 @@ def test_an_abandoned_store_is_taken_over_by_b(two_users, qm9_store):
     shards are reused, A's stale claims taken over, and the store finalizes and verifies."""
     t = two_users
     data, cache = t.share(qm9_store), t.root / "cache"
-    a = _worker(t, "se3t-a", data, cache, delay=0.3)
+    gate = t.root / "gate"
+    a = _worker(t, "se3t-a", data, cache, gate, gate_after=4)
     store = _wait_for_shards(cache, a, n=2)
+    held(gate, [a])
     a.send_signal(signal.SIGKILL)
     a.communicate(timeout=60)
     before = len(shard_files(store))
@@ -270,6 +273,7 @@ def test_s3_gc_by_b_keeps_a_store_a_publishes_and_b_reads_it(two_users, qm9_stor
         (store,) = local.glob("basis/*.zarr")
         url = f"s3://{bucket}/team/basis/{store.name}"
         helper = str(Path(__file__).with_name("s3_helpers.py"))
+        gate = t.root / "gate"  # A held before its first shard
         a = t.spawn(
             "se3t-a",
             sys.executable,
@@ -279,8 +283,8 @@ def test_s3_gc_by_b_keeps_a_store_a_publishes_and_b_reads_it(two_users, qm9_stor
             url,
             "--endpoint",
             server.endpoint,
-            "--delay",
-            "0.5",
+            "--gate",
+            str(gate),
             env=server.env,
         )
         opts = [f"basis.storage_options.endpoint_url={server.endpoint}"]
@@ -289,10 +293,12 @@ def test_s3_gc_by_b_keeps_a_store_a_publishes_and_b_reads_it(two_users, qm9_stor
         while not any("/.leases/" in k for k in _keys(server, bucket)):
             assert a.poll() is None and time.monotonic() < end, a.communicate()[1][-2000:]
             time.sleep(0.05)
+        held(gate, [a])
         gc_b = t.se3t(
             "se3t-b", "basis", "gc", *cache, "--older-than", "0", "--yes", *opts, env=server.env
         )
-        assert a.poll() is None, "A's publish ended before B's gc ran: slow it down"
+        assert a.poll() is None
+        open_gate(gate)
         assert gc_b.returncode == 0, gc_b.stderr
         assert f"kept {url} (" in gc_b.stdout and "in progress (se3t-a, " in gc_b.stdout
         _, err = a.communicate(timeout=300)
