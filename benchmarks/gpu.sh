@@ -28,7 +28,10 @@
 #
 # Points (GPU): batch 240 pairwise/fused in tf32, fused in bf16 and fp16 (AMP): the throughput
 # table; batch 100 fused fp16 with and without low-memory mode: peak memory vs NVIDIA's
-# 3.8 / 3.0 GB; batch 1000 fused fp16: that a batch of 1000 molecules trains.
+# 3.8 / 3.0 GB; batch 1000 fused fp16: that a batch of 1000 molecules trains. Then
+# RFdiffusion's main SE(3) block in se3t (benchmarks/rosettafold/timing.py --impls se3t, fp32,
+# full residue graphs of L = 256, 600, 1000 and 2000, inference and training, CUDA peak memory);
+# the vendored side needs a CUDA build of DGL, which the GPU machine cannot install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=python3
@@ -44,7 +47,7 @@ while [ $# -gt 0 ]; do
     --cpu) CPU=1; shift ;;
     --qm9) QM9="$2"; shift 2 ;;
     --budget-s) BUDGET="$2"; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -84,7 +87,9 @@ PYEOF
 if [ "$CPU" = 1 ]; then
   "${RUN[@]}" --device cpu --sizes 32 --fusion pairwise full --precision fp32 \
     --warmup 0 --steps 1 --out "$OUTDIR/cpu"
-  cat "$OUTDIR/cpu/table.md" > "$OUTDIR/table.md"
+  "$PY" benchmarks/rosettafold/timing.py run --impls se3t --device cpu --sizes 64 --reps 1 \
+    --steps 1 --out "$OUTDIR/rosettafold"
+  { cat "$OUTDIR/cpu/table.md"; echo; tail -n +3 "$OUTDIR/rosettafold/summary.md"; } > "$OUTDIR/table.md"
   exit 0
 fi
 if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
@@ -101,9 +106,14 @@ G=(--device cuda --warmup 3 --steps 10)
 # pairwise at batch 240 with AMP, and peak memory at batch 100 with AMP, per kernel
 "${RUN[@]}" "${G[@]}" --sizes 240 --fusion pairwise full --kernel torch triton --precision fp16 --out "$OUTDIR/triton240"
 "${RUN[@]}" "${G[@]}" --sizes 100 --fusion full --kernel torch triton --precision fp16 --out "$OUTDIR/triton100"
+"$PY" benchmarks/rosettafold/timing.py run --impls se3t --device cuda --sizes 256 600 1000 2000 \
+  --reps 1 --steps 3 --out "$OUTDIR/rosettafold"
 {
   echo "### GPU: $("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
   for part in tf32 amp mem100 b1000 triton240 triton100; do tail -n +3 "$OUTDIR/$part/table.md" ; done \
     | { "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); import train_step; print(train_step.HEADER)'; cat; }
+  echo
+  echo "### RFdiffusion's main block in se3t"
+  tail -n +3 "$OUTDIR/rosettafold/summary.md"
 } > "$OUTDIR/table.md"
 cat "$OUTDIR/table.md"

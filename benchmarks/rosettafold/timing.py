@@ -16,6 +16,12 @@ interpreter, torch, DGL where imported, the graph and inputs, the calls) and wha
 above the resident set measured just before them. A point whose process exceeds ``--cap-gib``
 (RLIMIT_DATA: the allocation fails as a real out-of-memory would) is recorded as not fitting.
 Writes ``points.jsonl`` and ``summary.md`` (machine, ISA flags, load, command, date).
+
+On a GPU (``--device cuda``, what ``benchmarks/gpu.sh --rosettafold`` runs): se3t's points only
+unless ``--impls`` names the vendored one too (its venv then needs a CUDA build of DGL); times
+after ``torch.cuda.synchronize``, and the memory columns are CUDA's peak allocated bytes
+(``torch.cuda.max_memory_allocated``) and that peak above the bytes allocated before the first
+call. ``--rfdiffusion`` is needed only for vendored points.
 """
 
 from __future__ import annotations
@@ -58,10 +64,14 @@ def point(args) -> dict:
 
     kwargs = mf.RFD_MAIN
     L = args.size
-    xyz = mf.backbone(L).float()
-    pair = mf.pair_features(L, kwargs["num_edge_features"], torch.float32)
-    ca, idx = xyz[None, :, 1, :], torch.arange(L)[None]
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    xyz = mf.backbone(L).float().to(dev)
+    pair = mf.pair_features(L, kwargs["num_edge_features"], torch.float32).to(dev)
+    ca, idx = xyz[None, :, 1, :], torch.arange(L, device=dev)[None]
     if args.impl == "vendored":
+        if args.rfdiffusion is None:
+            sys.exit("timing.py: vendored points need --rfdiffusion (RFdiffusion's checkout)")
         src = mf.load_source("rfdiffusion", Path(args.rfdiffusion))
         model = src["wrapper"](**kwargs)
         G, edge = src["util"].make_full_graph(ca, pair, idx)
@@ -72,9 +82,9 @@ def point(args) -> dict:
         model = rosettafold.SE3TransformerWrapper(**kwargs, kernel=args.kernel)
         G, edge = rosettafold.make_full_graph(ca, pair, idx)
     mf.set_weights(model, torch.float32)
-    model.eval()
+    model.to(dev).eval()
     del pair
-    node = mf.hash_uniform((L, kwargs["l0_in_features"], 1), mf.SEEDS["node"]).float()
+    node = mf.hash_uniform((L, kwargs["l0_in_features"], 1), mf.SEEDS["node"]).float().to(dev)
     l1 = xyz - xyz[:, 1:2, :]
     edge = edge.detach()
     train = args.mode == "train"
@@ -92,18 +102,25 @@ def point(args) -> dict:
             t.grad = None
         return out
 
-    base = _rss_gb()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / 2**30 if cuda else _rss_gb()
     times, status = [], "ok"
     try:
         for i in range(1 + args.steps):
             t0 = time.perf_counter()
             call()
+            if cuda:
+                torch.cuda.synchronize()
             if i:
                 times.append(time.perf_counter() - t0)
     except (MemoryError, RuntimeError) as err:
-        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+        text = str(err).lower()
+        if not isinstance(err, MemoryError) and "alloc" not in text and "out of memory" not in text:
             raise
-        status = f"out of memory at {args.cap_gib} GiB"
+        status = f"out of memory at {args.cap_gib} GiB" if not cuda else "out of GPU memory"
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else _peak_gb()
     return {
         "impl": args.impl,
         "mode": args.mode,
@@ -112,9 +129,11 @@ def point(args) -> dict:
         "status": status,
         "time_s": statistics.median(times) if times else None,
         "times_s": times,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "memory": "cuda max_memory_allocated" if cuda else "process RSS",
         "base_rss_gib": base,
-        "peak_rss_gib": _peak_gb(),
-        "added_gib": max(0.0, _peak_gb() - base),
+        "peak_rss_gib": peak,
+        "added_gib": max(0.0, peak - base),
         "torch": str(torch.__version__),
         "threads": torch.get_num_threads(),
     }
@@ -130,12 +149,14 @@ def run(args) -> None:
     for rep in range(args.reps):
         for size in args.sizes:
             for mode in args.modes:
-                for impl in IMPLS:
+                for impl in args.impls:
                     py = args.vendored_python if impl == "vendored" else sys.executable
                     cmd = [py, str(Path(__file__).resolve()), "point", "--impl", impl]
                     cmd += ["--mode", mode, "--size", str(size), "--steps", str(args.steps)]
-                    cmd += ["--rfdiffusion", str(args.rfdiffusion), "--cap-gib", str(args.cap_gib)]
+                    cmd += ["--cap-gib", str(args.cap_gib), "--device", args.device]
                     cmd += ["--kernel", args.kernel]
+                    if args.rfdiffusion is not None:
+                        cmd += ["--rfdiffusion", str(args.rfdiffusion)]
                     proc = subprocess.run(cmd, capture_output=True, text=True)
                     lines = proc.stdout.strip().splitlines()
                     if proc.returncode == 0 and lines:
@@ -159,7 +180,7 @@ def run(args) -> None:
                     t = f"{row['time_s']:.2f} s" if row.get("time_s") else row["status"]
                     rss = row.get("peak_rss_gib")
                     print(
-                        f"rep {rep} L {size} {mode} {impl}: {t}, peak RSS "
+                        f"rep {rep} L {size} {mode} {impl}: {t}, peak "
                         f"{rss if rss is None else f'{rss:.2f} GiB'} (load {row['load']})",
                         flush=True,
                     )
@@ -174,10 +195,13 @@ def _cell(rs: list[dict], key: str, fmt: str) -> str:
 
 
 def summary(rows: list[dict], info: dict) -> str:
+    memory = next((r["memory"] for r in rows if "memory" in r), "process RSS")
+    device = next((r["device"] for r in rows if "device" in r), "cpu")
     lines = [
         *summary_head(info),
+        f"device: {device}; memory columns: {memory}",
         "",
-        "| L | edges | mode | impl | time s (per rep) | se3t speed-up | peak RSS GiB | added "
+        "| L | edges | mode | impl | time s (per rep) | se3t speed-up | peak GiB | added "
         "GiB | se3t / vendored added |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -191,7 +215,7 @@ def summary(rows: list[dict], info: dict) -> str:
             med = {
                 i: statistics.median(r["time_s"] for r in rs) if rs else None
                 for i, rs in ok.items()
-            }
+            }  # an impl not run: None
             add = {i: max((r["added_gib"] for r in rs), default=None) for i, rs in ok.items()}
             for impl in IMPLS:
                 rs = by[impl]
@@ -216,12 +240,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--rfdiffusion", required=True, help="RFdiffusion's checkout")
+    common.add_argument(
+        "--rfdiffusion", type=Path, default=None, help="RFdiffusion's checkout (vendored points)"
+    )
+    common.add_argument("--device", default="cpu", help="cpu or cuda")
     common.add_argument("--steps", type=int, default=2, help="timed calls per point (median)")
     common.add_argument("--cap-gib", type=int, default=20, help="memory cap per point (GiB)")
     common.add_argument("--kernel", default="auto", help="se3t's kernel backend (se3t points)")
     r = sub.add_parser("run", parents=[common], help="the side-by-side table")
-    r.add_argument("--vendored-python", required=True, help="python of a venv with DGL")
+    r.add_argument("--vendored-python", help="python of a venv with DGL (vendored points)")
+    r.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS))
     r.add_argument("--sizes", type=int, nargs="+", default=[256, 600, 1000])
     r.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     r.add_argument("--reps", type=int, default=2, help="A B A B repetitions")
@@ -231,6 +259,12 @@ def main() -> None:
     pt.add_argument("--mode", choices=MODES, required=True)
     pt.add_argument("--size", type=int, required=True)
     args = p.parse_args()
+    if (
+        args.cmd == "run"
+        and "vendored" in args.impls
+        and not (args.vendored_python and args.rfdiffusion)
+    ):
+        p.error("vendored points need --vendored-python and --rfdiffusion (or --impls se3t)")
     if args.cmd == "run":
         run(args)
     else:
