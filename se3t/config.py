@@ -64,6 +64,7 @@ __all__ = [
     "data_format",
     "load",
     "save",
+    "secret_storage_problem",
     "to_dict",
     "validate",
 ]
@@ -316,16 +317,29 @@ _SECRET_OPTIONS = (
 )
 
 
-def secret_storage_option(options: Any, prefix: str = "") -> str | None:
+def _secret_storage_option(options: Any, prefix: str = "") -> str | None:
     """The dotted name of the first option in ``options`` that holds a credential, else None."""
     for k, v in dict(options or {}).items():
         if str(k).lower() in _SECRET_OPTIONS:
             return f"{prefix}{k}"
         if isinstance(v, dict | DictConfig):
-            found = secret_storage_option(v, f"{prefix}{k}.")
+            found = _secret_storage_option(v, f"{prefix}{k}.")
             if found:
                 return found
     return None
+
+
+def secret_storage_problem(options: Any) -> str | None:
+    """The one-line refusal of ``basis.storage_options`` holding a credential, else None (the
+    config check and the object-store client raise it; the value is never quoted)."""
+    secret = _secret_storage_option(options)
+    if secret is None:
+        return None
+    return (
+        f"config key 'basis.storage_options.{secret}': credentials are never taken from the "
+        "config (it is saved beside every output); set AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY or AWS_PROFILE instead"
+    )
 
 
 def validate(cfg: Config | DictConfig) -> None:
@@ -368,13 +382,8 @@ def validate(cfg: Config | DictConfig) -> None:
                 Location.parse(value)
         except InputError as err:
             raise ConfigError(f"config key {key!r}: {err}") from None
-    secret = secret_storage_option(cfg.basis.storage_options)
-    if secret:  # the value is never quoted: it is a secret
-        raise ConfigError(
-            f"config key 'basis.storage_options.{secret}': credentials are never taken from "
-            "the config (it is saved beside every output); set AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE instead"
-        )
+    if problem := secret_storage_problem(cfg.basis.storage_options):
+        raise ConfigError(problem)
     if cfg.model.channels % cfg.model.channels_div:
         raise ConfigError(
             f"config key 'model.channels_div': {cfg.model.channels_div} does not divide "

@@ -48,16 +48,11 @@ LEASE_TTL_S = 3600.0  # a lease not renewed for an hour belongs to a dead proces
 def check_storage_options(options: Mapping[str, Any] | None) -> dict:
     """A plain dict of ``options``; InputError when one of them holds a secret (credentials
     belong in the AWS environment variables or profiles, never in a config that se3t saves)."""
-    from se3t.config import secret_storage_option
+    from se3t.config import secret_storage_problem
 
     opts = dict(options or {})
-    secret = secret_storage_option(opts)
-    if secret:
-        raise InputError(
-            f"config key 'basis.storage_options.{secret}': credentials are never taken from the "
-            "config (it is saved beside every output); set AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE instead"
-        )
+    if problem := secret_storage_problem(opts):
+        raise InputError(problem)
     return opts
 
 
