@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -316,9 +317,9 @@ def precompute(
         _wait_or_refuse(path, claim_timeout_s, poll_s)
     if is_complete(path):  # finalized meanwhile by another process
         return _done(receipt, t_start, complete=True)
-    _fill_store(
-        path, meta, geom, backend, units, receipt, claim_timeout_s, poll_s, num_workers, progress
-    )
+    waits = dict(claim_timeout_s=claim_timeout_s, poll_s=poll_s)
+    runs = dict(num_workers=num_workers, progress=progress)
+    _fill_store(_Fill(path, meta, geom, backend, units, receipt, **waits, **runs))
     return _done(receipt, t_start, complete=False)
 
 
@@ -335,26 +336,30 @@ def _new_receipt(key: str, path: Path, i: int, n: int) -> dict[str, Any]:
     }
 
 
-def _fill_store(
-    path: Path,
-    meta: dict[str, Any],
-    geom: Geometry,
-    backend: BasisBackend,
-    units: range,
-    receipt: dict[str, Any],
-    claim_timeout_s: float,
-    poll_s: float,
-    num_workers: int | None,
-    progress: bool,
-) -> None:
-    """Fill the missing (or damaged) shards of ``units``, sharing them with other writers,
+@dataclass(frozen=True)
+class _Fill:
+    """What one writer fills: ``units`` (shards) of the store at ``path`` with ``backend``,
+    counting into ``receipt``, and how it waits for other writers."""
+
+    path: Path
+    meta: dict[str, Any]
+    geom: Geometry
+    backend: BasisBackend
+    units: range
+    receipt: dict[str, Any]
+    claim_timeout_s: float
+    poll_s: float
+    num_workers: int | None
+    progress: bool
+
+
+def _fill_store(job: _Fill) -> None:
+    """Fill the missing (or damaged) shards of ``job.units``, sharing them with other writers,
     under the writer's lease (taken before any shard: gc skips the store while it is held)."""
+    path = job.path
     try:
-        with WriterLease(path, claim_timeout_s):
-            _fill_units(
-                path, meta, geom, backend, units, receipt, claim_timeout_s, poll_s, num_workers,
-                progress,
-            )  # fmt: skip
+        with WriterLease(path, job.claim_timeout_s):
+            _fill_units(job)
     except FileNotFoundError as err:
         if not path.is_dir():  # removed under us: one line instead of a traceback
             raise _vanished(path) from err
@@ -363,34 +368,24 @@ def _fill_store(
         raise _vanished(path)
 
 
-def _fill_units(
-    path: Path,
-    meta: dict[str, Any],
-    geom: Geometry,
-    backend: BasisBackend,
-    units: range,
-    receipt: dict[str, Any],
-    claim_timeout_s: float,
-    poll_s: float,
-    num_workers: int | None,
-    progress: bool,
-) -> None:
+def _fill_units(job: _Fill) -> None:
+    path, meta, geom, units = job.path, job.meta, job.geom, job.units
     chunk_mols = np.asarray(open_group(str(path))["chunk_mols"][:])
     _remove_damaged_shards(path, meta, units)
     todo = [u for u in units if not unit_exists(path, u)]
     reused = set(units) - set(todo)
-    receipt["chunks_reused"] = sum(_num_chunks(meta, u) for u in reused)
-    claims = Claims(path, claim_timeout_s)
+    job.receipt["chunks_reused"] = sum(_num_chunks(meta, u) for u in reused)
+    claims = Claims(path, job.claim_timeout_s)
     with ShardFiller(
         path,
         meta,
         geom,
         chunk_mols,
-        backend,
+        job.backend,
         claims,
-        receipt,
+        job.receipt,
         total_edges=_edges_of_units(geom, meta, chunk_mols, todo),
-        num_workers=num_workers,
-        progress=progress,
+        num_workers=job.num_workers,
+        progress=job.progress,
     ) as filler:
-        _fill(filler, path, todo, claims, poll_s)
+        _fill(filler, path, todo, claims, job.poll_s)
