@@ -33,6 +33,7 @@ import math
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +320,13 @@ class Trainer(RunLog, TrainerState, Validation):
             self.guard.check_parameters(self.model, self.step + 1, self.epoch)
         self.optimizer.zero_grad(set_to_none=True)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped step (fp16's scaler dropped an overflowing one, or nan_policy=skip)
+            # still counts in the schedule, as in NVIDIA's loop (its schedule moves per epoch,
+            # skipped steps included); torch takes a first step skipped that way for a
+            # misordered loop and warns, wrongly here
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         self.step += 1
         return lr
 

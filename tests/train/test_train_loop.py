@@ -93,7 +93,7 @@ def test_accumulation_equals_the_larger_batch(qm9_store, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32"])
-def test_precisions_train(qm9_store, tmp_path, precision):
+def test_precisions_train(qm9_store, tmp_path, precision, recwarn):
     summary = train(
         tiny_cfg(
             qm9_store,
@@ -109,6 +109,8 @@ def test_precisions_train(qm9_store, tmp_path, precision):
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     if precision == "fp16":
         assert state["scaler"]["scale"] > 0  # the gradient scaler's state is kept
+    # fp16's first step overflows and is skipped: torch's misordered-loop warning is not shown
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
 
 
 @pytest.mark.slow
