@@ -101,7 +101,13 @@ class ConcatTFNCpu(torch.autograd.Function):
         C, nb = x_all.shape[2], block.shape[1]
         lo, hi = block_column_ranges(spec.in_degrees, spec.out_degrees)
         off, order = share.offsets.tolist(), share.order
-        rows_cf = {do: spec.concat_rows(do, True, weight.device) for do in spec.out_degrees}
+        # per output degree: K tiles on the weights in the (c, k) order, or, for K narrower
+        # than a vector, runs on the (k, c) order (CpuKernel.by_runs)
+        runs = {
+            do: ext.by_runs((r1 - r0) * C // (2 * do + 1), z.dtype)
+            for do, (r0, r1) in spec.block_rows.items()
+        }
+        rows_cf = {do: spec.concat_rows(do, not runs[do], weight.device) for do in spec.out_degrees}
         wcf = {do: ext.pack(weight, r) for do, r in rows_cf.items()}  # {d_out: [H, C_o K]}
         grads_t = [None if g is None else g.transpose(1, 2).contiguous() for g in grads]
         gz = torch.zeros_like(z) if need_z else None
@@ -135,6 +141,7 @@ class ConcatTFNCpu(torch.autograd.Function):
                     gw_cf[do] if need_w else None,
                     gz[u0:u1] if need_z else None,
                     tiles["k_tile_backward"],
+                    by_runs=runs[do],
                 )
             if gT is None:
                 continue

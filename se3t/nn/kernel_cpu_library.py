@@ -123,6 +123,10 @@ class CpuKernel:
             b.restype = None
             b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
             b.argtypes += [ptr, ptr, i64, i64]
+            b = getattr(lib, f"se3t_tfn_backward_runs_{sfx}")
+            b.restype = None
+            b.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64]
+            b.argtypes += [ptr, ptr, i64]
             f = getattr(lib, f"se3t_tfn_basis_x_{sfx}")
             f.restype = None
             f.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64]
@@ -244,9 +248,17 @@ class CpuKernel:
             torch.get_num_threads(),
         )  # fmt: skip
 
-    def backward(self, z, wcf, tm, off, rows, g, dt, dwcf, dz, k_tile: int) -> None:
+    def by_runs(self, K: int, dtype: torch.dtype) -> bool:
+        """Whether the backward pass of ``K`` concatenated input columns runs by runs (weights
+        in the (k, c) order, vectorized over channels): K is narrower than one vector of this
+        build, so K tiles would run scalar code on one thread."""
+        return K * torch.empty((), dtype=dtype).element_size() < self.vector_bytes
+
+    def backward(self, z, wcf, tm, off, rows, g, dt, dwcf, dz, k_tile: int, by_runs=False):
         """Accumulates ``dwcf [H, C K]`` and ``dz [U, H]``, writes ``dt [n, M, K]`` (each
-        skipped when None), from the messages' gradient ``g[rows[i]]`` of edge ``i``."""
+        skipped when None), from the messages' gradient ``g[rows[i]]`` of edge ``i``. With
+        ``by_runs`` (:meth:`by_runs`) the weights and their gradient are in the (k, c) order,
+        ``[H, K C]`` (:meth:`pack` of ``concat_rows(d_out, False)``), and ``k_tile`` unused."""
         (U, H), (n, M, K), C = z.shape, tm.shape, g.shape[2]
         self._dense(z, (U, H), z.dtype, "z")
         self._dense(wcf, (H, K * C), z.dtype, "the radial weights")
@@ -260,7 +272,8 @@ class CpuKernel:
             raise ValueError("cpp kernel: dT must be shaped like T")
         self._offsets(off, U, n)
         self._index(rows, "rows", n, g.shape[0], "output rows")
-        getattr(self.lib, f"se3t_tfn_backward_{self._sfx(z)}")(
+        entry = "backward_runs" if by_runs else "backward"
+        getattr(self.lib, f"se3t_tfn_{entry}_{self._sfx(z)}")(
             z.data_ptr(),
             U,
             H,
@@ -277,7 +290,7 @@ class CpuKernel:
             0 if dt is None else self._edge_stride(dt, "dT"),
             None if dwcf is None else dwcf.data_ptr(),
             None if dz is None else dz.data_ptr(),
-            k_tile,
+            *(() if by_runs else (k_tile,)),
             torch.get_num_threads(),
         )
 

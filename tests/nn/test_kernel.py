@@ -172,6 +172,26 @@ def test_cpp_tiles_do_not_change_the_result(batch, tiles):
     assert state.tiles["cpp"] == tiles
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_backward_of_narrow_inputs_runs_by_runs(batch, dtype, monkeypatch):
+    """One input channel per degree and 24 output channels (RoseTTAFold's first blocks are
+    alike: 3 vectors in, 32 channels out): K is narrower than a vector, so the backward pass
+    runs blocks of runs on the (k, c) weights, vectorized over the output channels (24: a
+    vector and a tail); equal to the pairwise reference, with and without radial sharing."""
+    kernel, flags = kernel_cpu.extension(), []
+    real = kernel.backward
+
+    def spy(*args, by_runs=False):
+        flags.append(by_runs)
+        return real(*args, by_runs=by_runs)
+
+    monkeypatch.setattr(kernel, "backward", spy)
+    conv = ConvSE3(Fiber({0: 1, 1: 1}), Fiber({0: 24, 1: 24}), Fiber({0: 4}), max_degree=3)
+    for scalars_grad in (True, False):
+        check_against_reference(conv, batch, "cpp", dtype=dtype, scalars_grad=scalars_grad)
+    assert True in flags  # K = 2 and 4 at d_out = 0 and 1: narrower than an AVX vector
+
+
 def test_cpp_float32_equals_pairwise(batch):
     fin, fout, _ = LAYERS["hidden"]
     conv = ConvSE3(fin, fout, Fiber({0: 4}), max_degree=3)
@@ -356,9 +376,9 @@ def test_forward_and_backward_run_with_their_own_k_tiles(batch, monkeypatch):
     for name in ("forward", "backward"):
         real = getattr(kernel, name)
 
-        def spy(*args, _real=real, _name=name):  # records the k tile, runs the real kernel
+        def spy(*args, _real=real, _name=name, **kw):  # records the k tile, runs the kernel
             calls.append((_name, args[-1]))
-            return _real(*args)
+            return _real(*args, **kw)
 
         monkeypatch.setattr(kernel, name, spy)
     fin, fout, _ = LAYERS["hidden"]

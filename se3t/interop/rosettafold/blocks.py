@@ -200,9 +200,10 @@ class Blocks(nn.Module):
         edge_scalars = torch.cat([edge0, self.edge_length(rel_pos).to(dtype)], dim=1)
         kernel = self.kernel
         if kernel is Kernel.AUTO and edge0.device.type == "cpu" and torch.is_grad_enabled():
-            # the C++ kernel's backward pass, tuned for QM9's 32 channels per degree, is slower
-            # than the torch evaluation on these blocks' narrow fibers (BENCHMARKS.md); its
-            # forward pass, which never writes the radial weights, serves inference
+            # on these blocks' narrow fibers the C++ kernel's backward pass is no faster than
+            # the torch evaluation (3.5 s against 3.3 s for RFdiffusion's main block at L = 600,
+            # docs/kernel.md); its forward pass, which never writes the radial weights, serves
+            # inference
             kernel = Kernel.TORCH
         state = KernelState(basis, kernel)
         for att, norm in self.blocks:

@@ -389,6 +389,86 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
     });
 }
 
+// The backward pass for narrow K (fewer columns than a vector's lanes: the tiles above would run
+// their scalar tails on one thread). The weights in the forward pass's (k, c) order, vectorized
+// over channels c; threads own blocks of runs instead of K tiles: a run's dz rows and its
+// edges' dT rows are then one thread's, and each slice of runs sums its dW into its own buffer,
+// added in slice order (the same sum in every run with that many threads).
+//   dR[k, c] += sum_m T[m, k] g[m, c]      dT[m, k] = sum_c g[m, c] R[k, c]
+template <typename T>
+void grad_runs_edge(const T* Te, int64_t K, int64_t M, const T* ge, int64_t C, const T* R, T* dR,
+                    T* dTe) {
+  using V = Vec<T>;
+  constexpr int L = V::lanes;
+  for (int64_t k = 0; k < K; ++k) {
+    T* d = dR + k * C;
+    int64_t c = 0;
+    for (; c + L <= C; c += L) {
+      auto acc = V::load(d + c);
+      for (int64_t m = 0; m < M; ++m) acc += V::splat(Te[m * K + k]) * V::load(ge + m * C + c);
+      V::store(d + c, acc);
+    }
+    for (; c < C; ++c) {
+      T acc = d[c];
+      for (int64_t m = 0; m < M; ++m) acc += Te[m * K + k] * ge[m * C + c];
+      d[c] = acc;
+    }
+    if (!dTe) continue;
+    const T* r = R + k * C;
+    for (int64_t m = 0; m < M; ++m) {
+      auto acc = V::splat(0);
+      T tail = 0;
+      int64_t j = 0;
+      for (; j + L <= C; j += L) acc += V::load(ge + m * C + j) * V::load(r + j);
+      for (; j < C; ++j) tail += ge[m * C + j] * r[j];
+      dTe[m * K + k] = V::sum(acc) + tail;
+    }
+  }
+}
+
+template <typename T>
+void backward_runs_impl(const T* z, int64_t U, int64_t H, const T* Wkc, int64_t K, int64_t C,
+                        const T* Tm, int64_t t_stride, int64_t M, const int64_t* off,
+                        const int64_t* rows, const T* g, T* dT, int64_t dt_stride, T* dW, T* dz,
+                        bool need_w, bool need_z, int64_t threads) {
+  const int64_t n = K * C, blocks = (U + TE - 1) / TE;
+  const int64_t S = std::max<int64_t>(1, std::min(threads, blocks));
+  std::vector<T> dw_parts(need_w ? S * H * n : 0, T(0));
+  parallel_slices(blocks, S, [&](int64_t s, int64_t b0, int64_t b1) {
+    std::vector<T> zt(TE * H), R(dT ? TE * n : 0), dR(TE * n), dzt(TE * H);
+    T* dwl = need_w ? dw_parts.data() + s * H * n : nullptr;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t us = b * TE, te = std::min<int64_t>(TE, U - us);
+      std::fill(zt.begin(), zt.end(), T(0));
+      std::memcpy(zt.data(), z + us * H, sizeof(T) * te * H);
+      if (dT) radial_tile<T>(zt.data(), H, Wkc, n, n, R.data(), n);
+      std::fill(dR.begin(), dR.end(), T(0));  // padded rows contribute nothing
+      for (int64_t u = 0; u < te; ++u)
+        for (int64_t i = off[us + u]; i < off[us + u + 1]; ++i)
+          grad_runs_edge<T>(Tm + i * t_stride, K, M, g + rows[i] * M * C, C,
+                            dT ? R.data() + u * n : nullptr, dR.data() + u * n,
+                            dT ? dT + i * dt_stride : nullptr);
+      if (need_w || need_z) {
+        // the (k, c) layout is weight_grads' (c, k) one with rows and columns swapped: K rows
+        // of C columns
+        std::fill(dzt.begin(), dzt.end(), T(0));
+        weight_grads<T>(zt.data(), H, dR.data(), K, C, Wkc, dwl, n, C, need_w, need_z,
+                        dzt.data());
+        if (need_z)
+          for (int64_t u = 0; u < te; ++u)
+            for (int64_t h = 0; h < H; ++h) dz[(us + u) * H + h] += dzt[u * H + h];
+      }
+    }
+  });
+  if (need_w)
+    parallel_for(H * n, threads, [&](int64_t i0, int64_t i1) {
+      for (int64_t s = 0; s < S; ++s) {
+        const T* part = dw_parts.data() + s * H * n;
+        for (int64_t i = i0; i < i1; ++i) dW[i] += part[i];
+      }
+    });
+}
+
 // T = Bb x[src] and its gradient for the node features, on the block basis's nonzero entries
 // only: row r of an edge's block basis Bb [nb, ni] is zero outside the columns [lo[r], hi[r])
 // of its input degree (se3t.so3.blocks.block_column_ranges), 3x fewer products than a dense
@@ -610,6 +690,14 @@ void unpack_impl(const T* g, int64_t H, const int64_t* perm, int64_t n, T* G, in
     if (U > 0)                                                                                \
       backward_impl<T>(z, U, H, wcf, K, C, tm, ts, M, off, rows, g, dt, dts, dwcf, dz,        \
                        dwcf != nullptr, dz != nullptr, std::max<int64_t>(1, k_tile), threads); \
+  }                                                                                           \
+  extern "C" void se3t_tfn_backward_runs_##SUFFIX(                                            \
+      const T* z, int64_t U, int64_t H, const T* wkc, int64_t K, int64_t C, const T* tm,      \
+      int64_t ts, int64_t M, const int64_t* off, const int64_t* rows, const T* g, T* dt,      \
+      int64_t dts, T* dwkc, T* dz, int64_t threads) {                                         \
+    if (U > 0)                                                                                \
+      backward_runs_impl<T>(z, U, H, wkc, K, C, tm, ts, M, off, rows, g, dt, dts, dwkc, dz,   \
+                            dwkc != nullptr, dz != nullptr, threads);                         \
   }                                                                                           \
   extern "C" void se3t_tfn_pack_##SUFFIX(const T* w, int64_t H, const int64_t* perm,         \
                                          int64_t n, T* out, int64_t threads) {               \
