@@ -104,8 +104,8 @@ class ConcatTFNCpu(torch.autograd.Function):
         # per output degree: K tiles on the weights in the (c, k) order, or, for K narrower
         # than a vector, runs on the (k, c) order (CpuKernel.by_runs)
         runs = {
-            do: ext.by_runs((r1 - r0) * C // (2 * do + 1), z.dtype)
-            for do, (r0, r1) in spec.block_rows.items()
+            do: ext.by_runs(K, z.dtype)
+            for (do, _), (_, _, K, _) in zip(spec.outs, degrees(spec, C).tolist(), strict=True)
         }
         rows_cf = {do: spec.concat_rows(do, not runs[do], weight.device) for do in spec.out_degrees}
         wcf = {do: ext.pack(weight, r) for do, r in rows_cf.items()}  # {d_out: [H, C_o K]}

@@ -252,7 +252,7 @@ class CpuKernel:
         """Whether the backward pass of ``K`` concatenated input columns runs by runs (weights
         in the (k, c) order, vectorized over channels): K is narrower than one vector of this
         build, so K tiles would run scalar code on one thread."""
-        return K * torch.empty((), dtype=dtype).element_size() < self.vector_bytes
+        return K * dtype.itemsize < self.vector_bytes
 
     def backward(self, z, wcf, tm, off, rows, g, dt, dwcf, dz, k_tile: int, by_runs=False):
         """Accumulates ``dwcf [H, C K]`` and ``dz [U, H]``, writes ``dt [n, M, K]`` (each

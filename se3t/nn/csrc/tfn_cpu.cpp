@@ -330,6 +330,18 @@ void weight_grads(const T* zt, int64_t H, const T* dR, int64_t C, int64_t kt, co
   }
 }
 
+// out[i] += sum over s < S of parts[s n + i], the slices added in slice order whichever thread
+// adds them: the per-slice partial sums of a backward pass combined the same in every run
+template <typename T>
+void add_slices(const std::vector<T>& parts, int64_t S, int64_t n, T* out, int64_t threads) {
+  parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t s = 0; s < S; ++s) {
+      const T* part = parts.data() + s * n;
+      for (int64_t i = i0; i < i1; ++i) out[i] += part[i];
+    }
+  });
+}
+
 template <typename T>
 void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, int64_t C,
                    const T* Tm, int64_t t_stride, int64_t M, const int64_t* off,
@@ -380,13 +392,7 @@ void backward_impl(const T* z, int64_t U, int64_t H, const T* Wcf, int64_t K, in
       }
     }
   });
-  if (need_z)
-    parallel_for(U * H, threads, [&](int64_t i0, int64_t i1) {
-      for (int64_t s = 0; s < S; ++s) {
-        const T* part = dz_parts.data() + s * U * H;
-        for (int64_t i = i0; i < i1; ++i) dz[i] += part[i];
-      }
-    });
+  if (need_z) add_slices(dz_parts, S, U * H, dz, threads);
 }
 
 // The backward pass for narrow K (fewer columns than a vector's lanes: the tiles above would run
@@ -460,13 +466,7 @@ void backward_runs_impl(const T* z, int64_t U, int64_t H, const T* Wkc, int64_t 
       }
     }
   });
-  if (need_w)
-    parallel_for(H * n, threads, [&](int64_t i0, int64_t i1) {
-      for (int64_t s = 0; s < S; ++s) {
-        const T* part = dw_parts.data() + s * H * n;
-        for (int64_t i = i0; i < i1; ++i) dW[i] += part[i];
-      }
-    });
+  if (need_w) add_slices(dw_parts, S, H * n, dW, threads);
 }
 
 // T = Bb x[src] and its gradient for the node features, on the block basis's nonzero entries

@@ -93,6 +93,11 @@ def _fetch_qm9pack(out: Path, previous: dict[str, Any]) -> dict[str, dict[str, A
 # ------------------------------------------------------------------------------- local paths
 
 
+def _copied(p: Path, out: Path) -> dict[str, Any]:
+    """Copy ``p`` into ``out``; its record in the raw manifest."""
+    return {"sha256": copy_file(p, out / p.name), "bytes": p.stat().st_size, "from": str(p)}
+
+
 def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
         raise InputError(f"source {str(path)!r}: no such file or directory")
@@ -100,19 +105,12 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
     if path.is_file():
         if not tarfile.is_tarfile(path):
             raise InputError(f"{path}: not a tar archive (give a folder or a tar of XYZ files)")
-        digest = copy_file(path, out / path.name)
-        files[path.name] = {"sha256": digest, "bytes": path.stat().st_size, "from": str(path)}
-        return files
+        return {path.name: _copied(path, out)}
     csvs = sorted(path.glob("*.csv"))
     xyz = sorted(p for p in path.rglob("*.xyz") if p.is_file())
     archives = sorted(p for p in path.iterdir() if p.is_file() and ".tar" in p.name)
     if csvs:
-        for p in csvs:
-            files[p.name] = {
-                "sha256": copy_file(p, out / p.name),
-                "bytes": p.stat().st_size,
-                "from": str(p),
-            }
+        files |= {p.name: _copied(p, out) for p in csvs}
     elif xyz:
         dest = out / "qm9_xyz.tar"
 
@@ -131,12 +129,7 @@ def _fetch_path(path: Path, out: Path) -> dict[str, dict[str, Any]]:
             "from": f"{path} ({len(xyz)} .xyz files)",
         }
     elif archives:
-        for p in archives:
-            files[p.name] = {
-                "sha256": copy_file(p, out / p.name),
-                "bytes": p.stat().st_size,
-                "from": str(p),
-            }
+        files |= {p.name: _copied(p, out) for p in archives}
     else:
         raise InputError(f"{path}: no .xyz files, tar archives or qm9pack CSVs in the folder")
     unc = path / UNCHARACTERIZED_NAME

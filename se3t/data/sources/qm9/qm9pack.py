@@ -103,19 +103,17 @@ def iter_csv(path: str | Path) -> Iterator[Record | MoleculeError]:
                 yield err
 
 
+def _int_field(row: list[str], col: dict[str, int], name: str, where: str, kind: str) -> int:
+    """Column ``name`` of ``row`` as an int; a MoleculeError of ``kind`` naming it otherwise."""
+    try:
+        return int(row[col[name]])
+    except ValueError:
+        raise MoleculeError(where, name, f"{row[col[name]]!r} is not an integer", kind) from None
+
+
 def _csv_record(row: list[str], col: dict[str, int], tcols: list[int], where: str) -> Record:
-    try:
-        mol_id = int(row[col["Index"]])
-    except ValueError:
-        raise MoleculeError(
-            where, "Index", f"{row[col['Index']]!r} is not an integer", "properties"
-        ) from None
-    try:
-        n = int(row[col["N_atoms"]])
-    except ValueError:
-        raise MoleculeError(
-            where, "N_atoms", f"{row[col['N_atoms']]!r} is not an integer", "atom_count"
-        ) from None
+    mol_id = _int_field(row, col, "Index", where, "properties")
+    n = _int_field(row, col, "N_atoms", where, "atom_count")
     symbols = [s.strip() for s in _split_list(row[col["Elements"]])]
     coords = _split_list(row[col["XYZ_Ang"]])
     if len(symbols) != n or len(coords) != 3 * n:
